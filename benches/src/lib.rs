@@ -1,0 +1,1 @@
+//! Criterion benches for the ecomesh crates; see `benches/`.
