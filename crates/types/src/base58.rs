@@ -156,7 +156,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn round_trip(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+        fn prop_round_trip(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
             let text = encode(&bytes);
             proptest::prop_assert_eq!(decode(&text, 80).unwrap(), bytes);
         }

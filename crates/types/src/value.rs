@@ -392,7 +392,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn order_is_total_and_consistent(a in arb_value(), b in arb_value(), c in arb_value()) {
+        fn prop_order_is_total_and_consistent(a in arb_value(), b in arb_value(), c in arb_value()) {
             prop_assert_eq!(a.cmp(&b), b.cmp(&a).reverse());
             prop_assert_eq!(a == b, a.cmp(&b) == Ordering::Equal);
             prop_assert_eq!(a.cmp(&a), Ordering::Equal);
