@@ -1,0 +1,172 @@
+//! `cargo xtask deps`: install what a fresh Debian machine lacks for `cargo xtask ci`.
+//!
+//! Two lists, each entry with the reason it is there: [`APT_PACKAGES`] (system
+//! packages, installed with apt-get after `apt-get update`, only when one is
+//! missing) and [`CARGO_TOOLS`] (cargo subcommands, `cargo install --locked`, only
+//! when `cargo <sub> --version` fails). A crate that needs a system library adds
+//! its `-dev` package to [`APT_PACKAGES`] with a probe that detects it.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+use crate::cmd::{Cmd, has_cargo_subcommand};
+
+pub(crate) const HELP: &str = "\
+cargo xtask deps [--dry-run]
+
+Installs what `cargo xtask ci` needs and a fresh Debian machine lacks:
+  - apt packages (listed in xtask/src/deps.rs with the reason for each), only when
+    one is missing: `apt-get update` then `apt-get install -y --no-install-recommends`
+    (through sudo when not root);
+  - cargo tools cargo-deny, cargo-fuzz and cargo-nextest, each only when
+    `cargo <tool> --version` fails: `cargo install --locked <crate>`.
+Does nothing when everything is present. --dry-run only reports what is missing.";
+
+/// How to tell whether an apt package's contents are present.
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    /// A command on `PATH` that the package provides (any provider will do).
+    Command(&'static str),
+    /// A `pkg-config` module the package provides (for `-dev` packages).
+    #[allow(dead_code)] // used once a transport needs a system library (e.g. dbus-1)
+    PkgConfig(&'static str),
+}
+
+/// A Debian package `cargo xtask ci` needs.
+#[derive(Debug, Clone, Copy)]
+struct AptPackage {
+    package: &'static str,
+    probe: Probe,
+    why: &'static str,
+}
+
+/// Debian packages, installed only when their probe fails. Later transports add
+/// theirs here, e.g. `libdbus-1-dev` (probe `PkgConfig("dbus-1")`) with
+/// `pkg-config` for BLE, `iproute2` (probe `Command("ip")`) for `lan-test`.
+const APT_PACKAGES: &[AptPackage] = &[AptPackage {
+    package: "g++",
+    probe: Probe::Command("c++"),
+    why: "cargo-fuzz targets link libFuzzer, which libfuzzer-sys compiles from C++",
+}];
+
+/// A cargo subcommand and the crate that provides it.
+#[derive(Debug, Clone, Copy)]
+struct CargoTool {
+    subcommand: &'static str,
+    krate: &'static str,
+    why: &'static str,
+}
+
+const CARGO_TOOLS: &[CargoTool] = &[
+    CargoTool {
+        subcommand: "deny",
+        krate: "cargo-deny",
+        why: "advisories, bans, licenses and sources check in `cargo xtask ci`",
+    },
+    CargoTool {
+        subcommand: "fuzz",
+        krate: "cargo-fuzz",
+        why: "`cargo xtask fuzz` and the fuzz step of `cargo xtask ci`",
+    },
+    CargoTool {
+        subcommand: "nextest",
+        krate: "cargo-nextest",
+        why: "the test runner of `cargo xtask ci` (falls back to cargo test without it)",
+    },
+];
+
+fn is_present(probe: Probe) -> bool {
+    match probe {
+        Probe::Command(command) => Cmd::new("sh")
+            .args(["-c", &format!("command -v {command}")])
+            .succeeds_quietly(),
+        Probe::PkgConfig(module) => Cmd::new("pkg-config")
+            .args(["--exists", module])
+            .succeeds_quietly(),
+    }
+}
+
+fn is_root() -> bool {
+    Cmd::new("id")
+        .arg("-u")
+        .read()
+        .is_ok_and(|uid| uid.trim() == "0")
+}
+
+/// Installs the missing apt packages and cargo tools (or only reports them).
+pub(crate) fn run(root: &Path, dry_run: bool) -> Result<()> {
+    let missing_apt: Vec<&AptPackage> = APT_PACKAGES
+        .iter()
+        .filter(|p| !is_present(p.probe))
+        .collect();
+    let missing_tools: Vec<&CargoTool> = CARGO_TOOLS
+        .iter()
+        .filter(|t| !has_cargo_subcommand(t.subcommand))
+        .collect();
+
+    for p in APT_PACKAGES {
+        let state = if missing_apt.iter().any(|m| m.package == p.package) {
+            "missing"
+        } else {
+            "present"
+        };
+        println!("deps: apt {:<14} {state:<8} ({})", p.package, p.why);
+    }
+    for t in CARGO_TOOLS {
+        let state = if missing_tools.iter().any(|m| m.krate == t.krate) {
+            "missing"
+        } else {
+            "present"
+        };
+        println!("deps: cargo {:<12} {state:<8} ({})", t.krate, t.why);
+    }
+    if dry_run || (missing_apt.is_empty() && missing_tools.is_empty()) {
+        return Ok(());
+    }
+
+    if !missing_apt.is_empty() {
+        if !Cmd::new("apt-get").arg("--version").succeeds_quietly() {
+            bail!(
+                "missing system packages and no apt-get to install them: {}",
+                missing_apt
+                    .iter()
+                    .map(|p| p.package)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        let apt = || {
+            let cmd = if is_root() {
+                Cmd::new("apt-get")
+            } else {
+                Cmd::new("sudo").arg("apt-get")
+            };
+            cmd.env("DEBIAN_FRONTEND", "noninteractive")
+        };
+        apt().arg("update").run()?;
+        apt()
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(missing_apt.iter().map(|p| p.package))
+            .run()?;
+    }
+    for tool in missing_tools {
+        Cmd::cargo()
+            .args(["install", "--locked", tool.krate])
+            .current_dir(root)
+            .run()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_detect_present_and_absent_commands() {
+        assert!(is_present(Probe::Command("sh")));
+        assert!(!is_present(Probe::Command("ecomesh-no-such-command")));
+        assert!(!is_present(Probe::PkgConfig("ecomesh-no-such-module")));
+    }
+}
