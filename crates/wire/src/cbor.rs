@@ -157,6 +157,11 @@ impl Writer {
         self.head(MAJOR_MAP, len as u64);
     }
 
+    /// Appends bytes that are already a canonical encoding.
+    pub(crate) fn raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Writes a DAG-CBOR link: tag 42 around 0x00 followed by the binary CID.
     ///
     /// The caller has checked that `cid_bytes` is one canonical binary CID.
@@ -222,6 +227,11 @@ impl<'a> Reader<'a> {
     /// The limits in force.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// The input bytes between two offsets already read.
+    pub(crate) fn consumed(&self, start: usize, end: usize) -> &'a [u8] {
+        &self.buf[start.min(end)..end.min(self.pos)]
     }
 
     /// Bytes not read yet.

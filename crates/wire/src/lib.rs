@@ -35,6 +35,7 @@
 
 pub mod cbor;
 pub mod cid;
+pub mod codec;
 pub mod dag_cbor;
 pub mod dag_json;
 mod error;
@@ -45,6 +46,7 @@ pub use crate::cid::{
     Cid, HashAlg, cid_for_bytes, cid_of, cid_of_dag_cbor, cid_of_with, cid_to_text,
     decode_verified, encode_block, from_content_id, link, parse_cid, to_content_id, verify,
 };
+pub use crate::codec::{Canonical, cid_of_canonical, decode, decode_with, encode, encode_with};
 pub use crate::dag_cbor::{from_dag_cbor, from_dag_cbor_with, to_dag_cbor, to_dag_cbor_with};
 pub use crate::dag_json::{
     from_dag_json, from_dag_json_bytes, from_dag_json_canonical, from_dag_json_with, to_dag_json,

@@ -67,27 +67,34 @@ pub fn decode_message(bytes: &[u8]) -> Result<NetworkMessage> {
 /// Decodes the full form under `limits`.
 pub fn decode_message_with(bytes: &[u8], limits: &Limits) -> Result<NetworkMessage> {
     let mut r = Reader::new(bytes, *limits);
+    let msg = read_message(&mut r)?;
+    r.finish()?;
+    Ok(msg)
+}
+
+/// Reads one full-form message from `r` (which may hold more after it).
+pub(crate) fn read_message(r: &mut Reader<'_>) -> Result<NetworkMessage> {
     let n = r.read_map_len()?;
     let mut f = Fields::default();
     let mut prev: Option<&str> = None;
     for _ in 0..n {
-        let key = read_key(&mut r, prev)?;
+        let key = read_key(r, prev)?;
         match key {
-            "id" => f.id = Some(read_id(&mut r, FULL)?),
-            "ttl" => f.ttl = Some(read_u32(&mut r, FULL, "ttl")?),
+            "id" => f.id = Some(read_id(r, FULL)?),
+            "ttl" => f.ttl = Some(read_u32(r, FULL, "ttl")?),
             "type" => f.message_type = Some(r.read_text()?.to_owned()),
-            "sender" => f.sender = Some(read_peer(&mut r, FULL, "sender")?),
-            "maxHops" => f.max_hops = Some(read_u8(&mut r, FULL, "maxHops")?),
+            "sender" => f.sender = Some(read_peer(r, FULL, "sender")?),
+            "maxHops" => f.max_hops = Some(read_u8(r, FULL, "maxHops")?),
             "payload" => f.payload = Some(r.read_bytes()?.to_vec()),
-            "hopCount" => f.hop_count = Some(read_u8(&mut r, FULL, "hopCount")?),
+            "hopCount" => f.hop_count = Some(read_u8(r, FULL, "hopCount")?),
             "recipient" => {
                 f.recipient = Some(if r.read_null_or()? {
                     None
                 } else {
-                    Some(read_peer(&mut r, FULL, "recipient")?)
+                    Some(read_peer(r, FULL, "recipient")?)
                 })
             }
-            "signature" => f.signature = Some(read_signature(&mut r, FULL)?),
+            "signature" => f.signature = Some(read_signature(r, FULL)?),
             "timestamp" => f.timestamp = Some(r.read_uint()?),
             other => {
                 return Err(WireError::UnknownField {
@@ -98,7 +105,6 @@ pub fn decode_message_with(bytes: &[u8], limits: &Limits) -> Result<NetworkMessa
         }
         prev = Some(key);
     }
-    r.finish()?;
     Ok(NetworkMessage {
         id: req(f.id, FULL, "id")?,
         message_type: req(f.message_type, FULL, "type")?,
