@@ -19,6 +19,7 @@ pub(crate) struct Cmd {
     shown_as: String,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    removed_envs: Vec<OsString>,
     dir: Option<PathBuf>,
 }
 
@@ -31,6 +32,7 @@ impl Cmd {
             program,
             args: Vec::new(),
             envs: Vec::new(),
+            removed_envs: Vec::new(),
             dir: None,
         }
     }
@@ -69,6 +71,12 @@ impl Cmd {
         self
     }
 
+    /// Removes an inherited environment variable from the child's environment.
+    pub(crate) fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.removed_envs.push(key.as_ref().to_os_string());
+        self
+    }
+
     /// Runs the child in `dir` instead of the current directory.
     pub(crate) fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.dir = Some(dir.as_ref().to_path_buf());
@@ -78,6 +86,9 @@ impl Cmd {
     fn command(&self) -> Command {
         let mut command = Command::new(&self.program);
         command.args(&self.args);
+        for key in &self.removed_envs {
+            command.env_remove(key);
+        }
         for (key, value) in &self.envs {
             command.env(key, value);
         }

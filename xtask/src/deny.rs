@@ -125,6 +125,10 @@ fn prepare_db(snapshot: &Path, db_root: &Path) -> Result<String> {
                     "-c",
                     "init.defaultBranch=main",
                 ])
+                // Work on the copy even when run from a git hook of the outer repository.
+                .env_remove("GIT_DIR")
+                .env_remove("GIT_WORK_TREE")
+                .env_remove("GIT_INDEX_FILE")
                 .current_dir(&db)
         };
         git().args(["init", "--quiet"]).read()?;

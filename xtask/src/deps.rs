@@ -72,7 +72,7 @@ const CARGO_TOOLS: &[CargoTool] = &[
     CargoTool {
         subcommand: "nextest",
         krate: "cargo-nextest",
-        why: "the test runner of `cargo xtask ci` (falls back to cargo test without it)",
+        why: "the test runner of `cargo xtask ci`; cargo test without it",
     },
 ];
 
@@ -111,7 +111,7 @@ pub(crate) fn run(root: &Path, dry_run: bool) -> Result<()> {
         } else {
             "present"
         };
-        println!("deps: apt {:<14} {state:<8} ({})", p.package, p.why);
+        println!("deps: apt   {:<14} {state:<8} {}", p.package, p.why);
     }
     for t in CARGO_TOOLS {
         let state = if missing_tools.iter().any(|m| m.krate == t.krate) {
@@ -119,7 +119,7 @@ pub(crate) fn run(root: &Path, dry_run: bool) -> Result<()> {
         } else {
             "present"
         };
-        println!("deps: cargo {:<12} {state:<8} ({})", t.krate, t.why);
+        println!("deps: cargo {:<14} {state:<8} {}", t.krate, t.why);
     }
     if dry_run || (missing_apt.is_empty() && missing_tools.is_empty()) {
         return Ok(());
