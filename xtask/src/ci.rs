@@ -24,8 +24,10 @@ Runs every check, in this order, stopping at the first failure and naming it:
                --all-features without cargo-nextest)
   doctest      cargo test --doc --workspace --all-features (nextest skips doctests)
   doc          cargo doc --workspace --no-deps --all-features, RUSTDOCFLAGS=\"-D warnings\"
-  fuzz         every cargo-fuzz target for SECONDS (default 10) via `cargo xtask fuzz`;
-               skipped with a note while fuzz/ has no targets
+  fuzz         every cargo-fuzz target for SECONDS (default 10) via `cargo xtask fuzz`,
+               seeded from fuzz/corpus/<target> but writing new inputs under the
+               target dir (the tree stays clean); skipped with a note while fuzz/
+               has no targets
 Then prints the time each step took.
 
 --skip STEP leaves a step out (for local iteration; CI runs everything).
@@ -180,6 +182,7 @@ fn run_step(step: &str, metadata: &Metadata, nextest: bool, fuzz_seconds: u64) -
                     seconds: fuzz_seconds,
                     target: None,
                     libfuzzer_args: Vec::new(),
+                    scratch_corpus: Some(metadata.target_dir.join("fuzz-ci-corpus")),
                 },
             )?;
         }

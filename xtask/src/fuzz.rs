@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::cmd::{Cmd, has_cargo_subcommand};
 
@@ -37,6 +37,11 @@ pub(crate) struct Options {
     pub(crate) target: Option<String>,
     /// Extra libFuzzer arguments.
     pub(crate) libfuzzer_args: Vec<String>,
+    /// Where new inputs go. `None`: into `fuzz/corpus/<target>` (cargo-fuzz's
+    /// default; the corpus grows). `Some(dir)`: into a fresh `dir/<target>`, with
+    /// `fuzz/corpus/<target>` only read as seeds, so the working tree is left
+    /// untouched (what `ci` does).
+    pub(crate) scratch_corpus: Option<PathBuf>,
 }
 
 /// The default `--time`.
@@ -131,8 +136,24 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
         let started = SystemTime::now()
             .checked_sub(Duration::from_secs(1))
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let status = fuzz_cmd()
-            .args(["run", target.as_str(), "--"])
+        let mut run = fuzz_cmd().args(["run", target.as_str()]);
+        if let Some(scratch) = &options.scratch_corpus {
+            let fresh = scratch.join(target);
+            if fresh.exists() {
+                std::fs::remove_dir_all(&fresh)
+                    .with_context(|| format!("could not clear {}", fresh.display()))?;
+            }
+            std::fs::create_dir_all(&fresh)
+                .with_context(|| format!("could not create {}", fresh.display()))?;
+            // libFuzzer writes new inputs to the first corpus directory only.
+            run = run.arg(&fresh);
+            let seeds = root.join("fuzz").join("corpus").join(target);
+            if seeds.is_dir() {
+                run = run.arg(seeds);
+            }
+        }
+        let status = run
+            .arg("--")
             .arg(format!("-max_total_time={}", options.seconds))
             .args(&options.libfuzzer_args)
             .current_dir(root)

@@ -121,6 +121,7 @@ fn dispatch(command: Option<&str>, rest: Vec<String>) -> Result<()> {
                 seconds,
                 target: positionals.pop(),
                 libfuzzer_args,
+                scratch_corpus: None,
             };
             fuzz::run(&root, &options)
         }
