@@ -1,0 +1,1405 @@
+//! The store engine: one implementation of documents, versions, indexes, the
+//! Merkle index and subscriptions over any [`Backend`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ecomesh_crdt::{DocumentCrdt, FieldOp, Hlc, Merge, PhysicalClock, VersionDag};
+use ecomesh_identity::Identity;
+use ecomesh_types::{
+    BatchOperation, BatchResult, ContentId, Document, Error as TypesError, FilterOp, HlcTimestamp,
+    Listener, Map, PeerId, Query, QueryPage, SetOptions, Subscription, Value, WriteResult,
+    validate_key,
+};
+
+use crate::StoreError;
+use crate::codec;
+use crate::keys::{self, ARRAY_INDEX, COLLECTION, DOC, INDEX, META, VERSION};
+use crate::kv::{Backend, MemoryBackend, SledBackend, prefix_end};
+use crate::records::{StateRecord, VersionNode};
+use crate::subs::{Event, Subscriptions, Target};
+use crate::trie::{self, ChildRef, Entry};
+use crate::txn::Txn;
+
+/// The on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+const META_FORMAT: &[u8] = b"format";
+const META_HLC: &[u8] = b"hlc";
+
+/// When the store makes writes durable.
+///
+/// What a returned `Ok` promises:
+/// - [`EveryWrite`](FlushPolicy::EveryWrite): the write was flushed (sled
+///   writes its log and calls `fsync`) before `Ok`, so it survives the process
+///   being killed (`kill -9`) at any point. sled 0.34's flush is not a proof
+///   against power loss or a lying disk; the store promises process-crash
+///   durability, not power-loss durability.
+/// - [`Interval`](FlushPolicy::Interval): writes are flushed by sled's
+///   background thread every interval; a crash may lose the writes of the last
+///   interval, never part of a write (batches stay atomic).
+/// - [`Manual`](FlushPolicy::Manual): only [`Store::flush`] makes writes durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FlushPolicy {
+    /// Flush before every write returns (the default).
+    EveryWrite,
+    /// Flush in the background every so many milliseconds.
+    Interval(u64),
+    /// Flush only when asked.
+    Manual,
+}
+
+/// The wall clock, for stores outside tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl PhysicalClock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// Settings of a store.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct StoreConfig {
+    /// Durability of writes.
+    pub flush: FlushPolicy,
+    /// How far ahead of local time a remote version's timestamp may be.
+    pub max_drift_ms: u64,
+    /// Snapshots a subscription may have pending before the oldest are skipped.
+    pub subscription_buffer: usize,
+    /// Physical time source of the hybrid logical clock.
+    pub clock: Arc<dyn PhysicalClock + Send + Sync>,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("flush", &self.flush)
+            .field("max_drift_ms", &self.max_drift_ms)
+            .field("subscription_buffer", &self.subscription_buffer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            flush: FlushPolicy::EveryWrite,
+            max_drift_ms: Hlc::DEFAULT_MAX_DRIFT_MS,
+            subscription_buffer: 1024,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The default settings with another flush policy.
+    #[must_use]
+    pub fn with_flush(mut self, flush: FlushPolicy) -> Self {
+        self.flush = flush;
+        self
+    }
+
+    /// The default settings with another subscription buffer size.
+    #[must_use]
+    pub fn with_subscription_buffer(mut self, snapshots: usize) -> Self {
+        self.subscription_buffer = snapshots;
+        self
+    }
+
+    /// The default settings with another physical clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn PhysicalClock + Send + Sync>) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+/// One version as listed by [`Store::history`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// The version's CID.
+    pub cid: ContentId,
+    /// The versions it follows.
+    pub parents: Vec<ContentId>,
+    /// When it was written.
+    pub timestamp: HlcTimestamp,
+    /// Who wrote it.
+    pub author: PeerId,
+}
+
+/// What [`Store::apply_remote`] did with a version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ApplyOutcome {
+    /// The version was new and is now merged.
+    Applied {
+        /// Its CID.
+        cid: ContentId,
+        /// The document's collection.
+        collection: String,
+        /// The document's id.
+        id: String,
+    },
+    /// The store already had this version.
+    AlreadyPresent(ContentId),
+}
+
+/// Counts from [`Store::verify_integrity`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IntegrityReport {
+    /// Documents with state (live or tombstoned).
+    pub documents: usize,
+    /// Live documents.
+    pub live_documents: usize,
+    /// Version nodes.
+    pub versions: usize,
+    /// Index entries.
+    pub index_entries: usize,
+    /// Collections in the Merkle index.
+    pub collections: usize,
+}
+
+/// Decides which tombstoned documents [`Store::collect_garbage`] may remove.
+///
+/// Replication implements it (seed 5.2: only when enough replicas confirmed
+/// the tombstone elsewhere and nothing pins the document).
+pub trait GcPolicy {
+    /// True when the tombstoned document may be removed with all its versions.
+    fn may_collect(&self, collection: &str, id: &str, deleted_at: HlcTimestamp) -> bool;
+}
+
+enum OpKind {
+    Set { fields: Map, merge: bool },
+    Update(Map),
+    Delete,
+    Apply(Vec<(String, FieldOp)>),
+}
+
+struct Op {
+    collection: String,
+    id: String,
+    kind: OpKind,
+}
+
+/// A change a commit made, for subscriptions.
+struct Change {
+    collection: String,
+    id: String,
+    before: Option<Map>,
+    after: Option<Map>,
+}
+
+struct Writer {
+    hlc: Hlc,
+}
+
+/// The document store: versioned CRDT documents over a [`Backend`].
+///
+/// Every write (set, update, delete, batch, restore) creates one signed
+/// [`VersionNode`] per document, stored by CID, whose parents are the
+/// document's previous heads; concurrent versions received with
+/// [`apply_remote`](Store::apply_remote) leave several heads, which the next
+/// local write joins into one node with several parents. Reads see the merged
+/// CRDT state. Writers are serialized; each write commits atomically.
+pub struct Store<B: Backend> {
+    backend: B,
+    identity: Identity,
+    config: StoreConfig,
+    writer: Mutex<Writer>,
+    subs: Arc<Subscriptions>,
+}
+
+impl<B: Backend> std::fmt::Debug for Store<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("peer", &self.identity.peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The store on sled.
+pub type SledStore = Store<SledBackend>;
+/// The store in memory (same engine; nothing persists).
+pub type MemoryStore = Store<MemoryBackend>;
+
+impl SledStore {
+    /// Opens (or creates) the store in directory `path`.
+    ///
+    /// Errors: [`StoreError::Locked`] when another process has it open,
+    /// [`StoreError::UnsupportedFormat`] for a database of another format version.
+    pub fn open(path: &Path, identity: Identity, config: StoreConfig) -> Result<Self, StoreError> {
+        let background = match config.flush {
+            FlushPolicy::Interval(ms) => Some(ms.max(1)),
+            FlushPolicy::EveryWrite | FlushPolicy::Manual => None,
+        };
+        let backend = SledBackend::open(path, background)?;
+        Store::with_backend(backend, identity, config)
+    }
+}
+
+impl MemoryStore {
+    /// A new empty in-memory store.
+    pub fn in_memory(identity: Identity, config: StoreConfig) -> Result<Self, StoreError> {
+        Store::with_backend(MemoryBackend::new(), identity, config)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn corrupt(collection: &str, id: &str, reason: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        collection: collection.to_owned(),
+        id: id.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn decode_state(collection: &str, id: &str, bytes: &[u8]) -> Result<StateRecord, StoreError> {
+    ecomesh_wire::decode::<StateRecord>(bytes).map_err(|e| corrupt(collection, id, e))
+}
+
+fn decode_fields(collection: &str, id: &str, bytes: &[u8]) -> Result<Map, StoreError> {
+    match codec::decode(bytes).map_err(|e| corrupt(collection, id, e))? {
+        Value::Map(m) => Ok(m),
+        _ => Err(corrupt(collection, id, "document record is not a map")),
+    }
+}
+
+fn version_key(cid: &ContentId) -> Vec<u8> {
+    let mut k = vec![VERSION];
+    k.extend_from_slice(&cid.0);
+    k
+}
+
+fn state_key(collection: &str, id: &str) -> Vec<u8> {
+    keys::key(b'S', &[collection.as_bytes(), id.as_bytes()])
+}
+
+fn collection_key(collection: &str) -> Vec<u8> {
+    keys::key(COLLECTION, &[collection.as_bytes()])
+}
+
+/// Index entries (`I` and `A` keys) of one document's fields.
+fn index_keys(collection: &str, id: &str, fields: &Map) -> BTreeSet<Vec<u8>> {
+    let mut out = BTreeSet::new();
+    for (name, value) in fields {
+        if let Some(vk) = keys::value_key(value) {
+            let mut k = keys::key(INDEX, &[collection.as_bytes(), name.as_bytes()]);
+            k.extend_from_slice(&vk);
+            keys::push_escaped(&mut k, id.as_bytes());
+            out.insert(k);
+        }
+        if let Value::Array(items) = value {
+            for item in items {
+                if let Some(vk) = keys::value_key(item) {
+                    let mut k = keys::key(ARRAY_INDEX, &[collection.as_bytes(), name.as_bytes()]);
+                    k.extend_from_slice(&vk);
+                    keys::push_escaped(&mut k, id.as_bytes());
+                    out.insert(k);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The id at the end of an index key.
+fn id_from_index_key(k: &[u8], prefix_len: usize) -> Option<String> {
+    // Skip the value key: it ends at the last escaped component, which is the id.
+    let tail = k.get(prefix_len..)?;
+    // The id is the final escaped component: find its start by scanning back
+    // for the terminator of the value part. Value keys are self-delimiting, so
+    // parse forward instead.
+    let rest = skip_value_key(tail)?;
+    let (id, after) = keys::take_escaped(rest)?;
+    if !after.is_empty() {
+        return None;
+    }
+    String::from_utf8(id).ok()
+}
+
+fn skip_value_key(k: &[u8]) -> Option<&[u8]> {
+    let (&kind, rest) = k.split_first()?;
+    match kind {
+        0 => Some(rest),
+        1 => rest.get(1..),
+        2 => rest.get(8..),
+        3..=5 => keys::take_escaped(rest).map(|(_, r)| r),
+        _ => None,
+    }
+}
+
+impl<B: Backend> Store<B> {
+    /// A store over `backend`, signing its versions as `identity`.
+    pub fn with_backend(
+        backend: B,
+        identity: Identity,
+        config: StoreConfig,
+    ) -> Result<Self, StoreError> {
+        let format_key = keys::key(META, &[META_FORMAT]);
+        match backend.get(&format_key)? {
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| corrupt("", "format", "format marker is not 4 bytes"))?;
+                if found != FORMAT_VERSION {
+                    return Err(StoreError::UnsupportedFormat {
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+            }
+            None => {
+                if backend.scan(&[], None).next().is_some() {
+                    return Err(StoreError::UnsupportedFormat {
+                        found: 0,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                let mut batch = crate::kv::WriteBatch::new();
+                batch.insert(format_key, Some(FORMAT_VERSION.to_be_bytes().to_vec()));
+                backend.apply(batch)?;
+                backend.flush()?;
+            }
+        }
+        let peer = identity.peer_id();
+        let hlc = match backend.get(&keys::key(META, &[META_HLC]))? {
+            Some(bytes) => {
+                let last: HlcTimestamp =
+                    ecomesh_wire::decode(&bytes).map_err(|e| corrupt("", "hlc", e))?;
+                // Keep issuing after the last persisted time, as this peer.
+                Hlc::from_parts(
+                    HlcTimestamp::new(last.physical_ms, last.logical, peer),
+                    config.max_drift_ms,
+                )
+            }
+            None => Hlc::new(peer).with_max_drift(config.max_drift_ms),
+        };
+        let subs = Arc::new(Subscriptions::new(config.subscription_buffer));
+        Ok(Store {
+            backend,
+            identity,
+            config,
+            writer: Mutex::new(Writer { hlc }),
+            subs,
+        })
+    }
+
+    /// This store's peer id (the author of its local versions).
+    pub fn peer_id(&self) -> PeerId {
+        self.identity.peer_id()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.backend.flush()
+    }
+
+    /// A fresh hybrid-logical-clock timestamp from the store's clock (the
+    /// server timestamp of seed 6). It is later than every timestamp the store
+    /// issued or merged before.
+    pub fn now(&self) -> HlcTimestamp {
+        let mut writer = lock(&self.writer);
+        let clock = self.config.clock.clone();
+        match writer.hlc.send(clock.as_ref()) {
+            Ok(ts) => ts,
+            Err(_) => writer.hlc.last(),
+        }
+    }
+
+    /// A new document id, unique without coordination (seed 6):
+    /// `<physical ms hex>-<logical hex>-<64 random bits hex>-<peer id prefix>`.
+    pub fn new_id(&self) -> String {
+        let ts = self.now();
+        let mut random = [0_u8; 8];
+        // The HLC part is already unique per peer; randomness only guards
+        // against two peers whose ids share the prefix.
+        let _ = getrandom::fill(&mut random);
+        let peer = ts.peer.to_string();
+        let prefix: String = peer.chars().take(8).collect();
+        format!(
+            "{:x}-{:x}-{:016x}-{prefix}",
+            ts.physical_ms,
+            ts.logical,
+            u64::from_be_bytes(random)
+        )
+    }
+
+    /// Snapshots skipped because a subscriber fell behind (see [`StoreConfig::subscription_buffer`]).
+    pub fn lagged_snapshots(&self) -> u64 {
+        self.subs.lagged()
+    }
+
+    // ----- reads -------------------------------------------------------------
+
+    /// Reads a document (its materialized fields), `None` when absent or deleted.
+    pub fn get(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        validate_key(collection, id)?;
+        self.read_doc(&Txn::new(&self.backend), collection, id)
+    }
+
+    fn read_doc(
+        &self,
+        txn: &Txn<'_>,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<Document>, StoreError> {
+        match txn.get(&keys::doc_key(collection, id))? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(Document::new(
+                collection,
+                id,
+                decode_fields(collection, id, &bytes)?,
+            ))),
+        }
+    }
+
+    fn read_state(
+        &self,
+        txn: &Txn<'_>,
+        collection: &str,
+        id: &str,
+    ) -> Result<StateRecord, StoreError> {
+        match txn.get(&state_key(collection, id))? {
+            None => Ok(StateRecord::default()),
+            Some(bytes) => decode_state(collection, id, &bytes),
+        }
+    }
+
+    /// The document's CRDT state (empty when never written).
+    pub fn crdt_state(&self, collection: &str, id: &str) -> Result<DocumentCrdt, StoreError> {
+        validate_key(collection, id)?;
+        Ok(self
+            .read_state(&Txn::new(&self.backend), collection, id)?
+            .state)
+    }
+
+    /// The document's version heads (several after concurrent remote versions).
+    pub fn heads(&self, collection: &str, id: &str) -> Result<Vec<ContentId>, StoreError> {
+        validate_key(collection, id)?;
+        Ok(self
+            .read_state(&Txn::new(&self.backend), collection, id)?
+            .heads)
+    }
+
+    /// The raw bytes of a version node, as stored and hashed.
+    pub fn version_bytes(&self, cid: &ContentId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.backend.get(&version_key(cid))
+    }
+
+    /// A version node by CID (checked against its CID).
+    pub fn version(&self, cid: &ContentId) -> Result<Option<VersionNode>, StoreError> {
+        let Some(bytes) = self.version_bytes(cid)? else {
+            return Ok(None);
+        };
+        self.decode_version(cid, &bytes).map(Some)
+    }
+
+    fn decode_version(&self, cid: &ContentId, bytes: &[u8]) -> Result<VersionNode, StoreError> {
+        let computed = codec::cid_of_bytes(bytes);
+        if &computed != cid {
+            return Err(corrupt(
+                "",
+                &format!("version {cid:?}"),
+                "bytes do not match the CID",
+            ));
+        }
+        ecomesh_wire::decode::<VersionNode>(bytes)
+            .map_err(|e| corrupt("", &format!("version {cid:?}"), e))
+    }
+
+    /// Every version of a document, parents before children.
+    pub fn history(&self, collection: &str, id: &str) -> Result<Vec<VersionInfo>, StoreError> {
+        let heads = self.heads(collection, id)?;
+        let nodes = self.ancestors(&heads)?;
+        let dag = VersionDag::from_nodes(
+            nodes
+                .iter()
+                .map(|(cid, n)| ecomesh_crdt::DagNode::from_parts(cid.clone(), n.parents.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| corrupt(collection, id, e))?,
+        )
+        .map_err(|e| corrupt(collection, id, e))?;
+        Ok(dag
+            .nodes()
+            .into_iter()
+            .filter_map(|n| {
+                let node = nodes.get(n.id())?;
+                Some(VersionInfo {
+                    cid: n.id().clone(),
+                    parents: node.parents.clone(),
+                    timestamp: node.timestamp,
+                    author: node.author_peer(),
+                })
+            })
+            .collect())
+    }
+
+    /// Every version reachable from `tips` (inclusive), by CID.
+    fn ancestors(
+        &self,
+        tips: &[ContentId],
+    ) -> Result<BTreeMap<ContentId, VersionNode>, StoreError> {
+        let mut seen = BTreeMap::new();
+        let mut queue: VecDeque<ContentId> = tips.iter().cloned().collect();
+        while let Some(cid) = queue.pop_front() {
+            if seen.contains_key(&cid) {
+                continue;
+            }
+            let node = self.version(&cid)?.ok_or_else(|| {
+                corrupt(
+                    "",
+                    &format!("version {cid:?}"),
+                    "referenced version is missing",
+                )
+            })?;
+            queue.extend(node.parents.iter().cloned());
+            seen.insert(cid, node);
+        }
+        Ok(seen)
+    }
+
+    /// The document's state as of version `cid`: the merge of that version and all its ancestors.
+    pub fn state_at(&self, cid: &ContentId) -> Result<DocumentCrdt, StoreError> {
+        let mut state = DocumentCrdt::new();
+        for node in self.ancestors(std::slice::from_ref(cid))?.values() {
+            state.merge(&node.delta);
+        }
+        Ok(state)
+    }
+
+    /// Root CID of one collection's Merkle index (`None` when empty).
+    pub fn collection_root(&self, collection: &str) -> Result<Option<ContentId>, StoreError> {
+        Ok(self
+            .read_collection_root(&Txn::new(&self.backend), collection)?
+            .map(|c| c.cid))
+    }
+
+    fn read_collection_root(
+        &self,
+        txn: &Txn<'_>,
+        collection: &str,
+    ) -> Result<Option<ChildRef>, StoreError> {
+        match txn.get(&collection_key(collection))? {
+            None => Ok(None),
+            Some(bytes) => {
+                let v = codec::decode(&bytes).map_err(|e| corrupt(collection, "merkle root", e))?;
+                match v {
+                    Value::Array(pair) => match pair.as_slice() {
+                        [Value::Link(cid), Value::Integer(n)] if *n > 0 => Ok(Some(ChildRef {
+                            cid: cid.clone(),
+                            count: *n as u64,
+                        })),
+                        _ => Err(corrupt(collection, "merkle root", "bad root record")),
+                    },
+                    _ => Err(corrupt(collection, "merkle root", "bad root record")),
+                }
+            }
+        }
+    }
+
+    /// The collections that hold documents (live or tombstoned), sorted.
+    pub fn collections(&self) -> Result<Vec<String>, StoreError> {
+        let start = [COLLECTION];
+        let end = prefix_end(&start).unwrap_or_default();
+        let mut out = Vec::new();
+        for item in self.backend.scan(&start, Some(&end)) {
+            let (k, _) = item?;
+            let (name, _) =
+                keys::take_escaped(&k[1..]).ok_or_else(|| corrupt("", "collections", "bad key"))?;
+            out.push(String::from_utf8(name).map_err(|_| corrupt("", "collections", "bad key"))?);
+        }
+        Ok(out)
+    }
+
+    /// The one CID of the whole database (seed 5.1): a DAG-CBOR map from each
+    /// collection name to its Merkle index root. Equal contents give equal roots.
+    pub fn root_cid(&self) -> Result<ContentId, StoreError> {
+        let txn = Txn::new(&self.backend);
+        let mut map = Map::new();
+        for collection in self.collections()? {
+            if let Some(root) = self.read_collection_root(&txn, &collection)? {
+                map.insert(collection, Value::Link(root.cid));
+            }
+        }
+        Ok(codec::cid_of_bytes(&codec::encode(&Value::Map(map))?))
+    }
+
+    /// A Merkle index node of `collection` at `path` (nibbles from the root), for
+    /// descending from the roots when comparing two stores.
+    pub fn merkle_node(
+        &self,
+        collection: &str,
+        path: &[u8],
+    ) -> Result<Option<trie::Node>, StoreError> {
+        trie::load(&Txn::new(&self.backend), collection, path)
+    }
+
+    /// Runs a query over one collection; results equal [`Query::execute`] over all its documents.
+    ///
+    /// Every top-level field with a scalar value is indexed automatically (and
+    /// every scalar element of a top-level array, for `array-contains`): an
+    /// `==`, `in`, range, `array-contains` or `array-contains-any` filter on a
+    /// top-level field with scalar operands reads only the matching index range.
+    /// Filters on dotted paths and `!=` / `not-in` alone scan the collection.
+    pub fn query(&self, collection: &str, query: &Query) -> Result<QueryPage, StoreError> {
+        if collection.is_empty() {
+            return Err(StoreError::InvalidArgument(
+                "collection must be non-empty".into(),
+            ));
+        }
+        query.validate()?;
+        let txn = Txn::new(&self.backend);
+        let docs = match self.plan(collection, query)? {
+            Some(ids) => {
+                let mut docs = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if let Some(doc) = self.read_doc(&txn, collection, &id)? {
+                        docs.push(doc);
+                    }
+                }
+                docs
+            }
+            None => self.scan_collection(collection)?,
+        };
+        Ok(query.execute(&docs)?)
+    }
+
+    /// Every live document of a collection.
+    pub fn scan_collection(&self, collection: &str) -> Result<Vec<Document>, StoreError> {
+        let start = keys::key(DOC, &[collection.as_bytes()]);
+        let end = prefix_end(&start).unwrap_or_default();
+        let mut docs = Vec::new();
+        for item in self.backend.scan(&start, Some(&end)) {
+            let (k, v) = item?;
+            let (_, id) = keys::parse_doc_key(&k)
+                .ok_or_else(|| corrupt(collection, "?", "bad document key"))?;
+            docs.push(Document::new(
+                collection,
+                id.clone(),
+                decode_fields(collection, &id, &v)?,
+            ));
+        }
+        Ok(docs)
+    }
+
+    /// Candidate ids from the best indexed filter, or `None` for a full scan.
+    /// Candidates are a superset of the matches; the caller filters exactly.
+    fn plan(
+        &self,
+        collection: &str,
+        query: &Query,
+    ) -> Result<Option<BTreeSet<String>>, StoreError> {
+        let rank = |op: FilterOp| match op {
+            FilterOp::Eq => 0,
+            FilterOp::In => 1,
+            FilterOp::ArrayContains => 2,
+            FilterOp::ArrayContainsAny => 3,
+            FilterOp::Lt | FilterOp::Le | FilterOp::Gt | FilterOp::Ge => 4,
+            _ => 9,
+        };
+        let mut filters: Vec<_> = query
+            .filters
+            .iter()
+            .filter(|f| !f.field.contains('.') && rank(f.op) < 9)
+            .collect();
+        filters.sort_by_key(|f| rank(f.op));
+        for f in filters {
+            let field = f.field.as_bytes();
+            let ranges: Option<Vec<(u8, Vec<u8>, Option<Vec<u8>>)>> = match f.op {
+                FilterOp::Eq => keys::value_key(&f.value).map(|vk| vec![(INDEX, vk, None)]),
+                FilterOp::ArrayContains => {
+                    keys::value_key(&f.value).map(|vk| vec![(ARRAY_INDEX, vk, None)])
+                }
+                FilterOp::In | FilterOp::ArrayContainsAny => {
+                    let tag = if f.op == FilterOp::In {
+                        INDEX
+                    } else {
+                        ARRAY_INDEX
+                    };
+                    f.value
+                        .as_array()
+                        .map(|items| {
+                            items
+                                .iter()
+                                .map(|v| keys::value_key(v).map(|vk| (tag, vk, None)))
+                                .collect()
+                        })
+                        .unwrap_or(None)
+                }
+                FilterOp::Lt | FilterOp::Le => {
+                    match (keys::kind_prefix(&f.value), keys::value_key(&f.value)) {
+                        (Some(kind), Some(vk)) => Some(vec![(INDEX, vec![kind], Some(vk))]),
+                        _ => None,
+                    }
+                }
+                FilterOp::Gt | FilterOp::Ge => {
+                    match (keys::kind_prefix(&f.value), keys::value_key(&f.value)) {
+                        (Some(kind), Some(vk)) => Some(vec![(INDEX, vk, Some(vec![kind]))]),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            let Some(ranges) = ranges else { continue };
+            let mut ids = BTreeSet::new();
+            for (tag, low, high) in ranges {
+                let prefix = keys::key(tag, &[collection.as_bytes(), field]);
+                let mut start = prefix.clone();
+                let end = match (&f.op, high) {
+                    // Exact value: every key starting with prefix+value.
+                    (_, None) => {
+                        start.extend_from_slice(&low);
+                        let mut p = prefix.clone();
+                        p.extend_from_slice(&low);
+                        prefix_end(&p)
+                    }
+                    // Upper bound: from the kind's first key to the end of the value's keys.
+                    (FilterOp::Lt | FilterOp::Le, Some(upper)) => {
+                        start.extend_from_slice(&low);
+                        let mut p = prefix.clone();
+                        p.extend_from_slice(&upper);
+                        prefix_end(&p)
+                    }
+                    // Lower bound: from the value's keys to the end of the kind.
+                    (_, Some(kind)) => {
+                        start.extend_from_slice(&low);
+                        let mut p = prefix.clone();
+                        p.extend_from_slice(&kind);
+                        prefix_end(&p)
+                    }
+                };
+                for item in self.backend.scan(&start, end.as_deref()) {
+                    let (k, _) = item?;
+                    let id = id_from_index_key(&k, prefix.len())
+                        .ok_or_else(|| corrupt(collection, "index", "bad index key"))?;
+                    ids.insert(id);
+                }
+            }
+            return Ok(Some(ids));
+        }
+        Ok(None)
+    }
+
+    // ----- writes ------------------------------------------------------------
+
+    /// Writes a document: replaces it, or with `options.merge` merges the fields in.
+    pub fn set(
+        &self,
+        collection: &str,
+        id: &str,
+        fields: Map,
+        options: SetOptions,
+    ) -> Result<WriteResult, StoreError> {
+        self.write_one(
+            collection,
+            id,
+            OpKind::Set {
+                fields,
+                merge: options.merge,
+            },
+        )
+    }
+
+    /// Changes fields of an existing document; [`StoreError::NotFound`] otherwise.
+    pub fn update(
+        &self,
+        collection: &str,
+        id: &str,
+        fields: Map,
+    ) -> Result<WriteResult, StoreError> {
+        self.write_one(collection, id, OpKind::Update(fields))
+    }
+
+    /// Deletes a document by recording a tombstone version (seed 6); succeeds when absent.
+    pub fn delete(&self, collection: &str, id: &str) -> Result<WriteResult, StoreError> {
+        self.write_one(collection, id, OpKind::Delete)
+    }
+
+    /// Applies field operations (counters, sets, removals) to a document.
+    pub fn apply_ops(
+        &self,
+        collection: &str,
+        id: &str,
+        ops: Vec<(String, FieldOp)>,
+    ) -> Result<WriteResult, StoreError> {
+        self.write_one(collection, id, OpKind::Apply(ops))
+    }
+
+    /// Writes, as a new version, the content the document had at version `cid`
+    /// (its fields as they were shown then; a deleted version restores as a delete).
+    pub fn restore(
+        &self,
+        collection: &str,
+        id: &str,
+        cid: &ContentId,
+    ) -> Result<WriteResult, StoreError> {
+        let node = self
+            .version(cid)?
+            .ok_or_else(|| StoreError::UnknownVersion(cid.clone()))?;
+        if node.collection != collection || node.id != id {
+            return Err(StoreError::InvalidArgument(format!(
+                "version belongs to {}/{}, not {collection}/{id}",
+                node.collection, node.id
+            )));
+        }
+        let kind = match self.state_at(cid)?.materialize() {
+            Some(fields) => OpKind::Set {
+                fields,
+                merge: false,
+            },
+            None => OpKind::Delete,
+        };
+        self.write_one(collection, id, kind)
+    }
+
+    /// Applies several writes atomically: all commit or none does.
+    pub fn batch(&self, operations: Vec<BatchOperation>) -> Result<BatchResult, StoreError> {
+        let ops = operations
+            .into_iter()
+            .map(|op| {
+                let (collection, id) = op.target();
+                let (collection, id) = (collection.to_owned(), id.to_owned());
+                let kind = match op {
+                    BatchOperation::Set { fields, merge, .. } => OpKind::Set { fields, merge },
+                    BatchOperation::Update { fields, .. } => OpKind::Update(fields),
+                    BatchOperation::Delete { .. } => OpKind::Delete,
+                    other => {
+                        return Err(StoreError::InvalidArgument(format!(
+                            "unsupported batch operation {other:?}"
+                        )));
+                    }
+                };
+                Ok(Op {
+                    collection,
+                    id,
+                    kind,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(BatchResult::new(self.write(ops)?))
+    }
+
+    fn write_one(
+        &self,
+        collection: &str,
+        id: &str,
+        kind: OpKind,
+    ) -> Result<WriteResult, StoreError> {
+        let mut results = self.write(vec![Op {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            kind,
+        }])?;
+        results
+            .pop()
+            .ok_or_else(|| StoreError::InvalidArgument("empty write".into()))
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<Vec<WriteResult>, StoreError> {
+        for op in &ops {
+            validate_key(&op.collection, &op.id)?;
+        }
+        let mut writer = lock(&self.writer);
+        let mut hlc = writer.hlc.clone();
+        let mut txn = Txn::new(&self.backend);
+        let mut results = Vec::with_capacity(ops.len());
+        let mut changes = Vec::with_capacity(ops.len());
+        for op in ops {
+            let mut record = self.read_state(&txn, &op.collection, &op.id)?;
+            let ts = hlc.send(self.config.clock.as_ref())?;
+            let delta = match op.kind {
+                OpKind::Set {
+                    fields,
+                    merge: false,
+                } => record.state.set(fields, ts)?,
+                OpKind::Set {
+                    fields,
+                    merge: true,
+                } => record.state.update(fields, ts)?,
+                OpKind::Update(fields) => {
+                    if !record.state.exists() {
+                        return Err(StoreError::NotFound {
+                            collection: op.collection,
+                            id: op.id,
+                        });
+                    }
+                    record.state.update(fields, ts)?
+                }
+                OpKind::Delete => record.state.delete(ts)?,
+                OpKind::Apply(field_ops) => record.state.apply(field_ops, ts)?,
+            };
+            let node = VersionNode::signed(
+                &self.identity,
+                &op.collection,
+                &op.id,
+                record.heads.clone(),
+                ts,
+                delta,
+            )?;
+            let (bytes, cid) = node.encode()?;
+            txn.put(version_key(&cid), bytes);
+            record.heads = vec![cid.clone()];
+            changes.push(self.put_state(&mut txn, &op.collection, &op.id, &record)?);
+            results.push(WriteResult::new(Some(cid), Some(ts)));
+        }
+        txn.put(
+            keys::key(META, &[META_HLC]),
+            ecomesh_wire::encode(&hlc.last()).map_err(|e| StoreError::Encode(e.to_string()))?,
+        );
+        self.commit(txn)?;
+        writer.hlc = hlc;
+        self.notify(changes)?;
+        drop(writer);
+        Ok(results)
+    }
+
+    /// Merges a version received from a peer: the entry point replication calls.
+    ///
+    /// Checks, in order: the node decodes strictly; its signature, author and
+    /// timestamps are consistent ([`VersionNode::verify`]); its timestamp is not
+    /// too far ahead of local time ([`StoreError::Clock`]); every parent is
+    /// present ([`StoreError::MissingParents`] lists the ones to fetch first).
+    /// Then the delta merges into the document's CRDT state, the heads advance,
+    /// indexes and the Merkle index follow, and subscribers are told.
+    pub fn apply_remote(&self, bytes: &[u8]) -> Result<ApplyOutcome, StoreError> {
+        let cid = codec::cid_of_bytes(bytes);
+        let node =
+            ecomesh_wire::decode::<VersionNode>(bytes).map_err(|e| StoreError::InvalidVersion {
+                collection: String::new(),
+                id: String::new(),
+                reason: e.to_string(),
+            })?;
+        node.verify()?;
+        let mut writer = lock(&self.writer);
+        let mut txn = Txn::new(&self.backend);
+        if txn.get(&version_key(&cid))?.is_some() {
+            return Ok(ApplyOutcome::AlreadyPresent(cid));
+        }
+        let missing: Vec<ContentId> = node
+            .parents
+            .iter()
+            .filter_map(|p| match txn.get(&version_key(p)) {
+                Ok(Some(_)) => None,
+                Ok(None) => Some(Ok(p.clone())),
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, _>>()?;
+        if !missing.is_empty() {
+            return Err(StoreError::MissingParents(missing));
+        }
+        let mut hlc = writer.hlc.clone();
+        hlc.receive(&node.timestamp, self.config.clock.as_ref())?;
+        let mut record = self.read_state(&txn, &node.collection, &node.id)?;
+        record.state.merge(&node.delta);
+        let parents: BTreeSet<&ContentId> = node.parents.iter().collect();
+        record.heads.retain(|h| !parents.contains(h));
+        record.heads.push(cid.clone());
+        record.heads.sort();
+        txn.put(version_key(&cid), bytes.to_vec());
+        let change = self.put_state(&mut txn, &node.collection, &node.id, &record)?;
+        txn.put(
+            keys::key(META, &[META_HLC]),
+            ecomesh_wire::encode(&hlc.last()).map_err(|e| StoreError::Encode(e.to_string()))?,
+        );
+        self.commit(txn)?;
+        writer.hlc = hlc;
+        self.notify(vec![change])?;
+        drop(writer);
+        Ok(ApplyOutcome::Applied {
+            cid,
+            collection: node.collection,
+            id: node.id,
+        })
+    }
+
+    fn commit(&self, txn: Txn<'_>) -> Result<(), StoreError> {
+        txn.commit()?;
+        if self.config.flush == FlushPolicy::EveryWrite {
+            self.backend.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes a document's new state record, its materialized fields, its index
+    /// entries and its Merkle index entry.
+    fn put_state(
+        &self,
+        txn: &mut Txn<'_>,
+        collection: &str,
+        id: &str,
+        record: &StateRecord,
+    ) -> Result<Change, StoreError> {
+        let before = self.read_doc(txn, collection, id)?.map(|d| d.fields);
+        let after = record.state.materialize();
+        txn.put(
+            state_key(collection, id),
+            ecomesh_wire::encode(record).map_err(|e| StoreError::Encode(e.to_string()))?,
+        );
+        let old_keys = before
+            .as_ref()
+            .map(|f| index_keys(collection, id, f))
+            .unwrap_or_default();
+        let new_keys = after
+            .as_ref()
+            .map(|f| index_keys(collection, id, f))
+            .unwrap_or_default();
+        for k in old_keys.difference(&new_keys) {
+            txn.delete(k.clone());
+        }
+        for k in new_keys.difference(&old_keys) {
+            txn.put(k.clone(), Vec::new());
+        }
+        match &after {
+            Some(fields) => txn.put(
+                keys::doc_key(collection, id),
+                codec::encode(&Value::Map(fields.clone()))?,
+            ),
+            None => txn.delete(keys::doc_key(collection, id)),
+        }
+        let root = trie::upsert(txn, collection, Entry::new(id, record.heads_digest()))?;
+        self.put_collection_root(txn, collection, Some(root))?;
+        Ok(Change {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            before,
+            after,
+        })
+    }
+
+    fn put_collection_root(
+        &self,
+        txn: &mut Txn<'_>,
+        collection: &str,
+        root: Option<ChildRef>,
+    ) -> Result<(), StoreError> {
+        match root {
+            Some(root) => {
+                let record = Value::Array(vec![
+                    Value::Link(root.cid),
+                    Value::Integer(i64::try_from(root.count).unwrap_or(i64::MAX)),
+                ]);
+                txn.put(collection_key(collection), codec::encode(&record)?);
+            }
+            None => txn.delete(collection_key(collection)),
+        }
+        Ok(())
+    }
+
+    /// Removes tombstoned documents the policy allows, with all their versions,
+    /// index entries and Merkle entries. Returns how many were removed.
+    pub fn collect_garbage(&self, policy: &dyn GcPolicy) -> Result<usize, StoreError> {
+        let writer = lock(&self.writer);
+        let start = [b'S'];
+        let end = prefix_end(&start).unwrap_or_default();
+        let mut victims = Vec::new();
+        for item in self.backend.scan(&start, Some(&end)) {
+            let (k, v) = item?;
+            let rest = &k[1..];
+            let (c, rest) =
+                keys::take_escaped(rest).ok_or_else(|| corrupt("", "?", "bad state key"))?;
+            let (i, _) =
+                keys::take_escaped(rest).ok_or_else(|| corrupt("", "?", "bad state key"))?;
+            let (c, i) = (
+                String::from_utf8_lossy(&c).into_owned(),
+                String::from_utf8_lossy(&i).into_owned(),
+            );
+            let record = decode_state(&c, &i, &v)?;
+            if let (false, Some(deleted)) = (record.state.exists(), record.state.deleted())
+                && policy.may_collect(&c, &i, deleted)
+            {
+                victims.push((c, i, record));
+            }
+        }
+        let mut txn = Txn::new(&self.backend);
+        for (c, i, record) in &victims {
+            for cid in self.ancestors(&record.heads)?.keys() {
+                txn.delete(version_key(cid));
+            }
+            txn.delete(state_key(c, i));
+            let root = trie::remove(&mut txn, c, &Entry::new(i, [0; 32]).key_hash)?;
+            self.put_collection_root(&mut txn, c, root)?;
+        }
+        self.commit(txn)?;
+        drop(writer);
+        Ok(victims.len())
+    }
+
+    // ----- subscriptions -----------------------------------------------------
+
+    /// Watches one document: `listener` gets the current state now, then every change.
+    pub fn subscribe_document(
+        &self,
+        collection: &str,
+        id: &str,
+        listener: Listener<Option<Document>>,
+    ) -> Result<Subscription, StoreError> {
+        validate_key(collection, id)?;
+        let writer = lock(&self.writer);
+        let initial = self.get(collection, id)?;
+        let key = self.subs.add_document(collection, id, listener, initial);
+        drop(writer);
+        let subs = Arc::downgrade(&self.subs);
+        Ok(Subscription::new(move || {
+            if let Some(subs) = subs.upgrade() {
+                subs.remove(key);
+            }
+        }))
+    }
+
+    /// Watches a query: `listener` gets the full result list now, then after every change to it.
+    pub fn subscribe_query(
+        &self,
+        collection: &str,
+        query: Query,
+        listener: Listener<Vec<Document>>,
+    ) -> Result<Subscription, StoreError> {
+        let writer = lock(&self.writer);
+        let initial = self.query(collection, &query)?.documents;
+        let key = self.subs.add_query(collection, query, listener, initial);
+        drop(writer);
+        let subs = Arc::downgrade(&self.subs);
+        Ok(Subscription::new(move || {
+            if let Some(subs) = subs.upgrade() {
+                subs.remove(key);
+            }
+        }))
+    }
+
+    /// Queues snapshots for every subscription a commit affected. Runs under the writer lock.
+    fn notify(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut events: Vec<(u64, Event)> = Vec::new();
+        let mut failure = None;
+        self.subs.with_targets(|targets| {
+            for change in &changes {
+                for (key, target) in targets.iter_mut() {
+                    match target {
+                        Target::Document { collection, id } => {
+                            if *collection == change.collection && *id == change.id {
+                                let doc = change.after.clone().map(|f| {
+                                    Document::new(change.collection.clone(), change.id.clone(), f)
+                                });
+                                events.push((*key, Event::Document(doc)));
+                            }
+                        }
+                        Target::Query {
+                            collection,
+                            query,
+                            last,
+                        } => {
+                            if *collection != change.collection {
+                                continue;
+                            }
+                            let touches = |fields: &Option<Map>| {
+                                fields.as_ref().is_some_and(|f| {
+                                    query.matches(&Document::new(
+                                        collection.clone(),
+                                        change.id.clone(),
+                                        f.clone(),
+                                    ))
+                                })
+                            };
+                            if !touches(&change.before) && !touches(&change.after) {
+                                continue;
+                            }
+                            match self.query(collection, query) {
+                                Ok(page) => {
+                                    if last.as_ref() != Some(&page.documents) {
+                                        *last = Some(page.documents.clone());
+                                        events.push((*key, Event::Query(page.documents)));
+                                    }
+                                }
+                                Err(e) => failure = Some(e),
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        for (key, event) in events {
+            self.subs.push(key, event);
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    // ----- verification ------------------------------------------------------
+
+    /// Checks every invariant of the store from scratch:
+    /// each document's materialized fields equal its CRDT state; that state
+    /// equals the merge of every version reachable from its heads; every
+    /// referenced version is present and every stored version is reachable;
+    /// index entries are exactly those the documents imply; each collection's
+    /// Merkle index holds exactly one entry per document, with the incrementally
+    /// maintained root equal to a root rebuilt from scratch.
+    pub fn verify_integrity(&self) -> Result<IntegrityReport, StoreError> {
+        let _writer = lock(&self.writer);
+        let txn = Txn::new(&self.backend);
+        let mut report = IntegrityReport::default();
+        let mut reachable: BTreeSet<ContentId> = BTreeSet::new();
+        let mut expected_index: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut entries: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+        let invariant = |what: String| StoreError::Invariant(what);
+
+        let start = [b'S'];
+        let end = prefix_end(&start).unwrap_or_default();
+        for item in self.backend.scan(&start, Some(&end)) {
+            let (k, v) = item?;
+            let (c, rest) =
+                keys::take_escaped(&k[1..]).ok_or_else(|| corrupt("", "?", "bad state key"))?;
+            let (i, _) =
+                keys::take_escaped(rest).ok_or_else(|| corrupt("", "?", "bad state key"))?;
+            let (c, i) = (
+                String::from_utf8(c).map_err(|_| corrupt("", "?", "bad state key"))?,
+                String::from_utf8(i).map_err(|_| corrupt("", "?", "bad state key"))?,
+            );
+            let record = decode_state(&c, &i, &v)?;
+            report.documents += 1;
+            let versions = self.ancestors(&record.heads)?;
+            let mut merged = DocumentCrdt::new();
+            for node in versions.values() {
+                if node.collection != c || node.id != i {
+                    return Err(invariant(format!(
+                        "{c}/{i}: version of {}/{} in its DAG",
+                        node.collection, node.id
+                    )));
+                }
+                merged.merge(&node.delta);
+            }
+            if merged != record.state {
+                return Err(invariant(format!(
+                    "{c}/{i}: state differs from the merge of its versions"
+                )));
+            }
+            reachable.extend(versions.into_keys());
+            let shown = record.state.materialize();
+            let stored = self.read_doc(&txn, &c, &i)?.map(|d| d.fields);
+            if shown != stored {
+                return Err(invariant(format!(
+                    "{c}/{i}: document record differs from its CRDT state"
+                )));
+            }
+            if let Some(fields) = &shown {
+                report.live_documents += 1;
+                expected_index.extend(index_keys(&c, &i, fields));
+            }
+            entries
+                .entry(c.clone())
+                .or_default()
+                .push(Entry::new(&i, record.heads_digest()));
+        }
+
+        // Every live document record has a state record.
+        let start = [DOC];
+        let end = prefix_end(&start).unwrap_or_default();
+        let docs = self.backend.scan(&start, Some(&end)).count();
+        if docs != report.live_documents {
+            return Err(invariant(format!(
+                "{docs} document records for {} live documents",
+                report.live_documents
+            )));
+        }
+
+        for (tag, count) in [(VERSION, &mut report.versions)] {
+            let start = [tag];
+            let end = prefix_end(&start).unwrap_or_default();
+            for item in self.backend.scan(&start, Some(&end)) {
+                let (k, _) = item?;
+                *count += 1;
+                if !reachable.contains(&ContentId(k[1..].to_vec())) {
+                    return Err(invariant(format!(
+                        "version {:?} is not reachable from any head",
+                        ContentId(k[1..].to_vec())
+                    )));
+                }
+            }
+        }
+        if report.versions != reachable.len() {
+            return Err(invariant("a reachable version is missing".into()));
+        }
+
+        let mut actual_index = BTreeSet::new();
+        for tag in [INDEX, ARRAY_INDEX] {
+            let start = [tag];
+            let end = prefix_end(&start).unwrap_or_default();
+            for item in self.backend.scan(&start, Some(&end)) {
+                actual_index.insert(item?.0);
+            }
+        }
+        report.index_entries = actual_index.len();
+        if actual_index != expected_index {
+            let extra = actual_index.difference(&expected_index).count();
+            let missing = expected_index.difference(&actual_index).count();
+            return Err(invariant(format!(
+                "indexes disagree with documents: {extra} extra, {missing} missing"
+            )));
+        }
+
+        let collections = self.collections()?;
+        if collections != entries.keys().cloned().collect::<Vec<_>>() {
+            return Err(invariant(
+                "Merkle collections differ from the documents' collections".into(),
+            ));
+        }
+        for (c, mut expected) in entries {
+            expected.sort_by(|a, b| a.key_hash.cmp(&b.key_hash));
+            let actual = trie::entries(&txn, &c)?;
+            if actual != expected {
+                return Err(invariant(format!(
+                    "{c}: Merkle entries differ from the documents"
+                )));
+            }
+            let stored = self.read_collection_root(&txn, &c)?;
+            let rebuilt = trie::recompute_root(&c, expected)?;
+            if stored != rebuilt {
+                return Err(invariant(format!(
+                    "{c}: Merkle root differs from a recomputation"
+                )));
+            }
+        }
+        report.collections = collections.len();
+        Ok(report)
+    }
+}
+
+impl From<TypesError> for StoreError {
+    fn from(e: TypesError) -> Self {
+        match e {
+            TypesError::NotFound { collection, id } => StoreError::NotFound { collection, id },
+            TypesError::InvalidArgument(msg) => StoreError::InvalidArgument(msg),
+            other => StoreError::InvalidArgument(other.to_string()),
+        }
+    }
+}
+
+impl From<ecomesh_crdt::Error> for StoreError {
+    fn from(e: ecomesh_crdt::Error) -> Self {
+        match e {
+            ecomesh_crdt::Error::ClockDrift { .. } | ecomesh_crdt::Error::ClockOverflow => {
+                StoreError::Clock(e.to_string())
+            }
+            other => StoreError::InvalidArgument(other.to_string()),
+        }
+    }
+}

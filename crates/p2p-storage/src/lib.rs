@@ -1,0 +1,42 @@
+//! The local ecomesh document store (seed 5.1, 5.3, 5.4, 6).
+//!
+//! [`Store`] keeps documents as CRDT states ([`ecomesh_crdt::DocumentCrdt`])
+//! with a complete, signed version DAG per document, automatic single-field
+//! indexes, a Merkle collection index with one root CID for the whole
+//! database, and subscriptions. It runs over any ordered key-value
+//! [`Backend`](kv::Backend): [`SledStore`] on disk (sled 0.34) and
+//! [`MemoryStore`] in memory share every line of logic, and both implement
+//! [`StorageAdapter`](ecomesh_types::StorageAdapter).
+//!
+//! # Durability
+//! A batch of writes is applied to the backend atomically. With the default
+//! [`FlushPolicy::EveryWrite`], a write that returned `Ok` was flushed (and
+//! fsynced by sled) first and survives a process crash (`kill -9`). sled's
+//! flush is not a guarantee against power loss; see [`FlushPolicy`].
+//!
+//! # Untrusted input
+//! Everything read back from disk is decoded strictly; a record that does not
+//! decode or whose CID does not match is [`StoreError::Corrupt`] naming the
+//! collection and id. Versions from peers go through
+//! [`Store::apply_remote`], which verifies CID, signature, author and clock
+//! before merging.
+
+#![forbid(unsafe_code)]
+
+mod adapter;
+mod codec;
+mod engine;
+mod error;
+mod keys;
+pub mod kv;
+mod records;
+mod subs;
+pub mod trie;
+mod txn;
+
+pub use engine::{
+    ApplyOutcome, FORMAT_VERSION, FlushPolicy, GcPolicy, IntegrityReport, MemoryStore, SledStore,
+    Store, StoreConfig, SystemClock, VersionInfo,
+};
+pub use error::StoreError;
+pub use records::{StateRecord, VERSION_SIGNATURE_DOMAIN, VersionNode};

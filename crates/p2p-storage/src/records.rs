@@ -1,0 +1,332 @@
+//! The records the store keeps: signed version nodes and per-document state.
+
+use ecomesh_crdt::{DocumentCrdt, DocumentDelta};
+use ecomesh_identity::{Identity, PublicKey, peer_id_of};
+use ecomesh_types::{ContentId, HlcTimestamp, PeerId, Value};
+use ecomesh_wire::{Canonical, Limits, Reader, WireError, Writer};
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+
+/// Domain string of a version node signature.
+pub const VERSION_SIGNATURE_DOMAIN: &str = "ecomesh 2026 version-node signature v1";
+
+/// One version of one document: a node of its Merkle DAG (seed 5.4).
+///
+/// Encoded as a canonical DAG-CBOR map `{"id", "ts", "sig", "delta", "author",
+/// "parents", "collection"}`; its CID (dag-cbor, sha2-256) is its identity. The
+/// signature covers the same map without `"sig"`, so a node cannot be altered,
+/// re-parented or re-attributed without invalidating it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionNode {
+    /// The document's collection.
+    pub collection: String,
+    /// The document's id.
+    pub id: String,
+    /// The versions this one follows, sorted, without duplicates.
+    pub parents: Vec<ContentId>,
+    /// The author's Ed25519 public key.
+    pub author: [u8; 32],
+    /// When the change was made; its peer is the author's [`PeerId`].
+    pub timestamp: HlcTimestamp,
+    /// The CRDT delta of the change (for a restored version, the full state to write).
+    pub delta: DocumentDelta,
+    /// The author's Ed25519 signature.
+    pub signature: [u8; 64],
+}
+
+const NODE: &str = "VersionNode";
+
+fn key(w: &mut Writer, k: &str) {
+    w.text(k);
+}
+
+fn expect_key(r: &mut Reader<'_>, context: &'static str, k: &'static str) -> Result<(), WireError> {
+    let got = r
+        .read_text()
+        .map_err(|_| WireError::MissingField { context, field: k })?;
+    if got != k {
+        return Err(WireError::UnknownField {
+            context,
+            field: got.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn read_fixed<const N: usize>(
+    r: &mut Reader<'_>,
+    context: &'static str,
+    field: &'static str,
+) -> Result<[u8; N], WireError> {
+    r.read_bytes()?
+        .try_into()
+        .map_err(|_| WireError::InvalidField {
+            context,
+            field,
+            reason: "wrong length",
+        })
+}
+
+fn write_links(
+    w: &mut Writer,
+    links: &[ContentId],
+    depth: usize,
+    max: usize,
+) -> Result<(), WireError> {
+    w.array(links.len());
+    for l in links {
+        Value::Link(l.clone()).write_to(w, depth + 1, max)?;
+    }
+    Ok(())
+}
+
+fn read_links(
+    r: &mut Reader<'_>,
+    depth: usize,
+    context: &'static str,
+    field: &'static str,
+) -> Result<Vec<ContentId>, WireError> {
+    let n = r.read_array_len()?;
+    let mut out: Vec<ContentId> = Vec::with_capacity(n.min(r.remaining()));
+    for _ in 0..n {
+        match Value::read_from(r, depth + 1)? {
+            Value::Link(l) => {
+                if out.last().is_some_and(|prev| prev >= &l) {
+                    return Err(WireError::InvalidField {
+                        context,
+                        field,
+                        reason: "links not sorted and unique",
+                    });
+                }
+                out.push(l)
+            }
+            _ => {
+                return Err(WireError::InvalidField {
+                    context,
+                    field,
+                    reason: "not a link",
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl VersionNode {
+    /// Builds and signs a node.
+    pub fn signed(
+        identity: &Identity,
+        collection: &str,
+        id: &str,
+        mut parents: Vec<ContentId>,
+        timestamp: HlcTimestamp,
+        delta: DocumentDelta,
+    ) -> Result<Self, StoreError> {
+        parents.sort();
+        parents.dedup();
+        let mut node = VersionNode {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            parents,
+            author: identity.public_key().to_bytes(),
+            timestamp,
+            delta,
+            signature: [0; 64],
+        };
+        let payload = node.signing_bytes()?;
+        node.signature = identity
+            .sign_with_domain(VERSION_SIGNATURE_DOMAIN, &payload)
+            .map_err(|e| StoreError::Encode(e.to_string()))?
+            .0;
+        Ok(node)
+    }
+
+    /// The author's peer id.
+    pub fn author_peer(&self) -> PeerId {
+        peer_id_of(&self.author)
+    }
+
+    fn write_fields(
+        &self,
+        w: &mut Writer,
+        with_sig: bool,
+        depth: usize,
+        max: usize,
+    ) -> Result<(), WireError> {
+        w.map(if with_sig { 7 } else { 6 });
+        key(w, "id");
+        w.text(&self.id);
+        key(w, "ts");
+        self.timestamp.write_to(w, depth + 1, max)?;
+        if with_sig {
+            key(w, "sig");
+            w.bytes(&self.signature);
+        }
+        key(w, "delta");
+        self.delta.write_to(w, depth + 1, max)?;
+        key(w, "author");
+        w.bytes(&self.author);
+        key(w, "parents");
+        write_links(w, &self.parents, depth + 1, max)?;
+        key(w, "collection");
+        w.text(&self.collection);
+        Ok(())
+    }
+
+    /// The bytes the signature covers: the canonical map without `"sig"`.
+    pub fn signing_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        let mut w = Writer::with_capacity(256);
+        self.write_fields(&mut w, false, 0, Limits::DEFAULT.effective_depth())
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        Ok(w.into_bytes())
+    }
+
+    /// The node's canonical bytes and CID.
+    pub fn encode(&self) -> Result<(Vec<u8>, ContentId), StoreError> {
+        let bytes = ecomesh_wire::encode(self).map_err(|e| StoreError::Encode(e.to_string()))?;
+        let cid = crate::codec::cid_of_bytes(&bytes);
+        Ok((bytes, cid))
+    }
+
+    /// Checks what a node received from anywhere must satisfy: the signature
+    /// verifies under `author`, the timestamp's peer is the author, every
+    /// timestamp inside the delta is at most the node's, and the delta is not
+    /// empty.
+    pub fn verify(&self) -> Result<(), StoreError> {
+        let bad = |reason: &str| StoreError::InvalidVersion {
+            collection: self.collection.clone(),
+            id: self.id.clone(),
+            reason: reason.to_owned(),
+        };
+        ecomesh_types::validate_key(&self.collection, &self.id).map_err(|e| bad(&e.to_string()))?;
+        let key =
+            PublicKey::from_bytes(&self.author).map_err(|_| bad("author is not an Ed25519 key"))?;
+        let payload = self.signing_bytes()?;
+        key.verify_with_domain(
+            VERSION_SIGNATURE_DOMAIN,
+            &payload,
+            &ecomesh_types::Signature(self.signature),
+        )
+        .map_err(|_| bad("signature does not verify"))?;
+        if self.timestamp.peer != key.peer_id() {
+            return Err(bad("timestamp peer is not the author"));
+        }
+        if self.delta.is_empty() {
+            return Err(bad("empty delta"));
+        }
+        if self
+            .delta
+            .max_timestamp()
+            .is_some_and(|t| t > self.timestamp)
+        {
+            return Err(bad("delta holds a timestamp later than the node's"));
+        }
+        Ok(())
+    }
+}
+
+impl Canonical for VersionNode {
+    const NAME: &'static str = NODE;
+
+    fn write_to(&self, w: &mut Writer, depth: usize, max_depth: usize) -> Result<(), WireError> {
+        if depth + 1 > max_depth {
+            return Err(WireError::DepthExceeded { max: max_depth });
+        }
+        self.write_fields(w, true, depth, max_depth)
+    }
+
+    fn read_from(r: &mut Reader<'_>, depth: usize) -> Result<Self, WireError> {
+        let max = r.limits().effective_depth();
+        if depth + 1 > max {
+            return Err(WireError::DepthExceeded { max });
+        }
+        if r.read_map_len()? != 7 {
+            return Err(WireError::InvalidField {
+                context: NODE,
+                field: "*",
+                reason: "expected 7 fields",
+            });
+        }
+        expect_key(r, NODE, "id")?;
+        let id = r.read_text()?.to_owned();
+        expect_key(r, NODE, "ts")?;
+        let timestamp = HlcTimestamp::read_from(r, depth + 1)?;
+        expect_key(r, NODE, "sig")?;
+        let signature = read_fixed::<64>(r, NODE, "sig")?;
+        expect_key(r, NODE, "delta")?;
+        let delta = DocumentCrdt::read_from(r, depth + 1)?;
+        expect_key(r, NODE, "author")?;
+        let author = read_fixed::<32>(r, NODE, "author")?;
+        expect_key(r, NODE, "parents")?;
+        let parents = read_links(r, depth + 1, NODE, "parents")?;
+        expect_key(r, NODE, "collection")?;
+        let collection = r.read_text()?.to_owned();
+        Ok(VersionNode {
+            collection,
+            id,
+            parents,
+            author,
+            timestamp,
+            delta,
+            signature,
+        })
+    }
+}
+
+/// What the store keeps per document: the merged CRDT state and the DAG heads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateRecord {
+    /// The versions no other local version follows, sorted.
+    pub heads: Vec<ContentId>,
+    /// The merge of every version's delta.
+    pub state: DocumentCrdt,
+}
+
+const STATE: &str = "StateRecord";
+
+impl StateRecord {
+    /// Digest of the heads: the value of the document's Merkle index entry.
+    pub fn heads_digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for head in &self.heads {
+            h.update((head.0.len() as u32).to_be_bytes());
+            h.update(&head.0);
+        }
+        h.finalize().into()
+    }
+}
+
+impl Canonical for StateRecord {
+    const NAME: &'static str = STATE;
+
+    fn write_to(&self, w: &mut Writer, depth: usize, max_depth: usize) -> Result<(), WireError> {
+        if depth + 1 > max_depth {
+            return Err(WireError::DepthExceeded { max: max_depth });
+        }
+        w.map(2);
+        key(w, "heads");
+        write_links(w, &self.heads, depth + 1, max_depth)?;
+        key(w, "state");
+        self.state.write_to(w, depth + 1, max_depth)
+    }
+
+    fn read_from(r: &mut Reader<'_>, depth: usize) -> Result<Self, WireError> {
+        let max = r.limits().effective_depth();
+        if depth + 1 > max {
+            return Err(WireError::DepthExceeded { max });
+        }
+        if r.read_map_len()? != 2 {
+            return Err(WireError::InvalidField {
+                context: STATE,
+                field: "*",
+                reason: "expected 2 fields",
+            });
+        }
+        expect_key(r, STATE, "heads")?;
+        let heads = read_links(r, depth + 1, STATE, "heads")?;
+        expect_key(r, STATE, "state")?;
+        let state = DocumentCrdt::read_from(r, depth + 1)?;
+        Ok(StateRecord { heads, state })
+    }
+}
