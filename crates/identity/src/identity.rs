@@ -368,3 +368,63 @@ mod tests {
         out
     }
 }
+
+/// The identity crate's own domain strings, which [`Identity::sign_with_domain`] refuses
+/// so that no other crate can obtain a signature valid in this crate's protocols.
+const RESERVED_DOMAINS: &[&str] = &[
+    crate::domain::NETWORK_MESSAGE,
+    crate::domain::E2EE_KDF,
+    crate::domain::E2EE_SENDER,
+    crate::domain::GROUP_DATA_KDF,
+    crate::domain::GROUP_KEY_CHECK,
+    crate::domain::CAPABILITY,
+    crate::domain::DEVICE_LINK,
+    crate::domain::AUTH,
+    crate::domain::NOISE_PROLOGUE,
+    crate::domain::NOISE_IDENTITY,
+];
+
+fn domain_framed(domain: &str, payload: &[u8]) -> Result<Vec<u8>> {
+    if domain.is_empty() || RESERVED_DOMAINS.contains(&domain) {
+        return Err(Error::InvalidArgument("domain string is empty or reserved by ecomesh-identity"));
+    }
+    let mut w = crate::codec::Writer::with_domain(domain);
+    w.var(payload);
+    Ok(w.finish())
+}
+
+impl Identity {
+    /// Signs `payload` for another crate's record type, named by `domain` (for example
+    /// `"ecomesh 2026 version-node signature v1"`). The signature covers the
+    /// length-prefixed domain string then the length-prefixed payload, so it verifies only
+    /// for that domain. The identity crate's own domains are refused
+    /// ([`Error::InvalidArgument`]), as is an empty one.
+    pub fn sign_with_domain(&self, domain: &str, payload: &[u8]) -> Result<Signature> {
+        Ok(self.sign(&domain_framed(domain, payload)?))
+    }
+}
+
+impl PublicKey {
+    /// Verifies a signature made by [`Identity::sign_with_domain`] with the same domain,
+    /// with the strict rules of Ed25519 verification.
+    pub fn verify_with_domain(&self, domain: &str, payload: &[u8], signature: &Signature) -> Result<()> {
+        self.verify(&domain_framed(domain, payload)?, signature)
+    }
+}
+
+#[cfg(test)]
+mod domain_signature_tests {
+    use super::*;
+
+    #[test]
+    fn signature_binds_the_domain_and_payload() {
+        let id = Identity::from_secret_bytes(&[7; 32]);
+        let sig = id.sign_with_domain("test domain v1", b"payload").unwrap();
+        let key = id.public_key();
+        assert!(key.verify_with_domain("test domain v1", b"payload", &sig).is_ok());
+        assert!(key.verify_with_domain("test domain v2", b"payload", &sig).is_err());
+        assert!(key.verify_with_domain("test domain v1", b"payloaD", &sig).is_err());
+        assert!(id.sign_with_domain(crate::domain::CAPABILITY, b"x").is_err());
+        assert!(id.sign_with_domain("", b"x").is_err());
+    }
+}
