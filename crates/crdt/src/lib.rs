@@ -17,6 +17,36 @@
 //! **Invariant: this crate does no I/O and reads no clock.** Physical time comes
 //! from a [`PhysicalClock`] the caller passes (or a plain number of
 //! milliseconds); [`ManualClock`] is provided for tests.
+//!
+//! # Example: two replicas of a document
+//!
+//! ```
+//! use ecomesh_crdt::{DocumentCrdt, FieldOp, Hlc, ManualClock, Merge};
+//! use ecomesh_types::{Map, PeerId, Value};
+//!
+//! let clock = ManualClock::new(1_700_000_000_000);
+//! let (mut hlc_a, mut hlc_b) = (
+//!     Hlc::new(PeerId::from_digest([1; 32])),
+//!     Hlc::new(PeerId::from_digest([2; 32])),
+//! );
+//! let (mut a, mut b) = (DocumentCrdt::new(), DocumentCrdt::new());
+//!
+//! let ts = hlc_a.send(&clock)?;
+//! let d1 = a.update(Map::from([("title".into(), Value::from("draft"))]), ts)?;
+//! let ts = hlc_b.send(&clock)?;
+//! let d2 = b.apply([("views".to_owned(), FieldOp::Increment(1))], ts)?;
+//!
+//! // Deltas cross in any order, any number of times.
+//! a.merge(&d2);
+//! b.merge(&d1);
+//! b.merge(&d1);
+//! if let Some(seen) = d2.max_timestamp() {
+//!     hlc_a.receive(&seen, &clock)?;
+//! }
+//! assert_eq!(a, b);
+//! assert_eq!(a.get("views"), Some(Value::Integer(1)));
+//! # Ok::<(), ecomesh_crdt::Error>(())
+//! ```
 
 #![forbid(unsafe_code)]
 
