@@ -386,7 +386,9 @@ const RESERVED_DOMAINS: &[&str] = &[
 
 fn domain_framed(domain: &str, payload: &[u8]) -> Result<Vec<u8>> {
     if domain.is_empty() || RESERVED_DOMAINS.contains(&domain) {
-        return Err(Error::InvalidArgument("domain string is empty or reserved by ecomesh-identity"));
+        return Err(Error::InvalidArgument(
+            "domain string is empty or reserved by ecomesh-identity",
+        ));
     }
     let mut w = crate::codec::Writer::with_domain(domain);
     w.var(payload);
@@ -407,7 +409,12 @@ impl Identity {
 impl PublicKey {
     /// Verifies a signature made by [`Identity::sign_with_domain`] with the same domain,
     /// with the strict rules of Ed25519 verification.
-    pub fn verify_with_domain(&self, domain: &str, payload: &[u8], signature: &Signature) -> Result<()> {
+    pub fn verify_with_domain(
+        &self,
+        domain: &str,
+        payload: &[u8],
+        signature: &Signature,
+    ) -> Result<()> {
         self.verify(&domain_framed(domain, payload)?, signature)
     }
 }
@@ -421,10 +428,22 @@ mod domain_signature_tests {
         let id = Identity::from_secret_bytes(&[7; 32]);
         let sig = id.sign_with_domain("test domain v1", b"payload").unwrap();
         let key = id.public_key();
-        assert!(key.verify_with_domain("test domain v1", b"payload", &sig).is_ok());
-        assert!(key.verify_with_domain("test domain v2", b"payload", &sig).is_err());
-        assert!(key.verify_with_domain("test domain v1", b"payloaD", &sig).is_err());
-        assert!(id.sign_with_domain(crate::domain::CAPABILITY, b"x").is_err());
+        assert!(
+            key.verify_with_domain("test domain v1", b"payload", &sig)
+                .is_ok()
+        );
+        assert!(
+            key.verify_with_domain("test domain v2", b"payload", &sig)
+                .is_err()
+        );
+        assert!(
+            key.verify_with_domain("test domain v1", b"payloaD", &sig)
+                .is_err()
+        );
+        assert!(
+            id.sign_with_domain(crate::domain::CAPABILITY, b"x")
+                .is_err()
+        );
         assert!(id.sign_with_domain("", b"x").is_err());
     }
 }

@@ -30,6 +30,7 @@ mod error;
 pub mod group;
 mod identity;
 pub mod message;
+pub mod noise;
 
 mod policy;
 mod rng;
