@@ -116,7 +116,13 @@ impl Field {
             Slot::Absent => None,
             Slot::Value(v) => Some(v.clone()),
             Slot::Counter => Some(Value::Integer(clamp_i64(self.counter.value()))),
-            Slot::Set => Some(Value::Array(self.set.iter().cloned().collect())),
+            Slot::Set => Some(Value::Array(
+                self.set
+                    .entries()
+                    .filter(|(_, live, _)| live.last().copied() > deleted)
+                    .map(|(item, _, _)| item.clone())
+                    .collect(),
+            )),
         }
     }
 }
@@ -171,9 +177,13 @@ pub type DocumentDelta = DocumentCrdt;
 /// its latest write (`set`, `update`, `apply`) is later than `d`.** So when a
 /// delete and an update are concurrent, the one with the greater timestamp
 /// wins: a later update resurrects the document showing only the fields written
-/// after the delete, and a later delete hides all of the update's fields. A
-/// delete also resets the counter and set contents it observed, so a resurrected
-/// counter or set starts empty.
+/// after the delete, and a later delete hides all of the update's fields. Set
+/// elements follow the same rule through their add tags (an element shows only if
+/// it was added after `d`). A delete also resets the counter and set contents it
+/// observed. Counter contributions carry no timestamp, so the one exception is a
+/// counter contribution concurrent with the delete and not seen by it: it
+/// survives, hidden, and counts again if the field is later resurrected as a
+/// counter (as an OR-Set add survives a concurrent remove).
 ///
 /// Every operation returns its [`DocumentDelta`] and leaves the state unchanged
 /// when it fails. Timestamps passed to operations should come from the replica's
@@ -260,7 +270,7 @@ impl DocumentCrdt {
     /// The document's fields as a reader sees them, or `None` if it does not exist.
     ///
     /// Counters show as `Value::Integer` (clamped to the `i64` range), sets as a
-    /// sorted `Value::Array` without duplicates.
+    /// sorted `Value::Array` without duplicates of the elements added after the tombstone.
     pub fn materialize(&self) -> Option<Map> {
         if !self.exists() {
             return None;
@@ -623,6 +633,57 @@ mod tests {
             Some(map(&[("n", 1.into()), ("s", Value::Array(vec![2.into()]))]))
         );
         assert_eq!(doc.max_timestamp(), Some(ts(3, 1)));
+    }
+
+    #[test]
+    fn unobserved_concurrent_contents_across_a_delete() {
+        let mut a = DocumentCrdt::new();
+        let create = a
+            .apply(
+                [
+                    ("n".to_owned(), FieldOp::Increment(1)),
+                    ("s".to_owned(), FieldOp::AddToSet(vec![1.into()])),
+                ],
+                ts(1, 1),
+            )
+            .unwrap();
+        let mut b = DocumentCrdt::new();
+        b.merge(&create);
+        // A adds at 3 while B deletes at 4 without seeing it.
+        let add = a
+            .apply(
+                [
+                    ("n".to_owned(), FieldOp::Increment(10)),
+                    ("s".to_owned(), FieldOp::AddToSet(vec![2.into()])),
+                ],
+                ts(3, 1),
+            )
+            .unwrap();
+        let del = b.delete(ts(4, 2)).unwrap();
+        a.merge(&del);
+        b.merge(&add);
+        assert_eq!(a, b);
+        assert!(!a.exists());
+        // Resurrect both fields at 5: the set element added at 3 stays hidden,
+        // the unobserved counter contribution of 10 counts again.
+        let again = a
+            .apply(
+                [
+                    ("n".to_owned(), FieldOp::Increment(100)),
+                    ("s".to_owned(), FieldOp::AddToSet(vec![3.into()])),
+                ],
+                ts(5, 1),
+            )
+            .unwrap();
+        b.merge(&again);
+        assert_eq!(a, b);
+        assert_eq!(
+            a.materialize(),
+            Some(map(&[
+                ("n", 110.into()),
+                ("s", Value::Array(vec![3.into()]))
+            ]))
+        );
     }
 
     #[test]

@@ -7,10 +7,12 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use common::{DocOp, peers};
+use common::{DocOp, arb_value, peers};
 use ecomesh_crdt::{DocumentCrdt, DocumentDelta, Hlc, ManualClock, Merge};
+use ecomesh_types::{HlcTimestamp, Map, Value};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -204,5 +206,70 @@ proptest! {
             all.merge(d);
         }
         prop_assert_eq!(&all, first);
+    }
+}
+
+/// Updates and deletes only, for the oracle below.
+fn arb_update_or_delete() -> impl Strategy<Value = (usize, Option<Map>)> {
+    let fields = proptest::collection::btree_map(
+        prop_oneof![Just("a"), Just("b"), Just("c")].prop_map(str::to_owned),
+        arb_value(),
+        0..3,
+    );
+    (
+        0..3_usize,
+        prop_oneof![3 => fields.prop_map(Some), 1 => Just(None)],
+    )
+}
+
+proptest! {
+    /// The documented delete/update rule, checked against an independent oracle:
+    /// the document exists iff its latest update is later than its latest delete,
+    /// and it shows, per field, the latest write if that write is later than the
+    /// latest delete, whichever replica did what and in which order they merged.
+    #[test]
+    fn prop_delete_update_rule_matches_oracle(
+        ops in proptest::collection::vec((arb_update_or_delete(), proptest::option::of(0..3_usize)), 0..30),
+    ) {
+        let ps = peers();
+        let mut replicas = [DocumentCrdt::new(), DocumentCrdt::new(), DocumentCrdt::new()];
+        let mut log: Vec<(HlcTimestamp, Option<Map>)> = Vec::new();
+        let mut counts = [0_u64; 3];
+        for ((r, op), sync_from) in &ops {
+            // Unique per replica; equal time parts across peers exercise the tie-break.
+            counts[*r] += 1;
+            let ts = HlcTimestamp::new(counts[*r], 0, ps[*r]);
+            match op {
+                Some(fields) => replicas[*r].update(fields.clone(), ts).unwrap(),
+                None => replicas[*r].delete(ts).unwrap(),
+            };
+            log.push((ts, op.clone()));
+            if let Some(from) = sync_from {
+                let state = replicas[*from].clone();
+                replicas[(from + 1) % 3].merge(&state);
+            }
+        }
+        let mut all = DocumentCrdt::new();
+        for r in &replicas {
+            all.merge(r);
+        }
+        let last_delete = log.iter().filter(|(_, op)| op.is_none()).map(|(t, _)| *t).max();
+        let last_update = log.iter().filter(|(_, op)| op.is_some()).map(|(t, _)| *t).max();
+        let mut latest: BTreeMap<String, (HlcTimestamp, Value)> = BTreeMap::new();
+        for (t, op) in &log {
+            for (name, value) in op.iter().flatten() {
+                if latest.get(name).is_none_or(|(lt, _)| t > lt) {
+                    latest.insert(name.clone(), (*t, value.clone()));
+                }
+            }
+        }
+        let expected = (last_update > last_delete).then(|| {
+            latest
+                .into_iter()
+                .filter(|(_, (t, _))| Some(*t) > last_delete)
+                .map(|(name, (_, v))| (name, v))
+                .collect::<Map>()
+        });
+        prop_assert_eq!(all.materialize(), expected);
     }
 }
