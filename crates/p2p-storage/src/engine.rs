@@ -290,6 +290,29 @@ fn collection_key(collection: &str) -> Vec<u8> {
     keys::key(COLLECTION, &[collection.as_bytes()])
 }
 
+/// An index scan: (index tag, start value key, optional bound key).
+type IndexRange = (u8, Vec<u8>, Option<Vec<u8>>);
+
+/// Refuses values DAG-CBOR cannot store (NaN and infinite floats), naming the field.
+fn validate_fields(fields: &Map) -> Result<(), StoreError> {
+    fields
+        .iter()
+        .try_for_each(|(name, v)| validate_value(name, v))
+}
+
+fn validate_value(field: &str, v: &Value) -> Result<(), StoreError> {
+    match v {
+        Value::Float(f) if !f.is_finite() => Err(StoreError::InvalidArgument(format!(
+            "field {field:?}: NaN and infinite floats cannot be stored (DAG-CBOR has no encoding for them)"
+        ))),
+        Value::Array(items) => items.iter().try_for_each(|i| validate_value(field, i)),
+        Value::Map(m) => m
+            .iter()
+            .try_for_each(|(k, i)| validate_value(&format!("{field}.{k}"), i)),
+        _ => Ok(()),
+    }
+}
+
 /// Index entries (`I` and `A` keys) of one document's fields.
 fn index_keys(collection: &str, id: &str, fields: &Map) -> BTreeSet<Vec<u8>> {
     let mut out = BTreeSet::new();
@@ -722,7 +745,7 @@ impl<B: Backend> Store<B> {
         filters.sort_by_key(|f| rank(f.op));
         for f in filters {
             let field = f.field.as_bytes();
-            let ranges: Option<Vec<(u8, Vec<u8>, Option<Vec<u8>>)>> = match f.op {
+            let ranges: Option<Vec<IndexRange>> = match f.op {
                 FilterOp::Eq => keys::value_key(&f.value).map(|vk| vec![(INDEX, vk, None)]),
                 FilterOp::ArrayContains => {
                     keys::value_key(&f.value).map(|vk| vec![(ARRAY_INDEX, vk, None)])
@@ -915,6 +938,22 @@ impl<B: Backend> Store<B> {
     fn write(&self, ops: Vec<Op>) -> Result<Vec<WriteResult>, StoreError> {
         for op in &ops {
             validate_key(&op.collection, &op.id)?;
+            match &op.kind {
+                OpKind::Set { fields, .. } | OpKind::Update(fields) => validate_fields(fields)?,
+                OpKind::Apply(field_ops) => {
+                    for (name, field_op) in field_ops {
+                        let values: &[Value] = match field_op {
+                            FieldOp::Set(v) => std::slice::from_ref(v),
+                            FieldOp::AddToSet(vs) | FieldOp::RemoveFromSet(vs) => vs,
+                            _ => &[],
+                        };
+                        for v in values {
+                            validate_value(name, v)?;
+                        }
+                    }
+                }
+                OpKind::Delete => {}
+            }
         }
         let mut writer = lock(&self.writer);
         let mut hlc = writer.hlc.clone();
@@ -1363,7 +1402,7 @@ impl<B: Backend> Store<B> {
             ));
         }
         for (c, mut expected) in entries {
-            expected.sort_by(|a, b| a.key_hash.cmp(&b.key_hash));
+            expected.sort_by_key(|e| e.key_hash);
             let actual = trie::entries(&txn, &c)?;
             if actual != expected {
                 return Err(invariant(format!(

@@ -15,6 +15,9 @@ use crate::StoreError;
 /// Puts (`Some`) and deletes (`None`) applied together, in key order.
 pub type WriteBatch = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// Key-value pairs in key order, as a backend scan yields them.
+pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a>;
+
 /// An ordered key-value backend.
 ///
 /// Promises: `apply` is atomic (all of the batch or none of it is visible, also
@@ -24,11 +27,7 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Keys in `[start, end)` (or to the end when `end` is `None`), ascending.
-    fn scan(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_>;
+    fn scan(&self, start: &[u8], end: Option<&[u8]>) -> ScanIter<'_>;
 
     /// Applies a batch atomically.
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
@@ -72,11 +71,7 @@ impl Backend for MemoryBackend {
         Ok(self.lock().get(key).cloned())
     }
 
-    fn scan(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_> {
+    fn scan(&self, start: &[u8], end: Option<&[u8]>) -> ScanIter<'_> {
         let upper = match end {
             Some(end) => Bound::Excluded(end.to_vec()),
             None => Bound::Unbounded,
@@ -150,11 +145,7 @@ impl Backend for SledBackend {
         Ok(self.db.get(key).map_err(sled_err)?.map(|v| v.to_vec()))
     }
 
-    fn scan(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_> {
+    fn scan(&self, start: &[u8], end: Option<&[u8]>) -> ScanIter<'_> {
         let iter = match end {
             Some(end) => self.db.range(start.to_vec()..end.to_vec()),
             None => self.db.range(start.to_vec()..),

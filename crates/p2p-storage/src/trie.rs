@@ -163,7 +163,7 @@ impl Node {
 
 fn nibble(hash: &[u8; 32], depth: usize) -> usize {
     let byte = hash[depth / 2];
-    usize::from(if depth % 2 == 0 {
+    usize::from(if depth.is_multiple_of(2) {
         byte >> 4
     } else {
         byte & 0x0F
@@ -332,7 +332,7 @@ fn remove_at(
                 txn.delete(node_key(collection, path));
                 path.pop();
             }
-            entries.sort_by(|a, b| a.key_hash.cmp(&b.key_hash));
+            entries.sort_by_key(|e| e.key_hash);
             if entries.is_empty() {
                 txn.delete(node_key(collection, path));
                 return Ok(None);
@@ -361,7 +361,7 @@ pub(crate) fn entries(txn: &Txn<'_>, collection: &str) -> Result<Vec<Entry>, Sto
             }
         }
     }
-    out.sort_by(|a, b| a.key_hash.cmp(&b.key_hash));
+    out.sort_by_key(|e| e.key_hash);
     Ok(out)
 }
 
@@ -374,8 +374,92 @@ pub(crate) fn recompute_root(
     if entries.is_empty() {
         return Ok(None);
     }
-    entries.sort_by(|a, b| a.key_hash.cmp(&b.key_hash));
+    entries.sort_by_key(|e| e.key_hash);
     let scratch = crate::kv::MemoryBackend::new();
     let mut txn = Txn::new(&scratch);
     build(&mut txn, collection, &mut Vec::new(), entries).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::MemoryBackend;
+    use proptest::prelude::*;
+
+    fn entry(n: u16, v: u8) -> Entry {
+        Entry::new(&format!("doc{n}"), [v; 32])
+    }
+
+    /// Applies upserts and removals in order; returns the final root.
+    fn run(ops: &[(u16, Option<u8>)]) -> Option<ChildRef> {
+        let backend = MemoryBackend::new();
+        let mut root = None;
+        for (n, v) in ops {
+            let mut txn = Txn::new(&backend);
+            root = match v {
+                Some(v) => Some(upsert(&mut txn, "c", entry(*n, *v)).unwrap()),
+                None => remove(&mut txn, "c", &entry(*n, 0).key_hash).unwrap(),
+            };
+            txn.commit().unwrap();
+        }
+        root
+    }
+
+    proptest! {
+        #[test]
+        fn prop_root_depends_only_on_the_final_entries(
+            ops in proptest::collection::vec((0_u16..150, proptest::option::weighted(0.8, 0_u8..3)), 0..200),
+            seed in any::<u64>(),
+        ) {
+            // The final entry set.
+            let mut last: std::collections::BTreeMap<u16, Option<u8>> = Default::default();
+            for (n, v) in &ops {
+                last.insert(*n, *v);
+            }
+            let finals: Vec<Entry> = last.iter().filter_map(|(n, v)| v.map(|v| entry(*n, v))).collect();
+            let incremental = run(&ops);
+            prop_assert_eq!(&incremental, &recompute_root("c", finals.clone()).unwrap());
+            // Writing only the final entries, in a shuffled order, gives the same root.
+            let mut direct: Vec<(u16, Option<u8>)> = last.iter().filter(|(_, v)| v.is_some()).map(|(n, v)| (*n, *v)).collect();
+            let mut x = seed | 1;
+            for i in (1..direct.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                direct.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            prop_assert_eq!(incremental.as_ref().map(|r| r.count), Some(finals.len() as u64).filter(|n| *n > 0));
+            prop_assert_eq!(run(&direct), incremental);
+        }
+    }
+
+    #[test]
+    fn a_write_touches_a_logarithmic_number_of_nodes() {
+        let backend = MemoryBackend::new();
+        for n in 0..5000_u16 {
+            let mut txn = Txn::new(&backend);
+            upsert(&mut txn, "c", entry(n, 1)).unwrap();
+            txn.commit().unwrap();
+        }
+        let mut txn = Txn::new(&backend);
+        upsert(&mut txn, "c", entry(7, 2)).unwrap();
+        let written = txn.pending_len();
+        // 5000 entries in buckets of <= 16: depth about log16(5000 / 16) + 1 = 3.
+        assert!(written <= 4, "one upsert rewrote {written} nodes");
+    }
+
+    #[test]
+    fn stored_nodes_are_checked() {
+        assert!(Node::from_value(&Value::Null).is_err());
+        let mut m = Map::new();
+        m.insert("c".into(), Value::Array(vec![Value::Null; 15]));
+        assert!(Node::from_value(&Value::Map(m)).is_err());
+        let mut m = Map::new();
+        m.insert(
+            "e".into(),
+            Value::Array(vec![Value::Array(vec![
+                Value::Text("x".into()),
+                Value::Bytes(vec![1]),
+            ])]),
+        );
+        assert!(Node::from_value(&Value::Map(m)).is_err());
+    }
 }

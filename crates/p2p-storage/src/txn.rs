@@ -34,6 +34,12 @@ impl<'a> Txn<'a> {
         self.pending.insert(key, None);
     }
 
+    /// Number of pending writes.
+    #[cfg(test)]
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Applies every pending write atomically.
     pub(crate) fn commit(self) -> Result<(), StoreError> {
         if self.pending.is_empty() {
