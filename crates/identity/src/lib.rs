@@ -27,6 +27,7 @@ pub mod capability;
 mod codec;
 pub mod device_link;
 mod error;
+pub mod fuzzing;
 pub mod group;
 mod identity;
 pub mod message;
