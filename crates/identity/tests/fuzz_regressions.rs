@@ -8,7 +8,9 @@ use std::path::Path;
 use ecomesh_identity::fuzzing;
 
 fn replay(target: &str, check: fn(&[u8])) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz_regressions")
+        .join(target);
     let mut n = 0;
     for entry in fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -35,7 +37,15 @@ fn fuzz_checks_accept_valid_inputs() {
     use ecomesh_identity::capability::{Action, Actions, Capability};
     use ecomesh_identity::device_link::DeviceLinkDeclaration;
     let a = ecomesh_identity::Identity::from_secret_bytes(&[5; 32]);
-    let cap = Capability::grant(&a, a.peer_id(), "r", Actions::new([Action::Read]).unwrap(), 0, 1).unwrap();
+    let cap = Capability::grant(
+        &a,
+        a.peer_id(),
+        "r",
+        Actions::new([Action::Read]).unwrap(),
+        0,
+        1,
+    )
+    .unwrap();
     fuzzing::capability(&cap.to_bytes());
     let mut d = DeviceLinkDeclaration::new(&[*a.public_key()], "", 0).unwrap();
     d.sign(&a).unwrap();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{drive, identity, open_pair, pair};
+use common::{drive, identity, open_handshake, open_pair, policed};
 use ecomesh_identity::noise::{
     Delivery, FrameDecoder, Handshake, MAX_MESSAGE_LEN, Pattern, SessionConfig, frame,
 };
@@ -16,15 +16,7 @@ const PATTERNS: [Pattern; 2] = [Pattern::XX, Pattern::IK];
 fn handshake_sizes_and_identities() {
     for (pattern, sizes) in [(Pattern::XX, [32, 194, 162]), (Pattern::IK, [194, 146, 16])] {
         let (a, b) = (identity(1), identity(2));
-        let (i, r) = pair(
-            pattern,
-            &a,
-            &b,
-            AccessPolicy::Open,
-            AccessPolicy::Open,
-            SessionConfig::default(),
-        )
-        .unwrap();
+        let (i, r) = open_handshake(pattern, &a, &b);
         let (sent, result) = drive(i, r, |_, _| {});
         let (s1, s2) = result.unwrap();
         let lens: Vec<usize> = sent.iter().map(Vec::len).collect();
@@ -162,13 +154,12 @@ fn allowlist_and_blocklist_refuse() {
     let (a, b, c) = (identity(1), identity(2), identity(3));
     for pattern in PATTERNS {
         // Responder allows only c: refuses a before completing.
-        let (i, r) = pair(
+        let (i, r) = policed(
             pattern,
             &a,
             &b,
             AccessPolicy::Open,
             AccessPolicy::allow_only([c.peer_id()]),
-            SessionConfig::default(),
         )
         .unwrap();
         let (sent, res) = drive(i, r, |_, _| {});
@@ -180,13 +171,12 @@ fn allowlist_and_blocklist_refuse() {
         assert_eq!(sent.len(), if pattern == Pattern::IK { 1 } else { 3 });
 
         // Responder blocks a.
-        let (i, r) = pair(
+        let (i, r) = policed(
             pattern,
             &a,
             &b,
             AccessPolicy::Open,
             AccessPolicy::block([a.peer_id()]),
-            SessionConfig::default(),
         )
         .unwrap();
         assert!(matches!(
@@ -195,38 +185,35 @@ fn allowlist_and_blocklist_refuse() {
         ));
 
         // Blocklist of someone else lets a through.
-        let (i, r) = pair(
+        let (i, r) = policed(
             pattern,
             &a,
             &b,
             AccessPolicy::Open,
             AccessPolicy::block([c.peer_id()]),
-            SessionConfig::default(),
         )
         .unwrap();
         drive(i, r, |_, _| {}).1.unwrap();
     }
     // Initiator refuses the responder: XX before sending message 3, IK before sending anything.
-    let (i, r) = pair(
+    let (i, r) = policed(
         Pattern::XX,
         &a,
         &b,
         AccessPolicy::block([b.peer_id()]),
         AccessPolicy::Open,
-        SessionConfig::default(),
     )
     .unwrap();
     let (sent, res) = drive(i, r, |_, _| {});
     assert!(matches!(res, Err(Error::PeerRefused(p)) if p == b.peer_id()));
     assert_eq!(sent.len(), 2);
     assert!(matches!(
-        pair(
+        policed(
             Pattern::IK,
             &a,
             &b,
             AccessPolicy::allow_only([c.peer_id()]),
-            AccessPolicy::Open,
-            SessionConfig::default()
+            AccessPolicy::Open
         ),
         Err(Error::PeerRefused(_))
     ));
@@ -268,15 +255,7 @@ fn expected_peer_and_self_connection() {
 fn replayed_handshake_messages_fail() {
     for pattern in PATTERNS {
         let (a, b) = (identity(1), identity(2));
-        let (i, r) = pair(
-            pattern,
-            &a,
-            &b,
-            AccessPolicy::Open,
-            AccessPolicy::Open,
-            SessionConfig::default(),
-        )
-        .unwrap();
+        let (i, r) = open_handshake(pattern, &a, &b);
         let (recorded, res) = drive(i, r, |_, _| {});
         res.unwrap();
 
@@ -302,15 +281,7 @@ fn replayed_handshake_messages_fail() {
         assert!(r.into_session().is_err());
 
         // The responder's recorded reply does not fool a fresh initiator either.
-        let (mut i, _) = pair(
-            pattern,
-            &a,
-            &b,
-            AccessPolicy::Open,
-            AccessPolicy::Open,
-            SessionConfig::default(),
-        )
-        .unwrap();
+        let (mut i, _) = open_handshake(pattern, &a, &b);
         i.write_message().unwrap();
         assert!(i.read_message(&recorded[1]).is_err());
         assert!(matches!(i.write_message(), Err(Error::Closed)));
@@ -321,15 +292,7 @@ fn replayed_handshake_messages_fail() {
 fn out_of_turn_and_garbage_are_typed_errors() {
     for pattern in PATTERNS {
         let (a, b) = (identity(1), identity(2));
-        let (mut i, mut r) = pair(
-            pattern,
-            &a,
-            &b,
-            AccessPolicy::Open,
-            AccessPolicy::Open,
-            SessionConfig::default(),
-        )
-        .unwrap();
+        let (mut i, mut r) = open_handshake(pattern, &a, &b);
         assert!(matches!(
             i.read_message(&[0; 32]),
             Err(Error::UnexpectedMessage(_))
@@ -344,15 +307,7 @@ fn out_of_turn_and_garbage_are_typed_errors() {
             vec![0xFF; 200],
             vec![1; MAX_MESSAGE_LEN + 1],
         ] {
-            let (_, mut r) = pair(
-                pattern,
-                &a,
-                &b,
-                AccessPolicy::Open,
-                AccessPolicy::Open,
-                SessionConfig::default(),
-            )
-            .unwrap();
+            let (_, mut r) = open_handshake(pattern, &a, &b);
             let res = r.read_message(&garbage);
             // XX's first message is a bare ephemeral key: 32 arbitrary bytes are accepted
             // there, and the handshake fails later.

@@ -9,13 +9,13 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{drive, identity, pair};
+use common::{drive, identity, open_handshake};
 use ecomesh_identity::auth::{AuthInitiator, AuthResponder};
 use ecomesh_identity::capability::{Action, Actions, Capability};
 use ecomesh_identity::device_link::DeviceLinkDeclaration;
 use ecomesh_identity::group::{GroupKey, GroupShare};
 use ecomesh_identity::message::verify_message;
-use ecomesh_identity::noise::{Pattern, SessionConfig};
+use ecomesh_identity::noise::Pattern;
 use ecomesh_identity::{AccessPolicy, Identity, sealed};
 use ecomesh_types::{MessageId, NetworkMessage, PeerId, Signature};
 use proptest::prelude::*;
@@ -220,15 +220,7 @@ fn auth_messages_every_bit() {
 
 fn handshake_with_flip(pattern: Pattern, msg_index: usize, bit: usize) -> bool {
     let (a, b) = (identity(1), identity(2));
-    let (i, r) = pair(
-        pattern,
-        &a,
-        &b,
-        AccessPolicy::Open,
-        AccessPolicy::Open,
-        SessionConfig::default(),
-    )
-    .unwrap();
+    let (i, r) = open_handshake(pattern, &a, &b);
     let mut flipped = false;
     let (_, result) = drive(i, r, |idx, msg| {
         if idx == msg_index {

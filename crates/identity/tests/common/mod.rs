@@ -67,6 +67,22 @@ pub fn drive(
     (sent, result)
 }
 
+/// A handshake pair with the given policies and the default session config.
+pub fn policed(
+    pattern: Pattern,
+    a: &Identity,
+    b: &Identity,
+    pa: AccessPolicy,
+    pb: AccessPolicy,
+) -> Result<(Handshake, Handshake), Error> {
+    pair(pattern, a, b, pa, pb, SessionConfig::default())
+}
+
+/// A handshake pair with open policies and the default session config.
+pub fn open_handshake(pattern: Pattern, a: &Identity, b: &Identity) -> (Handshake, Handshake) {
+    policed(pattern, a, b, AccessPolicy::Open, AccessPolicy::Open).unwrap()
+}
+
 pub fn open_pair(pattern: Pattern, config: SessionConfig) -> (Session, Session) {
     let (a, b) = (identity(1), identity(2));
     let (i, r) = pair(
