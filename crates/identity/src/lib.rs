@@ -8,6 +8,7 @@
 //! - [`auth`]: the seed 8.3 challenge-response as a sans-io state machine.
 //! - [`noise`]: Noise XX / IK sessions bound to the Ed25519 identity, the secure channel
 //!   every transport shares, with the [`AccessPolicy`] deciding who may finish a handshake.
+//! - [`fuzzing`]: the checks run by the cargo-fuzz targets and their regression replay.
 //!
 //! Everything is sans-io: bytes and time in, bytes and events out; nothing here opens a
 //! socket or reads a clock. The only file I/O is the identity key file.
