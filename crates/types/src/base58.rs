@@ -47,6 +47,36 @@ pub fn encode(bytes: &[u8]) -> String {
     out
 }
 
+/// Encodes 32 bytes as Base58 into a stack buffer without allocating; returns
+/// the buffer and the text length (at most 44 characters).
+pub(crate) fn encode_32(bytes: &[u8; 32]) -> ([u8; 44], usize) {
+    let zeros = bytes.iter().take_while(|&&b| b == 0).count();
+    // Little-endian base-58 digits of the non-zero part; 32 bytes need at most 44.
+    let mut digits = [0_u8; 44];
+    let mut len = 0;
+    for &byte in &bytes[zeros..] {
+        let mut carry = u32::from(byte);
+        for digit in digits[..len].iter_mut() {
+            carry += u32::from(*digit) << 8;
+            *digit = (carry % 58) as u8;
+            carry /= 58;
+        }
+        while carry > 0 {
+            digits[len] = (carry % 58) as u8;
+            len += 1;
+            carry /= 58;
+        }
+    }
+    let mut out = [b'1'; 44];
+    for (slot, &d) in out[zeros..zeros + len]
+        .iter_mut()
+        .zip(digits[..len].iter().rev())
+    {
+        *slot = ALPHABET[usize::from(d)];
+    }
+    (out, zeros + len)
+}
+
 /// Decodes Base58 text (Bitcoin alphabet).
 ///
 /// Returns [`Error::InvalidBase58`] for a character outside the alphabet, or when
@@ -155,6 +185,15 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn prop_stack_encoding_equals_encode(bytes in proptest::array::uniform32(proptest::num::u8::ANY), zeros in 0_usize..33) {
+            let mut bytes = bytes;
+            bytes[..zeros].fill(0);
+            let (buf, len) = encode_32(&bytes);
+            let text = encode(&bytes);
+            proptest::prop_assert_eq!(&buf[..len], text.as_bytes());
+        }
+
         #[test]
         fn prop_round_trip(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
             let text = encode(&bytes);

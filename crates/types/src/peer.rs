@@ -45,11 +45,14 @@ impl PeerId {
     }
 
     /// Compares the Base58 text forms, as the seed's "lexicographically greater peerId" does.
+    /// Allocates nothing.
     pub fn cmp_text(&self, other: &PeerId) -> Ordering {
         if self == other {
             return Ordering::Equal;
         }
-        self.to_base58().cmp(&other.to_base58())
+        let (a, a_len) = base58::encode_32(&self.0);
+        let (b, b_len) = base58::encode_32(&other.0);
+        a[..a_len].cmp(&b[..b_len])
     }
 }
 
@@ -207,5 +210,13 @@ mod tests {
         let b = PeerId::from_digest([0x01; 32]);
         assert_eq!(a.cmp(&b), Ordering::Less);
         assert_eq!(a.cmp_text(&b), a.to_string().cmp(&b.to_string()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn prop_cmp_text_is_the_order_of_the_text(a in proptest::array::uniform32(0_u8..3), b in proptest::array::uniform32(0_u8..3)) {
+            let (a, b) = (PeerId::from_digest(a), PeerId::from_digest(b));
+            proptest::prop_assert_eq!(a.cmp_text(&b), a.to_string().cmp(&b.to_string()));
+        }
     }
 }
