@@ -11,6 +11,7 @@ mod args;
 mod bench;
 mod ci;
 mod cmd;
+mod crash;
 mod deny;
 mod dep_freedom;
 mod deps;
@@ -37,6 +38,7 @@ Commands:
   proptest   run every `prop_*` test in release mode: --cases N (default 256)
   fuzz       build and run the cargo-fuzz targets: [--time SECONDS] [TARGET]
   bench      run the criterion benches of ecomesh-benches, forwarding ARGS
+  crash      the store's kill -9 crash-recovery tests: --restarts N (default 100)
   deny       cargo deny --offline check against the shared RustSec snapshot
   layering   check that crates depend only downward (docs/architecture.md)
 
@@ -136,6 +138,15 @@ fn dispatch(command: Option<&str>, rest: Vec<String>) -> Result<()> {
                 _ => &rest[..],
             };
             bench::run(&root, forwarded)
+        }
+        Some("crash") => {
+            if wants_help(&mut args, crash::HELP) {
+                return Ok(());
+            }
+            let restarts = args.value("restarts")?.unwrap_or(crash::DEFAULT_RESTARTS);
+            let seed = args.value("seed")?;
+            no_positionals(args)?;
+            crash::run(&root, restarts, seed)
         }
         Some("deny") => {
             if wants_help(&mut args, deny::HELP) {
