@@ -1,0 +1,688 @@
+//! The store-and-forward buffer (seed 7.1).
+//!
+//! Bounded by message count (default 1000) and accounted bytes (default
+//! 10 MiB). When an insertion goes over a bound, messages are evicted in this
+//! order: lowest priority first (`Bulk` before `Critical`), then shortest
+//! remaining TTL, then lowest reputation of the recipient, then the larger id
+//! (so eviction is deterministic). The message being inserted takes part: if
+//! it ranks lowest it is refused ([`MeshError::BufferFull`]).
+//!
+//! Persistence: [`StoreBuffer::save`] writes the whole buffer atomically (temp
+//! file, fsync, rename, fsync of the directory); [`StoreBuffer::load`] decodes it
+//! strictly under the buffer's bounds and returns typed errors for any corrupt
+//! file. File format (all integers big-endian):
+//! `"ECMESHSF"` magic, `u8` version 1, `u32` count, then per entry `u8`
+//! priority (0 = critical .. 4 = bulk), `u32` length and the message in the
+//! full DAG-CBOR form of `ecomesh_wire::encode_message`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ecomesh_types::{MessageId, NetworkMessage, PeerId, Priority};
+use ecomesh_wire::{Limits, decode_message_with, encode_message};
+
+use crate::MeshError;
+
+/// Default bound on the number of buffered messages.
+pub const DEFAULT_MAX_MESSAGES: usize = 1000;
+/// Default bound on buffered bytes: 10 MiB.
+pub const DEFAULT_MAX_BYTES: usize = 10 * 1024 * 1024;
+/// Bytes accounted for each message besides its type and payload.
+pub const PER_MESSAGE_OVERHEAD: usize = 160;
+
+const MAGIC: &[u8; 8] = b"ECMESHSF";
+const VERSION: u8 = 1;
+
+/// Bounds of a [`StoreBuffer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferConfig {
+    /// Most messages held.
+    pub max_messages: usize,
+    /// Most accounted bytes held (see [`accounted_size`]).
+    pub max_bytes: usize,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            max_messages: DEFAULT_MAX_MESSAGES,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// The bytes a message counts for: type + payload + [`PER_MESSAGE_OVERHEAD`].
+pub fn accounted_size(m: &NetworkMessage) -> usize {
+    m.payload
+        .len()
+        .saturating_add(m.message_type.len())
+        .saturating_add(PER_MESSAGE_OVERHEAD)
+}
+
+/// One buffered message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The message, with the hop count it will be sent with.
+    pub message: NetworkMessage,
+    /// Its delivery priority.
+    pub priority: Priority,
+}
+
+/// Bounded store-and-forward buffer of messages addressed to absent peers.
+#[derive(Debug)]
+pub struct StoreBuffer {
+    config: BufferConfig,
+    entries: Vec<Entry>,
+    bytes: usize,
+}
+
+fn priority_code(p: Priority) -> u8 {
+    match p {
+        Priority::Critical => 0,
+        Priority::High => 1,
+        Priority::Normal => 2,
+        Priority::Low => 3,
+        _ => 4,
+    }
+}
+
+fn priority_from(code: u8) -> Option<Priority> {
+    Priority::ALL.get(usize::from(code)).copied()
+}
+
+impl StoreBuffer {
+    /// An empty buffer with `config`'s bounds.
+    pub fn new(config: BufferConfig) -> Self {
+        StoreBuffer {
+            config,
+            entries: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The bounds.
+    pub fn config(&self) -> BufferConfig {
+        self.config
+    }
+
+    /// Number of messages held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Accounted bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// True when a message with `id` is held.
+    pub fn contains(&self, id: &MessageId) -> bool {
+        self.entries.iter().any(|e| e.message.id == *id)
+    }
+
+    /// The entries, in insertion order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Stores `message` for later delivery; returns the ids evicted to make room.
+    ///
+    /// Refuses an expired message, one whose hops are exhausted, one larger
+    /// than the byte bound, and one that would itself be the first evicted.
+    /// A message already held (same id) is not stored twice.
+    /// `reputation` gives the recipient's score for the third eviction key.
+    pub fn insert(
+        &mut self,
+        message: NetworkMessage,
+        priority: Priority,
+        now_ms: u64,
+        reputation: &dyn Fn(&PeerId) -> f64,
+    ) -> Result<Vec<MessageId>, MeshError> {
+        let id = message.id;
+        if message.is_expired(now_ms) {
+            return Err(MeshError::Expired(id));
+        }
+        if message.hops_exhausted() {
+            return Err(MeshError::HopsExhausted(id));
+        }
+        let size = accounted_size(&message);
+        if size > self.config.max_bytes || self.config.max_messages == 0 {
+            return Err(MeshError::TooLargeForBuffer {
+                id,
+                size,
+                max: self.config.max_bytes,
+            });
+        }
+        if self.contains(&id) {
+            return Ok(Vec::new());
+        }
+        self.bytes += size;
+        self.entries.push(Entry { message, priority });
+        let newcomer = self.entries.len() - 1;
+        // Choose victims worst-first without touching the buffer, so a refused
+        // newcomer costs nobody else their place.
+        let mut chosen: Vec<usize> = Vec::new();
+        let (mut count, mut bytes) = (self.entries.len(), self.bytes);
+        while count > self.config.max_messages || bytes > self.config.max_bytes {
+            let Some(worst) = self.worst(now_ms, reputation, &chosen) else {
+                break;
+            };
+            if worst == newcomer {
+                self.entries.pop();
+                self.bytes -= size;
+                return Err(MeshError::BufferFull(id));
+            }
+            chosen.push(worst);
+            count -= 1;
+            bytes -= accounted_size(&self.entries[worst].message);
+        }
+        chosen.sort_unstable();
+        let mut evicted = Vec::with_capacity(chosen.len());
+        for i in chosen.into_iter().rev() {
+            let e = self.entries.remove(i);
+            self.bytes -= accounted_size(&e.message);
+            evicted.push(e.message.id);
+        }
+        Ok(evicted)
+    }
+
+    fn worst(
+        &self,
+        now_ms: u64,
+        reputation: &dyn Fn(&PeerId) -> f64,
+        skip: &[usize],
+    ) -> Option<usize> {
+        let key = |e: &Entry| {
+            let remaining = e.message.expires_at_ms().saturating_sub(now_ms);
+            let rep = e.message.recipient.as_ref().map_or(0.0, reputation);
+            (priority_code(e.priority), remaining, rep, e.message.id)
+        };
+        let mut best: Option<(usize, (u8, u64, f64, MessageId))> = None;
+        for (i, e) in self.entries.iter().enumerate() {
+            if skip.contains(&i) {
+                continue;
+            }
+            let k = key(e);
+            let worse = match &best {
+                None => true,
+                Some((_, b)) => {
+                    k.0 > b.0
+                        || (k.0 == b.0
+                            && (k.1 < b.1
+                                || (k.1 == b.1 && (k.2 < b.2 || (k.2 == b.2 && k.3 > b.3)))))
+                }
+            };
+            if worse {
+                best = Some((i, k));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// Removes and returns every message addressed to `peer`, most urgent
+    /// first, then oldest first (by timestamp), for delivery now that it is reachable.
+    pub fn take_for(&mut self, peer: &PeerId) -> Vec<Entry> {
+        let (mut out, keep): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.entries)
+            .into_iter()
+            .partition(|e| e.message.recipient.as_ref() == Some(peer));
+        self.entries = keep;
+        self.bytes = self
+            .entries
+            .iter()
+            .map(|e| accounted_size(&e.message))
+            .sum();
+        out.sort_by_key(|e| (priority_code(e.priority), e.message.timestamp_ms));
+        out
+    }
+
+    /// Removes the message with `id` (e.g. once acknowledged); true if it was held.
+    pub fn remove(&mut self, id: &MessageId) -> bool {
+        match self.entries.iter().position(|e| e.message.id == *id) {
+            Some(i) => {
+                let e = self.entries.remove(i);
+                self.bytes -= accounted_size(&e.message);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Discards every message whose TTL has passed at `now_ms`; returns their ids.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<MessageId> {
+        let mut gone = Vec::new();
+        self.entries.retain(|e| {
+            let expired = e.message.is_expired(now_ms);
+            if expired {
+                gone.push(e.message.id);
+            }
+            !expired
+        });
+        self.bytes = self
+            .entries
+            .iter()
+            .map(|e| accounted_size(&e.message))
+            .sum();
+        gone
+    }
+
+    /// The file image of the buffer (see the module docs).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(13 + self.bytes);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.extend_from_slice(&(self.entries.len() as u32).to_be_bytes());
+        for e in &self.entries {
+            let enc = encode_message(&e.message);
+            out.push(priority_code(e.priority));
+            out.extend_from_slice(&(enc.len() as u32).to_be_bytes());
+            out.extend_from_slice(&enc);
+        }
+        out
+    }
+
+    /// Decodes a file image strictly under `config`'s bounds.
+    pub fn from_bytes(bytes: &[u8], config: BufferConfig) -> Result<Self, MeshError> {
+        let corrupt = |reason: &str| MeshError::CorruptBuffer {
+            reason: reason.to_owned(),
+        };
+        let mut r = bytes;
+        let mut take = |n: usize, what: &str| -> Result<&[u8], MeshError> {
+            if r.len() < n {
+                return Err(corrupt(&format!("truncated {what}")));
+            }
+            let (head, rest) = r.split_at(n);
+            r = rest;
+            Ok(head)
+        };
+        if take(8, "magic")? != MAGIC {
+            return Err(corrupt("wrong magic"));
+        }
+        let version = take(1, "version")?[0];
+        if version != VERSION {
+            return Err(corrupt(&format!("unsupported version {version}")));
+        }
+        let count = u32_of(take(4, "count")?) as usize;
+        if count > config.max_messages {
+            return Err(corrupt(&format!(
+                "{count} messages, more than the bound {}",
+                config.max_messages
+            )));
+        }
+        let max_len = config.max_bytes.saturating_add(4096);
+        let limits = Limits {
+            max_len: max_len as u64,
+            ..Limits::DEFAULT
+        };
+        let mut buf = StoreBuffer::new(config);
+        for _ in 0..count {
+            let code = take(1, "priority")?[0];
+            let priority = priority_from(code)
+                .ok_or_else(|| corrupt(&format!("unknown priority code {code}")))?;
+            let len = u32_of(take(4, "length")?) as usize;
+            if len > max_len {
+                return Err(corrupt(&format!("message of {len} bytes over the bound")));
+            }
+            let message = decode_message_with(take(len, "message")?, &limits)?;
+            let size = accounted_size(&message);
+            if buf.contains(&message.id) {
+                return Err(corrupt("duplicate message id"));
+            }
+            buf.bytes += size;
+            if buf.bytes > config.max_bytes {
+                return Err(corrupt("messages exceed the byte bound"));
+            }
+            buf.entries.push(Entry { message, priority });
+        }
+        if !r.is_empty() {
+            return Err(corrupt("trailing bytes"));
+        }
+        Ok(buf)
+    }
+
+    /// Writes the buffer to `path` atomically: a temporary file beside it is
+    /// written and fsynced, then renamed over `path`, then the directory is fsynced.
+    pub fn save(&self, path: &Path) -> Result<(), MeshError> {
+        let io = |p: &Path| {
+            let p: PathBuf = p.to_owned();
+            move |source| MeshError::Io { path: p, source }
+        };
+        let mut tmp_name = path.as_os_str().to_owned();
+        tmp_name.push(".tmp");
+        let tmp = PathBuf::from(tmp_name);
+        {
+            let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(&self.to_bytes()).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        fs::rename(&tmp, path).map_err(io(path))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Directory fsync makes the rename durable; not every platform allows opening a directory.
+            if let Ok(d) = fs::File::open(dir) {
+                d.sync_all().map_err(io(dir))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a buffer saved by [`save`](Self::save); a missing file is an empty buffer.
+    /// The file is read only up to its bound (a larger file is corrupt).
+    pub fn load(path: &Path, config: BufferConfig) -> Result<Self, MeshError> {
+        let io = |source| MeshError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let f = match fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(StoreBuffer::new(config));
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let bound = config
+            .max_messages
+            .saturating_mul(4096 + 5)
+            .saturating_add(config.max_bytes.saturating_mul(2))
+            .saturating_add(13);
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(f, (bound as u64).saturating_add(1)),
+            &mut bytes,
+        )
+        .map_err(io)?;
+        if bytes.len() > bound {
+            return Err(MeshError::CorruptBuffer {
+                reason: format!("file larger than the bound of {bound} bytes"),
+            });
+        }
+        StoreBuffer::from_bytes(&bytes, config)
+    }
+}
+
+fn u32_of(b: &[u8]) -> u32 {
+    let mut a = [0_u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_be_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ecomesh_types::Signature;
+
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+
+    fn peer(n: u8) -> PeerId {
+        PeerId::from_digest([n; 32])
+    }
+
+    fn msg(n: u8, to: u8, ts: u64, ttl_secs: u32, payload: usize) -> NetworkMessage {
+        NetworkMessage {
+            id: MessageId([n; 16]),
+            message_type: "t".into(),
+            payload: vec![n; payload],
+            sender: peer(0),
+            recipient: Some(peer(to)),
+            timestamp_ms: ts,
+            ttl_secs,
+            hop_count: 0,
+            max_hops: NetworkMessage::DEFAULT_MAX_HOPS,
+            signature: Signature([n; 64]),
+        }
+    }
+
+    fn neutral(_: &PeerId) -> f64 {
+        0.5
+    }
+
+    fn cfg(max_messages: usize, max_bytes: usize) -> BufferConfig {
+        BufferConfig {
+            max_messages,
+            max_bytes,
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_seed_figures() {
+        let c = BufferConfig::default();
+        assert_eq!((c.max_messages, c.max_bytes), (1000, 10 * 1024 * 1024));
+    }
+
+    #[test]
+    fn eviction_lowest_priority_first() {
+        let mut b = StoreBuffer::new(cfg(2, usize::MAX));
+        b.insert(msg(1, 9, 0, 100, 0), Priority::Bulk, 0, &neutral)
+            .unwrap();
+        b.insert(msg(2, 9, 0, 100, 0), Priority::Critical, 0, &neutral)
+            .unwrap();
+        let ev = b
+            .insert(msg(3, 9, 0, 100, 0), Priority::Normal, 0, &neutral)
+            .unwrap();
+        assert_eq!(ev, vec![MessageId([1; 16])]);
+        // A newcomer that ranks lowest is refused and evicts nobody.
+        let r = b.insert(msg(4, 9, 0, 100, 0), Priority::Low, 0, &neutral);
+        assert!(matches!(r, Err(MeshError::BufferFull(_))));
+        assert_eq!(b.len(), 2);
+        assert!(b.contains(&MessageId([2; 16])) && b.contains(&MessageId([3; 16])));
+    }
+
+    #[test]
+    fn eviction_then_shortest_remaining_ttl() {
+        let mut b = StoreBuffer::new(cfg(2, usize::MAX));
+        b.insert(msg(1, 9, 0, 1_000, 0), Priority::Normal, 0, &neutral)
+            .unwrap();
+        b.insert(msg(2, 9, 0, 10, 0), Priority::Normal, 0, &neutral)
+            .unwrap();
+        let ev = b
+            .insert(msg(3, 9, 0, 500, 0), Priority::Normal, 0, &neutral)
+            .unwrap();
+        assert_eq!(ev, vec![MessageId([2; 16])]);
+    }
+
+    #[test]
+    fn eviction_then_lowest_recipient_reputation() {
+        let rep = |p: &PeerId| if *p == peer(8) { 0.2 } else { 0.9 };
+        let mut b = StoreBuffer::new(cfg(2, usize::MAX));
+        b.insert(msg(1, 8, 0, 100, 0), Priority::Normal, 0, &rep)
+            .unwrap();
+        b.insert(msg(2, 9, 0, 100, 0), Priority::Normal, 0, &rep)
+            .unwrap();
+        let ev = b
+            .insert(msg(3, 9, 0, 100, 0), Priority::Normal, 0, &rep)
+            .unwrap();
+        assert_eq!(ev, vec![MessageId([1; 16])]);
+    }
+
+    #[test]
+    fn byte_bound_evicts_as_many_as_needed() {
+        let unit = accounted_size(&msg(1, 9, 0, 100, 100));
+        let mut b = StoreBuffer::new(cfg(100, unit * 3));
+        for n in 1..=3 {
+            b.insert(msg(n, 9, 0, 100, 100), Priority::Low, 0, &neutral)
+                .unwrap();
+        }
+        assert_eq!(b.bytes(), unit * 3);
+        // Twice the size: two Low messages must go.
+        let ev = b
+            .insert(msg(4, 9, 0, 100, 100 + unit), Priority::High, 0, &neutral)
+            .unwrap();
+        assert_eq!(ev.len(), 2);
+        assert!(b.bytes() <= unit * 3);
+        let too_big = msg(5, 9, 0, 100, unit * 3);
+        assert!(matches!(
+            b.insert(too_big, Priority::Critical, 0, &neutral),
+            Err(MeshError::TooLargeForBuffer { .. })
+        ));
+    }
+
+    #[test]
+    fn count_bound_holds_at_default() {
+        let mut b = StoreBuffer::new(BufferConfig::default());
+        for n in 0..1100_u32 {
+            let mut m = msg(0, 9, 0, 100, 0);
+            m.id = MessageId::new_v4([
+                (n % 256) as u8,
+                (n / 256) as u8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1,
+            ]);
+            let _ = b.insert(m, Priority::Normal, 0, &neutral);
+            assert!(b.len() <= DEFAULT_MAX_MESSAGES);
+        }
+        assert_eq!(b.len(), DEFAULT_MAX_MESSAGES);
+    }
+
+    #[test]
+    fn expiry_and_hops() {
+        let mut b = StoreBuffer::new(BufferConfig::default());
+        b.insert(
+            msg(1, 9, 0, 7 * 24 * 3600, 0),
+            Priority::Normal,
+            0,
+            &neutral,
+        )
+        .unwrap();
+        b.insert(msg(2, 9, 0, 3600, 0), Priority::Normal, 0, &neutral)
+            .unwrap();
+        assert_eq!(b.expire(3_599_999), Vec::<MessageId>::new());
+        assert_eq!(b.expire(3_600_000), vec![MessageId([2; 16])]);
+        assert_eq!(b.expire(7 * DAY_MS), vec![MessageId([1; 16])]);
+        assert!(b.is_empty() && b.bytes() == 0);
+        assert!(matches!(
+            b.insert(msg(3, 9, 0, 1, 0), Priority::Normal, 1_000, &neutral),
+            Err(MeshError::Expired(_))
+        ));
+        let mut m = msg(4, 9, 0, 100, 0);
+        m.hop_count = m.max_hops;
+        assert!(matches!(
+            b.insert(m, Priority::Normal, 0, &neutral),
+            Err(MeshError::HopsExhausted(_))
+        ));
+    }
+
+    #[test]
+    fn take_for_returns_urgent_then_oldest() {
+        let mut b = StoreBuffer::new(BufferConfig::default());
+        b.insert(msg(1, 9, 5, 100, 0), Priority::Normal, 0, &neutral)
+            .unwrap();
+        b.insert(msg(2, 8, 1, 100, 0), Priority::Normal, 0, &neutral)
+            .unwrap();
+        b.insert(msg(3, 9, 1, 100, 0), Priority::Normal, 0, &neutral)
+            .unwrap();
+        b.insert(msg(4, 9, 9, 100, 0), Priority::Critical, 0, &neutral)
+            .unwrap();
+        let ids: Vec<u8> = b
+            .take_for(&peer(9))
+            .iter()
+            .map(|e| e.message.id.0[0])
+            .collect();
+        assert_eq!(ids, vec![4, 3, 1]);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.bytes(), accounted_size(&msg(2, 8, 1, 100, 0)));
+        assert!(b.remove(&MessageId([2; 16])));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn persistence_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buffer.bin");
+        let mut b = StoreBuffer::new(BufferConfig::default());
+        b.insert(msg(1, 9, 5, 100, 10), Priority::Bulk, 0, &neutral)
+            .unwrap();
+        b.insert(msg(2, 8, 1, 100, 0), Priority::Critical, 0, &neutral)
+            .unwrap();
+        b.save(&path).unwrap();
+        let back = StoreBuffer::load(&path, BufferConfig::default()).unwrap();
+        assert_eq!(back.entries(), b.entries());
+        assert_eq!(back.bytes(), b.bytes());
+        let missing = StoreBuffer::load(&dir.path().join("none"), BufferConfig::default()).unwrap();
+        assert!(missing.is_empty());
+    }
+
+    #[test]
+    fn corrupt_files_are_typed_errors() {
+        let mut b = StoreBuffer::new(BufferConfig::default());
+        b.insert(msg(1, 9, 5, 100, 10), Priority::Bulk, 0, &neutral)
+            .unwrap();
+        let good = b.to_bytes();
+        let c = BufferConfig::default();
+        // Every truncation fails cleanly.
+        for n in 0..good.len() {
+            assert!(StoreBuffer::from_bytes(&good[..n], c).is_err(), "{n}");
+        }
+        let mut bad = good.clone();
+        bad[0] ^= 1;
+        assert!(matches!(
+            StoreBuffer::from_bytes(&bad, c),
+            Err(MeshError::CorruptBuffer { .. })
+        ));
+        let mut bad = good.clone();
+        bad[13] = 9;
+        assert!(matches!(
+            StoreBuffer::from_bytes(&bad, c),
+            Err(MeshError::CorruptBuffer { .. })
+        ));
+        let mut bad = good.clone();
+        bad.push(0);
+        assert!(StoreBuffer::from_bytes(&bad, c).is_err());
+        // A count over the bound is refused before anything is allocated.
+        let mut bad = good.clone();
+        bad[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            StoreBuffer::from_bytes(&bad, c),
+            Err(MeshError::CorruptBuffer { .. })
+        ));
+        // A huge length prefix.
+        let mut bad = good.clone();
+        bad[14..18].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(StoreBuffer::from_bytes(&bad, c).is_err());
+        // Garbage message bytes decode to a typed wire error.
+        let mut bad = good;
+        let last = bad.len() - 1;
+        bad[18] = 0xFF;
+        bad[last] ^= 0xFF;
+        assert!(StoreBuffer::from_bytes(&bad, c).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buffer.bin");
+        std::fs::write(&path, b"not a buffer").unwrap();
+        assert!(StoreBuffer::load(&path, c).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn prop_from_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = StoreBuffer::from_bytes(&bytes, BufferConfig::default());
+        }
+
+        #[test]
+        fn prop_bounds_always_hold(ops in proptest::collection::vec((0_u8..5, 0_usize..300, 1_u32..100), 0..60)) {
+            let mut b = StoreBuffer::new(cfg(5, 1500));
+            for (i, (p, size, ttl)) in ops.into_iter().enumerate() {
+                let mut m = msg(0, 9, 0, ttl, size);
+                m.id = MessageId([i as u8; 16]);
+                let _ = b.insert(m, Priority::ALL[usize::from(p)], 0, &neutral);
+                proptest::prop_assert!(b.len() <= 5 && b.bytes() <= 1500);
+                let sum: usize = b.entries().iter().map(|e| accounted_size(&e.message)).sum();
+                proptest::prop_assert_eq!(sum, b.bytes());
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The one error type of `ecomesh-mesh`.
+
+use std::path::PathBuf;
+
+use ecomesh_types::{MessageId, PeerId};
+
+/// Everything that can go wrong in the mesh layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    /// Reading or writing the persisted buffer failed.
+    #[error("buffer file {path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The persisted buffer is not a valid buffer file (truncated, wrong magic,
+    /// out-of-bound lengths, trailing bytes...).
+    #[error("corrupt buffer file: {reason}")]
+    CorruptBuffer {
+        /// What was wrong.
+        reason: String,
+    },
+    /// A stored message did not decode.
+    #[error("corrupt message in buffer file: {0}")]
+    Decode(#[from] ecomesh_wire::WireError),
+    /// Signing or verifying failed.
+    #[error("identity: {0}")]
+    Identity(#[from] ecomesh_identity::Error),
+    /// A message the buffer cannot hold at all (larger than its byte bound).
+    #[error("message {id} of {size} bytes exceeds the buffer bound of {max} bytes")]
+    TooLargeForBuffer {
+        /// The message.
+        id: MessageId,
+        /// Its accounted size.
+        size: usize,
+        /// The buffer's byte bound.
+        max: usize,
+    },
+    /// The message has passed its TTL.
+    #[error("message {0} has expired")]
+    Expired(MessageId),
+    /// The message has used all its hops.
+    #[error("message {0} has reached its hop limit")]
+    HopsExhausted(MessageId),
+    /// `send` was given a message whose recipient is not the peer it was sent to.
+    #[error("message recipient {recipient:?} does not match the destination {peer}")]
+    RecipientMismatch {
+        /// The destination passed to `send`.
+        peer: PeerId,
+        /// The message's recipient field.
+        recipient: Option<PeerId>,
+    },
+    /// The message was evicted at once because everything already buffered ranks higher.
+    #[error("message {0} was refused by the full buffer")]
+    BufferFull(MessageId),
+}

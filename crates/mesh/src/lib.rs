@@ -1,0 +1,23 @@
+//! The multi-transport mesh of ecomesh (seed 3.3, 4.3, 7.1, 7.2, 8.1).
+//!
+//! The protocol logic is sans-io and reads no clock: every function that
+//! depends on time takes `now_ms` (Unix milliseconds) from the caller.
+//!
+//! - [`policy`]: the seed's routing table (size class x priority -> transport order).
+//! - [`dedup`]: a bounded seen-set of message ids.
+//! - [`reputation`]: per-peer scores from the seed's five weighted metrics.
+//! - [`buffer`]: the bounded, persistent store-and-forward buffer.
+//! - [`ack`]: delivery confirmations.
+//! - [`topology`]: full mesh / partial mesh / star selection.
+
+#![forbid(unsafe_code)]
+
+pub mod ack;
+pub mod buffer;
+pub mod dedup;
+mod error;
+pub mod policy;
+pub mod reputation;
+pub mod topology;
+
+pub use error::MeshError;

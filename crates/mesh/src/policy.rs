@@ -1,0 +1,211 @@
+//! The routing table of seed 3.3 as data: (message size class x priority) ->
+//! ordered transport list.
+//!
+//! | Size            | Priority              | Order                                          |
+//! |-----------------|-----------------------|------------------------------------------------|
+//! | < 256 B         | Critical              | LoRa > Bluetooth > Wi-Fi Direct > Wired > Internet |
+//! | < 256 B         | High, Normal, Low     | Bluetooth > Wi-Fi Direct > Wired > Internet > LoRa |
+//! | 256 B - 64 KiB  | Critical..Low         | Wi-Fi Direct > Bluetooth > Wired > Internet    |
+//! | 64 KiB - 1 MiB  | Critical..Low         | Wi-Fi Direct > Wired > Internet                |
+//! | > 1 MiB         | Critical..Low         | Wired > Wi-Fi Direct > Internet                |
+//! | any             | Bulk                  | Internet > Wired > Wi-Fi Direct                |
+//!
+//! The seed only names `Critical`, `Normal` and `Bulk`. `High` and `Low` follow
+//! the `Normal` rows: only `Critical` (small messages) and `Bulk` have rows of
+//! their own. Boundaries: a message of exactly 256 bytes is in the
+//! 256 B - 64 KiB class, exactly 64 KiB in the 64 KiB - 1 MiB class and exactly
+//! 1 MiB in that class too; above 1 MiB is the last class.
+//!
+//! A transport absent from a row is never used for that row (LoRa never
+//! carries 256 bytes or more, Bluetooth nothing over 64 KiB, nothing Bulk goes
+//! over LoRa or Bluetooth). [`route_with_caps`] also skips a transport whose
+//! `max_message_size` is smaller than the message.
+
+use ecomesh_types::{Priority, TransportCapabilities, TransportType};
+
+use TransportType::{Bluetooth, Internet, Lora, WifiDirect, Wired};
+
+/// Upper bound (exclusive) of the small class.
+pub const SMALL_MAX: usize = 256;
+/// Upper bound (exclusive) of the medium class: 64 KiB.
+pub const MEDIUM_MAX: usize = 64 * 1024;
+/// Upper bound (inclusive) of the large class: 1 MiB.
+pub const LARGE_MAX: usize = 1024 * 1024;
+
+/// The seed's message size classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SizeClass {
+    /// Under 256 bytes.
+    Small,
+    /// 256 bytes up to (excluding) 64 KiB.
+    Medium,
+    /// 64 KiB up to and including 1 MiB.
+    Large,
+    /// Over 1 MiB.
+    Huge,
+}
+
+impl SizeClass {
+    /// The class of a message of `size` encoded bytes.
+    pub fn of(size: usize) -> Self {
+        if size < SMALL_MAX {
+            SizeClass::Small
+        } else if size < MEDIUM_MAX {
+            SizeClass::Medium
+        } else if size <= LARGE_MAX {
+            SizeClass::Large
+        } else {
+            SizeClass::Huge
+        }
+    }
+}
+
+/// The seed's full preference order for a size class and priority (see the module table).
+pub fn preference(class: SizeClass, priority: Priority) -> &'static [TransportType] {
+    match (class, priority) {
+        (_, Priority::Bulk) => &[Internet, Wired, WifiDirect],
+        (SizeClass::Small, Priority::Critical) => &[Lora, Bluetooth, WifiDirect, Wired, Internet],
+        (SizeClass::Small, _) => &[Bluetooth, WifiDirect, Wired, Internet, Lora],
+        (SizeClass::Medium, _) => &[WifiDirect, Bluetooth, Wired, Internet],
+        (SizeClass::Large, _) => &[WifiDirect, Wired, Internet],
+        (SizeClass::Huge, _) => &[Wired, WifiDirect, Internet],
+    }
+}
+
+/// The transports to try, in order, for a message of `size` bytes at
+/// `priority` when `available` are the transports that reach the peer.
+/// Transports not in the row, or not available, are left out.
+pub fn route(size: usize, priority: Priority, available: &[TransportType]) -> Vec<TransportType> {
+    preference(SizeClass::of(size), priority)
+        .iter()
+        .copied()
+        .filter(|t| available.contains(t))
+        .collect()
+}
+
+/// Like [`route`], with each available transport's capabilities: a transport
+/// whose `max_message_size` is below `size` is skipped.
+pub fn route_with_caps(
+    size: usize,
+    priority: Priority,
+    available: &[(TransportType, TransportCapabilities)],
+) -> Vec<TransportType> {
+    preference(SizeClass::of(size), priority)
+        .iter()
+        .copied()
+        .filter(|t| {
+            available
+                .iter()
+                .any(|(a, caps)| a == t && caps.max_message_size >= size)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [TransportType; 5] = TransportType::ALL;
+
+    #[test]
+    fn row_small_critical() {
+        assert_eq!(
+            route(10, Priority::Critical, &ALL),
+            vec![Lora, Bluetooth, WifiDirect, Wired, Internet]
+        );
+        assert_eq!(
+            route(255, Priority::Critical, &ALL),
+            vec![Lora, Bluetooth, WifiDirect, Wired, Internet]
+        );
+    }
+
+    #[test]
+    fn row_small_normal_and_its_high_low_followers() {
+        for p in [Priority::High, Priority::Normal, Priority::Low] {
+            assert_eq!(
+                route(0, p, &ALL),
+                vec![Bluetooth, WifiDirect, Wired, Internet, Lora],
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn row_medium_any() {
+        for p in [
+            Priority::Critical,
+            Priority::High,
+            Priority::Normal,
+            Priority::Low,
+        ] {
+            for size in [256, 1000, MEDIUM_MAX - 1] {
+                assert_eq!(
+                    route(size, p, &ALL),
+                    vec![WifiDirect, Bluetooth, Wired, Internet]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn row_large_any() {
+        for p in [Priority::Critical, Priority::Normal, Priority::Low] {
+            for size in [MEDIUM_MAX, 500_000, LARGE_MAX] {
+                assert_eq!(route(size, p, &ALL), vec![WifiDirect, Wired, Internet]);
+            }
+        }
+    }
+
+    #[test]
+    fn row_huge_any() {
+        for p in [Priority::Critical, Priority::High, Priority::Normal] {
+            assert_eq!(
+                route(LARGE_MAX + 1, p, &ALL),
+                vec![Wired, WifiDirect, Internet]
+            );
+        }
+    }
+
+    #[test]
+    fn row_bulk_any_size() {
+        for size in [0, 255, 256, MEDIUM_MAX, LARGE_MAX + 1] {
+            assert_eq!(
+                route(size, Priority::Bulk, &ALL),
+                vec![Internet, Wired, WifiDirect]
+            );
+        }
+    }
+
+    #[test]
+    fn unavailable_transports_are_left_out_in_order() {
+        assert_eq!(
+            route(10, Priority::Critical, &[Internet, Lora]),
+            vec![Lora, Internet]
+        );
+        assert_eq!(route(300, Priority::Normal, &[Lora]), Vec::new());
+        assert!(route(10, Priority::Bulk, &[Bluetooth, Lora]).is_empty());
+    }
+
+    #[test]
+    fn capabilities_too_small_are_skipped() {
+        let caps: Vec<_> = ALL
+            .iter()
+            .map(|t| (*t, TransportCapabilities::seed_defaults(*t)))
+            .collect();
+        // 240 bytes: LoRa (233) cannot carry it even though it heads the row.
+        assert_eq!(
+            route_with_caps(240, Priority::Critical, &caps),
+            vec![Bluetooth, WifiDirect, Wired, Internet]
+        );
+        assert_eq!(
+            route_with_caps(200, Priority::Critical, &caps)[0],
+            Lora,
+            "fits in one LoRa payload"
+        );
+        // Exactly 64 KiB is in the large class; Bluetooth is not in that row anyway.
+        assert_eq!(
+            route_with_caps(MEDIUM_MAX, Priority::Normal, &caps),
+            vec![WifiDirect, Wired, Internet]
+        );
+    }
+}
