@@ -1,0 +1,91 @@
+//! The shared conformance suite (`ecomesh-transport-tests`) against the wired transport,
+//! on loopback with OS-assigned ports, peers introduced by dialling each other's address
+//! (mDNS discovery is bypassed).
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ecomesh_identity::{AccessPolicy, Identity};
+use ecomesh_transport_tests as suite;
+use ecomesh_transport_wired::{LinkConfig, WiredConfig, WiredTransport};
+use ecomesh_types::{BoxFuture, Error, PeerId, TransportAdapter};
+
+struct Wired;
+
+impl suite::TransportFactory for Wired {
+    type Transport = WiredTransport;
+
+    fn create(
+        &self,
+        identity: Identity,
+        policy: AccessPolicy,
+    ) -> BoxFuture<'_, Result<Arc<WiredTransport>, Error>> {
+        Box::pin(async move {
+            let config = WiredConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                link: LinkConfig {
+                    handshake_timeout_ms: 3_000,
+                    ..LinkConfig::default()
+                },
+                backoff_initial: Duration::from_millis(50),
+                backoff_max: Duration::from_millis(500),
+                ..WiredConfig::default()
+            };
+            let t = WiredTransport::new(identity, policy, config);
+            t.start().await?;
+            eprintln!("wired transport {} on {:?}", t.peer_id(), t.local_addr());
+            Ok(Arc::new(t))
+        })
+    }
+
+    fn introduce<'a>(
+        &'a self,
+        from: &'a WiredTransport,
+        to: &'a WiredTransport,
+    ) -> BoxFuture<'a, Result<PeerId, Error>> {
+        Box::pin(async move {
+            let addr = to.local_addr().ok_or(Error::NotStarted)?;
+            from.dial(addr).await
+        })
+    }
+
+    fn raw_target(&self, transport: &WiredTransport) -> Option<SocketAddr> {
+        transport.local_addr()
+    }
+}
+
+macro_rules! check {
+    ($name:ident, $($call:tt)*) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let f = Wired;
+            let r = suite::$($call)*(&f).await;
+            if let Err(e) = r {
+                panic!("{}: {e}", stringify!($name));
+            }
+        }
+    };
+}
+
+check!(connect_both_ways, connect_both_ways);
+check!(send_and_receive, send_and_receive);
+check!(broadcast, broadcast);
+check!(max_size_frame, max_size_frame);
+check!(oversize_refused, oversize_refused);
+check!(peer_lost_and_reconnected, peer_lost_and_reconnected);
+check!(unauthenticated_refused, unauthenticated_refused);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_raw_input() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("hostile_raw_input seed {seed}");
+    let ran = suite::hostile_raw_input(&Wired, seed)
+        .await
+        .unwrap_or_else(|e| panic!("hostile_raw_input (seed {seed}): {e}"));
+    assert!(ran, "the wired transport has a raw target");
+}
