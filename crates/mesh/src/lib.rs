@@ -9,6 +9,8 @@
 //! - [`buffer`]: the bounded, persistent store-and-forward buffer.
 //! - [`ack`]: delivery confirmations.
 //! - [`topology`]: full mesh / partial mesh / star selection.
+//! - [`MultiTransportManager`]: the thin layer that drives them over
+//!   `Arc<dyn TransportAdapter>`s.
 
 #![forbid(unsafe_code)]
 
@@ -16,8 +18,10 @@ pub mod ack;
 pub mod buffer;
 pub mod dedup;
 mod error;
+mod manager;
 pub mod policy;
 pub mod reputation;
 pub mod topology;
 
 pub use error::MeshError;
+pub use manager::{MeshConfig, MeshEvent, MultiTransportManager, SendOutcome};

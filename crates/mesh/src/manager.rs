@@ -1,0 +1,691 @@
+//! The MultiTransportManager (seed 3.3): a thin driver over the sans-io parts.
+//!
+//! Transport events are queued by the transports' listeners (a bounded inbox,
+//! no work in the callback) and handled when the owner calls
+//! [`MultiTransportManager::process`] with the current time. Nothing here reads
+//! a clock or spawns a task; any executor can drive the returned futures.
+//!
+//! Received messages go through, in order: the sender's signature (seed 8.1;
+//! an invalid one is dropped and charged to the neighbour that handed it over,
+//! since charging the claimed sender would let anyone ruin another peer's
+//! standing by forging), expiry, deduplication by id, then delivery to this
+//! node's subscribers (with an ACK back to the sender), or relay toward the
+//! recipient (store-and-forward when it is not reachable).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ecomesh_identity::message::{KeyDirectory, verify_message_with};
+use ecomesh_identity::{Error as IdentityError, Identity};
+use ecomesh_types::{
+    Listener, Listeners, MessageId, NetworkMessage, PeerId, PeerInfo, Priority, Subscription,
+    TransportAdapter, TransportEvent, TransportType,
+};
+use ecomesh_wire::encode_message;
+
+use crate::MeshError;
+use crate::ack::{ACK_TYPE, PendingAcks, ack_for, acked_id};
+use crate::buffer::{BufferConfig, StoreBuffer};
+use crate::dedup::SeenSet;
+use crate::policy::route_with_caps;
+use crate::reputation::{Observation, ReputationTable, Standing};
+
+/// Tunables of a [`MultiTransportManager`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// Bounds of the store-and-forward buffer (seed defaults: 1000 messages, 10 MiB).
+    pub buffer: BufferConfig,
+    /// Most message ids remembered for deduplication.
+    pub dedup_capacity: usize,
+    /// How long a message id is remembered, in milliseconds (default: the 7-day TTL).
+    pub dedup_max_age_ms: u64,
+    /// Most transport events queued between two [`MultiTransportManager::process`]
+    /// calls; further events are dropped (and counted).
+    pub inbox_capacity: usize,
+    /// How many connected peers receive a relay copy of a message whose recipient is absent.
+    pub relay_fanout: usize,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            buffer: BufferConfig::default(),
+            dedup_capacity: 10_000,
+            dedup_max_age_ms: u64::from(NetworkMessage::DEFAULT_TTL_SECS) * 1000,
+            inbox_capacity: 4096,
+            relay_fanout: 3,
+        }
+    }
+}
+
+/// What the manager tells its subscribers.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum MeshEvent {
+    /// A verified, first-seen message for this node (or a broadcast).
+    Message {
+        /// The neighbour that handed it over.
+        from: PeerId,
+        /// The transport it arrived on.
+        transport: TransportType,
+        /// The message.
+        message: NetworkMessage,
+    },
+    /// A peer became reachable on its first transport.
+    PeerDiscovered(PeerInfo),
+    /// A peer is reachable on no transport any more.
+    PeerLost(PeerId),
+    /// A message this node sent was acknowledged by its recipient.
+    Acked {
+        /// The message acknowledged.
+        id: MessageId,
+        /// The recipient that confirmed it.
+        by: PeerId,
+    },
+    /// A message this node sent expired without an ACK.
+    Expired(MessageId),
+    /// A message with an invalid signature was dropped.
+    Rejected {
+        /// The neighbour that handed it over (and was charged).
+        from: PeerId,
+        /// The message's id.
+        id: MessageId,
+    },
+    /// A peer fell below the disconnect threshold and was disconnected.
+    Disconnected(PeerId),
+}
+
+/// How [`MultiTransportManager::send`] handled a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Handed to the peer over this transport.
+    Sent(TransportType),
+    /// No transport reached the peer: stored for later delivery (and relay copies sent).
+    Queued,
+}
+
+type Inbox = Arc<Mutex<(VecDeque<(TransportType, TransportEvent)>, u64)>>;
+
+struct Slot {
+    adapter: Arc<dyn TransportAdapter>,
+    _subscription: Subscription,
+}
+
+struct State {
+    peers: BTreeMap<PeerId, BTreeMap<TransportType, PeerInfo>>,
+    seen: SeenSet,
+    reputation: ReputationTable,
+    buffer: StoreBuffer,
+    pending: PendingAcks,
+    blocked: BTreeSet<PeerId>,
+    to_disconnect: BTreeSet<PeerId>,
+}
+
+/// Aggregates transports into one mesh: unified peers, routing with fallback,
+/// dedup, signatures, reputation, store-and-forward and ACKs.
+pub struct MultiTransportManager {
+    identity: Identity,
+    keys: Arc<dyn KeyDirectory + Send + Sync>,
+    config: MeshConfig,
+    transports: Mutex<BTreeMap<TransportType, Slot>>,
+    inbox: Inbox,
+    state: Mutex<State>,
+    listeners: Listeners<MeshEvent>,
+}
+
+impl fmt::Debug for MultiTransportManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MultiTransportManager")
+            .field("peer_id", &self.identity.peer_id())
+            .field("transports", &self.active_transports())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MultiTransportManager {
+    /// A manager signing as `identity`, verifying senders with keys from `keys`
+    /// (typically filled by handshakes), with an empty buffer.
+    pub fn new(
+        identity: Identity,
+        keys: Arc<dyn KeyDirectory + Send + Sync>,
+        config: MeshConfig,
+    ) -> Self {
+        Self::with_buffer(identity, keys, config, StoreBuffer::new(config.buffer))
+    }
+
+    /// Like [`new`](Self::new), resuming with a buffer loaded by [`StoreBuffer::load`].
+    pub fn with_buffer(
+        identity: Identity,
+        keys: Arc<dyn KeyDirectory + Send + Sync>,
+        config: MeshConfig,
+        buffer: StoreBuffer,
+    ) -> Self {
+        MultiTransportManager {
+            identity,
+            keys,
+            config,
+            transports: Mutex::new(BTreeMap::new()),
+            inbox: Arc::new(Mutex::new((VecDeque::new(), 0))),
+            state: Mutex::new(State {
+                peers: BTreeMap::new(),
+                seen: SeenSet::new(config.dedup_capacity, config.dedup_max_age_ms),
+                reputation: ReputationTable::new(),
+                buffer,
+                pending: PendingAcks::new(),
+                blocked: BTreeSet::new(),
+                to_disconnect: BTreeSet::new(),
+            }),
+            listeners: Listeners::new(),
+        }
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.identity.peer_id()
+    }
+
+    /// Adds (or replaces) the transport of its type and subscribes to its
+    /// events; peers it already knows are queued as discoveries.
+    pub fn add_transport(&self, adapter: Arc<dyn TransportAdapter>) {
+        let ty = adapter.transport_type();
+        let inbox = self.inbox.clone();
+        let cap = self.config.inbox_capacity;
+        let push = move |ev: TransportEvent| {
+            let mut q = lock(&inbox);
+            if q.0.len() >= cap {
+                q.1 += 1;
+                tracing::warn!(transport = %ty, "mesh inbox full; event dropped");
+            } else {
+                q.0.push_back((ty, ev));
+            }
+        };
+        for p in adapter.peers() {
+            push(TransportEvent::PeerDiscovered(p));
+        }
+        let listener: Listener<TransportEvent> = Arc::new(move |ev| push(ev.clone()));
+        let sub = adapter.subscribe(listener);
+        lock(&self.transports).insert(
+            ty,
+            Slot {
+                adapter,
+                _subscription: sub,
+            },
+        );
+    }
+
+    /// Removes the transport of type `ty` (unsubscribing); peers reachable only
+    /// through it are lost.
+    pub fn remove_transport(&self, ty: TransportType) {
+        lock(&self.transports).remove(&ty);
+        let lost: Vec<PeerId> = {
+            let mut st = lock(&self.state);
+            let mut lost = Vec::new();
+            st.peers.retain(|id, per| {
+                per.remove(&ty);
+                if per.is_empty() {
+                    lost.push(*id);
+                }
+                !per.is_empty()
+            });
+            lost
+        };
+        for p in lost {
+            self.listeners.emit(&MeshEvent::PeerLost(p));
+        }
+    }
+
+    /// The transports held, in [`TransportType`] order.
+    pub fn active_transports(&self) -> Vec<TransportType> {
+        lock(&self.transports).keys().copied().collect()
+    }
+
+    /// Every reachable peer, one entry per peer id, its per-transport infos
+    /// merged (transports united, latest `last_seen_ms`, first display name,
+    /// metadata of later transports overriding earlier ones) and its local reputation.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let st = lock(&self.state);
+        st.peers
+            .iter()
+            .filter_map(|(id, per)| merge(*id, per, st.reputation.score(id)))
+            .collect()
+    }
+
+    /// The transports `peer` is reachable on.
+    pub fn peer_transports(&self, peer: &PeerId) -> Vec<TransportType> {
+        lock(&self.state)
+            .peers
+            .get(peer)
+            .map(|per| per.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The local reputation of `peer`.
+    pub fn reputation(&self, peer: &PeerId) -> f64 {
+        lock(&self.state).reputation.score(peer)
+    }
+
+    /// Records an observation about `peer` (e.g. from replication: relays,
+    /// storage); a peer falling below 0.1 is disconnected at the next [`process`](Self::process).
+    pub fn observe(&self, peer: PeerId, o: Observation) {
+        observe_locked(&mut lock(&self.state), peer, o);
+    }
+
+    /// Messages in the store-and-forward buffer.
+    pub fn buffered(&self) -> usize {
+        lock(&self.state).buffer.len()
+    }
+
+    /// True while a message this node sent waits for its ACK.
+    pub fn is_pending(&self, id: &MessageId) -> bool {
+        lock(&self.state).pending.is_pending(id)
+    }
+
+    /// Transport events dropped because the inbox was full.
+    pub fn dropped_events(&self) -> u64 {
+        lock(&self.inbox).1
+    }
+
+    /// Persists the store-and-forward buffer (atomic write).
+    pub fn save_buffer(&self, path: &std::path::Path) -> Result<(), MeshError> {
+        lock(&self.state).buffer.save(path)
+    }
+
+    /// Registers for [`MeshEvent`]s until the subscription is dropped.
+    pub fn subscribe(&self, listener: Listener<MeshEvent>) -> Subscription {
+        self.listeners.subscribe(listener)
+    }
+
+    /// A signed message from this node, stamped `now_ms`, with the default
+    /// TTL and hop limit; `random` supplies the id's 122 random bits.
+    pub fn new_message(
+        &self,
+        message_type: &str,
+        payload: Vec<u8>,
+        recipient: Option<PeerId>,
+        now_ms: u64,
+        random: [u8; 16],
+    ) -> Result<NetworkMessage, MeshError> {
+        let mut m = NetworkMessage {
+            id: MessageId::new_v4(random),
+            message_type: message_type.to_owned(),
+            payload,
+            sender: self.identity.peer_id(),
+            recipient,
+            timestamp_ms: now_ms,
+            ttl_secs: NetworkMessage::DEFAULT_TTL_SECS,
+            hop_count: 0,
+            max_hops: NetworkMessage::DEFAULT_MAX_HOPS,
+            signature: ecomesh_types::Signature::UNSIGNED,
+        };
+        self.identity.sign_message(&mut m)?;
+        Ok(m)
+    }
+
+    /// Sends `message` (whose recipient must be `peer`) over the transports of
+    /// the routing policy in order, falling back to the next on error; when all
+    /// fail it is stored for later delivery and relay copies go to up to
+    /// `relay_fanout` trusted connected peers. A message this node originated
+    /// waits for an ACK until its TTL.
+    pub async fn send(
+        &self,
+        peer: PeerId,
+        message: NetworkMessage,
+        priority: Priority,
+        now_ms: u64,
+    ) -> Result<SendOutcome, MeshError> {
+        if message.recipient != Some(peer) {
+            return Err(MeshError::RecipientMismatch {
+                peer,
+                recipient: message.recipient,
+            });
+        }
+        if message.is_expired(now_ms) {
+            return Err(MeshError::Expired(message.id));
+        }
+        {
+            let mut st = lock(&self.state);
+            st.seen.insert(message.id, now_ms);
+            if message.sender == self.identity.peer_id() && message.message_type != ACK_TYPE {
+                st.pending.track(&message);
+            }
+        }
+        self.forward(peer, message, priority, now_ms, &[]).await
+    }
+
+    /// Sends `message` on every transport's broadcast; returns how many
+    /// transports accepted it. Receivers reached on several transports deliver it once.
+    pub async fn broadcast(&self, message: NetworkMessage, now_ms: u64) -> usize {
+        lock(&self.state).seen.insert(message.id, now_ms);
+        let mut ok = 0;
+        for (ty, a) in self.adapters() {
+            match a.broadcast(message.clone()).await {
+                Ok(()) => ok += 1,
+                Err(e) => tracing::debug!(transport = %ty, error = %e, "broadcast failed"),
+            }
+        }
+        ok
+    }
+
+    /// Handles every queued transport event, then expires buffered and
+    /// unacknowledged messages and disconnects peers below the threshold.
+    /// Returns the number of events handled.
+    pub async fn process(&self, now_ms: u64) -> usize {
+        let mut handled = 0;
+        loop {
+            let next = lock(&self.inbox).0.pop_front();
+            let Some((ty, ev)) = next else { break };
+            handled += 1;
+            match ev {
+                TransportEvent::Message { from, message } => {
+                    self.on_message(ty, from, message, now_ms).await;
+                }
+                TransportEvent::PeerDiscovered(info) => self.on_discovered(ty, info, now_ms).await,
+                TransportEvent::PeerLost(p) => self.on_lost(ty, p),
+                _ => {}
+            }
+        }
+        let (expired, disconnect) = {
+            let mut st = lock(&self.state);
+            let dropped = st.buffer.expire(now_ms);
+            if !dropped.is_empty() {
+                tracing::debug!(count = dropped.len(), "buffered messages expired");
+            }
+            st.seen.prune(now_ms);
+            let expired = st.pending.expire(now_ms);
+            let disconnect: Vec<PeerId> =
+                std::mem::take(&mut st.to_disconnect).into_iter().collect();
+            for p in &disconnect {
+                st.blocked.insert(*p);
+                st.peers.remove(p);
+            }
+            (expired, disconnect)
+        };
+        for id in expired {
+            self.listeners.emit(&MeshEvent::Expired(id));
+        }
+        for p in disconnect {
+            for (ty, a) in self.adapters() {
+                if let Err(e) = a.disconnect_from_peer(p).await {
+                    tracing::debug!(transport = %ty, peer = %p, error = %e, "disconnect failed");
+                }
+            }
+            tracing::info!(peer = %p, "reputation below 0.1: disconnected");
+            self.listeners.emit(&MeshEvent::Disconnected(p));
+        }
+        handled
+    }
+
+    fn adapters(&self) -> Vec<(TransportType, Arc<dyn TransportAdapter>)> {
+        lock(&self.transports)
+            .iter()
+            .map(|(t, s)| (*t, s.adapter.clone()))
+            .collect()
+    }
+
+    async fn deliver_direct(
+        &self,
+        peer: PeerId,
+        message: &NetworkMessage,
+        priority: Priority,
+    ) -> Option<TransportType> {
+        let reachable = self.peer_transports(&peer);
+        if reachable.is_empty() {
+            return None;
+        }
+        let adapters: Vec<_> = self
+            .adapters()
+            .into_iter()
+            .filter(|(t, _)| reachable.contains(t))
+            .collect();
+        let caps: Vec<_> = adapters
+            .iter()
+            .map(|(t, a)| (*t, a.capabilities()))
+            .collect();
+        let size = encode_message(message).len();
+        for ty in route_with_caps(size, priority, &caps) {
+            let Some((_, a)) = adapters.iter().find(|(t, _)| *t == ty) else {
+                continue;
+            };
+            match a.send(peer, message.clone()).await {
+                Ok(()) => return Some(ty),
+                Err(e) => {
+                    tracing::debug!(transport = %ty, peer = %peer, error = %e, "send failed; next transport");
+                }
+            }
+        }
+        None
+    }
+
+    async fn forward(
+        &self,
+        peer: PeerId,
+        message: NetworkMessage,
+        priority: Priority,
+        now_ms: u64,
+        exclude: &[PeerId],
+    ) -> Result<SendOutcome, MeshError> {
+        let known = !self.peer_transports(&peer).is_empty();
+        if let Some(ty) = self.deliver_direct(peer, &message, priority).await {
+            self.observe(peer, Observation::Available(true));
+            return Ok(SendOutcome::Sent(ty));
+        }
+        let relays: Vec<PeerId> = {
+            let mut st = lock(&self.state);
+            if known {
+                observe_locked(&mut st, peer, Observation::Available(false));
+            }
+            let st = &mut *st;
+            let rep = &st.reputation;
+            let evicted = st
+                .buffer
+                .insert(message.clone(), priority, now_ms, &|p| rep.score(p))?;
+            if !evicted.is_empty() {
+                tracing::debug!(count = evicted.len(), "buffer full: messages evicted");
+            }
+            let mut candidates: Vec<(f64, PeerId)> = st
+                .peers
+                .keys()
+                .filter(|p| {
+                    **p != peer
+                        && **p != message.sender
+                        && !exclude.contains(p)
+                        && st.reputation.standing(p) == Standing::Trusted
+                })
+                .map(|p| (st.reputation.score(p), *p))
+                .collect();
+            candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            candidates
+                .into_iter()
+                .take(self.config.relay_fanout)
+                .map(|(_, p)| p)
+                .collect()
+        };
+        // The relay that forwards the copy onward increments its hop count.
+        if !message.hops_exhausted() {
+            for r in relays {
+                self.deliver_direct(r, &message, priority).await;
+            }
+        }
+        Ok(SendOutcome::Queued)
+    }
+
+    async fn on_message(
+        &self,
+        ty: TransportType,
+        from: PeerId,
+        message: NetworkMessage,
+        now_ms: u64,
+    ) {
+        let me = self.identity.peer_id();
+        let verdict = verify_message_with(&message, &*self.keys);
+        {
+            let mut st = lock(&self.state);
+            if st.blocked.contains(&from) {
+                return;
+            }
+            match verdict {
+                Ok(_) => {
+                    observe_locked(&mut st, from, Observation::Integrity(true));
+                }
+                Err(IdentityError::UnknownPeer(p)) => {
+                    tracing::debug!(sender = %p, "no key for the sender; message dropped");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(from = %from, id = %message.id, error = %e, "invalid signature; dropped");
+                    observe_locked(&mut st, from, Observation::Integrity(false));
+                    drop(st);
+                    self.listeners.emit(&MeshEvent::Rejected {
+                        from,
+                        id: message.id,
+                    });
+                    return;
+                }
+            }
+            if message.is_expired(now_ms) || !st.seen.insert(message.id, now_ms) {
+                return;
+            }
+        }
+        match message.recipient {
+            None => self.listeners.emit(&MeshEvent::Message {
+                from,
+                transport: ty,
+                message,
+            }),
+            Some(r) if r == me => {
+                if let Some(acked) = acked_id(&message) {
+                    let confirmed = {
+                        let mut st = lock(&self.state);
+                        let ok = st.pending.confirm(&acked, &message.sender);
+                        if ok {
+                            st.buffer.remove(&acked);
+                        }
+                        ok
+                    };
+                    if confirmed {
+                        self.listeners.emit(&MeshEvent::Acked {
+                            id: acked,
+                            by: message.sender,
+                        });
+                    }
+                    return;
+                }
+                let mut ack = ack_for(&message, me, now_ms);
+                self.listeners.emit(&MeshEvent::Message {
+                    from,
+                    transport: ty,
+                    message: message.clone(),
+                });
+                match self.identity.sign_message(&mut ack) {
+                    Ok(()) => {
+                        if let Err(e) = self.send(message.sender, ack, Priority::High, now_ms).await
+                        {
+                            tracing::debug!(error = %e, "ACK not sent");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not sign ACK"),
+                }
+            }
+            Some(r) => {
+                if message.hops_exhausted() {
+                    tracing::debug!(id = %message.id, "hop limit reached; not relayed");
+                    return;
+                }
+                let mut copy = message;
+                copy.hop_count += 1;
+                let priority = if copy.message_type == ACK_TYPE {
+                    Priority::High
+                } else {
+                    Priority::Normal
+                };
+                match self.forward(r, copy, priority, now_ms, &[from]).await {
+                    Ok(_) => self.observe(from, Observation::Available(true)),
+                    Err(e) => tracing::debug!(error = %e, "relay not stored"),
+                }
+            }
+        }
+    }
+
+    async fn on_discovered(&self, ty: TransportType, info: PeerInfo, now_ms: u64) {
+        let peer = info.peer_id;
+        if peer == self.identity.peer_id() {
+            return;
+        }
+        let (first, merged, queued) = {
+            let mut st = lock(&self.state);
+            if st.blocked.contains(&peer) {
+                st.to_disconnect.insert(peer);
+                return;
+            }
+            let per = st.peers.entry(peer).or_default();
+            let first = per.is_empty();
+            per.insert(ty, info);
+            let per = per.clone();
+            observe_locked(&mut st, peer, Observation::Available(true));
+            let merged = merge(peer, &per, st.reputation.score(&peer));
+            (first, merged, st.buffer.take_for(&peer))
+        };
+        if let (true, Some(m)) = (first, merged) {
+            self.listeners.emit(&MeshEvent::PeerDiscovered(m));
+        }
+        for e in queued {
+            if let Err(err) = self.forward(peer, e.message, e.priority, now_ms, &[]).await {
+                tracing::debug!(error = %err, "buffered message dropped");
+            }
+        }
+    }
+
+    fn on_lost(&self, ty: TransportType, peer: PeerId) {
+        let lost = {
+            let mut st = lock(&self.state);
+            match st.peers.get_mut(&peer) {
+                Some(per) => {
+                    per.remove(&ty);
+                    if per.is_empty() {
+                        st.peers.remove(&peer);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        if lost {
+            self.listeners.emit(&MeshEvent::PeerLost(peer));
+        }
+    }
+}
+
+fn observe_locked(st: &mut State, peer: PeerId, o: Observation) {
+    if st.reputation.observe(peer, o) == Standing::Disconnect {
+        st.to_disconnect.insert(peer);
+    }
+}
+
+fn merge(
+    peer: PeerId,
+    per: &BTreeMap<TransportType, PeerInfo>,
+    reputation: f64,
+) -> Option<PeerInfo> {
+    let mut it = per.values();
+    let mut out = it.next()?.clone();
+    out.peer_id = peer;
+    out.reputation = reputation;
+    out.transports = per.keys().copied().collect();
+    for i in it {
+        out.last_seen_ms = out.last_seen_ms.max(i.last_seen_ms);
+        if out.display_name.is_none() {
+            out.display_name.clone_from(&i.display_name);
+        }
+        for (k, v) in &i.metadata {
+            out.metadata.insert(k.clone(), v.clone());
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,537 @@
+//! The manager over in-memory fake transports, on a fake clock.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+
+use ecomesh_identity::message::KeyDirectory;
+use ecomesh_identity::{Identity, PublicKey};
+use ecomesh_mesh::buffer::{BufferConfig, StoreBuffer};
+use ecomesh_mesh::reputation::Observation;
+use ecomesh_mesh::{MeshConfig, MeshEvent, MultiTransportManager, SendOutcome};
+use ecomesh_types::{
+    BoxFuture, Error, Listener, Listeners, NetworkMessage, PeerId, PeerInfo, Priority,
+    Subscription, TransportAdapter, TransportCapabilities, TransportEvent, TransportType,
+};
+
+use TransportType::{Bluetooth, Wired};
+
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+/// Polls a future whose every await is immediately ready (the fakes never pend).
+fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+/// One node's end of an in-memory transport.
+struct Fake {
+    ty: TransportType,
+    owner: PeerId,
+    links: Mutex<BTreeMap<PeerId, Weak<Fake>>>,
+    listeners: Listeners<TransportEvent>,
+    fail: AtomicBool,
+    sent: Mutex<Vec<(PeerId, NetworkMessage)>>,
+}
+
+impl Fake {
+    fn new(ty: TransportType, owner: PeerId) -> Arc<Fake> {
+        Arc::new(Fake {
+            ty,
+            owner,
+            links: Mutex::new(BTreeMap::new()),
+            listeners: Listeners::new(),
+            fail: AtomicBool::new(false),
+            sent: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn deliver(&self, to: PeerId, message: NetworkMessage) -> Result<(), Error> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        let remote = self.links.lock().unwrap().get(&to).and_then(Weak::upgrade);
+        let remote = remote.ok_or(Error::Unreachable(to))?;
+        self.sent.lock().unwrap().push((to, message.clone()));
+        remote.listeners.emit(&TransportEvent::Message {
+            from: self.owner,
+            message,
+        });
+        Ok(())
+    }
+
+    /// Hands `message` to `to` as if it came from this node, bypassing its manager.
+    fn inject(&self, to: PeerId, message: NetworkMessage) {
+        self.deliver(to, message).unwrap();
+    }
+}
+
+fn link(a: &Arc<Fake>, b: &Arc<Fake>) {
+    a.links.lock().unwrap().insert(b.owner, Arc::downgrade(b));
+    b.links.lock().unwrap().insert(a.owner, Arc::downgrade(a));
+    a.listeners
+        .emit(&TransportEvent::PeerDiscovered(PeerInfo::new(
+            b.owner, a.ty, 0,
+        )));
+    b.listeners
+        .emit(&TransportEvent::PeerDiscovered(PeerInfo::new(
+            a.owner, b.ty, 0,
+        )));
+}
+
+fn unlink(a: &Fake, b: PeerId) {
+    let remote = a.links.lock().unwrap().remove(&b).and_then(|w| w.upgrade());
+    a.listeners.emit(&TransportEvent::PeerLost(b));
+    if let Some(r) = remote {
+        r.links.lock().unwrap().remove(&a.owner);
+        r.listeners.emit(&TransportEvent::PeerLost(a.owner));
+    }
+}
+
+impl TransportAdapter for Fake {
+    fn transport_type(&self) -> TransportType {
+        self.ty
+    }
+    fn capabilities(&self) -> TransportCapabilities {
+        TransportCapabilities::seed_defaults(self.ty)
+    }
+    fn start(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn stop(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn is_active(&self) -> bool {
+        true
+    }
+    fn peers(&self) -> Vec<PeerInfo> {
+        self.links
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|p| PeerInfo::new(*p, self.ty, 0))
+            .collect()
+    }
+    fn connect_to_peer(&self, _peer: PeerId) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn disconnect_from_peer(&self, peer: PeerId) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            unlink(self, peer);
+            Ok(())
+        })
+    }
+    fn send(&self, peer: PeerId, message: NetworkMessage) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move { self.deliver(peer, message) })
+    }
+    fn broadcast(&self, message: NetworkMessage) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let peers: Vec<PeerId> = self.links.lock().unwrap().keys().copied().collect();
+            for p in peers {
+                self.deliver(p, message.clone())?;
+            }
+            Ok(())
+        })
+    }
+    fn subscribe(&self, listener: Listener<TransportEvent>) -> Subscription {
+        self.listeners.subscribe(listener)
+    }
+}
+
+/// The keys every node learnt from handshakes.
+#[derive(Default)]
+struct Directory(Mutex<BTreeMap<PeerId, PublicKey>>);
+
+impl KeyDirectory for Directory {
+    fn public_key(&self, peer: &PeerId) -> Option<PublicKey> {
+        self.0.lock().unwrap().get(peer).copied()
+    }
+}
+
+struct Node {
+    id: Identity,
+    mgr: MultiTransportManager,
+    events: Arc<Mutex<Vec<MeshEvent>>>,
+    _sub: Subscription,
+    t: BTreeMap<TransportType, Arc<Fake>>,
+}
+
+impl Node {
+    fn new(seed: u8, dir: &Arc<Directory>, transports: &[TransportType]) -> Node {
+        Self::with_buffer(seed, dir, transports, None)
+    }
+
+    fn with_buffer(
+        seed: u8,
+        dir: &Arc<Directory>,
+        transports: &[TransportType],
+        buffer: Option<StoreBuffer>,
+    ) -> Node {
+        let id = Identity::from_secret_bytes(&[seed; 32]);
+        dir.0.lock().unwrap().insert(id.peer_id(), *id.public_key());
+        let keys: Arc<dyn KeyDirectory + Send + Sync> = dir.clone();
+        let mgr = match buffer {
+            None => MultiTransportManager::new(id.clone(), keys, MeshConfig::default()),
+            Some(b) => {
+                MultiTransportManager::with_buffer(id.clone(), keys, MeshConfig::default(), b)
+            }
+        };
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let e = events.clone();
+        let sub = mgr.subscribe(Arc::new(move |ev: &MeshEvent| {
+            e.lock().unwrap().push(ev.clone())
+        }));
+        let mut t = BTreeMap::new();
+        for ty in transports {
+            let f = Fake::new(*ty, id.peer_id());
+            mgr.add_transport(f.clone());
+            t.insert(*ty, f);
+        }
+        Node {
+            id,
+            mgr,
+            events,
+            _sub: sub,
+            t,
+        }
+    }
+
+    fn pid(&self) -> PeerId {
+        self.id.peer_id()
+    }
+
+    fn msg(&self, to: &Node, text: &str, now: u64, n: u8) -> NetworkMessage {
+        self.mgr
+            .new_message(
+                "chat",
+                text.as_bytes().to_vec(),
+                Some(to.pid()),
+                now,
+                [n; 16],
+            )
+            .unwrap()
+    }
+
+    fn received(&self) -> Vec<NetworkMessage> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                MeshEvent::Message { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn has(&self, pred: impl Fn(&MeshEvent) -> bool) -> bool {
+        self.events.lock().unwrap().iter().any(pred)
+    }
+}
+
+fn pump(nodes: &[&Node], now: u64) {
+    for _ in 0..100 {
+        let handled: usize = nodes.iter().map(|n| block_on(n.mgr.process(now))).sum();
+        if handled == 0 {
+            return;
+        }
+    }
+    panic!("events still flowing after 100 rounds");
+}
+
+fn connect(a: &Node, b: &Node, ty: TransportType) {
+    link(&a.t[&ty], &b.t[&ty]);
+}
+
+#[test]
+fn unified_peer_table_one_entry_per_peer() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Bluetooth, Wired]);
+    let b = Node::new(2, &dir, &[Bluetooth, Wired]);
+    connect(&a, &b, Bluetooth);
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 0);
+    let peers = a.mgr.peers();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].peer_id, b.pid());
+    assert_eq!(peers[0].transports, vec![Bluetooth, Wired]);
+    let discovered = a
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, MeshEvent::PeerDiscovered(_)))
+        .count();
+    assert_eq!(discovered, 1, "one logical peer");
+    unlink(&a.t[&Bluetooth], b.pid());
+    pump(&[&a, &b], 0);
+    assert_eq!(a.mgr.peer_transports(&b.pid()), vec![Wired]);
+    assert!(!a.has(|e| matches!(e, MeshEvent::PeerLost(_))));
+    unlink(&a.t[&Wired], b.pid());
+    pump(&[&a, &b], 0);
+    assert!(a.mgr.peers().is_empty());
+    assert!(a.has(|e| *e == MeshEvent::PeerLost(b.pid())));
+}
+
+#[test]
+fn fallback_to_next_transport_when_preferred_fails() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Bluetooth, Wired]);
+    let b = Node::new(2, &dir, &[Bluetooth, Wired]);
+    connect(&a, &b, Bluetooth);
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 0);
+    // Small normal message: Bluetooth first.
+    let out = block_on(
+        a.mgr
+            .send(b.pid(), a.msg(&b, "hi", 0, 1), Priority::Normal, 0),
+    )
+    .unwrap();
+    assert_eq!(out, SendOutcome::Sent(Bluetooth));
+    a.t[&Bluetooth].fail.store(true, Ordering::SeqCst);
+    let out = block_on(
+        a.mgr
+            .send(b.pid(), a.msg(&b, "again", 0, 2), Priority::Normal, 0),
+    )
+    .unwrap();
+    assert_eq!(out, SendOutcome::Sent(Wired));
+    // Bulk prefers Wired over everything this pair shares.
+    a.t[&Bluetooth].fail.store(false, Ordering::SeqCst);
+    let out = block_on(
+        a.mgr
+            .send(b.pid(), a.msg(&b, "bulk", 0, 3), Priority::Bulk, 0),
+    )
+    .unwrap();
+    assert_eq!(out, SendOutcome::Sent(Wired));
+    pump(&[&a, &b], 0);
+    let texts: Vec<Vec<u8>> = b.received().into_iter().map(|m| m.payload).collect();
+    assert_eq!(
+        texts,
+        vec![b"hi".to_vec(), b"again".to_vec(), b"bulk".to_vec()]
+    );
+}
+
+#[test]
+fn duplicate_on_two_transports_is_delivered_once() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Bluetooth, Wired]);
+    let b = Node::new(2, &dir, &[Bluetooth, Wired]);
+    connect(&a, &b, Bluetooth);
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 0);
+    let m = a
+        .mgr
+        .new_message("news", b"x".to_vec(), None, 0, [9; 16])
+        .unwrap();
+    assert_eq!(block_on(a.mgr.broadcast(m.clone(), 0)), 2);
+    pump(&[&a, &b], 0);
+    assert_eq!(b.received(), vec![m.clone()]);
+    // A direct copy of the same id later is still a duplicate.
+    a.t[&Wired].inject(b.pid(), m);
+    pump(&[&a, &b], 0);
+    assert_eq!(b.received().len(), 1);
+}
+
+#[test]
+fn store_and_forward_when_peer_appears_later_then_ack() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Wired]);
+    let b = Node::new(2, &dir, &[Wired]);
+    let m = a.msg(&b, "later", 0, 1);
+    assert_eq!(
+        block_on(a.mgr.send(b.pid(), m.clone(), Priority::Normal, 0)).unwrap(),
+        SendOutcome::Queued
+    );
+    assert_eq!(a.mgr.buffered(), 1);
+    assert!(a.mgr.is_pending(&m.id));
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 1_000);
+    assert_eq!(b.received(), vec![m.clone()]);
+    assert_eq!(a.mgr.buffered(), 0);
+    assert!(a.has(|e| *e
+        == MeshEvent::Acked {
+            id: m.id,
+            by: b.pid()
+        }));
+    assert!(!a.mgr.is_pending(&m.id));
+}
+
+#[test]
+fn relay_through_a_connected_peer_and_ack_back_by_store_and_forward() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Wired]);
+    let b = Node::new(2, &dir, &[Wired]);
+    let c = Node::new(3, &dir, &[Wired]);
+    connect(&a, &b, Wired);
+    pump(&[&a, &b, &c], 0);
+    let m = a.msg(&c, "via b", 0, 1);
+    assert_eq!(
+        block_on(a.mgr.send(c.pid(), m.clone(), Priority::Normal, 0)).unwrap(),
+        SendOutcome::Queued
+    );
+    pump(&[&a, &b, &c], 0);
+    assert_eq!(b.mgr.buffered(), 1, "B holds a relay copy");
+    assert!(
+        b.received().is_empty(),
+        "a relay does not deliver to itself"
+    );
+    // A leaves; C meets B only.
+    unlink(&a.t[&Wired], b.pid());
+    connect(&b, &c, Wired);
+    pump(&[&a, &b, &c], 10);
+    let got = c.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, b"via b");
+    assert_eq!(got[0].hop_count, 1);
+    assert_eq!(b.mgr.buffered(), 1, "B now holds C's ACK for A");
+    assert!(a.mgr.is_pending(&m.id));
+    // A comes back to B: the ACK arrives.
+    connect(&a, &b, Wired);
+    pump(&[&a, &b, &c], 20);
+    assert!(a.has(|e| *e
+        == MeshEvent::Acked {
+            id: m.id,
+            by: c.pid()
+        }));
+    assert!(!a.mgr.is_pending(&m.id));
+}
+
+#[test]
+fn invalid_signature_is_dropped_and_charged() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Wired]);
+    let b = Node::new(2, &dir, &[Wired]);
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 0);
+    let before = b.mgr.reputation(&a.pid());
+    let mut m = a.msg(&b, "original", 0, 1);
+    m.payload = b"tampered".to_vec();
+    a.t[&Wired].inject(b.pid(), m.clone());
+    pump(&[&a, &b], 0);
+    assert!(b.received().is_empty());
+    assert!(b.has(|e| *e
+        == MeshEvent::Rejected {
+            from: a.pid(),
+            id: m.id
+        }));
+    assert!(b.mgr.reputation(&a.pid()) < before);
+    // The id was not burnt: the genuine message still gets through.
+    let good = a.msg(&b, "original", 0, 1);
+    a.t[&Wired].inject(b.pid(), good.clone());
+    pump(&[&a, &b], 0);
+    assert_eq!(b.received(), vec![good]);
+}
+
+#[test]
+fn unknown_sender_key_is_dropped_without_charge() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Wired]);
+    let b = Node::new(2, &dir, &[Wired]);
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 0);
+    let stranger = Identity::from_secret_bytes(&[77; 32]);
+    let mut m = a.msg(&b, "x", 0, 1);
+    m.sender = stranger.peer_id();
+    stranger.sign_message(&mut m).unwrap();
+    let before = b.mgr.reputation(&a.pid());
+    a.t[&Wired].inject(b.pid(), m);
+    pump(&[&a, &b], 0);
+    assert!(b.received().is_empty());
+    assert_eq!(b.mgr.reputation(&a.pid()), before);
+}
+
+#[test]
+fn peer_below_threshold_is_disconnected_and_kept_out() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Wired]);
+    let b = Node::new(2, &dir, &[Wired]);
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 0);
+    let mut n = 0;
+    while b.mgr.reputation(&a.pid()) >= 0.1 {
+        let mut m = a.msg(&b, "bad", 0, n);
+        m.payload.push(0);
+        a.t[&Wired].inject(b.pid(), m);
+        for o in [
+            Observation::Available(false),
+            Observation::Relay(false),
+            Observation::Storage(false),
+            Observation::Latency(10_000),
+        ] {
+            b.mgr.observe(a.pid(), o);
+        }
+        pump(&[&a, &b], 0);
+        n += 1;
+        assert!(n < 200);
+    }
+    pump(&[&a, &b], 0);
+    assert!(b.has(|e| *e == MeshEvent::Disconnected(a.pid())));
+    assert!(b.mgr.peers().is_empty());
+    assert!(
+        b.t[&Wired].links.lock().unwrap().is_empty(),
+        "transport link closed"
+    );
+    // Rediscovery is refused again.
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 0);
+    assert!(b.mgr.peers().is_empty());
+    assert!(b.t[&Wired].links.lock().unwrap().is_empty());
+}
+
+#[test]
+fn unacked_message_expires_with_its_ttl() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Wired]);
+    let b = Node::new(2, &dir, &[Wired]);
+    let m = a.msg(&b, "never", 0, 1);
+    block_on(a.mgr.send(b.pid(), m.clone(), Priority::Normal, 0)).unwrap();
+    pump(&[&a], 7 * DAY_MS - 1);
+    assert_eq!(a.mgr.buffered(), 1);
+    pump(&[&a], 7 * DAY_MS);
+    assert_eq!(a.mgr.buffered(), 0);
+    assert!(a.has(|e| *e == MeshEvent::Expired(m.id)));
+    // Meeting B afterwards delivers nothing.
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 7 * DAY_MS + 1);
+    assert!(b.received().is_empty());
+}
+
+#[test]
+fn buffer_survives_a_restart() {
+    let dir = Arc::new(Directory::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("mesh-buffer.bin");
+    let b = Node::new(2, &dir, &[Wired]);
+    let m = {
+        let a = Node::new(1, &dir, &[Wired]);
+        let m = a.msg(&b, "persisted", 0, 1);
+        block_on(a.mgr.send(b.pid(), m.clone(), Priority::High, 0)).unwrap();
+        a.mgr.save_buffer(&path).unwrap();
+        m
+    };
+    let loaded = StoreBuffer::load(&path, BufferConfig::default()).unwrap();
+    let a = Node::with_buffer(1, &dir, &[Wired], Some(loaded));
+    assert_eq!(a.mgr.buffered(), 1);
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 5);
+    assert_eq!(b.received(), vec![m]);
+}
+
+#[test]
+fn recipient_mismatch_and_expired_sends_are_refused() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Wired]);
+    let b = Node::new(2, &dir, &[Wired]);
+    let m = a.msg(&b, "x", 0, 1);
+    assert!(block_on(a.mgr.send(a.pid(), m.clone(), Priority::Normal, 0)).is_err());
+    assert!(block_on(a.mgr.send(b.pid(), m, Priority::Normal, 7 * DAY_MS)).is_err());
+}
