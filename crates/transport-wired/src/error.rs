@@ -32,6 +32,9 @@ pub enum WiredError {
     /// The peer refused us (closed the link during the handshake).
     #[error("peer {0} refused the link")]
     Refused(PeerId),
+    /// The mDNS daemon failed.
+    #[error("mdns: {0}")]
+    Mdns(#[from] mdns_sd::Error),
     /// Socket I/O failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

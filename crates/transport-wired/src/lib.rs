@@ -9,15 +9,18 @@
 //!   address with reconnect and exponential backoff, mutual authentication under an
 //!   [`AccessPolicy`](ecomesh_identity::AccessPolicy), one bounded send queue per peer.
 //!
-//! Discovery (mDNS) is not part of this crate yet: peers are reached by
-//! [`WiredTransport::dial`].
+//! - [`discovery`]: mDNS announce/browse of `_ecomesh._tcp.local.` with `mdns-sd`
+//!   ([`MdnsDiscovery`]), which dials discovered peers; the TXT codec and the peer table
+//!   are sans-io. Without it, peers are reached by [`WiredTransport::dial`].
 
 #![forbid(unsafe_code)]
 
+pub mod discovery;
 mod error;
 pub mod link;
 mod transport;
 
+pub use discovery::{Announcement, MdnsDiscovery, SERVICE_TYPE};
 pub use error::WiredError;
 pub use link::{Link, LinkConfig, LinkEvent, PROTOCOL_VERSION};
 pub use transport::{WiredConfig, WiredTransport};

@@ -189,6 +189,18 @@ impl WiredTransport {
             Err(_) => Err(Error::Closed),
         }
     }
+    /// Stops redialling `addr` (for example when discovery lost the peer there); a link
+    /// that is up stays up until it drops.
+    pub fn forget(&self, addr: SocketAddr) {
+        let mut st = lock(&self.inner.state);
+        let Some(d) = st.dials.remove(&addr) else {
+            return;
+        };
+        let connected = d.peer.is_some_and(|p| st.peers.contains_key(&p));
+        if !connected && let Some(t) = d.task {
+            t.abort();
+        }
+    }
 }
 
 impl Inner {
