@@ -414,7 +414,19 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
             }
         }
     };
-    let refused = registered.is_none() && !superseded && result.is_err();
+    // Refused: our policy rejected the proven peer, or the peer closed on us after it
+    // learned who we are (its policy). Timeouts and garbage are not refusals.
+    let refused = registered.is_none()
+        && !superseded
+        && link.peer().is_some()
+        && matches!(
+            &result,
+            Err(WiredError::Noise(
+                ecomesh_identity::Error::PeerRefused(_)
+                    | ecomesh_identity::Error::SelfConnection
+                    | ecomesh_identity::Error::WrongPeer { .. }
+            )) | Err(WiredError::Closed | WiredError::Io(_))
+        );
     match &result {
         Ok(()) => tracing::debug!(%addr, "link closed"),
         Err(WiredError::Closed) if registered.is_some() => {
@@ -436,14 +448,8 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
     LinkEnd {
         established: registered,
         superseded,
-        refused: refused && is_refusal(&link),
+        refused,
     }
-}
-
-/// A link that failed after the peer's identity was proven but before it was
-/// established: a policy refusal on one side or the other.
-fn is_refusal(link: &Link) -> bool {
-    link.peer().is_some() && !link.is_established()
 }
 
 /// Decrements the count of pending inbound handshakes when dropped.
