@@ -9,6 +9,8 @@
 //! - [`broadcast`]: one broadcast reaches every connected peer.
 //! - [`max_size_frame`]: a message of exactly `max_message_size` encoded bytes arrives.
 //! - [`oversize_refused`]: one byte more is [`Error::MessageTooLarge`].
+//! - [`disconnect_and_reconnect`]: `disconnect_from_peer` is seen on both sides and the
+//!   peers can connect again.
 //! - [`peer_lost_and_reconnected`]: stopping a transport is seen as a loss; after it
 //!   restarts (either side) the peers find each other again and messages flow.
 //! - [`hostile_raw_input`]: garbage, truncated and flooding byte streams on a raw socket
@@ -568,6 +570,31 @@ pub async fn peer_lost_and_reconnected<F: TransportFactory>(f: &F) -> Result<()>
         .await?;
     }
     Ok(())
+}
+
+/// `disconnect_from_peer` ends the link: both sides report the loss and stop listing
+/// each other; introducing them again reconnects them.
+pub async fn disconnect_and_reconnect<F: TransportFactory>(f: &F) -> Result<()> {
+    let p = connected_pair(f).await?;
+    let (ma, mb) = (p.la.mark(), p.lb.mark());
+    ctx(
+        "disconnect_from_peer",
+        p.a.disconnect_from_peer(p.idb).await,
+    )?;
+    p.la.wait_lost(ma, p.idb, "a").await?;
+    p.lb.wait_lost(mb, p.ida, "b").await?;
+    if peer_of(p.a.as_ref(), p.idb) {
+        return fail("a still lists b after disconnect_from_peer");
+    }
+    match p.a.send(p.idb, test_message(p.ida, None, vec![1])).await {
+        Err(Error::Unreachable(_)) => {}
+        r => return fail(format!("send after disconnect returned {r:?}")),
+    }
+    let (ma, mb) = (p.la.mark(), p.lb.mark());
+    ctx("b dials a again", f.introduce(&p.b, &p.a).await)?;
+    p.la.wait_discovered(ma, p.idb, "a").await?;
+    p.lb.wait_discovered(mb, p.ida, "b").await?;
+    roundtrip(p.a.as_ref(), p.ida, &p.lb, p.idb, b"again".to_vec()).await
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), so a failing case can be replayed.

@@ -506,4 +506,40 @@ mod tests {
         let junk = vec![0xffu8; 300_000];
         assert!(r.receive(&junk, 1).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn prop_garbage_never_panics(chunks in proptest::collection::vec(
+            proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 0..8)) {
+            let (mut a, mut b, _, _) = pair(AccessPolicy::Open, AccessPolicy::Open);
+            for c in &chunks {
+                let _ = b.receive(c, 1);
+            }
+            // And on an open link.
+            pump(&mut a, &mut b, 1).ok();
+            for c in &chunks {
+                if a.receive(c, 2).is_err() {
+                    break;
+                }
+            }
+        }
+
+        #[test]
+        fn prop_any_chunking_delivers(cut in 1usize..70_000, lens in proptest::collection::vec(0usize..70_000, 1..4)) {
+            let (mut a, mut b, ia, _) = pair(AccessPolicy::Open, AccessPolicy::Open);
+            pump(&mut a, &mut b, 0).unwrap();
+            let _ = (a.poll_event(), b.poll_event());
+            let sent: Vec<NetworkMessage> = lens.iter().map(|&l| msg(ia.peer_id(), vec![9; l])).collect();
+            for m in &sent {
+                a.send_message(m).unwrap();
+            }
+            let out = a.take_output();
+            for c in out.chunks(cut) {
+                b.receive(c, 1).unwrap();
+            }
+            let got: Vec<LinkEvent> = std::iter::from_fn(|| b.poll_event()).collect();
+            let want: Vec<LinkEvent> = sent.into_iter().map(LinkEvent::Message).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
 }

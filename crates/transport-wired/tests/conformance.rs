@@ -75,6 +75,7 @@ check!(broadcast, broadcast);
 check!(max_size_frame, max_size_frame);
 check!(oversize_refused, oversize_refused);
 check!(peer_lost_and_reconnected, peer_lost_and_reconnected);
+check!(disconnect_and_reconnect, disconnect_and_reconnect);
 check!(unauthenticated_refused, unauthenticated_refused);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
