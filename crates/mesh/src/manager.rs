@@ -11,6 +11,13 @@
 //! standing by forging), expiry, deduplication by id, then delivery to this
 //! node's subscribers (with an ACK back to the sender), or relay toward the
 //! recipient (store-and-forward when it is not reachable).
+//!
+//! Relaying: a message for an absent recipient is stored and copies go to up to
+//! `relay_fanout` trusted neighbours (reputation >= 0.3); each node that
+//! forwards a relayed message increments its hop count, and a copy that would
+//! reach `max_hops` is not stored. Broadcasts are delivered to direct
+//! neighbours only (not re-flooded). A relayed message's priority is not on the
+//! wire, so relays use `Normal` (`High` for ACKs).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;

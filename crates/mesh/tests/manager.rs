@@ -252,14 +252,25 @@ fn connect(a: &Node, b: &Node, ty: TransportType) {
     link(&a.t[&ty], &b.t[&ty]);
 }
 
+/// Two nodes connected on every one of `transports`, discoveries handled.
+fn pair(transports: &[TransportType]) -> (Node, Node) {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, transports);
+    let b = Node::new(2, &dir, transports);
+    for ty in transports {
+        connect(&a, &b, *ty);
+    }
+    pump(&[&a, &b], 0);
+    (a, b)
+}
+
+fn wired_pair() -> (Node, Node) {
+    pair(&[Wired])
+}
+
 #[test]
 fn unified_peer_table_one_entry_per_peer() {
-    let dir = Arc::new(Directory::default());
-    let a = Node::new(1, &dir, &[Bluetooth, Wired]);
-    let b = Node::new(2, &dir, &[Bluetooth, Wired]);
-    connect(&a, &b, Bluetooth);
-    connect(&a, &b, Wired);
-    pump(&[&a, &b], 0);
+    let (a, b) = pair(&[Bluetooth, Wired]);
     let peers = a.mgr.peers();
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0].peer_id, b.pid());
@@ -284,12 +295,7 @@ fn unified_peer_table_one_entry_per_peer() {
 
 #[test]
 fn fallback_to_next_transport_when_preferred_fails() {
-    let dir = Arc::new(Directory::default());
-    let a = Node::new(1, &dir, &[Bluetooth, Wired]);
-    let b = Node::new(2, &dir, &[Bluetooth, Wired]);
-    connect(&a, &b, Bluetooth);
-    connect(&a, &b, Wired);
-    pump(&[&a, &b], 0);
+    let (a, b) = pair(&[Bluetooth, Wired]);
     // Small normal message: Bluetooth first.
     let out = block_on(
         a.mgr
@@ -322,12 +328,7 @@ fn fallback_to_next_transport_when_preferred_fails() {
 
 #[test]
 fn duplicate_on_two_transports_is_delivered_once() {
-    let dir = Arc::new(Directory::default());
-    let a = Node::new(1, &dir, &[Bluetooth, Wired]);
-    let b = Node::new(2, &dir, &[Bluetooth, Wired]);
-    connect(&a, &b, Bluetooth);
-    connect(&a, &b, Wired);
-    pump(&[&a, &b], 0);
+    let (a, b) = pair(&[Bluetooth, Wired]);
     let m = a
         .mgr
         .new_message("news", b"x".to_vec(), None, 0, [9; 16])
@@ -407,11 +408,7 @@ fn relay_through_a_connected_peer_and_ack_back_by_store_and_forward() {
 
 #[test]
 fn invalid_signature_is_dropped_and_charged() {
-    let dir = Arc::new(Directory::default());
-    let a = Node::new(1, &dir, &[Wired]);
-    let b = Node::new(2, &dir, &[Wired]);
-    connect(&a, &b, Wired);
-    pump(&[&a, &b], 0);
+    let (a, b) = wired_pair();
     let before = b.mgr.reputation(&a.pid());
     let mut m = a.msg(&b, "original", 0, 1);
     m.payload = b"tampered".to_vec();
@@ -433,11 +430,7 @@ fn invalid_signature_is_dropped_and_charged() {
 
 #[test]
 fn unknown_sender_key_is_dropped_without_charge() {
-    let dir = Arc::new(Directory::default());
-    let a = Node::new(1, &dir, &[Wired]);
-    let b = Node::new(2, &dir, &[Wired]);
-    connect(&a, &b, Wired);
-    pump(&[&a, &b], 0);
+    let (a, b) = wired_pair();
     let stranger = Identity::from_secret_bytes(&[77; 32]);
     let mut m = a.msg(&b, "x", 0, 1);
     m.sender = stranger.peer_id();
@@ -451,11 +444,7 @@ fn unknown_sender_key_is_dropped_without_charge() {
 
 #[test]
 fn peer_below_threshold_is_disconnected_and_kept_out() {
-    let dir = Arc::new(Directory::default());
-    let a = Node::new(1, &dir, &[Wired]);
-    let b = Node::new(2, &dir, &[Wired]);
-    connect(&a, &b, Wired);
-    pump(&[&a, &b], 0);
+    let (a, b) = wired_pair();
     let mut n = 0;
     while b.mgr.reputation(&a.pid()) >= 0.1 {
         let mut m = a.msg(&b, "bad", 0, n);
@@ -534,4 +523,58 @@ fn recipient_mismatch_and_expired_sends_are_refused() {
     let m = a.msg(&b, "x", 0, 1);
     assert!(block_on(a.mgr.send(a.pid(), m.clone(), Priority::Normal, 0)).is_err());
     assert!(block_on(a.mgr.send(b.pid(), m, Priority::Normal, 7 * DAY_MS)).is_err());
+}
+
+#[test]
+fn deprioritized_peer_gets_no_relay_copy() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Wired]);
+    let good = Node::new(2, &dir, &[Wired]);
+    let poor = Node::new(3, &dir, &[Wired]);
+    let absent = Node::new(4, &dir, &[Wired]);
+    connect(&a, &good, Wired);
+    connect(&a, &poor, Wired);
+    pump(&[&a, &good, &poor], 0);
+    let mut n = 0;
+    while a.mgr.reputation(&poor.pid()) >= 0.3 {
+        a.mgr.observe(poor.pid(), Observation::Integrity(false));
+        a.mgr.observe(poor.pid(), Observation::Relay(false));
+        a.mgr.observe(poor.pid(), Observation::Storage(false));
+        n += 1;
+        assert!(n < 1000);
+    }
+    assert!(a.mgr.reputation(&poor.pid()) >= 0.1);
+    let m = a.msg(&absent, "x", 0, 1);
+    block_on(a.mgr.send(absent.pid(), m, Priority::Normal, 0)).unwrap();
+    pump(&[&a, &good, &poor], 0);
+    assert_eq!(good.mgr.buffered(), 1);
+    assert_eq!(poor.mgr.buffered(), 0);
+    assert!(
+        a.t[&Wired]
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(to, _)| *to != poor.pid())
+    );
+}
+
+#[test]
+fn relayed_message_at_hop_limit_is_not_stored() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Wired]);
+    let b = Node::new(2, &dir, &[Wired]);
+    let c = Node::new(3, &dir, &[Wired]);
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 0);
+    let mut m = a.msg(&c, "far", 0, 1);
+    m.hop_count = m.max_hops - 1;
+    a.t[&Wired].inject(b.pid(), m.clone());
+    pump(&[&a, &b], 0);
+    assert_eq!(b.mgr.buffered(), 0, "one more hop would reach the limit");
+    m.hop_count = m.max_hops - 2;
+    m.id.0[0] ^= 1;
+    a.t[&Wired].inject(b.pid(), m);
+    pump(&[&a, &b], 0);
+    assert_eq!(b.mgr.buffered(), 1);
 }
