@@ -43,12 +43,19 @@ struct AptPackage {
 
 /// Debian packages, installed only when their probe fails. Later transports add
 /// theirs here, e.g. `libdbus-1-dev` (probe `PkgConfig("dbus-1")`) with
-/// `pkg-config` for BLE, `iproute2` (probe `Command("ip")`) for `lan-test`.
-const APT_PACKAGES: &[AptPackage] = &[AptPackage {
-    package: "g++",
-    probe: Probe::Command("c++"),
-    why: "cargo-fuzz targets link libFuzzer, which libfuzzer-sys compiles from C++",
-}];
+/// `pkg-config` for BLE.
+const APT_PACKAGES: &[AptPackage] = &[
+    AptPackage {
+        package: "g++",
+        probe: Probe::Command("c++"),
+        why: "cargo-fuzz targets link libFuzzer, which libfuzzer-sys compiles from C++",
+    },
+    AptPackage {
+        package: "iproute2",
+        probe: Probe::Command("ip"),
+        why: "network tests run in namespaces they create (`ip netns`), e.g. the mDNS test",
+    },
+];
 
 /// A cargo subcommand and the crate that provides it.
 #[derive(Debug, Clone, Copy)]
