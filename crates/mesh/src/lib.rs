@@ -24,4 +24,4 @@ pub mod reputation;
 pub mod topology;
 
 pub use error::MeshError;
-pub use manager::{MeshConfig, MeshEvent, MultiTransportManager, SendOutcome};
+pub use manager::{MeshConfig, MeshEvent, MultiTransportManager, SUPER_PEER_KEY, SendOutcome};

@@ -27,7 +27,7 @@ use ecomesh_identity::message::{KeyDirectory, verify_message_with};
 use ecomesh_identity::{Error as IdentityError, Identity};
 use ecomesh_types::{
     Listener, Listeners, MessageId, NetworkMessage, PeerId, PeerInfo, Priority, Subscription,
-    TransportAdapter, TransportEvent, TransportType,
+    TransportAdapter, TransportEvent, TransportType, Value,
 };
 use ecomesh_wire::encode_message;
 
@@ -37,6 +37,10 @@ use crate::buffer::{BufferConfig, StoreBuffer};
 use crate::dedup::SeenSet;
 use crate::policy::route_with_caps;
 use crate::reputation::{Observation, ReputationTable, Standing};
+use crate::topology::{PeerView, Topology, choose};
+
+/// The `PeerInfo::metadata` key by which a peer announces itself as a super-peer (seed 7.2).
+pub const SUPER_PEER_KEY: &str = "superPeer";
 
 /// Tunables of a [`MultiTransportManager`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,6 +273,26 @@ impl MultiTransportManager {
             .get(peer)
             .map(|per| per.keys().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// The topology of seed 7.2 for the peers reachable now (see
+    /// [`topology::choose`](crate::topology::choose)): a peer is a super-peer
+    /// when any of its transports announced metadata [`SUPER_PEER_KEY`] =
+    /// `Bool(true)`. Recomputing after the centre is lost gives the mesh fallback.
+    pub fn topology(&self) -> Topology {
+        let st = lock(&self.state);
+        let views: Vec<PeerView> = st
+            .peers
+            .iter()
+            .map(|(id, per)| PeerView {
+                peer: *id,
+                reputation: st.reputation.score(id),
+                super_peer: per
+                    .values()
+                    .any(|i| i.metadata.get(SUPER_PEER_KEY) == Some(&Value::Bool(true))),
+            })
+            .collect();
+        choose(&views)
     }
 
     /// The local reputation of `peer`.

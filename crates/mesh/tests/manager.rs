@@ -12,10 +12,11 @@ use ecomesh_identity::message::KeyDirectory;
 use ecomesh_identity::{Identity, PublicKey};
 use ecomesh_mesh::buffer::{BufferConfig, StoreBuffer};
 use ecomesh_mesh::reputation::Observation;
-use ecomesh_mesh::{MeshConfig, MeshEvent, MultiTransportManager, SendOutcome};
+use ecomesh_mesh::topology::Topology;
+use ecomesh_mesh::{MeshConfig, MeshEvent, MultiTransportManager, SUPER_PEER_KEY, SendOutcome};
 use ecomesh_types::{
     BoxFuture, Error, Listener, Listeners, NetworkMessage, PeerId, PeerInfo, Priority,
-    Subscription, TransportAdapter, TransportCapabilities, TransportEvent, TransportType,
+    Subscription, TransportAdapter, TransportCapabilities, TransportEvent, TransportType, Value,
 };
 
 use TransportType::{Bluetooth, Wired};
@@ -577,4 +578,28 @@ fn relayed_message_at_hop_limit_is_not_stored() {
     a.t[&Wired].inject(b.pid(), m);
     pump(&[&a, &b], 0);
     assert_eq!(b.mgr.buffered(), 1);
+}
+
+#[test]
+fn star_around_an_announced_super_peer_then_mesh_when_it_leaves() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Wired]);
+    let b = Node::new(2, &dir, &[Wired]);
+    let s = Node::new(3, &dir, &[Wired]);
+    connect(&a, &b, Wired);
+    pump(&[&a, &b, &s], 0);
+    assert_eq!(a.mgr.topology(), Topology::FullMesh);
+    let mut info = PeerInfo::new(s.pid(), Wired, 0);
+    info.metadata
+        .insert(SUPER_PEER_KEY.to_owned(), Value::Bool(true));
+    a.t[&Wired]
+        .listeners
+        .emit(&TransportEvent::PeerDiscovered(info));
+    pump(&[&a], 0);
+    assert_eq!(a.mgr.topology(), Topology::Star { center: s.pid() });
+    a.t[&Wired]
+        .listeners
+        .emit(&TransportEvent::PeerLost(s.pid()));
+    pump(&[&a], 0);
+    assert_eq!(a.mgr.topology(), Topology::FullMesh);
 }
