@@ -208,4 +208,43 @@ mod tests {
             vec![WifiDirect, Wired, Internet]
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn prop_route_is_the_row_filtered_in_order(
+            size in 0_usize..3_000_000,
+            p in 0_usize..5,
+            mask in 0_u8..32,
+        ) {
+            let priority = Priority::ALL[p];
+            let available: Vec<TransportType> = ALL
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, t)| *t)
+                .collect();
+            let got = route(size, priority, &available);
+            proptest::prop_assert!(got.iter().all(|t| available.contains(t)));
+            let mut dedup = got.clone();
+            dedup.sort();
+            dedup.dedup();
+            proptest::prop_assert_eq!(dedup.len(), got.len());
+            // Internet and Wired are in every row, so they are always offered when available.
+            for t in [Internet, Wired] {
+                proptest::prop_assert_eq!(got.contains(&t), available.contains(&t));
+            }
+            if priority == Priority::Bulk && available.contains(&Internet) {
+                proptest::prop_assert_eq!(got[0], Internet);
+            }
+            if priority == Priority::Critical && size < SMALL_MAX && available.contains(&Lora) {
+                proptest::prop_assert_eq!(got[0], Lora);
+            }
+            if size >= SMALL_MAX {
+                proptest::prop_assert!(!got.contains(&Lora));
+            }
+            if size >= MEDIUM_MAX || priority == Priority::Bulk {
+                proptest::prop_assert!(!got.contains(&Bluetooth));
+            }
+        }
+    }
 }
