@@ -348,60 +348,72 @@ impl StoreBuffer {
     /// Writes the buffer to `path` atomically: a temporary file beside it is
     /// written and fsynced, then renamed over `path`, then the directory is fsynced.
     pub fn save(&self, path: &Path) -> Result<(), MeshError> {
-        let io = |p: &Path| {
-            let p: PathBuf = p.to_owned();
-            move |source| MeshError::Io { path: p, source }
-        };
-        let mut tmp_name = path.as_os_str().to_owned();
-        tmp_name.push(".tmp");
-        let tmp = PathBuf::from(tmp_name);
-        {
-            let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-            f.write_all(&self.to_bytes()).map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
-        }
-        fs::rename(&tmp, path).map_err(io(path))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // Directory fsync makes the rename durable; not every platform allows opening a directory.
-            if let Ok(d) = fs::File::open(dir) {
-                d.sync_all().map_err(io(dir))?;
-            }
-        }
-        Ok(())
+        write_atomic(path, &self.to_bytes())
     }
 
     /// Reads a buffer saved by [`save`](Self::save); a missing file is an empty buffer.
     /// The file is read only up to its bound (a larger file is corrupt).
     pub fn load(path: &Path, config: BufferConfig) -> Result<Self, MeshError> {
-        let io = |source| MeshError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let f = match fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(StoreBuffer::new(config));
-            }
-            Err(e) => return Err(io(e)),
-        };
         let bound = config
             .max_messages
             .saturating_mul(4096 + 5)
             .saturating_add(config.max_bytes.saturating_mul(2))
             .saturating_add(13);
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(f, (bound as u64).saturating_add(1)),
-            &mut bytes,
-        )
-        .map_err(io)?;
-        if bytes.len() > bound {
-            return Err(MeshError::CorruptBuffer {
-                reason: format!("file larger than the bound of {bound} bytes"),
-            });
+        match read_bounded(path, bound)? {
+            None => Ok(StoreBuffer::new(config)),
+            Some(bytes) => StoreBuffer::from_bytes(&bytes, config),
         }
-        StoreBuffer::from_bytes(&bytes, config)
     }
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename, directory fsync).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MeshError> {
+    let io = |p: &Path| {
+        let p: PathBuf = p.to_owned();
+        move |source| MeshError::Io { path: p, source }
+    };
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    {
+        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Directory fsync makes the rename durable; not every platform allows opening a directory.
+        if let Ok(d) = fs::File::open(dir) {
+            d.sync_all().map_err(io(dir))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads at most `bound` bytes of `path`: `None` when it does not exist, a
+/// [`MeshError::CorruptBuffer`] when it is larger.
+pub(crate) fn read_bounded(path: &Path, bound: usize) -> Result<Option<Vec<u8>>, MeshError> {
+    let io = |source| MeshError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(f, (bound as u64).saturating_add(1)),
+        &mut bytes,
+    )
+    .map_err(io)?;
+    if bytes.len() > bound {
+        return Err(MeshError::CorruptBuffer {
+            reason: format!("file larger than the bound of {bound} bytes"),
+        });
+    }
+    Ok(Some(bytes))
 }
 
 fn u32_of(b: &[u8]) -> u32 {

@@ -176,6 +176,18 @@ impl MultiTransportManager {
         config: MeshConfig,
         buffer: StoreBuffer,
     ) -> Self {
+        Self::with_state(identity, keys, config, buffer, PendingAcks::new())
+    }
+
+    /// Like [`new`](Self::new), resuming with a buffer loaded by
+    /// [`StoreBuffer::load`] and the pending ACKs loaded by [`PendingAcks::load`].
+    pub fn with_state(
+        identity: Identity,
+        keys: Arc<dyn KeyDirectory + Send + Sync>,
+        config: MeshConfig,
+        buffer: StoreBuffer,
+        pending: PendingAcks,
+    ) -> Self {
         MultiTransportManager {
             identity,
             keys,
@@ -187,7 +199,7 @@ impl MultiTransportManager {
                 seen: SeenSet::new(config.dedup_capacity, config.dedup_max_age_ms),
                 reputation: ReputationTable::new(),
                 buffer,
-                pending: PendingAcks::new(),
+                pending,
                 blocked: BTreeSet::new(),
                 to_disconnect: BTreeSet::new(),
             }),
@@ -324,6 +336,11 @@ impl MultiTransportManager {
     /// Persists the store-and-forward buffer (atomic write).
     pub fn save_buffer(&self, path: &std::path::Path) -> Result<(), MeshError> {
         lock(&self.state).buffer.save(path)
+    }
+
+    /// Persists the set of messages waiting for an ACK (atomic write).
+    pub fn save_pending(&self, path: &std::path::Path) -> Result<(), MeshError> {
+        lock(&self.state).pending.save(path)
     }
 
     /// Registers for [`MeshEvent`]s until the subscription is dropped.

@@ -10,6 +10,7 @@ use std::task::{Context, Poll, Waker};
 
 use ecomesh_identity::message::KeyDirectory;
 use ecomesh_identity::{Identity, PublicKey};
+use ecomesh_mesh::ack::PendingAcks;
 use ecomesh_mesh::buffer::{BufferConfig, StoreBuffer};
 use ecomesh_mesh::reputation::Observation;
 use ecomesh_mesh::topology::Topology;
@@ -175,15 +176,15 @@ impl Node {
         seed: u8,
         dir: &Arc<Directory>,
         transports: &[TransportType],
-        buffer: Option<StoreBuffer>,
+        state: Option<(StoreBuffer, PendingAcks)>,
     ) -> Node {
         let id = Identity::from_secret_bytes(&[seed; 32]);
         dir.0.lock().unwrap().insert(id.peer_id(), *id.public_key());
         let keys: Arc<dyn KeyDirectory + Send + Sync> = dir.clone();
-        let mgr = match buffer {
+        let mgr = match state {
             None => MultiTransportManager::new(id.clone(), keys, MeshConfig::default()),
-            Some(b) => {
-                MultiTransportManager::with_buffer(id.clone(), keys, MeshConfig::default(), b)
+            Some((b, p)) => {
+                MultiTransportManager::with_state(id.clone(), keys, MeshConfig::default(), b, p)
             }
         };
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -501,19 +502,28 @@ fn buffer_survives_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("mesh-buffer.bin");
     let b = Node::new(2, &dir, &[Wired]);
+    let pending_path = tmp.path().join("mesh-pending.bin");
     let m = {
         let a = Node::new(1, &dir, &[Wired]);
         let m = a.msg(&b, "persisted", 0, 1);
         block_on(a.mgr.send(b.pid(), m.clone(), Priority::High, 0)).unwrap();
         a.mgr.save_buffer(&path).unwrap();
+        a.mgr.save_pending(&pending_path).unwrap();
         m
     };
     let loaded = StoreBuffer::load(&path, BufferConfig::default()).unwrap();
-    let a = Node::with_buffer(1, &dir, &[Wired], Some(loaded));
+    let pending = PendingAcks::load(&pending_path, 1000).unwrap();
+    let a = Node::with_buffer(1, &dir, &[Wired], Some((loaded, pending)));
     assert_eq!(a.mgr.buffered(), 1);
+    assert!(a.mgr.is_pending(&m.id));
     connect(&a, &b, Wired);
     pump(&[&a, &b], 5);
-    assert_eq!(b.received(), vec![m]);
+    assert_eq!(b.received(), vec![m.clone()]);
+    assert!(a.has(|e| *e
+        == MeshEvent::Acked {
+            id: m.id,
+            by: b.pid()
+        }));
 }
 
 #[test]
