@@ -260,3 +260,45 @@ fn counters_and_sets_merge_across_stores() {
     );
     assert_eq!(Some(doc), b.get("votes", "v").unwrap());
 }
+
+#[test]
+fn subscriptions_fire_when_remote_versions_merge() {
+    use std::sync::{Arc, Mutex};
+
+    use ecomesh_types::{Document, FilterOp, Query};
+
+    let (a, b) = (common::memory(1), common::memory(2));
+    let docs: Arc<Mutex<Vec<Option<Document>>>> = Arc::default();
+    let results: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let (d, r) = (docs.clone(), results.clone());
+    let _doc_sub = b
+        .subscribe_document(
+            "c",
+            "d",
+            Arc::new(move |doc: &Option<Document>| d.lock().unwrap().push(doc.clone())),
+        )
+        .unwrap();
+    let _query_sub = b
+        .subscribe_query(
+            "c",
+            Query::new().filter("x", FilterOp::Ge, 1),
+            Arc::new(move |found: &Vec<Document>| r.lock().unwrap().push(found.len())),
+        )
+        .unwrap();
+    a.set("c", "d", fields(&[("x", 1.into())]), SetOptions::REPLACE)
+        .unwrap();
+    a.delete("c", "d").unwrap();
+    copy_doc(&a, &b, "c", "d");
+    common::wait_until("remote merges to reach both subscribers", || {
+        docs.lock().unwrap().len() >= 3 && results.lock().unwrap().len() >= 3
+    });
+    let docs = docs.lock().unwrap().clone();
+    assert_eq!(docs[0], None);
+    assert_eq!(
+        docs[1].as_ref().map(|doc| doc.fields.clone()),
+        Some(fields(&[("x", 1.into())]))
+    );
+    assert_eq!(docs[2], None);
+    assert_eq!(*results.lock().unwrap(), vec![0, 1, 0]);
+}
+
