@@ -301,4 +301,3 @@ fn subscriptions_fire_when_remote_versions_merge() {
     assert_eq!(docs[2], None);
     assert_eq!(*results.lock().unwrap(), vec![0, 1, 0]);
 }
-
