@@ -337,14 +337,24 @@ fn index_keys(collection: &str, id: &str, fields: &Map) -> BTreeSet<Vec<u8>> {
     out
 }
 
+/// Splits a state record key (`S esc(collection) esc(id)`) into (collection, id).
+fn parse_state_key(k: &[u8]) -> Result<(String, String), StoreError> {
+    let bad = || corrupt("", "?", "bad state record key");
+    let (c, rest) = keys::take_escaped(k.get(1..).ok_or_else(bad)?).ok_or_else(bad)?;
+    let (i, rest) = keys::take_escaped(rest).ok_or_else(bad)?;
+    if !rest.is_empty() {
+        return Err(bad());
+    }
+    Ok((
+        String::from_utf8(c).map_err(|_| bad())?,
+        String::from_utf8(i).map_err(|_| bad())?,
+    ))
+}
+
 /// The id at the end of an index key.
 fn id_from_index_key(k: &[u8], prefix_len: usize) -> Option<String> {
-    // Skip the value key: it ends at the last escaped component, which is the id.
-    let tail = k.get(prefix_len..)?;
-    // The id is the final escaped component: find its start by scanning back
-    // for the terminator of the value part. Value keys are self-delimiting, so
-    // parse forward instead.
-    let rest = skip_value_key(tail)?;
+    // Value keys are self-delimiting: skip one, and the id follows.
+    let rest = skip_value_key(k.get(prefix_len..)?)?;
     let (id, after) = keys::take_escaped(rest)?;
     if !after.is_empty() {
         return None;
@@ -1004,7 +1014,7 @@ impl<B: Backend> Store<B> {
         );
         self.commit(txn)?;
         writer.hlc = hlc;
-        self.notify(changes)?;
+        self.notify(changes);
         drop(writer);
         Ok(results)
     }
@@ -1059,7 +1069,7 @@ impl<B: Backend> Store<B> {
         );
         self.commit(txn)?;
         writer.hlc = hlc;
-        self.notify(vec![change])?;
+        self.notify(vec![change]);
         drop(writer);
         Ok(ApplyOutcome::Applied {
             cid,
@@ -1150,15 +1160,7 @@ impl<B: Backend> Store<B> {
         let mut victims = Vec::new();
         for item in self.backend.scan(&start, Some(&end)) {
             let (k, v) = item?;
-            let rest = &k[1..];
-            let (c, rest) =
-                keys::take_escaped(rest).ok_or_else(|| corrupt("", "?", "bad state key"))?;
-            let (i, _) =
-                keys::take_escaped(rest).ok_or_else(|| corrupt("", "?", "bad state key"))?;
-            let (c, i) = (
-                String::from_utf8_lossy(&c).into_owned(),
-                String::from_utf8_lossy(&i).into_owned(),
-            );
+            let (c, i) = parse_state_key(&k)?;
             let record = decode_state(&c, &i, &v)?;
             if let (false, Some(deleted)) = (record.state.exists(), record.state.deleted())
                 && policy.may_collect(&c, &i, deleted)
@@ -1221,13 +1223,15 @@ impl<B: Backend> Store<B> {
         }))
     }
 
-    /// Queues snapshots for every subscription a commit affected. Runs under the writer lock.
-    fn notify(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+    /// Queues snapshots for every subscription a commit affected. Runs under the
+    /// writer lock, after the commit: a query that cannot be re-run is logged and
+    /// that subscription gets no snapshot for this commit, but the write, which
+    /// is durable already, still reports success.
+    fn notify(&self, changes: Vec<Change>) {
         if changes.is_empty() {
-            return Ok(());
+            return;
         }
         let mut events: Vec<(u64, Event)> = Vec::new();
-        let mut failure = None;
         self.subs.with_targets(|targets| {
             for change in &changes {
                 for (key, target) in targets.iter_mut() {
@@ -1267,7 +1271,11 @@ impl<B: Backend> Store<B> {
                                         events.push((*key, Event::Query(page.documents)));
                                     }
                                 }
-                                Err(e) => failure = Some(e),
+                                Err(e) => tracing::warn!(
+                                    collection = %collection,
+                                    error = %e,
+                                    "query subscription could not be refreshed after a commit"
+                                ),
                             }
                         }
                     }
@@ -1276,10 +1284,6 @@ impl<B: Backend> Store<B> {
         });
         for (key, event) in events {
             self.subs.push(key, event);
-        }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(()),
         }
     }
 
@@ -1305,14 +1309,7 @@ impl<B: Backend> Store<B> {
         let end = prefix_end(&start).unwrap_or_default();
         for item in self.backend.scan(&start, Some(&end)) {
             let (k, v) = item?;
-            let (c, rest) =
-                keys::take_escaped(&k[1..]).ok_or_else(|| corrupt("", "?", "bad state key"))?;
-            let (i, _) =
-                keys::take_escaped(rest).ok_or_else(|| corrupt("", "?", "bad state key"))?;
-            let (c, i) = (
-                String::from_utf8(c).map_err(|_| corrupt("", "?", "bad state key"))?,
-                String::from_utf8(i).map_err(|_| corrupt("", "?", "bad state key"))?,
-            );
+            let (c, i) = parse_state_key(&k)?;
             let record = decode_state(&c, &i, &v)?;
             report.documents += 1;
             let versions = self.ancestors(&record.heads)?;
@@ -1360,18 +1357,15 @@ impl<B: Backend> Store<B> {
             )));
         }
 
-        for (tag, count) in [(VERSION, &mut report.versions)] {
-            let start = [tag];
-            let end = prefix_end(&start).unwrap_or_default();
-            for item in self.backend.scan(&start, Some(&end)) {
-                let (k, _) = item?;
-                *count += 1;
-                if !reachable.contains(&ContentId(k[1..].to_vec())) {
-                    return Err(invariant(format!(
-                        "version {:?} is not reachable from any head",
-                        ContentId(k[1..].to_vec())
-                    )));
-                }
+        let start = [VERSION];
+        let end = prefix_end(&start).unwrap_or_default();
+        for item in self.backend.scan(&start, Some(&end)) {
+            let cid = ContentId(item?.0[1..].to_vec());
+            report.versions += 1;
+            if !reachable.contains(&cid) {
+                return Err(invariant(format!(
+                    "version {cid:?} is not reachable from any head"
+                )));
             }
         }
         if report.versions != reachable.len() {
