@@ -24,4 +24,6 @@ pub mod reputation;
 pub mod topology;
 
 pub use error::MeshError;
-pub use manager::{MeshConfig, MeshEvent, MultiTransportManager, SUPER_PEER_KEY, SendOutcome};
+pub use manager::{
+    MAX_LEARNED_KEYS, MeshConfig, MeshEvent, MultiTransportManager, SUPER_PEER_KEY, SendOutcome,
+};

@@ -18,13 +18,23 @@
 //! reach `max_hops` is not stored. Broadcasts are delivered to direct
 //! neighbours only (not re-flooded). A relayed message's priority is not on the
 //! wire, so relays use `Normal` (`High` for ACKs).
+//!
+//! Reliability: a message this node originated stays in the buffer after it was
+//! handed to a transport, until its ACK arrives (a link can die with it in
+//! flight); it is sent again whenever the recipient is discovered anew, and a
+//! recipient that sees it twice acknowledges again without delivering it again.
+//!
+//! Keys: the manager verifies with the keys transports announce under
+//! [`PeerInfo::PUBLIC_KEY`] (checked against the peer id), then with the
+//! directory it was given; [`MultiTransportManager::learned_keys`] and
+//! [`MultiTransportManager::learn_key`] carry them across restarts.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ecomesh_identity::message::{KeyDirectory, verify_message_with};
-use ecomesh_identity::{Error as IdentityError, Identity};
+use ecomesh_identity::{Error as IdentityError, Identity, PublicKey};
 use ecomesh_types::{
     Listener, Listeners, MessageId, NetworkMessage, PeerId, PeerInfo, Priority, Subscription,
     TransportAdapter, TransportEvent, TransportType, Value,
@@ -38,6 +48,9 @@ use crate::dedup::SeenSet;
 use crate::policy::route_with_caps;
 use crate::reputation::{Observation, ReputationTable, Standing};
 use crate::topology::{PeerView, Topology, choose};
+
+/// Most public keys a manager learns from transports (further ones are ignored).
+pub const MAX_LEARNED_KEYS: usize = 65_536;
 
 /// The `PeerInfo::metadata` key by which a peer announces itself as a super-peer (seed 7.2).
 pub const SUPER_PEER_KEY: &str = "superPeer";
@@ -131,6 +144,22 @@ struct State {
     pending: PendingAcks,
     blocked: BTreeSet<PeerId>,
     to_disconnect: BTreeSet<PeerId>,
+    learned: BTreeMap<PeerId, PublicKey>,
+}
+
+/// Keys learned from transports first, then the caller's directory.
+struct Keys<'a> {
+    learned: &'a BTreeMap<PeerId, PublicKey>,
+    external: &'a (dyn KeyDirectory + Send + Sync),
+}
+
+impl KeyDirectory for Keys<'_> {
+    fn public_key(&self, peer: &PeerId) -> Option<PublicKey> {
+        self.learned
+            .get(peer)
+            .copied()
+            .or_else(|| self.external.public_key(peer))
+    }
 }
 
 /// Aggregates transports into one mesh: unified peers, routing with fallback,
@@ -202,6 +231,7 @@ impl MultiTransportManager {
                 pending,
                 blocked: BTreeSet::new(),
                 to_disconnect: BTreeSet::new(),
+                learned: BTreeMap::new(),
             }),
             listeners: Listeners::new(),
         }
@@ -210,6 +240,29 @@ impl MultiTransportManager {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.identity.peer_id()
+    }
+
+    /// Remembers `key` so messages signed by its peer verify even when they
+    /// arrive through relays; false when [`MAX_LEARNED_KEYS`] are already held.
+    /// Transports that authenticated a peer announce its key under
+    /// [`PeerInfo::PUBLIC_KEY`] and the manager learns it by itself.
+    pub fn learn_key(&self, key: PublicKey) -> bool {
+        learn_locked(&mut lock(&self.state), key)
+    }
+
+    /// The public keys learned so far (for persisting across restarts).
+    pub fn learned_keys(&self) -> Vec<PublicKey> {
+        lock(&self.state).learned.values().copied().collect()
+    }
+
+    /// The public key of `peer`: learned, or from the directory given at construction.
+    pub fn public_key(&self, peer: &PeerId) -> Option<PublicKey> {
+        let st = lock(&self.state);
+        Keys {
+            learned: &st.learned,
+            external: &*self.keys,
+        }
+        .public_key(peer)
     }
 
     /// Adds (or replaces) the transport of its type and subscribes to its
@@ -519,7 +572,20 @@ impl MultiTransportManager {
     ) -> Result<SendOutcome, MeshError> {
         let known = !self.peer_transports(&peer).is_empty();
         if let Some(ty) = self.deliver_direct(peer, &message, priority).await {
-            self.observe(peer, Observation::Available(true));
+            let mut st = lock(&self.state);
+            observe_locked(&mut st, peer, Observation::Available(true));
+            if message.sender == self.identity.peer_id() && st.pending.is_pending(&message.id) {
+                // A link can die with the message still in flight: keep it until the
+                // ACK arrives, to be sent again when the peer is next discovered.
+                let st = &mut *st;
+                let rep = &st.reputation;
+                if let Err(e) = st
+                    .buffer
+                    .insert(message.clone(), priority, now_ms, &|p| rep.score(p))
+                {
+                    tracing::debug!(error = %e, "sent message not kept for retransmission");
+                }
+            }
             return Ok(SendOutcome::Sent(ty));
         }
         let relays: Vec<PeerId> = {
@@ -570,9 +636,15 @@ impl MultiTransportManager {
         now_ms: u64,
     ) {
         let me = self.identity.peer_id();
-        let verdict = verify_message_with(&message, &*self.keys);
-        {
+        let first_seen = {
             let mut st = lock(&self.state);
+            let verdict = verify_message_with(
+                &message,
+                &Keys {
+                    learned: &st.learned,
+                    external: &*self.keys,
+                },
+            );
             if st.blocked.contains(&from) {
                 return;
             }
@@ -595,9 +667,18 @@ impl MultiTransportManager {
                     return;
                 }
             }
-            if message.is_expired(now_ms) || !st.seen.insert(message.id, now_ms) {
+            if message.is_expired(now_ms) {
                 return;
             }
+            st.seen.insert(message.id, now_ms)
+        };
+        if !first_seen {
+            // The sender retransmits until it hears an ACK, so the first one was
+            // lost: acknowledge again (the ACK's id is derived, so it dedups too).
+            if message.recipient == Some(me) && acked_id(&message).is_none() {
+                self.acknowledge(&message, now_ms).await;
+            }
+            return;
         }
         match message.recipient {
             None => self.listeners.emit(&MeshEvent::Message {
@@ -623,21 +704,12 @@ impl MultiTransportManager {
                     }
                     return;
                 }
-                let mut ack = ack_for(&message, me, now_ms);
                 self.listeners.emit(&MeshEvent::Message {
                     from,
                     transport: ty,
                     message: message.clone(),
                 });
-                match self.identity.sign_message(&mut ack) {
-                    Ok(()) => {
-                        if let Err(e) = self.send(message.sender, ack, Priority::High, now_ms).await
-                        {
-                            tracing::debug!(error = %e, "ACK not sent");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not sign ACK"),
-                }
+                self.acknowledge(&message, now_ms).await;
             }
             Some(r) => {
                 if message.hops_exhausted() {
@@ -659,6 +731,18 @@ impl MultiTransportManager {
         }
     }
 
+    async fn acknowledge(&self, message: &NetworkMessage, now_ms: u64) {
+        let mut ack = ack_for(message, self.identity.peer_id(), now_ms);
+        match self.identity.sign_message(&mut ack) {
+            Ok(()) => {
+                if let Err(e) = self.send(message.sender, ack, Priority::High, now_ms).await {
+                    tracing::debug!(error = %e, "ACK not sent");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not sign ACK"),
+        }
+    }
+
     async fn on_discovered(&self, ty: TransportType, info: PeerInfo, now_ms: u64) {
         let peer = info.peer_id;
         if peer == self.identity.peer_id() {
@@ -669,6 +753,14 @@ impl MultiTransportManager {
             if st.blocked.contains(&peer) {
                 st.to_disconnect.insert(peer);
                 return;
+            }
+            if let Some(Value::Bytes(b)) = info.metadata.get(PeerInfo::PUBLIC_KEY) {
+                match PublicKey::from_slice(b) {
+                    Ok(k) if k.peer_id() == peer => {
+                        learn_locked(&mut st, k);
+                    }
+                    _ => tracing::debug!(%peer, "announced public key does not match the peer id"),
+                }
             }
             let per = st.peers.entry(peer).or_default();
             let first = per.is_empty();
@@ -708,6 +800,15 @@ impl MultiTransportManager {
             self.listeners.emit(&MeshEvent::PeerLost(peer));
         }
     }
+}
+
+fn learn_locked(st: &mut State, key: PublicKey) -> bool {
+    let peer = key.peer_id();
+    if st.learned.len() >= MAX_LEARNED_KEYS && !st.learned.contains_key(&peer) {
+        return false;
+    }
+    st.learned.insert(peer, key);
+    true
 }
 
 fn observe_locked(st: &mut State, peer: PeerId, o: Observation) {

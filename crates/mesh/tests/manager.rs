@@ -42,6 +42,8 @@ struct Fake {
     links: Mutex<BTreeMap<PeerId, Weak<Fake>>>,
     listeners: Listeners<TransportEvent>,
     fail: AtomicBool,
+    /// Sends report success but the bytes never arrive (a link dying with data in flight).
+    swallow: AtomicBool,
     sent: Mutex<Vec<(PeerId, NetworkMessage)>>,
 }
 
@@ -53,6 +55,7 @@ impl Fake {
             links: Mutex::new(BTreeMap::new()),
             listeners: Listeners::new(),
             fail: AtomicBool::new(false),
+            swallow: AtomicBool::new(false),
             sent: Mutex::new(Vec::new()),
         })
     }
@@ -64,6 +67,9 @@ impl Fake {
         let remote = self.links.lock().unwrap().get(&to).and_then(Weak::upgrade);
         let remote = remote.ok_or(Error::Unreachable(to))?;
         self.sent.lock().unwrap().push((to, message.clone()));
+        if self.swallow.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         remote.listeners.emit(&TransportEvent::Message {
             from: self.owner,
             message,
@@ -612,4 +618,104 @@ fn star_around_an_announced_super_peer_then_mesh_when_it_leaves() {
         .emit(&TransportEvent::PeerLost(s.pid()));
     pump(&[&a], 0);
     assert_eq!(a.mgr.topology(), Topology::FullMesh);
+}
+
+#[test]
+fn message_lost_in_flight_is_sent_again_on_rediscovery_and_delivered_once() {
+    let (a, b) = wired_pair();
+    a.t[&Wired].swallow.store(true, Ordering::SeqCst);
+    let m = a.msg(&b, "in flight", 0, 7);
+    let out = block_on(a.mgr.send(b.pid(), m.clone(), Priority::Normal, 0)).unwrap();
+    assert_eq!(out, SendOutcome::Sent(Wired));
+    pump(&[&a, &b], 0);
+    assert!(b.received().is_empty(), "the link swallowed it");
+    assert!(a.mgr.is_pending(&m.id));
+    assert_eq!(a.mgr.buffered(), 1, "kept until acknowledged");
+    a.t[&Wired].swallow.store(false, Ordering::SeqCst);
+    unlink(&a.t[&Wired], b.pid());
+    pump(&[&a, &b], 10);
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 20);
+    assert_eq!(b.received(), vec![m.clone()]);
+    assert!(a.has(|e| *e
+        == MeshEvent::Acked {
+            id: m.id,
+            by: b.pid()
+        }));
+    assert!(!a.mgr.is_pending(&m.id));
+    assert_eq!(
+        a.mgr.buffered(),
+        0,
+        "dropped from the buffer once acknowledged"
+    );
+}
+
+#[test]
+fn duplicate_after_a_lost_ack_is_acknowledged_again_not_redelivered() {
+    let (a, b) = wired_pair();
+    let m = a.msg(&b, "once", 0, 8);
+    // B's ACK is lost on the way back.
+    b.t[&Wired].swallow.store(true, Ordering::SeqCst);
+    block_on(a.mgr.send(b.pid(), m.clone(), Priority::Normal, 0)).unwrap();
+    pump(&[&a, &b], 0);
+    assert_eq!(b.received().len(), 1);
+    assert!(a.mgr.is_pending(&m.id));
+    b.t[&Wired].swallow.store(false, Ordering::SeqCst);
+    unlink(&a.t[&Wired], b.pid());
+    pump(&[&a, &b], 10);
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 20);
+    assert_eq!(b.received().len(), 1, "not delivered twice");
+    assert!(a.has(|e| *e
+        == MeshEvent::Acked {
+            id: m.id,
+            by: b.pid()
+        }));
+    assert_eq!(a.mgr.buffered(), 0);
+}
+
+#[test]
+fn keys_announced_by_transports_are_learned_and_checked() {
+    // An empty directory: every key must come from the transports.
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(11, &dir, &[Wired]);
+    let b = Node::new(12, &dir, &[Wired]);
+    let c = Node::new(13, &dir, &[Wired]);
+    dir.0.lock().unwrap().clear();
+    let (fa, fb) = (&a.t[&Wired], &b.t[&Wired]);
+    fa.links.lock().unwrap().insert(b.pid(), Arc::downgrade(fb));
+    fb.links.lock().unwrap().insert(a.pid(), Arc::downgrade(fa));
+    let announce = |f: &Fake, who: &Node, key: &PublicKey| {
+        let mut info = PeerInfo::new(who.pid(), Wired, 0);
+        info.metadata.insert(
+            PeerInfo::PUBLIC_KEY.to_owned(),
+            Value::Bytes(key.to_bytes().to_vec()),
+        );
+        f.listeners.emit(&TransportEvent::PeerDiscovered(info));
+    };
+    // A lies about B's key (C's key): not learned.
+    announce(fa, &b, c.id.public_key());
+    announce(fb, &a, a.id.public_key());
+    pump(&[&a, &b], 0);
+    assert_eq!(a.mgr.public_key(&b.pid()), None);
+    assert_eq!(b.mgr.public_key(&a.pid()), Some(*a.id.public_key()));
+    // B can verify A's message; A cannot verify B's, and drops it uncharged.
+    block_on(
+        a.mgr
+            .send(b.pid(), a.msg(&b, "hello", 0, 1), Priority::Normal, 0),
+    )
+    .unwrap();
+    pump(&[&a, &b], 0);
+    assert_eq!(b.received().len(), 1);
+    assert!(
+        a.mgr.is_pending(&a.msg(&b, "hello", 0, 1).id),
+        "B's ACK could not be verified"
+    );
+    // Learned after restart from persisted keys: the ACK now verifies.
+    assert!(a.mgr.learn_key(*b.id.public_key()));
+    assert!(a.mgr.learned_keys().contains(b.id.public_key()));
+    let again = b.msg(&a, "back", 1, 2);
+    block_on(b.mgr.send(a.pid(), again.clone(), Priority::Normal, 1)).unwrap();
+    pump(&[&a, &b], 1);
+    assert_eq!(a.received(), vec![again]);
 }

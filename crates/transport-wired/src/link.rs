@@ -24,7 +24,7 @@ use std::sync::Arc;
 use ecomesh_identity::noise::{
     FRAME_HEADER_LEN, FrameDecoder, Handshake, MAX_MESSAGE_LEN, Session, SessionConfig, frame,
 };
-use ecomesh_identity::{AccessPolicy, Identity};
+use ecomesh_identity::{AccessPolicy, Identity, PublicKey};
 use ecomesh_types::{NetworkMessage, PeerId};
 use ecomesh_wire::{Limits, decode_message_with, encode_message};
 
@@ -153,6 +153,14 @@ impl Link {
     /// is established).
     pub fn peer(&self) -> Option<PeerId> {
         self.peer
+    }
+
+    /// The authenticated peer's Ed25519 public key, once the session is open.
+    pub fn peer_key(&self) -> Option<PublicKey> {
+        match &self.state {
+            State::Open(session) => Some(*session.remote_public_key()),
+            _ => None,
+        }
     }
 
     /// Whether the peer's HELLO arrived.

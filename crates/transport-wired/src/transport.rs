@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ecomesh_identity::{AccessPolicy, Identity};
+use ecomesh_identity::{AccessPolicy, Identity, PublicKey};
 use ecomesh_types::{
     BoxFuture, Error, Listener, Listeners, NetworkMessage, PeerId, PeerInfo, Subscription,
     TransportAdapter, TransportCapabilities, TransportEvent, TransportType, Value,
@@ -223,7 +223,7 @@ impl Inner {
         &self,
         generation: u64,
         link: u64,
-        peer: PeerId,
+        (peer, key): (PeerId, Option<PublicKey>),
         initiator: PeerId,
         addr: SocketAddr,
         tx: mpsc::Sender<Command>,
@@ -248,6 +248,12 @@ impl Inner {
             let mut info = PeerInfo::new(peer, TransportType::Wired, wall_ms());
             info.metadata
                 .insert("address".to_owned(), Value::Text(addr.to_string()));
+            if let Some(k) = key {
+                info.metadata.insert(
+                    PeerInfo::PUBLIC_KEY.to_owned(),
+                    Value::Bytes(k.to_bytes().to_vec()),
+                );
+            }
             st.peers.insert(
                 peer,
                 PeerEntry {
@@ -344,7 +350,8 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
                         stop = Some(Err(WiredError::Malformed("established twice")));
                         break;
                     };
-                    if inner.register(generation, link_id, peer, init, addr, t) {
+                    let key = link.peer_key();
+                    if inner.register(generation, link_id, (peer, key), init, addr, t) {
                         registered = Some(peer);
                         if let Some(d) = done.take() {
                             let _ = d.send(Ok(peer));

@@ -90,3 +90,25 @@ async fn hostile_raw_input() {
         .unwrap_or_else(|e| panic!("hostile_raw_input (seed {seed}): {e}"));
     assert!(ran, "the wired transport has a raw target");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_carry_the_authenticated_public_key() {
+    use ecomesh_types::{PeerInfo, Value};
+    use suite::TransportFactory;
+    let (ia, ib) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let kb = *ib.public_key();
+    let a = Wired.create(ia, AccessPolicy::Open).await.unwrap();
+    let b = Wired.create(ib, AccessPolicy::Open).await.unwrap();
+    let pb = Wired.introduce(&a, &b).await.unwrap();
+    let info = a
+        .peers()
+        .into_iter()
+        .find(|i| i.peer_id == pb)
+        .expect("dialled peer listed");
+    assert_eq!(
+        info.metadata.get(PeerInfo::PUBLIC_KEY),
+        Some(&Value::Bytes(kb.to_bytes().to_vec()))
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

@@ -97,6 +97,10 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
+    /// The `metadata` key under which a transport that authenticated the peer puts its
+    /// 32-byte Ed25519 public key (`Value::Bytes`); receivers check it hashes to `peer_id`.
+    pub const PUBLIC_KEY: &'static str = "publicKey";
+
     /// A peer seen on one transport at `last_seen_ms`, with neutral reputation 0.5.
     pub fn new(peer_id: PeerId, transport: TransportType, last_seen_ms: u64) -> Self {
         PeerInfo {
