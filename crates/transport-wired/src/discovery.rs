@@ -342,9 +342,12 @@ fn pick_addr(addrs: impl Iterator<Item = IpAddr>, prefer: Option<IpAddr>) -> Opt
     if let Some(p) = prefer.filter(|p| all.contains(p)) {
         return Some(p);
     }
+    // A peer's loopback address names this host, not the peer: only as a last resort.
+    let routable = |ip: &IpAddr| !ip.is_loopback();
     all.iter()
         .copied()
-        .find(IpAddr::is_ipv4)
+        .find(|ip| ip.is_ipv4() && routable(ip))
+        .or_else(|| all.iter().copied().find(routable))
         .or_else(|| all.first().copied())
 }
 
@@ -502,5 +505,10 @@ mod tests {
         assert_eq!(pick_addr([v6, v4].into_iter(), Some(v6)), Some(v6));
         assert_eq!(pick_addr([v6].into_iter(), None), Some(v6));
         assert_eq!(pick_addr(std::iter::empty(), None), None);
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(pick_addr([lo, v6, v4].into_iter(), None), Some(v4));
+        assert_eq!(pick_addr([lo, v6].into_iter(), None), Some(v6));
+        assert_eq!(pick_addr([lo].into_iter(), None), Some(lo));
+        assert_eq!(pick_addr([v4, lo].into_iter(), Some(lo)), Some(lo));
     }
 }

@@ -1,0 +1,205 @@
+//! The local control protocol between the `ecomesh` CLI and a running node.
+//!
+//! One request per connection over the node's Unix socket (mode 0600 in the
+//! data directory): the client writes one JSON [`Request`] and a newline, the
+//! node answers with one JSON [`Response`] and a newline, then closes. Requests
+//! longer than [`MAX_REQUEST`] bytes are refused without being buffered whole.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Longest request line the node reads.
+pub const MAX_REQUEST: usize = 256 * 1024;
+/// Longest response line the CLI reads.
+pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+/// Longest text `send` accepts, in bytes.
+pub const MAX_TEXT: usize = 64 * 1024;
+
+/// What the CLI asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// The node's state.
+    Status,
+    /// The peers reachable now.
+    Peers,
+    /// Seal `text` to `peer` and send it over the mesh.
+    Send {
+        /// The recipient's peer id (Base58).
+        peer: String,
+        /// The message.
+        text: String,
+    },
+    /// Messages received.
+    Inbox,
+    /// Messages sent, with their delivery state.
+    Outbox,
+}
+
+/// What the node answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Status`].
+    Status(Status),
+    /// Answer to [`Request::Peers`].
+    Peers {
+        /// One row per peer.
+        peers: Vec<PeerRow>,
+    },
+    /// Answer to [`Request::Send`].
+    Sent {
+        /// The message id.
+        id: String,
+        /// `"sent"` (handed to a transport) or `"queued"` (store-and-forward).
+        outcome: String,
+        /// The transport it left on, when sent.
+        transport: Option<String>,
+    },
+    /// Answer to [`Request::Inbox`].
+    Inbox {
+        /// Oldest first.
+        messages: Vec<InboxRow>,
+    },
+    /// Answer to [`Request::Outbox`].
+    Outbox {
+        /// Oldest first.
+        messages: Vec<OutboxRow>,
+    },
+    /// The request failed; `message` names the problem and the fix.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The node's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// This node's peer id.
+    pub peer_id: String,
+    /// The data directory.
+    pub data_dir: String,
+    /// Where the wired transport listens.
+    pub listen: Option<String>,
+    /// Transports running.
+    pub transports: Vec<String>,
+    /// Peers reachable now.
+    pub peers: usize,
+    /// Messages in the store-and-forward buffer (queued, or sent and not yet acknowledged).
+    pub buffered: usize,
+    /// Messages received.
+    pub inbox: usize,
+    /// Messages sent and acknowledged by their recipient.
+    pub delivered: usize,
+    /// Messages sent and not yet acknowledged.
+    pub undelivered: usize,
+    /// The store's root CID.
+    pub root_cid: String,
+    /// Seconds since the node started.
+    pub uptime_secs: u64,
+}
+
+/// A reachable peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerRow {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Transports it is reachable on.
+    pub transports: Vec<String>,
+    /// Its address on the wired transport, if any.
+    pub address: Option<String>,
+    /// Local reputation, 0.0..=1.0.
+    pub reputation: f64,
+}
+
+/// A received message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxRow {
+    /// The message id.
+    pub id: String,
+    /// The sender's peer id (verified).
+    pub from: String,
+    /// The text.
+    pub text: String,
+    /// When the sender sent it (its clock, Unix ms).
+    pub sent_ms: u64,
+    /// When this node received it (Unix ms).
+    pub received_ms: u64,
+}
+
+/// A sent message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxRow {
+    /// The message id.
+    pub id: String,
+    /// The recipient's peer id.
+    pub to: String,
+    /// The text.
+    pub text: String,
+    /// When it was sent (Unix ms).
+    pub sent_ms: u64,
+    /// `"pending"`, `"delivered"` or `"expired"`.
+    pub status: String,
+}
+
+/// Sends `request` to the node listening on `socket` and returns its answer;
+/// an [`Response::Error`] becomes an `Err`.
+pub fn call(socket: &Path, request: &Request) -> Result<Response> {
+    let mut s = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "no node is running for this data directory (cannot connect to {}); \
+             start one with `ecomesh node` (same --data)",
+            socket.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    s.write_all(&line)
+        .context("writing to the node's control socket")?;
+    let mut reader = BufReader::new(s.take(MAX_RESPONSE as u64 + 1));
+    let mut buf = Vec::new();
+    reader
+        .read_until(b'\n', &mut buf)
+        .context("reading the node's answer")?;
+    if buf.len() > MAX_RESPONSE {
+        bail!("the node's answer is longer than {MAX_RESPONSE} bytes");
+    }
+    if buf.is_empty() {
+        bail!("the node closed the control connection without answering");
+    }
+    match serde_json::from_slice(&buf).context("the node's answer is not valid")? {
+        Response::Error { message } => bail!("{message}"),
+        r => Ok(r),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_roundtrip_as_one_json_line() {
+        let r = Request::Send {
+            peer: "abc".into(),
+            text: "line\nbreak".into(),
+        };
+        let j = serde_json::to_string(&r).unwrap();
+        assert!(!j.contains('\n'), "newlines are escaped: {j}");
+        assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r);
+        let resp = Response::Sent {
+            id: "i".into(),
+            outcome: "queued".into(),
+            transport: None,
+        };
+        let j = serde_json::to_string(&resp).unwrap();
+        assert_eq!(serde_json::from_str::<Response>(&j).unwrap(), resp);
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_disk"}"#).is_err());
+    }
+}

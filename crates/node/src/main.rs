@@ -1,0 +1,277 @@
+//! `ecomesh`: run a node, and talk to the running node from the command line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use ecomesh_identity::AccessPolicy;
+use ecomesh_node::control::{self, Request, Response};
+use ecomesh_node::daemon::{self, DEFAULT_PORT, NodeOptions};
+use ecomesh_node::paths::DataDir;
+use ecomesh_types::PeerId;
+
+/// ecomesh: an offline-first data layer over any network.
+///
+/// Start with `ecomesh init`, run `ecomesh node`, then use `peers`, `send`,
+/// `inbox` and `status` from another terminal.
+#[derive(Debug, Parser)]
+#[command(name = "ecomesh", version)]
+struct Cli {
+    /// Data directory [default: $ECOMESH_DATA, else $XDG_DATA_HOME/ecomesh, else ~/.local/share/ecomesh].
+    #[arg(long, global = true, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Print answers as JSON (one document) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the data directory and a new identity (Ed25519 key).
+    Init,
+    /// Run the node in the foreground until Ctrl-C or SIGTERM.
+    Node {
+        /// Address the wired transport listens on.
+        #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+        listen: SocketAddr,
+        /// Also dial this address (repeatable); redialled whenever the link drops.
+        #[arg(long = "peer", value_name = "ADDR")]
+        peers: Vec<SocketAddr>,
+        /// Do not announce or browse with mDNS.
+        #[arg(long)]
+        no_mdns: bool,
+        /// Use mDNS only on the interface that has this address.
+        #[arg(long, value_name = "IP")]
+        mdns_ip: Option<IpAddr>,
+        /// Accept only these peers (repeatable); everyone else is refused.
+        #[arg(long = "allow", value_name = "PEER", conflicts_with = "block")]
+        allow: Vec<PeerId>,
+        /// Refuse these peers (repeatable).
+        #[arg(long = "block", value_name = "PEER")]
+        block: Vec<PeerId>,
+        /// Seconds of silence before a link is probed, and again before it is dropped.
+        #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        keepalive: u64,
+        /// Longest wait, in seconds, between redials of a lost peer.
+        #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        redial_max: u64,
+    },
+    /// List the peers reachable now.
+    Peers,
+    /// Send TEXT to PEER, sealed end to end; queued and delivered later if PEER is away.
+    Send {
+        /// The recipient's peer id (from `ecomesh peers`).
+        peer: String,
+        /// The message.
+        text: String,
+    },
+    /// List received messages, oldest first.
+    Inbox,
+    /// List sent messages and whether they were delivered.
+    Outbox,
+    /// Show the node's identity, address, peers and queues.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn out(line: impl std::fmt::Display) {
+    println!("{line}");
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let data = DataDir::resolve(cli.data)?;
+    let ask = |req: Request| control::call(&data.checked_socket()?, &req);
+    match cli.command {
+        Command::Init => {
+            let id = daemon::init(&data)?;
+            if cli.json {
+                out(serde_json::json!({ "peer_id": id.to_string(), "data_dir": data.root() }));
+            } else {
+                out(format!("initialised {}", data.root().display()));
+                out(format!("peer id {id}"));
+                out("next: ecomesh node");
+            }
+            Ok(())
+        }
+        Command::Node {
+            listen,
+            peers,
+            no_mdns,
+            mdns_ip,
+            allow,
+            block,
+            keepalive,
+            redial_max,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+            let policy = if !allow.is_empty() {
+                AccessPolicy::allow_only(allow)
+            } else if !block.is_empty() {
+                AccessPolicy::block(block)
+            } else {
+                AccessPolicy::Open
+            };
+            let options = NodeOptions {
+                listen,
+                peers,
+                mdns: !no_mdns,
+                mdns_ip,
+                policy,
+                keepalive: Duration::from_secs(keepalive),
+                redial_max: Duration::from_secs(redial_max),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(daemon::run(data, options, shutdown_signal()))
+        }
+        Command::Peers => match ask(Request::Peers)? {
+            Response::Peers { peers } if cli.json => json(&peers),
+            Response::Peers { peers } => {
+                if peers.is_empty() {
+                    out("no peers reachable");
+                }
+                for p in peers {
+                    out(format!(
+                        "{}  {}  {}  reputation {:.2}",
+                        p.peer_id,
+                        p.transports.join(","),
+                        p.address.as_deref().unwrap_or("-"),
+                        p.reputation
+                    ));
+                }
+                Ok(())
+            }
+            other => unexpected(&other),
+        },
+        Command::Send { peer, text } => match ask(Request::Send { peer, text })? {
+            r @ Response::Sent { .. } if cli.json => json(&r),
+            Response::Sent {
+                id,
+                outcome,
+                transport,
+            } => {
+                match transport {
+                    Some(t) => out(format!("{id} {outcome} over {t}")),
+                    None => out(format!(
+                        "{id} {outcome}: the peer is not reachable now; it is delivered when it appears"
+                    )),
+                }
+                Ok(())
+            }
+            other => unexpected(&other),
+        },
+        Command::Inbox => match ask(Request::Inbox)? {
+            Response::Inbox { messages } if cli.json => json(&messages),
+            Response::Inbox { messages } => {
+                if messages.is_empty() {
+                    out("inbox empty");
+                }
+                for m in messages {
+                    out(format!("{}  from {}: {}", m.received_ms, m.from, m.text));
+                }
+                Ok(())
+            }
+            other => unexpected(&other),
+        },
+        Command::Outbox => match ask(Request::Outbox)? {
+            Response::Outbox { messages } if cli.json => json(&messages),
+            Response::Outbox { messages } => {
+                if messages.is_empty() {
+                    out("outbox empty");
+                }
+                for m in messages {
+                    out(format!(
+                        "{}  to {} [{}]: {}",
+                        m.sent_ms, m.to, m.status, m.text
+                    ));
+                }
+                Ok(())
+            }
+            other => unexpected(&other),
+        },
+        Command::Status => match ask(Request::Status)? {
+            Response::Status(s) if cli.json => json(&s),
+            Response::Status(s) => {
+                out(format!("peer id     {}", s.peer_id));
+                out(format!("data        {}", s.data_dir));
+                out(format!(
+                    "listen      {}",
+                    s.listen.as_deref().unwrap_or("-")
+                ));
+                out(format!("transports  {}", s.transports.join(",")));
+                out(format!("peers       {}", s.peers));
+                out(format!("buffered    {}", s.buffered));
+                out(format!("inbox       {}", s.inbox));
+                out(format!(
+                    "delivered   {} (undelivered {})",
+                    s.delivered, s.undelivered
+                ));
+                out(format!("root cid    {}", s.root_cid));
+                out(format!("uptime      {} s", s.uptime_secs));
+                Ok(())
+            }
+            other => unexpected(&other),
+        },
+    }
+}
+
+fn json(v: &impl serde::Serialize) -> Result<()> {
+    out(serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn unexpected(r: &Response) -> Result<()> {
+    bail!("the node answered something unexpected: {r:?}; is the CLI the same version as the node?")
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        }
+        () = term => {}
+    }
+}
