@@ -1,0 +1,299 @@
+//! The real `ecomesh` binary: nodes on loopback driven through the CLI, crashed
+//! with SIGKILL and restarted. Waits poll the control socket under a deadline;
+//! each node's log is printed when a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn ecomesh(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ecomesh"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok_json(data: &Path, args: &[&str]) -> Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let o = ecomesh(data, &a);
+    assert!(
+        o.status.success(),
+        "ecomesh {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn try_json(data: &Path, args: &[&str]) -> Option<Value> {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let o = ecomesh(data, &a);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).ok())
+        .flatten()
+}
+
+/// Polls `f` until it returns `Some`, failing with `what` after [`DEADLINE`].
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Node {
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    runs: u32,
+}
+
+impl Node {
+    fn init(dir: &Path, name: &str) -> (Node, String) {
+        let data = dir.join(name);
+        let v = ok_json(&data, &["init"]);
+        let id = v["peer_id"].as_str().unwrap().to_owned();
+        (
+            Node {
+                log: dir.join(format!("{name}.log")),
+                data,
+                child: None,
+                runs: 0,
+            },
+            id,
+        )
+    }
+
+    /// Starts `ecomesh node` and waits until its control socket answers; returns its address.
+    fn start(&mut self, extra: &[&str]) -> String {
+        self.runs += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        writeln!(&log, "---- run {} ----", self.runs).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ecomesh"))
+            .arg("--data")
+            .arg(&self.data)
+            .args(["node", "--no-mdns", "--keepalive", "1", "--redial-max", "1"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let data = self.data.clone();
+        wait_for("the node's control socket", || {
+            try_json(&data, &["status"]).and_then(|s| s["listen"].as_str().map(str::to_owned))
+        })
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id().to_string();
+            assert!(
+                Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            let status = c.wait().unwrap();
+            assert!(status.success(), "clean shutdown exits 0, got {status}");
+        }
+    }
+
+    fn status(&self) -> Value {
+        ok_json(&self.data, &["status"])
+    }
+
+    fn peers(&self) -> Vec<String> {
+        ok_json(&self.data, &["peers"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["peer_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn inbox_texts(&self) -> Vec<(String, String)> {
+        ok_json(&self.data, &["inbox"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["from"].as_str().unwrap().to_owned(),
+                    m["text"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn outbox_status(&self, id: &str) -> String {
+        ok_json(&self.data, &["outbox"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .map(|m| m["status"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("===== log of {} =====\n{log}", self.data.display());
+        }
+    }
+}
+
+#[test]
+fn errors_name_the_problem_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n");
+    let o = ecomesh(&data, &["status"]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("no node is running") && e.contains("ecomesh node"),
+        "{e}"
+    );
+    let o = ecomesh(&data, &["node", "--no-mdns"]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("ecomesh init"), "{e}");
+    let (mut n, id) = Node::init(dir.path(), "n");
+    let o = ecomesh(&data, &["init"]);
+    assert!(
+        !o.status.success(),
+        "a second init must not replace the identity"
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("already initialised") && e.contains(&id), "{e}");
+    n.start(&["--listen", "127.0.0.1:0"]);
+    assert_eq!(n.status()["peer_id"], id.as_str());
+    // A second node on the same data directory is refused, the first keeps running.
+    let o = ecomesh(&data, &["node", "--no-mdns", "--listen", "127.0.0.1:0"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already running"));
+    for (peer, want) in [
+        ("not-a-peer", "not a peer id"),
+        (id.as_str(), "own id"),
+        ("11111111111111111111111111111111", "no key known"),
+    ] {
+        let o = ecomesh(&data, &["send", peer, "hi"]);
+        assert!(!o.status.success());
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(want), "send to {peer}: {e}");
+    }
+    let o = ecomesh(&data, &["send", &id, &"x".repeat(70_000)]);
+    assert!(!o.status.success());
+    // Hostile control input: garbage and an oversized line get an error; the node survives.
+    let sock = data.join("control.sock");
+    for line in [b"\xff\xfe garbage\n".to_vec(), vec![b'{'; 300 * 1024]] {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        let _ = s.write_all(&line);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut answer = String::new();
+        BufReader::new(&s).read_line(&mut answer).unwrap();
+        assert!(answer.contains("\"reply\":\"error\""), "{answer}");
+    }
+    assert_eq!(n.status()["peer_id"], id.as_str());
+    n.terminate();
+    assert!(
+        !sock.exists(),
+        "a clean shutdown removes the control socket"
+    );
+}
+
+#[test]
+fn texts_are_delivered_and_survive_crashes_by_store_and_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, ida) = Node::init(dir.path(), "a");
+    let (mut b, idb) = Node::init(dir.path(), "b");
+    let addr_a = a.start(&["--listen", "127.0.0.1:0"]);
+    eprintln!("a = {ida} on {addr_a}, b = {idb}");
+    b.start(&["--listen", "127.0.0.1:0", "--peer", &addr_a]);
+    wait_for("a and b to see each other", || {
+        (a.peers() == [idb.clone()] && b.peers() == [ida.clone()]).then_some(())
+    });
+
+    // Both directions, while connected.
+    let sent = ok_json(&a.data, &["send", &idb, "hello b"]);
+    assert_eq!(sent["outcome"], "sent");
+    let id1 = sent["id"].as_str().unwrap().to_owned();
+    ok_json(&b.data, &["send", &ida, "hello a"]);
+    wait_for("b's inbox", || {
+        (b.inbox_texts() == [(ida.clone(), "hello b".to_owned())]).then_some(())
+    });
+    wait_for("a's inbox", || {
+        (a.inbox_texts() == [(idb.clone(), "hello a".to_owned())]).then_some(())
+    });
+    wait_for("the ACK of the first text", || {
+        (a.outbox_status(&id1) == "delivered").then_some(())
+    });
+
+    // B crashes; A queues; then A crashes too, with the text still queued.
+    b.kill9();
+    wait_for("a to lose b", || a.peers().is_empty().then_some(()));
+    let queued = ok_json(&a.data, &["send", &idb, "while you were away"]);
+    assert_eq!(queued["outcome"], "queued");
+    let id2 = queued["id"].as_str().unwrap().to_owned();
+    assert_eq!(a.status()["buffered"], 1);
+    a.kill9();
+    let addr_again = a.start(&["--listen", &addr_a]);
+    assert_eq!(addr_again, addr_a);
+    assert_eq!(a.status()["buffered"], 1, "the queue survived SIGKILL");
+    assert_eq!(a.outbox_status(&id2), "pending");
+
+    // B comes back (it redials A): the text arrives once, and A hears the ACK.
+    b.start(&["--listen", "127.0.0.1:0", "--peer", &addr_a]);
+    wait_for("the queued text at b", || {
+        (b.inbox_texts().len() == 2).then_some(())
+    });
+    assert_eq!(
+        b.inbox_texts(),
+        [
+            (ida.clone(), "hello b".to_owned()),
+            (ida.clone(), "while you were away".to_owned())
+        ],
+        "delivered once each, in order, after b's crash too"
+    );
+    wait_for("the ACK of the queued text", || {
+        (a.outbox_status(&id2) == "delivered").then_some(())
+    });
+    wait_for("a's buffer to drain", || {
+        (a.status()["buffered"] == 0).then_some(())
+    });
+    assert_eq!(a.status()["delivered"], 2);
+    a.terminate();
+    b.terminate();
+}
