@@ -245,6 +245,12 @@ impl Inner {
                 }
                 None => false,
             };
+            if initiator == self.me
+                && let Some(d) = st.dials.get_mut(&addr)
+            {
+                // Known as connected from now on: `forget` must not abort this link.
+                d.peer = Some(peer);
+            }
             let mut info = PeerInfo::new(peer, TransportType::Wired, wall_ms());
             info.metadata
                 .insert("address".to_owned(), Value::Text(addr.to_string()));
@@ -335,6 +341,12 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
     let mut pos = 0usize;
     let mut buf = vec![0u8; READ_CHUNK];
     let mut registered: Option<PeerId> = None;
+    // Unregisters however the task ends, including when it is aborted.
+    let mut guard = Unregister {
+        inner: inner.clone(),
+        link: link_id,
+        peer: None,
+    };
     let mut superseded = false;
     let result: Result<(), WiredError> = loop {
         if link.has_output() {
@@ -353,6 +365,7 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
                     let key = link.peer_key();
                     if inner.register(generation, link_id, (peer, key), init, addr, t) {
                         registered = Some(peer);
+                        guard.peer = Some(peer);
                         if let Some(d) = done.take() {
                             let _ = d.send(Ok(peer));
                         }
@@ -451,11 +464,24 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
         };
         let _ = d.send(Err(err));
     }
-    inner.unregister(link_id, registered);
+    drop(guard);
     LinkEnd {
         established: registered,
         superseded,
         refused,
+    }
+}
+
+/// Removes a link (and its peer, if the link was the peer's) from the state when dropped.
+struct Unregister {
+    inner: Arc<Inner>,
+    link: u64,
+    peer: Option<PeerId>,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        self.inner.unregister(self.link, self.peer);
     }
 }
 

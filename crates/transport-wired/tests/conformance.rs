@@ -112,3 +112,42 @@ async fn peers_carry_the_authenticated_public_key() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+/// Regression: `forget` on the address of a link that is up used to abort the task
+/// running that link without unregistering it, leaving a peer that never got lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgotten_address_keeps_its_link_until_it_drops_then_loses_the_peer() {
+    use ecomesh_types::TransportEvent;
+    use suite::TransportFactory;
+    let a = Wired
+        .create(Identity::generate().unwrap(), AccessPolicy::Open)
+        .await
+        .unwrap();
+    let b = Wired
+        .create(Identity::generate().unwrap(), AccessPolicy::Open)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _sub = a.subscribe(Arc::new(move |e: &TransportEvent| {
+        let _ = tx.send(e.clone());
+    }));
+    let pb = Wired.introduce(&a, &b).await.unwrap();
+    a.forget(b.local_addr().unwrap());
+    assert!(
+        a.peers().iter().any(|p| p.peer_id == pb),
+        "the link stays up after forget"
+    );
+    b.stop().await.unwrap();
+    let lost = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(e) = rx.recv().await {
+            if e == TransportEvent::PeerLost(pb) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(lost, Ok(true), "the peer is lost when its link drops");
+    assert!(a.peers().is_empty());
+    a.stop().await.unwrap();
+}
