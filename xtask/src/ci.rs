@@ -22,6 +22,7 @@ Runs every check, in this order, stopping at the first failure and naming it:
   clippy       cargo clippy --workspace --all-targets --all-features -- -D warnings
   test         cargo nextest run --workspace --all-features (cargo test --workspace
                --all-features without cargo-nextest)
+  lan-test     `cargo xtask lan-test`: 3 `ecomesh node`s in network namespaces (root)
   doctest      cargo test --doc --workspace --all-features (nextest skips doctests)
   doc          cargo doc --workspace --no-deps --all-features, RUSTDOCFLAGS=\"-D warnings\"
   fuzz         every cargo-fuzz target for SECONDS (default 10) via `cargo xtask fuzz`,
@@ -41,6 +42,7 @@ pub(crate) const STEPS: &[&str] = &[
     "deny",
     "clippy",
     "test",
+    "lan-test",
     "doctest",
     "doc",
     "fuzz",
@@ -158,6 +160,7 @@ fn run_step(step: &str, metadata: &Metadata, nextest: bool, fuzz_seconds: u64) -
         "test" => cargo()
             .args(["test", "--workspace", "--all-features"])
             .run()?,
+        "lan-test" => crate::lan::run(metadata, 3, false)?,
         "doctest" if !nextest => {
             return Ok(Done::Skipped(
                 "cargo test already ran the doctests (no cargo-nextest)".to_owned(),

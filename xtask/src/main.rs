@@ -16,6 +16,7 @@ mod deny;
 mod dep_freedom;
 mod deps;
 mod fuzz;
+mod lan;
 mod layering;
 mod proptest;
 mod workspace;
@@ -39,6 +40,8 @@ Commands:
   fuzz       build and run the cargo-fuzz targets: [--time SECONDS] [TARGET]
   bench      run the criterion benches of ecomesh-benches, forwarding ARGS
   crash      the store's kill -9 crash-recovery tests: --restarts N (default 100)
+  lan-test   real `ecomesh node`s in network namespaces on a virtual LAN: mDNS
+             discovery, sends, store-and-forward over a cut link, restart (root)
   deny       cargo deny --offline check against the shared RustSec snapshot
   layering   check that crates depend only downward (docs/architecture.md)
 
@@ -147,6 +150,15 @@ fn dispatch(command: Option<&str>, rest: Vec<String>) -> Result<()> {
             let seed = args.value("seed")?;
             no_positionals(args)?;
             crash::run(&root, restarts, seed)
+        }
+        Some("lan-test") => {
+            if wants_help(&mut args, lan::HELP) {
+                return Ok(());
+            }
+            let nodes = args.value("nodes")?.unwrap_or(3);
+            let keep = args.flag("keep");
+            no_positionals(args)?;
+            lan::run(&Metadata::load(&root)?, nodes, keep)
         }
         Some("deny") => {
             if wants_help(&mut args, deny::HELP) {
