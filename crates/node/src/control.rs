@@ -39,6 +39,36 @@ pub enum Request {
     Inbox,
     /// Messages sent, with their delivery state.
     Outbox,
+    /// Writes a document from a JSON object (DAG-JSON): replaces it, or merges the fields in.
+    DocPut {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        /// The fields, as a JSON object.
+        json: String,
+        /// Merge into the existing document instead of replacing it.
+        merge: bool,
+    },
+    /// Reads a document.
+    DocGet {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+    },
+    /// Deletes a document (a tombstone version).
+    DocDelete {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+    },
+    /// Lists a collection's live documents.
+    DocList {
+        /// The collection.
+        collection: String,
+    },
 }
 
 /// What the node answers.
@@ -70,6 +100,18 @@ pub enum Response {
     Outbox {
         /// Oldest first.
         messages: Vec<OutboxRow>,
+    },
+    /// Answer to [`Request::DocPut`] and [`Request::DocDelete`].
+    Written {
+        /// The CID of the new version.
+        version: String,
+        /// The store's root CID after the write.
+        root_cid: String,
+    },
+    /// Answer to [`Request::DocGet`] and [`Request::DocList`].
+    Documents {
+        /// The documents found, by id order.
+        documents: Vec<DocRow>,
     },
     /// The request failed; `message` names the problem and the fix.
     Error {
@@ -131,6 +173,17 @@ pub struct InboxRow {
     pub sent_ms: u64,
     /// When this node received it (Unix ms).
     pub received_ms: u64,
+}
+
+/// A document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DocRow {
+    /// The collection.
+    pub collection: String,
+    /// The document id.
+    pub id: String,
+    /// The fields, as DAG-JSON.
+    pub fields: serde_json::Value,
 }
 
 /// A sent message.

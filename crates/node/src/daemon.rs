@@ -30,7 +30,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
 use crate::control::{
-    InboxRow, MAX_REQUEST, MAX_TEXT, OutboxRow, PeerRow, Request, Response, Status,
+    DocRow, InboxRow, MAX_REQUEST, MAX_TEXT, OutboxRow, PeerRow, Request, Response, Status,
 };
 use crate::paths::DataDir;
 
@@ -98,6 +98,15 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn doc_row(d: ecomesh_types::Document) -> Result<DocRow> {
+    let json = ecomesh_wire::to_dag_json(&Value::Map(d.fields))?;
+    Ok(DocRow {
+        collection: d.collection,
+        id: d.id,
+        fields: serde_json::from_str(&json)?,
+    })
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename, directory fsync).
@@ -282,9 +291,67 @@ impl Node {
             Request::Send { peer, text } => self.send(&peer, text).await,
             Request::Inbox => self.inbox().map(|messages| Response::Inbox { messages }),
             Request::Outbox => self.outbox().map(|messages| Response::Outbox { messages }),
+            Request::DocPut {
+                collection,
+                id,
+                json,
+                merge,
+            } => self.doc_put(&collection, &id, &json, merge),
+            Request::DocGet { collection, id } => self
+                .store
+                .get(&collection, &id)
+                .map_err(Into::into)
+                .and_then(|d| d.into_iter().map(doc_row).collect())
+                .map(|documents| Response::Documents { documents }),
+            Request::DocDelete { collection, id } => self
+                .store
+                .delete(&collection, &id)
+                .map_err(Into::into)
+                .and_then(|w| self.written(&w)),
+            Request::DocList { collection } => self
+                .store
+                .scan_collection(&collection)
+                .map_err(Into::into)
+                .and_then(|docs| docs.into_iter().map(doc_row).collect())
+                .map(|documents| Response::Documents { documents }),
         };
         r.unwrap_or_else(|e| Response::Error {
             message: format!("{e:#}"),
+        })
+    }
+
+    fn doc_put(&self, collection: &str, id: &str, json: &str, merge: bool) -> Result<Response> {
+        if collection.is_empty() || id.is_empty() {
+            bail!("collection and id must not be empty");
+        }
+        let fields = match ecomesh_wire::from_dag_json(json).map_err(|e| {
+            anyhow!("the fields are not valid JSON ({e}); pass an object like '{{\"name\":\"x\"}}'")
+        })? {
+            Value::Map(m) => m,
+            _ => bail!("the fields must be a JSON object, like '{{\"name\":\"x\"}}'"),
+        };
+        let w = self.store.set(
+            collection,
+            id,
+            fields,
+            if merge {
+                SetOptions::MERGE
+            } else {
+                SetOptions::REPLACE
+            },
+        )?;
+        self.written(&w)
+    }
+
+    fn written(&self, w: &ecomesh_types::WriteResult) -> Result<Response> {
+        let text = |c: &ecomesh_types::ContentId| {
+            ecomesh_wire::from_content_id(c)
+                .map(|c| ecomesh_wire::cid_to_text(&c))
+                .unwrap_or_default()
+        };
+        Ok(Response::Written {
+            version: w.version.as_ref().map(text).unwrap_or_default(),
+            root_cid: text(&self.store.root_cid()?),
         })
     }
 

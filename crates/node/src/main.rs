@@ -76,6 +76,44 @@ enum Command {
     Outbox,
     /// Show the node's identity, address, peers and queues.
     Status,
+    /// Read and write documents in the node's store.
+    #[command(subcommand)]
+    Doc(DocCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DocCommand {
+    /// Write a document: FIELDS is a JSON object; replaces the document unless --merge.
+    Put {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        /// The fields, as a JSON object, e.g. '{"title":"milk","qty":2}'.
+        fields: String,
+        /// Merge the fields into the existing document.
+        #[arg(long)]
+        merge: bool,
+    },
+    /// Print a document.
+    Get {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+    },
+    /// Delete a document (recorded as a tombstone version).
+    Delete {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+    },
+    /// List the live documents of a collection.
+    List {
+        /// The collection.
+        collection: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -217,6 +255,42 @@ fn run(cli: Cli) -> Result<()> {
             }
             other => unexpected(&other),
         },
+        Command::Doc(d) => {
+            let req = match d {
+                DocCommand::Put {
+                    collection,
+                    id,
+                    fields,
+                    merge,
+                } => Request::DocPut {
+                    collection,
+                    id,
+                    json: fields,
+                    merge,
+                },
+                DocCommand::Get { collection, id } => Request::DocGet { collection, id },
+                DocCommand::Delete { collection, id } => Request::DocDelete { collection, id },
+                DocCommand::List { collection } => Request::DocList { collection },
+            };
+            match ask(req)? {
+                r @ (Response::Written { .. } | Response::Documents { .. }) if cli.json => json(&r),
+                Response::Written { version, root_cid } => {
+                    out(format!("version {version}"));
+                    out(format!("root cid {root_cid}"));
+                    Ok(())
+                }
+                Response::Documents { documents } => {
+                    if documents.is_empty() {
+                        bail!("no such document");
+                    }
+                    for d in documents {
+                        out(format!("{}/{}  {}", d.collection, d.id, d.fields));
+                    }
+                    Ok(())
+                }
+                other => unexpected(&other),
+            }
+        }
         Command::Status => match ask(Request::Status)? {
             Response::Status(s) if cli.json => json(&s),
             Response::Status(s) => {

@@ -297,3 +297,41 @@ fn texts_are_delivered_and_survive_crashes_by_store_and_forward() {
     a.terminate();
     b.terminate();
 }
+
+#[test]
+fn documents_are_written_merged_listed_and_deleted_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut n, _) = Node::init(dir.path(), "d");
+    n.start(&["--listen", "127.0.0.1:0"]);
+    let root0 = n.status()["root_cid"].as_str().unwrap().to_owned();
+    let w = ok_json(
+        &n.data,
+        &["doc", "put", "todo", "t1", r#"{"title":"milk","qty":2}"#],
+    );
+    assert_ne!(w["root_cid"], root0.as_str(), "a write changes the root");
+    ok_json(
+        &n.data,
+        &["doc", "put", "todo", "t1", r#"{"done":true}"#, "--merge"],
+    );
+    let got = ok_json(&n.data, &["doc", "get", "todo", "t1"]);
+    assert_eq!(
+        got["documents"][0]["fields"],
+        serde_json::json!({"title": "milk", "qty": 2, "done": true})
+    );
+    ok_json(
+        &n.data,
+        &["doc", "put", "todo", "t2", r#"{"title":"eggs"}"#],
+    );
+    let list = ok_json(&n.data, &["doc", "list", "todo"]);
+    assert_eq!(list["documents"].as_array().unwrap().len(), 2);
+    for bad in ["[1]", "{bad"] {
+        let o = ecomesh(&n.data, &["doc", "put", "todo", "t3", bad]);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("JSON"));
+    }
+    ok_json(&n.data, &["doc", "delete", "todo", "t1"]);
+    let list = ok_json(&n.data, &["doc", "list", "todo"]);
+    assert_eq!(list["documents"][0]["id"], "t2");
+    assert_eq!(list["documents"].as_array().unwrap().len(), 1);
+    n.terminate();
+}
