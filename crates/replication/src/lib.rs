@@ -9,5 +9,6 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod policy;
 
 pub use error::ReplicationError;
