@@ -10,5 +10,6 @@
 
 mod error;
 pub mod policy;
+pub mod reach;
 
 pub use error::ReplicationError;
