@@ -10,6 +10,7 @@
 
 mod error;
 pub mod policy;
+pub mod queue;
 pub mod reach;
 
 pub use error::ReplicationError;
