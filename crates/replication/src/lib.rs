@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod blob;
 mod error;
 pub mod policy;
 pub mod queue;
