@@ -8,8 +8,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod antientropy;
 pub mod blob;
 mod error;
+pub mod merkle;
 pub mod policy;
 pub mod queue;
 pub mod reach;
