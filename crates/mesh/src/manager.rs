@@ -391,6 +391,15 @@ impl MultiTransportManager {
         lock(&self.state).buffer.save(path)
     }
 
+    /// The store-and-forward buffer as bytes for [`StoreBuffer::from_bytes`]
+    /// (for owners that persist it themselves).
+    pub fn buffer_bytes(&self) -> Vec<u8> {
+        lock(&self.state).buffer.to_bytes()
+    }
+    /// The messages waiting for an ACK as bytes for [`PendingAcks::from_bytes`].
+    pub fn pending_bytes(&self) -> Vec<u8> {
+        lock(&self.state).pending.to_bytes()
+    }
     /// Persists the set of messages waiting for an ACK (atomic write).
     pub fn save_pending(&self, path: &std::path::Path) -> Result<(), MeshError> {
         lock(&self.state).pending.save(path)
