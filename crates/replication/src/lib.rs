@@ -15,5 +15,6 @@ pub mod merkle;
 pub mod policy;
 pub mod queue;
 pub mod reach;
+pub mod stream;
 
 pub use error::ReplicationError;
