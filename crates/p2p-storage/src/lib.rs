@@ -29,6 +29,7 @@ mod engine;
 mod error;
 mod keys;
 pub mod kv;
+mod reconcile;
 mod records;
 mod subs;
 pub mod trie;
