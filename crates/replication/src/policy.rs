@@ -24,14 +24,17 @@
 //! 4. **Pins**: a user pin restricts the scope's replicas to the named devices;
 //!    a network-region pin restricts them to candidates whose region tag matches.
 //!
-//! Reach (who may receive the bytes at all) is decided by [`crate::reach`]; a
-//! caller filters candidates through it before selecting.
+//! Reach (who may receive the bytes at all) is decided by [`crate::reach`];
+//! [`ReplicationManager::partners_for`] filters candidates through it before
+//! selecting.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ecomesh_types::{PeerId, PeerInfo, TransportType, Value};
+use ecomesh_types::{ContentId, PeerId, PeerInfo, TransportType, Value};
 
 use crate::ReplicationError;
+use crate::queue::SyncItem;
+use crate::reach::{ReachPolicy, Relation, Trust};
 
 /// The lowest reputation a replication partner may have (seed 5.2, rule 3).
 pub const MIN_REPUTATION: f64 = 0.5;
@@ -506,6 +509,8 @@ pub enum Exclusion {
     OutsideRegion,
     /// Not reachable on any transport.
     Unreachable,
+    /// Outside the reach of the data ([`crate::reach`]).
+    OutOfReach,
 }
 
 /// Whether the diversity rule holds for a selection.
@@ -715,6 +720,104 @@ pub fn gc_eligibility(
         GcVerdict::Eligible
     } else {
         GcVerdict::Keep(reasons)
+    }
+}
+
+/// The replication decisions of one node in one place (seed 6's
+/// `replicationManager`): its factors, pins and reach policy, and who it is.
+///
+/// Promises the same as the functions it combines; in addition a partner is
+/// always admitted by the reach of the data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicationManager {
+    /// This node.
+    pub local: Origin,
+    /// Replication factors and the GC TTL.
+    pub config: ReplicationConfig,
+    /// Pins.
+    pub pins: PinSet,
+    /// Who may receive what.
+    pub reach: ReachPolicy,
+}
+
+impl ReplicationManager {
+    /// A manager for node `local` with the seed's factors, no pins and the
+    /// default reach policy ([`ReachPolicy::default`]).
+    pub fn new(local: Origin) -> Self {
+        ReplicationManager {
+            local,
+            config: ReplicationConfig::default(),
+            pins: PinSet::new(),
+            reach: ReachPolicy::default(),
+        }
+    }
+
+    /// The factor of `collection` (seed: `getFactorForCollection`).
+    pub fn factor_for(&self, collection: &str) -> u32 {
+        self.config.factor_for(collection)
+    }
+
+    /// Chooses partners for document `id` of `collection` among `candidates`,
+    /// each with this node's trust relation to it: a peer listed again is
+    /// judged by its first entry only; the reach of the data removes every
+    /// peer it does not admit ([`Exclusion::OutOfReach`]), then
+    /// [`select_partners`] applies the seed's rules with the collection's factor.
+    pub fn partners_for(
+        &self,
+        collection: &str,
+        id: Option<&str>,
+        candidates: &[(Candidate, Trust)],
+    ) -> Selection {
+        let reach = self.reach.reach_of(collection, id);
+        let mut seen = BTreeSet::new();
+        let mut out_of_reach = Vec::new();
+        let mut admitted = Vec::with_capacity(candidates.len());
+        for (c, trust) in candidates {
+            if !seen.insert(c.peer) {
+                out_of_reach.push((c.peer, Exclusion::Duplicate));
+            } else if reach.admits(&Relation::new(c.peer, *trust)) {
+                admitted.push(c.clone());
+            } else {
+                out_of_reach.push((c.peer, Exclusion::OutOfReach));
+            }
+        }
+        let mut selection = select_partners(
+            self.factor_for(collection),
+            collection,
+            id,
+            &self.local,
+            &admitted,
+            &self.pins,
+        );
+        selection.excluded.extend(out_of_reach);
+        selection
+    }
+
+    /// The queue item that replicates version `version` of a document with the
+    /// collection's factor.
+    pub fn replicate(&self, collection: &str, id: &str, version: ContentId) -> SyncItem {
+        SyncItem::Replicate {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            version,
+            factor: self.factor_for(collection),
+        }
+    }
+
+    /// The queue item that replicates the tombstone version of a deleted
+    /// document with the collection's factor.
+    pub fn tombstone(&self, collection: &str, id: &str, version: ContentId) -> SyncItem {
+        SyncItem::Tombstone {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            version,
+            factor: self.factor_for(collection),
+        }
+    }
+
+    /// [`gc_eligibility`] on this node.
+    pub fn gc_eligibility(&self, item: &GcItem<'_>, now_ms: u64) -> GcVerdict {
+        gc_eligibility(&self.config, &self.pins, &self.local.peer, item, now_ms)
     }
 }
 
@@ -1011,6 +1114,34 @@ mod tests {
         assert_eq!(c.region, None);
         assert_eq!(c.reputation, 0.8);
         assert_eq!(c.proximity(), 0);
+    }
+
+    #[test]
+    fn manager_filters_by_reach_before_selecting() {
+        use crate::reach::Reach;
+        let mut m = ReplicationManager::new(origin());
+        m.reach.set_collection("family", Reach::Local);
+        let cands = [
+            (cand(1, TransportType::Wired, 0.9), Trust::Stranger),
+            (cand(2, TransportType::Internet, 0.9), Trust::Family),
+            (cand(3, TransportType::Wired, 0.2), Trust::OwnDevice),
+        ];
+        let s = m.partners_for("family", Some("d"), &cands);
+        assert_eq!(s.partners, vec![peer(2)]);
+        assert_eq!(s.factor, 3);
+        assert!(s.excluded.contains(&(peer(1), Exclusion::OutOfReach)));
+        assert!(s.excluded.contains(&(peer(3), Exclusion::LowReputation)));
+        // Commons by default: the stranger is admitted elsewhere.
+        let s = m.partners_for("notifications", None, &cands);
+        assert_eq!(s.partners, vec![peer(1), peer(2)]);
+        assert_eq!(s.factor, 2);
+        assert_eq!(
+            m.replicate("permissions", "p", ContentId(vec![1])).factor(),
+            5
+        );
+        assert_eq!(m.tombstone("users", "u", ContentId(vec![1])).factor(), 3);
+        let replicas: BTreeSet<_> = [peer(1), peer(2), peer(3)].into();
+        assert!(m.gc_eligibility(&old_item(&replicas), NOW).is_eligible());
     }
 
     fn old_item<'a>(replicas: &'a BTreeSet<PeerId>) -> GcItem<'a> {

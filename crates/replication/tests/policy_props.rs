@@ -4,9 +4,10 @@
 use std::collections::BTreeSet;
 
 use ecomesh_replication::policy::{
-    Candidate, Diversity, GcItem, MIN_REPUTATION, Origin, Pin, PinSet, ReplicationConfig, Scope,
-    gc_eligibility, select_partners,
+    Candidate, Diversity, GcItem, MIN_REPUTATION, Origin, Pin, PinSet, ReplicationConfig,
+    ReplicationManager, Scope, gc_eligibility, select_partners,
 };
+use ecomesh_replication::reach::{Reach, Relation, Trust};
 use ecomesh_types::{PeerId, TransportType};
 use proptest::prelude::*;
 
@@ -151,5 +152,24 @@ proptest! {
         let others = replicas.iter().filter(|p| **p != local).count();
         let expect = !app_pin && !referenced && age >= ttl && others >= factor as usize;
         prop_assert_eq!(v.is_eligible(), expect);
+    }
+
+    #[test]
+    fn prop_manager_partners_are_inside_the_reach(
+        cands in proptest::collection::vec((arb_candidate(), 0_usize..6), 0..16),
+        level in 0_usize..6,
+    ) {
+        const TRUST: [Trust; 6] = [Trust::OwnDevice, Trust::Family, Trust::Neighbour, Trust::Municipal, Trust::Bioregional, Trust::Stranger];
+        let levels = [Reach::Private, Reach::Local, Reach::Neighbourhood, Reach::Municipal, Reach::Bioregional, Reach::Commons];
+        let mut m = ReplicationManager::new(Origin { peer: peer(0), network: Some("home".into()) });
+        m.reach.set_collection("c", levels[level].clone());
+        let cands: Vec<(Candidate, Trust)> = cands.into_iter().map(|(c, t)| (c, TRUST[t])).collect();
+        let s = m.partners_for("c", None, &cands);
+        prop_assert!(s.partners.len() <= m.factor_for("c") as usize);
+        for p in &s.partners {
+            let (c, t) = cands.iter().find(|(c, _)| c.peer == *p).unwrap();
+            prop_assert!(levels[level].admits(&Relation::new(*p, *t)));
+            prop_assert!(c.reputation >= MIN_REPUTATION);
+        }
     }
 }
