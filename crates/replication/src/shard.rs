@@ -33,6 +33,7 @@
 //! not there. Whatever decodes re-encodes to exactly the same bytes.
 
 mod fetch;
+pub mod fuzzing;
 mod server;
 mod store;
 
