@@ -6,7 +6,7 @@
 //! keep growing across restarts.
 //!
 //! The child is this test binary re-executed on the ignored `queue_crash_child`
-//! entry point. Restarts: `ECOMESH_CRASH_RESTARTS` (default 5). The seed is
+//! entry point. Restarts: `ECOMESH_CRASH_RESTARTS` (default 10). The seed is
 //! printed and can be replayed with `ECOMESH_CRASH_SEED`.
 #![allow(
     clippy::unwrap_used,
@@ -170,7 +170,7 @@ fn queue_survives_sigkill() {
     let restarts: u64 = std::env::var("ECOMESH_CRASH_RESTARTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(10);
     let seed: u64 = std::env::var("ECOMESH_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
