@@ -3,8 +3,10 @@
 //! "all changes since position N"; each arrival is classified as one of the
 //! seed's four event kinds.
 //!
-//! Sans-io and in memory; [`StreamIndex::to_bytes`] / [`StreamIndex::from_bytes`]
-//! give a canonical, strictly decoded form to persist it.
+//! [`StreamIndex`] is sans-io and in memory; [`StreamIndex::to_bytes`] /
+//! [`StreamIndex::from_bytes`] give a canonical, strictly decoded form of it,
+//! and [`DurableStream`] keeps it in a sled tree (beside the sync queue's, if
+//! the caller opens both in one database), record by record.
 //!
 //! # Event kinds
 //!
@@ -365,29 +367,15 @@ impl StreamIndex {
     /// and peers by id in ascending byte order.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(64 + self.log.len() * 80);
-        let write_version = |w: &mut Writer, id: &ContentId, parents: &[ContentId], s: &Source| {
-            w.bytes(&id.0);
-            w.array(parents.len());
-            for p in parents {
-                w.bytes(&p.0);
-            }
-            match s {
-                Source::Local => w.null(),
-                Source::Remote(p) => w.bytes(p.as_bytes()),
-            }
-        };
         w.array(4);
         w.uint(1);
         w.array(self.log.len());
         for e in &self.log {
-            w.array(4);
-            w.uint(e.kind.code());
-            write_version(&mut w, &e.id, &e.parents, &e.source);
+            write_entry(&mut w, e.kind, &e.id, &e.parents, &e.source);
         }
         w.array(self.outliers.len());
         for (id, o) in &self.outliers {
-            w.array(3);
-            write_version(&mut w, id, &o.parents, &o.source);
+            write_outlier(&mut w, id, &o.parents, &o.source);
         }
         w.array(self.peers.len());
         for (peer, pos) in &self.peers {
@@ -416,6 +404,60 @@ impl StreamIndex {
         })
     }
 
+    /// Places a decoded entry, refusing a version held already and a received
+    /// version whose parents are not placed before it.
+    fn restore_entry(
+        &mut self,
+        kind: EventKind,
+        id: ContentId,
+        parents: Vec<ContentId>,
+        source: Source,
+    ) -> Result<(), ReplicationError> {
+        if self.contains(&id) {
+            return Err(bad("a version placed twice"));
+        }
+        if kind != EventKind::Local && parents.iter().any(|p| !self.is_complete(p)) {
+            return Err(bad("a received version placed before its parents"));
+        }
+        self.place(id, parents, source, kind);
+        Ok(())
+    }
+
+    /// Keeps a decoded outlier (after every entry was restored).
+    fn restore_outlier(
+        &mut self,
+        id: ContentId,
+        parents: Vec<ContentId>,
+        source: Source,
+    ) -> Result<(), ReplicationError> {
+        if self.contains(&id) {
+            return Err(bad("an outlier held twice"));
+        }
+        self.outliers.insert(id, Outlier { parents, source });
+        Ok(())
+    }
+
+    /// Rebuilds what outliers wait for; refuses an outlier without a gap.
+    fn finish_restore(&mut self) -> Result<(), ReplicationError> {
+        for (id, o) in &self.outliers {
+            let mut gap = false;
+            for p in &o.parents {
+                self.referenced.insert(p.clone());
+                if !self.positions.contains_key(p) {
+                    gap = true;
+                    self.waiting
+                        .entry(p.clone())
+                        .or_default()
+                        .insert(id.clone());
+                }
+            }
+            if !gap {
+                return Err(bad("an outlier whose parents are all held"));
+            }
+        }
+        Ok(())
+    }
+
     fn decode(bytes: &[u8]) -> Result<Self, ReplicationError> {
         let mut r = Reader::new(
             bytes,
@@ -431,50 +473,20 @@ impl StreamIndex {
         let mut index = StreamIndex::new();
         let n = bounded_len(&mut r)?;
         for _ in 0..n {
-            expect_len(&mut r, 4)?;
-            let kind = match r.read_uint()? {
-                0 => EventKind::Local,
-                1 => EventKind::New,
-                2 => EventKind::Backfill,
-                other => return Err(bad(format!("entry kind {other}"))),
-            };
-            let (id, parents, source) = read_version(&mut r)?;
-            if index.contains(&id) {
-                return Err(bad("a version placed twice"));
-            }
-            if kind != EventKind::Local && parents.iter().any(|p| !index.is_complete(p)) {
-                return Err(bad("a received version placed before its parents"));
-            }
-            index.place(id, parents, source, kind);
+            let (kind, id, parents, source) = read_entry(&mut r)?;
+            index.restore_entry(kind, id, parents, source)?;
         }
         let n = bounded_len(&mut r)?;
         let mut last: Option<ContentId> = None;
         for _ in 0..n {
-            expect_len(&mut r, 3)?;
-            let (id, parents, source) = read_version(&mut r)?;
-            if last.as_ref().is_some_and(|l| *l >= id) || index.contains(&id) {
-                return Err(bad("outliers not strictly ascending or already placed"));
+            let (id, parents, source) = read_outlier(&mut r)?;
+            if last.as_ref().is_some_and(|l| *l >= id) {
+                return Err(bad("outliers not strictly ascending"));
             }
             last = Some(id.clone());
-            index.outliers.insert(id, Outlier { parents, source });
+            index.restore_outlier(id, parents, source)?;
         }
-        for (id, o) in &index.outliers {
-            let mut gap = false;
-            for p in &o.parents {
-                index.referenced.insert(p.clone());
-                if !index.is_complete(p) {
-                    gap = true;
-                    index
-                        .waiting
-                        .entry(p.clone())
-                        .or_default()
-                        .insert(id.clone());
-                }
-            }
-            if !gap {
-                return Err(bad("an outlier whose parents are all held"));
-            }
-        }
+        index.finish_restore()?;
         let n = bounded_len(&mut r)?;
         let mut last: Option<PeerId> = None;
         for _ in 0..n {
@@ -488,6 +500,199 @@ impl StreamIndex {
         }
         r.finish()?;
         Ok(index)
+    }
+}
+
+/// A [`StreamIndex`] kept in a sled tree ([`DurableStream::TREE`]), so stream
+/// positions, outliers and peer read positions survive a restart.
+///
+/// Each placed entry is stored under its position, each outlier under its id,
+/// each peer position under the peer, in the record forms of
+/// [`StreamIndex::to_bytes`]; opening rebuilds the index with the same strict
+/// checks as [`StreamIndex::from_bytes`]. Every change is one atomic batch,
+/// flushed before the call returns `Ok`. If writing fails the in-memory index
+/// may be ahead of the disk, so every later call fails with
+/// [`ReplicationError::Storage`] until the stream is reopened.
+#[derive(Debug)]
+pub struct DurableStream {
+    index: StreamIndex,
+    tree: sled::Tree,
+    broken: bool,
+}
+
+const ENTRY_PREFIX: u8 = b'e';
+const OUTLIER_PREFIX: u8 = b'o';
+const PEER_PREFIX: u8 = b'p';
+
+fn prefixed(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn sled_error(e: sled::Error) -> ReplicationError {
+    ReplicationError::Storage(e.to_string())
+}
+
+fn record_reader(bytes: &[u8]) -> Reader<'_> {
+    Reader::new(
+        bytes,
+        Limits {
+            max_depth: 3,
+            max_len: (MAX_PARENTS + 1) as u64 * (MAX_CID_LEN as u64 + 3),
+        },
+    )
+}
+
+impl DurableStream {
+    /// The name of the sled tree the stream uses inside a database.
+    pub const TREE: &'static str = "ecomesh-stream";
+
+    /// Opens (creating if needed) a sled database in `dir` and the stream in it.
+    pub fn open(dir: &std::path::Path) -> Result<Self, ReplicationError> {
+        let db = sled::open(dir).map_err(sled_error)?;
+        Self::open_in(&db)
+    }
+
+    /// Opens the stream in the tree [`Self::TREE`] of an open database (the
+    /// sync queue's, for example). A record that does not decode, entries
+    /// whose positions are not 1, 2, 3..., or any state
+    /// [`StreamIndex::from_bytes`] would refuse is [`ReplicationError::Malformed`].
+    pub fn open_in(db: &sled::Db) -> Result<Self, ReplicationError> {
+        let tree = db.open_tree(Self::TREE).map_err(sled_error)?;
+        let mut index = StreamIndex::new();
+        for kv in tree.scan_prefix([ENTRY_PREFIX]) {
+            let (k, v) = kv.map_err(sled_error)?;
+            let position = <[u8; 8]>::try_from(&k[1..])
+                .map(u64::from_be_bytes)
+                .map_err(|_| bad("entry key"))?;
+            if position != index.head() + 1 {
+                return Err(bad(format!("entry {position} after {}", index.head())));
+            }
+            let mut r = record_reader(&v);
+            let (kind, id, parents, source) = read_entry(&mut r).map_err(wire_to_bad)?;
+            r.finish().map_err(|e| bad(e.to_string()))?;
+            index.restore_entry(kind, id, parents, source)?;
+        }
+        for kv in tree.scan_prefix([OUTLIER_PREFIX]) {
+            let (k, v) = kv.map_err(sled_error)?;
+            let mut r = record_reader(&v);
+            let (id, parents, source) = read_outlier(&mut r).map_err(wire_to_bad)?;
+            r.finish().map_err(|e| bad(e.to_string()))?;
+            if k[1..] != id.0[..] {
+                return Err(bad("outlier stored under another id"));
+            }
+            index.restore_outlier(id, parents, source)?;
+        }
+        index.finish_restore()?;
+        for kv in tree.scan_prefix([PEER_PREFIX]) {
+            let (k, v) = kv.map_err(sled_error)?;
+            let peer = PeerId::from_slice(&k[1..]).map_err(|e| bad(e.to_string()))?;
+            let position = <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| bad("peer position"))?;
+            index.peers.insert(peer, position);
+        }
+        Ok(DurableStream {
+            index,
+            tree,
+            broken: false,
+        })
+    }
+
+    /// The index (read-only: positions, outliers, delta pages).
+    pub fn index(&self) -> &StreamIndex {
+        &self.index
+    }
+
+    fn check(&self) -> Result<(), ReplicationError> {
+        if self.broken {
+            return Err(ReplicationError::Storage(
+                "an earlier write failed; reopen the stream".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, batch: sled::Batch) -> Result<(), ReplicationError> {
+        let result = self
+            .tree
+            .apply_batch(batch)
+            .and_then(|()| self.tree.flush().map(|_| ()))
+            .map_err(sled_error);
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    /// [`StreamIndex::ingest`], durable when it returns `Ok`.
+    pub fn ingest(
+        &mut self,
+        id: ContentId,
+        parents: Vec<ContentId>,
+        source: Source,
+    ) -> Result<Vec<Ingested>, ReplicationError> {
+        self.check()?;
+        let out = self.index.ingest(id, parents, source)?;
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let mut batch = sled::Batch::default();
+        for event in &out {
+            match event.position {
+                Some(position) => {
+                    let Some(e) = position
+                        .checked_sub(1)
+                        .and_then(|i| usize::try_from(i).ok())
+                        .and_then(|i| self.index.log.get(i))
+                    else {
+                        continue;
+                    };
+                    let mut w = Writer::new();
+                    write_entry(&mut w, e.kind, &e.id, &e.parents, &e.source);
+                    batch.insert(
+                        prefixed(ENTRY_PREFIX, &position.to_be_bytes()),
+                        w.into_bytes(),
+                    );
+                    batch.remove(prefixed(OUTLIER_PREFIX, &e.id.0));
+                }
+                None => {
+                    if let Some(o) = self.index.outliers.get(&event.id) {
+                        let mut w = Writer::new();
+                        write_outlier(&mut w, &event.id, &o.parents, &o.source);
+                        batch.insert(prefixed(OUTLIER_PREFIX, &event.id.0), w.into_bytes());
+                    }
+                }
+            }
+        }
+        self.commit(batch)?;
+        Ok(out)
+    }
+
+    /// [`StreamIndex::observe_peer`], durable when it returns `Ok`.
+    pub fn observe_peer(
+        &mut self,
+        peer: PeerId,
+        position: Position,
+    ) -> Result<Position, ReplicationError> {
+        self.check()?;
+        let known = self.index.peers.get(&peer).copied();
+        let now = self.index.observe_peer(peer, position);
+        if known != Some(now) {
+            let mut batch = sled::Batch::default();
+            batch.insert(prefixed(PEER_PREFIX, peer.as_bytes()), &now.to_be_bytes());
+            self.commit(batch)?;
+        }
+        Ok(now)
+    }
+}
+
+fn wire_to_bad(e: ReplicationError) -> ReplicationError {
+    match e {
+        ReplicationError::Wire(e) => bad(e.to_string()),
+        other => other,
     }
 }
 
@@ -530,9 +735,57 @@ fn read_peer(r: &mut Reader<'_>) -> Result<PeerId, ReplicationError> {
     PeerId::from_slice(r.read_bytes()?).map_err(|e| bad(e.to_string()))
 }
 
-fn read_version(
+fn write_version(w: &mut Writer, id: &ContentId, parents: &[ContentId], source: &Source) {
+    w.bytes(&id.0);
+    w.array(parents.len());
+    for p in parents {
+        w.bytes(&p.0);
+    }
+    match source {
+        Source::Local => w.null(),
+        Source::Remote(p) => w.bytes(p.as_bytes()),
+    }
+}
+
+fn write_entry(
+    w: &mut Writer,
+    kind: EventKind,
+    id: &ContentId,
+    parents: &[ContentId],
+    source: &Source,
+) {
+    w.array(4);
+    w.uint(kind.code());
+    write_version(w, id, parents, source);
+}
+
+fn write_outlier(w: &mut Writer, id: &ContentId, parents: &[ContentId], source: &Source) {
+    w.array(3);
+    write_version(w, id, parents, source);
+}
+
+type Version = (ContentId, Vec<ContentId>, Source);
+
+fn read_entry(
     r: &mut Reader<'_>,
-) -> Result<(ContentId, Vec<ContentId>, Source), ReplicationError> {
+) -> Result<(EventKind, ContentId, Vec<ContentId>, Source), ReplicationError> {
+    expect_len(r, 4)?;
+    let kind = match r.read_uint()? {
+        0 => EventKind::Local,
+        1 => EventKind::New,
+        2 => EventKind::Backfill,
+        other => return Err(bad(format!("entry kind {other}"))),
+    };
+    let (id, parents, source) = read_version(r)?;
+    Ok((kind, id, parents, source))
+}
+
+fn read_outlier(r: &mut Reader<'_>) -> Result<Version, ReplicationError> {
+    expect_len(r, 3)?;
+    read_version(r)
+}
+
+fn read_version(r: &mut Reader<'_>) -> Result<Version, ReplicationError> {
     let id = read_cid(r)?;
     let n = r.read_array_len()?;
     if n > MAX_PARENTS {
@@ -790,6 +1043,138 @@ mod tests {
             .collect();
         assert!(s.ingest(cid(1), many, remote(1)).is_err());
         assert_eq!(s, StreamIndex::new());
+    }
+
+    #[test]
+    fn durable_stream_survives_reopen_with_outliers_and_peer_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        // It shares the database with the sync queue.
+        let queue = crate::queue::SyncQueue::open_in(&db).unwrap();
+        let mut d = DurableStream::open_in(&db).unwrap();
+        d.ingest(cid(1), vec![], Source::Local).unwrap();
+        d.ingest(cid(3), vec![cid(2)], remote(1)).unwrap();
+        d.ingest(cid(4), vec![cid(3)], remote(1)).unwrap();
+        assert_eq!(d.observe_peer(peer(1), 7).unwrap(), 7);
+        assert_eq!(d.observe_peer(peer(1), 2).unwrap(), 7);
+        let before = d.index().clone();
+        drop(d);
+        let mut d = DurableStream::open_in(&db).unwrap();
+        assert_eq!(d.index(), &before);
+        assert_eq!(d.index().head(), 1);
+        assert_eq!(d.index().peer_position(&peer(1)), 7);
+        // The gap closes after the restart: both outliers are placed.
+        let out = d.ingest(cid(2), vec![cid(1)], remote(1)).unwrap();
+        assert_eq!(out.len(), 3);
+        drop(d);
+        drop(queue);
+        drop(db);
+        let d = DurableStream::open(dir.path()).unwrap();
+        assert_eq!(d.index().head(), 4);
+        assert_eq!(d.index().outliers().count(), 0);
+        assert_eq!(d.index().position_of(&cid(4)), Some(4));
+        assert_eq!(d.index().changes_since(0, 10).entries.len(), 4);
+    }
+
+    #[test]
+    fn durable_stream_refuses_corrupt_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let mut d = DurableStream::open_in(&db).unwrap();
+        d.ingest(cid(1), vec![], Source::Local).unwrap();
+        d.ingest(cid(2), vec![cid(1)], remote(1)).unwrap();
+        drop(d);
+        let tree = db.open_tree(DurableStream::TREE).unwrap();
+        let malformed = |db: &sled::Db| {
+            matches!(
+                DurableStream::open_in(db),
+                Err(ReplicationError::Malformed { .. })
+            )
+        };
+        // A garbage entry record.
+        let good = tree
+            .get(prefixed(ENTRY_PREFIX, &2_u64.to_be_bytes()))
+            .unwrap()
+            .unwrap();
+        tree.insert(
+            prefixed(ENTRY_PREFIX, &2_u64.to_be_bytes()),
+            &[0x84, 0x09][..],
+        )
+        .unwrap();
+        assert!(malformed(&db));
+        // A gap in the positions.
+        tree.remove(prefixed(ENTRY_PREFIX, &2_u64.to_be_bytes()))
+            .unwrap();
+        tree.insert(prefixed(ENTRY_PREFIX, &3_u64.to_be_bytes()), good.clone())
+            .unwrap();
+        assert!(malformed(&db));
+        tree.remove(prefixed(ENTRY_PREFIX, &3_u64.to_be_bytes()))
+            .unwrap();
+        tree.insert(prefixed(ENTRY_PREFIX, &2_u64.to_be_bytes()), good)
+            .unwrap();
+        assert!(DurableStream::open_in(&db).is_ok());
+        // A bad peer key and a bad peer position.
+        tree.insert(prefixed(PEER_PREFIX, &[1, 2]), &5_u64.to_be_bytes())
+            .unwrap();
+        assert!(malformed(&db));
+        tree.remove(prefixed(PEER_PREFIX, &[1, 2])).unwrap();
+        tree.insert(prefixed(PEER_PREFIX, peer(1).as_bytes()), &[5][..])
+            .unwrap();
+        assert!(malformed(&db));
+        tree.remove(prefixed(PEER_PREFIX, peer(1).as_bytes()))
+            .unwrap();
+        // An outlier under the wrong key, and an outlier with no gap.
+        let mut w = Writer::new();
+        write_outlier(&mut w, &cid(9), &[cid(8)], &Source::Local);
+        tree.insert(prefixed(OUTLIER_PREFIX, &cid(7).0), w.into_bytes())
+            .unwrap();
+        assert!(malformed(&db));
+        tree.remove(prefixed(OUTLIER_PREFIX, &cid(7).0)).unwrap();
+        let mut w = Writer::new();
+        write_outlier(&mut w, &cid(9), &[cid(1)], &Source::Local);
+        tree.insert(prefixed(OUTLIER_PREFIX, &cid(9).0), w.into_bytes())
+            .unwrap();
+        assert!(malformed(&db));
+    }
+
+    #[test]
+    fn durable_stream_matches_the_in_memory_index_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DurableStream::open(dir.path()).unwrap();
+        let mut model = StreamIndex::new();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for step in 0..300 {
+            let r = next();
+            let id = cid((r % 64) as u8);
+            let parents: Vec<ContentId> = (0..(r >> 8) % 3)
+                .map(|i| cid(((r >> (16 + 8 * i)) % 64) as u8))
+                .collect();
+            let source = if (r >> 40) % 5 == 0 {
+                Source::Local
+            } else {
+                remote(((r >> 44) % 3) as u8)
+            };
+            assert_eq!(
+                d.ingest(id.clone(), parents.clone(), source).unwrap(),
+                model.ingest(id, parents, source).unwrap()
+            );
+            if (r >> 50) % 4 == 0 {
+                let p = peer(((r >> 52) % 3) as u8);
+                let pos = (r >> 54) % 100;
+                assert_eq!(d.observe_peer(p, pos).unwrap(), model.observe_peer(p, pos));
+            }
+            if step % 50 == 49 {
+                drop(d);
+                d = DurableStream::open(dir.path()).unwrap();
+                assert_eq!(d.index(), &model, "after reopen at step {step}");
+            }
+        }
     }
 
     fn build(ops: &[(u8, Vec<u8>, Option<u8>)]) -> StreamIndex {

@@ -70,7 +70,7 @@ fn queue_matches_its_model() {
             0..=3 => {
                 let n = rng.next();
                 let factor = 1 + rng.below(4) as u32;
-                let item = if n % 2 == 0 {
+                let item = if n.is_multiple_of(2) {
                     SyncItem::Replicate {
                         collection: format!("c{}", n % 5),
                         id: format!("d{n}"),
