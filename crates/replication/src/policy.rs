@@ -815,6 +815,17 @@ impl ReplicationManager {
         }
     }
 
+    /// The queue item that pushes blob (or shard) `blob` referred to by
+    /// document `id` (or by the collection) with the collection's factor.
+    pub fn push_blob(&self, collection: &str, id: Option<&str>, blob: ContentId) -> SyncItem {
+        SyncItem::PushBlob {
+            blob,
+            collection: collection.to_owned(),
+            id: id.map(str::to_owned),
+            factor: self.factor_for(collection),
+        }
+    }
+
     /// [`gc_eligibility`] on this node.
     pub fn gc_eligibility(&self, item: &GcItem<'_>, now_ms: u64) -> GcVerdict {
         gc_eligibility(&self.config, &self.pins, &self.local.peer, item, now_ms)
@@ -1140,6 +1151,28 @@ mod tests {
             5
         );
         assert_eq!(m.tombstone("users", "u", ContentId(vec![1])).factor(), 3);
+        // Every queue item names the scope whose reach gates sending it.
+        m.reach.set_document("files", "secret", Reach::Private);
+        let push = m.push_blob("files", Some("secret"), ContentId(vec![2]));
+        assert_eq!(push.factor(), 3);
+        assert_eq!(push.reach_scope(), ("files", Some("secret")));
+        let (c, id) = push.reach_scope();
+        assert!(
+            m.reach
+                .ensure_admitted(c, id, &Relation::new(peer(1), Trust::Family))
+                .is_err()
+        );
+        let whole = m.push_blob("files", None, ContentId(vec![2]));
+        let (c, id) = whole.reach_scope();
+        assert!(
+            m.reach
+                .ensure_admitted(c, id, &Relation::new(peer(1), Trust::Stranger))
+                .is_ok()
+        );
+        assert_eq!(
+            m.replicate("family", "d", ContentId(vec![3])).reach_scope(),
+            ("family", Some("d"))
+        );
         let replicas: BTreeSet<_> = [peer(1), peer(2), peer(3)].into();
         assert!(m.gc_eligibility(&old_item(&replicas), NOW).is_eligible());
     }

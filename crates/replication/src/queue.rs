@@ -19,7 +19,8 @@
 //!
 //! A record is a canonical CBOR array (through `ecomesh-wire`'s strict reader):
 //! `[1, 0|1, collection, id, version, factor, acked]` for a document version
-//! (0) or tombstone (1), `[1, 2, blob, factor, acked]` for a blob push, where
+//! (0) or tombstone (1), `[1, 2, blob, collection, id | null, factor, acked]`
+//! for a blob push, where
 //! `acked` is an array of 32-byte peer ids in strictly ascending byte order,
 //! shorter than `factor`. Any other form, an oversized record, a name or CID
 //! beyond the bounds, is [`ReplicationError::Malformed`] or
@@ -80,6 +81,11 @@ pub enum SyncItem {
     PushBlob {
         /// The blob's or shard's content id.
         blob: ContentId,
+        /// The collection whose data refers to it: its reach gates the push.
+        collection: String,
+        /// The document that refers to it, when one does (its reach may be
+        /// narrower than the collection's).
+        id: Option<String>,
         /// How many distinct peers must acknowledge it.
         factor: u32,
     },
@@ -92,6 +98,17 @@ impl SyncItem {
             SyncItem::Replicate { factor, .. }
             | SyncItem::Tombstone { factor, .. }
             | SyncItem::PushBlob { factor, .. } => *factor,
+        }
+    }
+
+    /// The collection and document whose reach decides who may receive the
+    /// item: pass them to [`crate::reach::ReachPolicy::ensure_admitted`] before
+    /// sending to a peer.
+    pub fn reach_scope(&self) -> (&str, Option<&str>) {
+        match self {
+            SyncItem::Replicate { collection, id, .. }
+            | SyncItem::Tombstone { collection, id, .. } => (collection, Some(id)),
+            SyncItem::PushBlob { collection, id, .. } => (collection, id.as_deref()),
         }
     }
 
@@ -117,7 +134,18 @@ impl SyncItem {
                 version,
                 ..
             } => (&[collection, id], version),
-            SyncItem::PushBlob { blob, .. } => (&[], blob),
+            SyncItem::PushBlob {
+                blob,
+                collection,
+                id: None,
+                ..
+            } => (&[collection], blob),
+            SyncItem::PushBlob {
+                blob,
+                collection,
+                id: Some(id),
+                ..
+            } => (&[collection, id], blob),
         };
         for name in names {
             bound("queue item name", name.len(), MAX_NAME_LEN)?;
@@ -193,11 +221,21 @@ impl Pending {
                 w.bytes(&version.0);
                 w.uint(u64::from(*factor));
             }
-            SyncItem::PushBlob { blob, factor } => {
-                w.array(5);
+            SyncItem::PushBlob {
+                blob,
+                collection,
+                id,
+                factor,
+            } => {
+                w.array(7);
                 w.uint(FORMAT);
                 w.uint(KIND_PUSH_BLOB);
                 w.bytes(&blob.0);
+                w.text(collection);
+                match id {
+                    Some(id) => w.text(id),
+                    None => w.null(),
+                }
                 w.uint(u64::from(*factor));
             }
         }
@@ -236,8 +274,7 @@ impl Pending {
             return Err(malformed(format!("unknown format {format}")));
         }
         let kind = r.read_uint()?;
-        let expected_len = if kind == KIND_PUSH_BLOB { 5 } else { 7 };
-        if len != expected_len {
+        if len != 7 {
             return Err(malformed(format!("{len} fields for kind {kind}")));
         }
         let read_factor = |r: &mut Reader<'_>| -> Result<u32, ReplicationError> {
@@ -268,8 +305,19 @@ impl Pending {
             }
             KIND_PUSH_BLOB => {
                 let blob = ContentId(r.read_bytes()?.to_vec());
+                let collection = r.read_text()?.to_owned();
+                let id = if r.read_null_or()? {
+                    None
+                } else {
+                    Some(r.read_text()?.to_owned())
+                };
                 let factor = read_factor(&mut r)?;
-                SyncItem::PushBlob { blob, factor }
+                SyncItem::PushBlob {
+                    blob,
+                    collection,
+                    id,
+                    factor,
+                }
             }
             other => return Err(malformed(format!("unknown kind {other}"))),
         };
@@ -551,7 +599,14 @@ mod tests {
                     factor: f,
                 }
             }),
-            (cid, factor).prop_map(|(b, f)| SyncItem::PushBlob { blob: b, factor: f }),
+            (cid, name, proptest::option::of(name), factor).prop_map(|(b, c, i, f)| {
+                SyncItem::PushBlob {
+                    blob: b,
+                    collection: c,
+                    id: i,
+                    factor: f,
+                }
+            }),
         ]
     }
 
@@ -656,6 +711,8 @@ mod tests {
         assert!(q.enqueue(replicate(1, MAX_FACTOR + 1)).is_err());
         assert!(
             q.enqueue(SyncItem::PushBlob {
+                collection: "c".into(),
+                id: None,
                 blob: ContentId(vec![]),
                 factor: 1
             })
@@ -663,6 +720,8 @@ mod tests {
         );
         assert!(matches!(
             q.enqueue(SyncItem::PushBlob {
+                collection: "c".into(),
+                id: None,
                 blob: ContentId(vec![0; MAX_CID_LEN + 1]),
                 factor: 1
             }),
@@ -744,6 +803,8 @@ mod tests {
                 .unwrap();
             c = q
                 .enqueue(SyncItem::PushBlob {
+                    collection: "files".into(),
+                    id: Some("f1".into()),
                     blob: ContentId(vec![4; 36]),
                     factor: 2,
                 })

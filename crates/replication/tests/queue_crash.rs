@@ -61,6 +61,8 @@ fn item(n: u64) -> SyncItem {
         },
         _ => SyncItem::PushBlob {
             blob: ContentId([n.to_be_bytes(), [7; 8]].concat()),
+            collection: "files".into(),
+            id: n.is_multiple_of(2).then(|| format!("f{n}")),
             factor,
         },
     }

@@ -80,6 +80,8 @@ fn queue_matches_its_model() {
                 } else {
                     SyncItem::PushBlob {
                         blob: ContentId(n.to_le_bytes().to_vec()),
+                        collection: "files".into(),
+                        id: n.is_multiple_of(3).then(|| format!("f{n}")),
                         factor,
                     }
                 };
@@ -146,6 +148,8 @@ fn queue_matches_its_model() {
     assert!(
         q.enqueue(SyncItem::PushBlob {
             blob: ContentId(vec![1]),
+            collection: "files".into(),
+            id: None,
             factor: 1
         })
         .unwrap()
