@@ -3,7 +3,9 @@
 //! every kill the queue must reopen with every item whose enqueue returned Ok
 //! and that was not completed, with its per-peer acknowledgements, and without
 //! the items whose final acknowledgement returned Done. Sequence numbers must
-//! keep growing across restarts.
+//! keep growing across restarts. The child also feeds a `DurableStream` in the
+//! same database: every stream position it was given must survive, and every
+//! outlier must still be held (or placed).
 //!
 //! The child is this test binary re-executed on the ignored `queue_crash_child`
 //! entry point. Restarts: `ECOMESH_CRASH_RESTARTS` (default 10). The seed is
@@ -23,6 +25,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ecomesh_replication::queue::{AckOutcome, SyncItem, SyncQueue};
+use ecomesh_replication::stream::{DurableStream, Source};
 use ecomesh_types::{ContentId, PeerId};
 
 struct Rng(u64);
@@ -36,6 +39,14 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
+}
+
+fn version(n: u64) -> ContentId {
+    ContentId(n.to_be_bytes().to_vec())
+}
+
+fn hex(id: &ContentId) -> String {
+    id.0.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn peer(n: u8) -> PeerId {
@@ -83,7 +94,11 @@ fn queue_crash_child() {
         .unwrap()
         .parse()
         .unwrap();
-    let q = SyncQueue::open(Path::new(&dir)).unwrap();
+    // The queue and the stream share one database, as a node keeps them.
+    let db = sled::open(Path::new(&dir)).unwrap();
+    let q = SyncQueue::open_in(&db).unwrap();
+    let mut stream = DurableStream::open_in(&db).unwrap();
+    let mut previous: Option<ContentId> = None;
     let mut mine: Vec<u64> = Vec::new();
     let mut out = std::io::stdout().lock();
     // libtest prints "test queue_crash_child ... " without a newline first.
@@ -94,10 +109,39 @@ fn queue_crash_child() {
             let seq = q.enqueue(item(n)).unwrap();
             mine.push(seq);
             writeln!(out, "enq {seq} {n}").unwrap();
+            // A local version on the previous one; every fourth time also a
+            // remote version whose parent is the next local one (an outlier
+            // until then).
+            let id = version(n);
+            let mut events = stream
+                .ingest(
+                    id.clone(),
+                    previous.iter().cloned().collect(),
+                    Source::Local,
+                )
+                .unwrap();
+            previous = Some(id);
+            if n.is_multiple_of(4) {
+                let remote = ContentId([&[0xEE_u8][..], &n.to_be_bytes()].concat());
+                events.extend(
+                    stream
+                        .ingest(remote, vec![version(n + 1)], Source::Remote(peer(9)))
+                        .unwrap(),
+                );
+            }
+            for e in events {
+                let pos = e.position.map_or("-".to_owned(), |p| p.to_string());
+                writeln!(out, "str {pos} {}", hex(&e.id)).unwrap();
+            }
         } else {
             let i = rng.below(mine.len() as u64) as usize;
             let seq = mine[i];
             let p = rng.below(4) as u8 + 1;
+            // Announced first: if the kill lands after the ack took effect but
+            // before its result is printed, the supervisor knows the item may
+            // be gone.
+            writeln!(out, "try {seq} {p}").unwrap();
+            out.flush().unwrap();
             match q.ack(seq, peer(p)).unwrap() {
                 AckOutcome::Done => {
                     mine.swap_remove(i);
@@ -138,7 +182,10 @@ fn run_child(
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if (line.starts_with("enq ") || line.starts_with("ack ")) && tx.send(line).is_err() {
+            let ours = ["enq ", "ack ", "str ", "try "]
+                .iter()
+                .any(|p| line.starts_with(p));
+            if ours && tx.send(line).is_err() {
                 break;
             }
         }
@@ -191,6 +238,9 @@ fn queue_survives_sigkill() {
     // seq -> (n, peers acknowledged) for items enqueued and not done.
     let mut live: BTreeMap<u64, (u64, BTreeSet<PeerId>)> = BTreeMap::new();
     let mut done: BTreeSet<u64> = BTreeSet::new();
+    // Stream entries printed by the child: id (hex) -> position; outliers.
+    let mut placed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut outliers: BTreeSet<String> = BTreeSet::new();
     let mut max_seq = 0;
     for restart in 0..restarts {
         let wanted = 1 + rng.below(60) as usize;
@@ -203,9 +253,30 @@ fn queue_survives_sigkill() {
             jitter,
         );
         let mut first_seq_this_run = None;
+        // An acknowledgement announced but without a printed result.
+        let mut in_flight: Option<u64> = None;
         for line in &lines {
             let parts: Vec<&str> = line.split(' ').collect();
+            if parts[0] == "str" {
+                match parts[1] {
+                    "-" => {
+                        outliers.insert(parts[2].to_owned());
+                    }
+                    pos => {
+                        outliers.remove(parts[2]);
+                        placed.insert(parts[2].to_owned(), pos.parse().unwrap());
+                    }
+                }
+                continue;
+            }
             let seq: u64 = parts[1].parse().unwrap();
+            if parts[0] == "try" {
+                in_flight = Some(seq);
+                continue;
+            }
+            if parts[0] == "ack" {
+                in_flight = None;
+            }
             match parts[0] {
                 "enq" => {
                     first_seq_this_run.get_or_insert(seq);
@@ -234,11 +305,39 @@ fn queue_survives_sigkill() {
         max_seq = max_seq.max(
             lines
                 .iter()
+                .filter(|l| !l.starts_with("str "))
                 .map(|l| l.split(' ').nth(1).unwrap().parse::<u64>().unwrap())
                 .max()
                 .unwrap_or(0),
         );
-        let q = SyncQueue::open(dir.path()).unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let stream = DurableStream::open_in(&db)
+            .unwrap_or_else(|e| panic!("restart {restart} (seed {seed}): stream: {e}"));
+        let index = stream.index();
+        for (id, pos) in &placed {
+            let found = index.changes_since(pos - 1, 1).entries;
+            assert!(
+                found
+                    .first()
+                    .is_some_and(|e| hex(&e.id) == *id && e.position == *pos),
+                "restart {restart} (seed {seed}): stream entry {pos} ({id}) lost"
+            );
+        }
+        let held: BTreeSet<String> = index.outliers().map(hex).collect();
+        for id in &outliers {
+            // Either still an outlier or placed by a call whose line was cut off.
+            let placed_later = index
+                .changes_since(0, usize::MAX)
+                .entries
+                .iter()
+                .any(|e| hex(&e.id) == *id);
+            assert!(
+                held.contains(id) || placed_later,
+                "restart {restart} (seed {seed}): outlier {id} lost"
+            );
+        }
+        drop(stream);
+        let q = SyncQueue::open_in(&db).unwrap();
         let mut from = 0;
         let mut present = BTreeMap::new();
         loop {
@@ -253,9 +352,20 @@ fn queue_survives_sigkill() {
                 None => break,
             }
         }
+        if let Some(seq) = in_flight {
+            // It may have completed the item: present or not, both are right.
+            if !present.contains_key(&seq) {
+                live.remove(&seq);
+                done.insert(seq);
+            }
+        }
         for (seq, (n, acked)) in &live {
             let p = present.get(seq).unwrap_or_else(|| {
-                panic!("restart {restart} (seed {seed}): enqueued item {seq} lost")
+                let history: Vec<&String> = lines
+                    .iter()
+                    .filter(|l| !l.starts_with("str ") && l.split(' ').nth(1) == Some(&seq.to_string()))
+                    .collect();
+                panic!("restart {restart} (seed {seed}): enqueued item {seq} lost (its lines: {history:?})")
             });
             assert_eq!(
                 p.item,
