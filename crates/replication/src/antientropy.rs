@@ -172,8 +172,11 @@ enum State {
 }
 
 /// One reconciliation with one peer (see the [module docs](self)).
-pub struct Session<'a, S: ReconcileStore + ?Sized> {
-    store: &'a S,
+///
+/// The session owns its view of the store: pass `&store` to borrow it for the
+/// session's lifetime, or an `Arc` to keep long-lived sessions in a driver.
+pub struct Session<S: ReconcileStore> {
+    store: S,
     peer: PeerId,
     config: Config,
     state: State,
@@ -185,7 +188,7 @@ pub struct Session<'a, S: ReconcileStore + ?Sized> {
     requested: HashSet<ContentId>,
 }
 
-impl<S: ReconcileStore + ?Sized> std::fmt::Debug for Session<'_, S> {
+impl<S: ReconcileStore> std::fmt::Debug for Session<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("peer", &self.peer)
@@ -233,9 +236,9 @@ fn digest_of(cid: &ContentId) -> [u8; DIGEST_LEN] {
     short::<DIGEST_LEN>(cid)
 }
 
-impl<'a, S: ReconcileStore + ?Sized> Session<'a, S> {
+impl<S: ReconcileStore> Session<S> {
     /// A session with `peer` over `store`.
-    pub fn new(store: &'a S, peer: PeerId, config: Config) -> Self {
+    pub fn new(store: S, peer: PeerId, config: Config) -> Self {
         Session {
             store,
             peer,
@@ -501,7 +504,7 @@ impl<'a, S: ReconcileStore + ?Sized> Session<'a, S> {
         path: &[u8],
     ) -> Result<BTreeMap<Short, (String, Vec<Short>)>, ReplicationError> {
         let mut out = BTreeMap::new();
-        for e in entries_under(self.store, collection, path)? {
+        for e in entries_under(&self.store, collection, path)? {
             let key = key_of(&e.key_hash);
             if out.contains_key(&key) {
                 tracing::warn!(collection, id = %e.id, "8-byte key collision; document skipped");
@@ -599,7 +602,7 @@ impl<'a, S: ReconcileStore + ?Sized> Session<'a, S> {
                 continue;
             }
             let dag = DocDag::load(
-                self.store,
+                &self.store,
                 self.store.heads(collection, id)?,
                 self.config.max_history,
             )?;
@@ -637,7 +640,7 @@ impl<'a, S: ReconcileStore + ?Sized> Session<'a, S> {
                     Some(n) => path.push(n),
                     None => {
                         // Deeper than the key reaches: search the subtree.
-                        return Ok(entries_under(self.store, collection, &path)?
+                        return Ok(entries_under(&self.store, collection, &path)?
                             .into_iter()
                             .find(|e| key_of(&e.key_hash) == *key && under(&e.key_hash, &path))
                             .map(|e| e.id));
@@ -657,7 +660,7 @@ impl<'a, S: ReconcileStore + ?Sized> Session<'a, S> {
             return Ok(());
         };
         let dag = DocDag::load(
-            self.store,
+            &self.store,
             self.store.heads(collection, &id)?,
             self.config.max_history,
         )?;
@@ -684,7 +687,7 @@ impl<'a, S: ReconcileStore + ?Sized> Session<'a, S> {
         collection: &str,
         path: &[u8],
     ) -> Result<(), ReplicationError> {
-        for e in entries_under(self.store, collection, path)? {
+        for e in entries_under(&self.store, collection, path)? {
             self.push_doc(reply, collection, &e.id, &[])?;
         }
         Ok(())
@@ -698,7 +701,7 @@ impl<'a, S: ReconcileStore + ?Sized> Session<'a, S> {
         known: &[ContentId],
     ) -> Result<(), ReplicationError> {
         let dag = DocDag::load(
-            self.store,
+            &self.store,
             self.store.heads(collection, id)?,
             self.config.max_history,
         )?;

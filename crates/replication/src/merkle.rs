@@ -187,3 +187,46 @@ mod tests {
         assert_eq!(short::<7>(&cid), [0, 0, 1, 2, 3, 4, 5]);
     }
 }
+
+macro_rules! forward_reconcile_store {
+    ($($ty:ty),*) => {$(
+        impl<T: ReconcileStore + ?Sized> ReconcileStore for $ty {
+            fn root(&self) -> Result<ContentId, ReplicationError> {
+                (**self).root()
+            }
+            fn collections(&self) -> Result<Vec<String>, ReplicationError> {
+                (**self).collections()
+            }
+            fn collection_root(
+                &self,
+                collection: &str,
+            ) -> Result<Option<ContentId>, ReplicationError> {
+                (**self).collection_root(collection)
+            }
+            fn merkle_node(
+                &self,
+                collection: &str,
+                path: &[u8],
+            ) -> Result<Option<MerkleNode>, ReplicationError> {
+                (**self).merkle_node(collection, path)
+            }
+            fn heads(&self, collection: &str, id: &str) -> Result<Vec<ContentId>, ReplicationError> {
+                (**self).heads(collection, id)
+            }
+            fn version_bytes(&self, cid: &ContentId) -> Result<Option<Vec<u8>>, ReplicationError> {
+                (**self).version_bytes(cid)
+            }
+            fn version_parents(
+                &self,
+                cid: &ContentId,
+            ) -> Result<Option<Vec<ContentId>>, ReplicationError> {
+                (**self).version_parents(cid)
+            }
+            fn apply_version(&self, bytes: &[u8]) -> Result<ApplyResult, ReplicationError> {
+                (**self).apply_version(bytes)
+            }
+        }
+    )*};
+}
+
+forward_reconcile_store!(&T, std::sync::Arc<T>, Box<T>);
