@@ -29,6 +29,7 @@ mod engine;
 mod error;
 mod keys;
 pub mod kv;
+mod p2p;
 mod reconcile;
 mod records;
 mod subs;
@@ -40,4 +41,8 @@ pub use engine::{
     Store, StoreConfig, SystemClock, VersionInfo,
 };
 pub use error::StoreError;
+pub use p2p::{
+    AE_TYPE, FETCH_TYPE, FETCHED_TYPE, P2PConfig, P2PStats, P2PStorageAdapter, PUSH_TYPE,
+    RandomSource, ReplicatedView,
+};
 pub use records::{StateRecord, VERSION_SIGNATURE_DOMAIN, VersionNode};

@@ -1,0 +1,1190 @@
+//! [`P2PStorageAdapter`]: the store, replicated over the mesh (seed 6, 7.3).
+//!
+//! - Reads are local first; a miss asks up to `fetch_peers` connected peers in
+//!   parallel for the document's versions, merges what arrives (so it is
+//!   cached) and answers from the local store.
+//! - Writes, updates, deletes (tombstone versions) and batches commit locally
+//!   and return at once; each new version node is pushed in the background
+//!   to up to the collection's replication factor of connected partners,
+//!   chosen by [`select_partners`] among the peers the document's reach admits.
+//! - Queries and subscriptions are local; subscriptions fire when remote
+//!   versions merge, because merging goes through the store.
+//! - On every new connection, and again every `resync_interval_ms`, the peer
+//!   with the smaller id opens an anti-entropy session
+//!   ([`ecomesh_replication::antientropy`]), so whatever a push missed
+//!   (the peer was away, a message was lost) is exchanged then, with traffic
+//!   proportional to the differences.
+//!
+//! The adapter is driven like the mesh: mesh events are queued by a listener
+//! and handled by [`P2PStorageAdapter::process`], which the owner calls with
+//! the current time after `MultiTransportManager::process`; the adapter reads
+//! no clock. Messages travel as signed mesh messages of the `ecomesh/ae`,
+//! `ecomesh/push`, `ecomesh/fetch` and `ecomesh/fetched` types, with a short TTL
+//! (they are not worth storing and forwarding for days: anti-entropy catches up).
+//! A peer that sends a version failing verification, or a frame that does not
+//! decode, is charged an integrity failure in the mesh's reputation table.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use ecomesh_mesh::reputation::Observation;
+use ecomesh_mesh::{MeshEvent, MultiTransportManager};
+use ecomesh_replication::ReplicationError;
+use ecomesh_replication::antientropy::{self, Event as AeEvent, Session};
+use ecomesh_replication::merkle::{ApplyResult, MerkleNode, ReconcileStore};
+use ecomesh_replication::policy::{Candidate, Origin, PinSet, ReplicationConfig, select_partners};
+use ecomesh_replication::reach::{Reach, ReachPolicy, Relation, Trust};
+use ecomesh_types::{
+    BatchOperation, BatchResult, BoxFuture, ContentId, Document, Error, HlcTimestamp, Listener,
+    Map, NetworkMessage, PeerId, Priority, Query, QueryPage, SetOptions, StorageAdapter,
+    Subscription, Value, WriteResult,
+};
+use ecomesh_wire::Limits;
+
+use crate::Store;
+use crate::kv::Backend;
+
+/// Mesh message type of anti-entropy frames.
+pub const AE_TYPE: &str = "ecomesh/ae";
+/// Mesh message type of a pushed version node (its exact bytes).
+pub const PUSH_TYPE: &str = "ecomesh/push";
+/// Mesh message type of a request for a document's versions.
+pub const FETCH_TYPE: &str = "ecomesh/fetch";
+/// Mesh message type of the answer to a fetch.
+pub const FETCHED_TYPE: &str = "ecomesh/fetched";
+
+/// A store as one peer may see it: collections local to this node (see
+/// [`P2PConfig::local_prefix`]) and, for a given peer, collections outside the
+/// peer's reach are invisible and have no effect on the root; the bytes of a
+/// version whose document is outside the peer's reach are never handed out;
+/// versions for invisible collections are refused.
+pub struct ReplicatedView<B: Backend> {
+    store: Arc<Store<B>>,
+    local_prefix: String,
+    reach: Arc<ReachPolicy>,
+    /// The peer this view is for; `None`: this node's own view of what it replicates.
+    relation: Option<Relation>,
+}
+
+impl<B: Backend> std::fmt::Debug for ReplicatedView<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicatedView")
+            .field("local_prefix", &self.local_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> ReplicatedView<B> {
+    fn replicates(&self, collection: &str) -> bool {
+        let local = !self.local_prefix.is_empty() && collection.starts_with(&self.local_prefix);
+        !local
+            && self
+                .relation
+                .is_none_or(|r| self.reach.admits(collection, None, &r))
+    }
+
+    fn document_visible(&self, collection: &str, id: &str) -> bool {
+        self.replicates(collection)
+            && self
+                .relation
+                .is_none_or(|r| self.reach.admits(collection, Some(id), &r))
+    }
+
+    /// The collection and id of a version node's bytes, if they decode.
+    fn document_of(bytes: &[u8]) -> Option<(String, String)> {
+        ecomesh_wire::decode::<crate::VersionNode>(bytes)
+            .ok()
+            .map(|v| (v.collection, v.id))
+    }
+}
+
+impl<B: Backend> ReconcileStore for ReplicatedView<B> {
+    fn root(&self) -> Result<ContentId, ReplicationError> {
+        let mut map = Map::new();
+        for c in self.collections()? {
+            if let Some(root) = self.collection_root(&c)? {
+                map.insert(c, Value::Link(root));
+            }
+        }
+        let bytes = ecomesh_wire::to_dag_cbor(&Value::Map(map))?;
+        Ok(ecomesh_wire::to_content_id(&ecomesh_wire::cid_of_dag_cbor(
+            &bytes,
+        )))
+    }
+
+    fn collections(&self) -> Result<Vec<String>, ReplicationError> {
+        Ok(ReconcileStore::collections(&*self.store)?
+            .into_iter()
+            .filter(|c| self.replicates(c))
+            .collect())
+    }
+
+    fn collection_root(&self, collection: &str) -> Result<Option<ContentId>, ReplicationError> {
+        if !self.replicates(collection) {
+            return Ok(None);
+        }
+        ReconcileStore::collection_root(&*self.store, collection)
+    }
+
+    fn merkle_node(
+        &self,
+        collection: &str,
+        path: &[u8],
+    ) -> Result<Option<MerkleNode>, ReplicationError> {
+        if !self.replicates(collection) {
+            return Ok(None);
+        }
+        ReconcileStore::merkle_node(&*self.store, collection, path)
+    }
+
+    fn heads(&self, collection: &str, id: &str) -> Result<Vec<ContentId>, ReplicationError> {
+        if !self.replicates(collection) {
+            return Ok(Vec::new());
+        }
+        ReconcileStore::heads(&*self.store, collection, id)
+    }
+
+    fn version_bytes(&self, cid: &ContentId) -> Result<Option<Vec<u8>>, ReplicationError> {
+        let b = ReconcileStore::version_bytes(&*self.store, cid)?;
+        Ok(
+            b.filter(|b| {
+                Self::document_of(b).is_some_and(|(c, id)| self.document_visible(&c, &id))
+            }),
+        )
+    }
+
+    fn version_parents(&self, cid: &ContentId) -> Result<Option<Vec<ContentId>>, ReplicationError> {
+        ReconcileStore::version_parents(&*self.store, cid)
+    }
+
+    fn apply_version(&self, bytes: &[u8]) -> Result<ApplyResult, ReplicationError> {
+        match Self::document_of(bytes) {
+            Some((c, _)) if self.replicates(&c) => {
+                ReconcileStore::apply_version(&*self.store, bytes)
+            }
+            Some((c, _)) => Ok(ApplyResult::Invalid(format!(
+                "collection {c:?} is local to this node or outside the sender's reach"
+            ))),
+            None => Ok(ApplyResult::Invalid("not a version node".into())),
+        }
+    }
+}
+
+/// Largest fetch request accepted, in bytes.
+const MAX_FETCH_REQUEST: usize = 64 << 10;
+
+/// Tunables of a [`P2PStorageAdapter`].
+#[derive(Clone)]
+pub struct P2PConfig {
+    /// Peers asked in parallel on a read miss (seed 6: K nearest).
+    pub fetch_peers: usize,
+    /// How long a read miss waits for peers, in milliseconds.
+    pub fetch_timeout_ms: u64,
+    /// Replication factors per collection: a new version is pushed to up to
+    /// this many partners chosen by [`select_partners`].
+    pub replication: ReplicationConfig,
+    /// User, app and region pins that restrict where data may be placed.
+    pub pins: PinSet,
+    /// A connected peer is reconciled again after this long, in milliseconds.
+    pub resync_interval_ms: u64,
+    /// An anti-entropy session that heard nothing for this long, in
+    /// milliseconds, is dropped (and restarted by its initiator).
+    pub session_timeout_ms: u64,
+    /// TTL of the adapter's mesh messages, in seconds.
+    pub message_ttl_secs: u32,
+    /// Mesh events queued between two `process` calls; more are dropped
+    /// (anti-entropy repairs what they carried).
+    pub inbox_capacity: usize,
+    /// Largest fetch answer, in bytes of version nodes.
+    pub max_fetch_bytes: usize,
+    /// Settings of the anti-entropy sessions.
+    pub antientropy: antientropy::Config,
+    /// Collections whose name starts with this prefix stay on this node: never
+    /// pushed, served, reconciled or accepted from peers (empty: none).
+    pub local_prefix: String,
+    /// Who may receive which collection or document (seed 001 reach); a peer
+    /// outside the reach never gets the bytes.
+    pub reach: ReachPolicy,
+    /// How this node relates to a peer (own device, family, ...), for reach.
+    pub trust: Arc<dyn Fn(&PeerId) -> Trust + Send + Sync>,
+}
+
+impl Default for P2PConfig {
+    fn default() -> Self {
+        P2PConfig {
+            fetch_peers: 3,
+            fetch_timeout_ms: 5_000,
+            replication: ReplicationConfig::seed_defaults(),
+            pins: PinSet::new(),
+            resync_interval_ms: 60_000,
+            session_timeout_ms: 20_000,
+            message_ttl_secs: 120,
+            inbox_capacity: 8192,
+            max_fetch_bytes: 8 << 20,
+            antientropy: antientropy::Config::default(),
+            local_prefix: "_".to_owned(),
+            reach: ReachPolicy::new(Reach::Commons),
+            trust: Arc::new(|_: &PeerId| Trust::Stranger),
+        }
+    }
+}
+
+impl std::fmt::Debug for P2PConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("P2PConfig")
+            .field("fetch_peers", &self.fetch_peers)
+            .field("replication", &self.replication)
+            .field("resync_interval_ms", &self.resync_interval_ms)
+            .field("local_prefix", &self.local_prefix)
+            .field("reach", &self.reach)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters of what the adapter did, for status displays and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct P2PStats {
+    /// Anti-entropy sessions opened by this side.
+    pub sessions_started: u64,
+    /// Anti-entropy sessions that ended with equal roots or nothing to do.
+    pub sessions_done: u64,
+    /// Versions merged from peers (pushes, fetches and anti-entropy).
+    pub versions_merged: u64,
+    /// Versions or frames refused from peers (charged to them).
+    pub rejected: u64,
+    /// Versions pushed to peers.
+    pub versions_pushed: u64,
+    /// Mesh events dropped because the inbox was full.
+    pub dropped_events: u64,
+}
+
+/// A one-shot slot a `get` waits on.
+type Slot = Arc<Mutex<(Option<Result<Option<Document>, Error>>, Option<Waker>)>>;
+
+struct Fetch {
+    collection: String,
+    id: String,
+    deadline_ms: Option<u64>,
+    asked: usize,
+    answered: usize,
+    slot: Slot,
+}
+
+/// One anti-entropy session with a peer, with the envelope state that keeps
+/// its messages in order: the mesh may lose, duplicate, reorder or (after a
+/// reconnection) replay messages, while a session needs each protocol message
+/// once and in order.
+struct AeSession<B: Backend> {
+    session: Session<Arc<ReplicatedView<B>>>,
+    sid: u64,
+    initiator: bool,
+    next_out: u64,
+    next_in: u64,
+    parts: BTreeMap<u64, Vec<Vec<u8>>>,
+    parts_bytes: usize,
+    last_activity_ms: u64,
+    applied_reported: u64,
+}
+
+impl<B: Backend> AeSession<B> {
+    fn active(&self) -> bool {
+        !self.session.is_done()
+    }
+}
+
+/// The envelope of one part of one anti-entropy protocol message.
+struct Envelope {
+    sid: u64,
+    seq: u64,
+    part: u64,
+    parts: u64,
+    frames: Vec<Vec<u8>>,
+}
+
+fn int_of(m: &Map, k: &str) -> Option<u64> {
+    match m.get(k) {
+        Some(Value::Integer(i)) => u64::try_from(*i).ok(),
+        _ => None,
+    }
+}
+
+fn encode_envelope(e: &Envelope) -> Vec<u8> {
+    let int = |v: u64| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+    let mut m = Map::new();
+    m.insert("s".into(), int(e.sid));
+    m.insert("n".into(), int(e.seq));
+    m.insert("k".into(), int(e.part));
+    m.insert("t".into(), int(e.parts));
+    m.insert(
+        "f".into(),
+        Value::Array(e.frames.iter().cloned().map(Value::Bytes).collect()),
+    );
+    ecomesh_wire::to_dag_cbor(&Value::Map(m)).unwrap_or_default()
+}
+
+fn decode_envelope(bytes: &[u8]) -> Option<Envelope> {
+    if bytes.len() > MAX_PART_BYTES + MAX_FETCH_REQUEST {
+        return None;
+    }
+    let limits = Limits {
+        max_depth: 4,
+        max_len: MAX_PART_BYTES as u64,
+    };
+    let Ok(Value::Map(m)) = ecomesh_wire::from_dag_cbor_with(bytes, &limits) else {
+        return None;
+    };
+    let Some(Value::Array(fs)) = m.get("f") else {
+        return None;
+    };
+    let mut frames = Vec::with_capacity(fs.len());
+    for f in fs {
+        match f {
+            Value::Bytes(b) => frames.push(b.clone()),
+            _ => return None,
+        }
+    }
+    let e = Envelope {
+        sid: int_of(&m, "s")?,
+        seq: int_of(&m, "n")?,
+        part: int_of(&m, "k")?,
+        parts: int_of(&m, "t")?,
+        frames,
+    };
+    (e.parts >= 1 && e.part < e.parts && e.parts <= MAX_PARTS).then_some(e)
+}
+
+/// Largest envelope payload (frames of one part), in bytes: below the wired
+/// transport's 16 MiB message limit with room for the mesh's own fields.
+const MAX_PART_BYTES: usize = 8 << 20;
+/// Most parts one protocol message may be split into.
+const MAX_PARTS: u64 = 64;
+
+struct Driver<B: Backend> {
+    sessions: BTreeMap<PeerId, AeSession<B>>,
+    next_sid: u64,
+    now_ms: u64,
+    outbox: VecDeque<(PeerId, &'static str, Vec<u8>)>,
+    fetches: BTreeMap<u64, Fetch>,
+    next_fetch: u64,
+    last_sync: BTreeMap<PeerId, u64>,
+    stats: P2PStats,
+}
+
+/// The store replicated over a [`MultiTransportManager`] (see the module docs).
+pub struct P2PStorageAdapter<B: Backend> {
+    store: Arc<Store<B>>,
+    view: Arc<ReplicatedView<B>>,
+    mesh: Arc<MultiTransportManager>,
+    config: P2PConfig,
+    inbox: Arc<Mutex<(VecDeque<MeshEvent>, u64)>>,
+    _subscription: Subscription,
+    driver: Mutex<Driver<B>>,
+    waker: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+    random: Mutex<Option<RandomSource>>,
+}
+
+/// Fills the 16 random bytes of a message id (see [`P2PStorageAdapter::set_random`]).
+pub type RandomSource = Arc<dyn Fn(&mut [u8; 16]) + Send + Sync>;
+
+impl<B: Backend> std::fmt::Debug for P2PStorageAdapter<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("P2PStorageAdapter")
+            .field("peer_id", &self.store.peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn fill(slot: &Slot, value: Result<Option<Document>, Error>) {
+    let waker = {
+        let mut s = lock(slot);
+        if s.0.is_none() {
+            s.0 = Some(value);
+        }
+        s.1.take()
+    };
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+struct Wait(Slot);
+
+impl Future for Wait {
+    type Output = Result<Option<Document>, Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut s = lock(&self.0);
+        match s.0.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                s.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+fn encode_fetch(req: u64, collection: &str, id: &str) -> Vec<u8> {
+    let mut m = Map::new();
+    m.insert(
+        "r".into(),
+        Value::Integer(i64::try_from(req).unwrap_or(i64::MAX)),
+    );
+    m.insert("c".into(), Value::Text(collection.to_owned()));
+    m.insert("i".into(), Value::Text(id.to_owned()));
+    ecomesh_wire::to_dag_cbor(&Value::Map(m)).unwrap_or_default()
+}
+
+fn decode_fetch(bytes: &[u8]) -> Option<(i64, String, String)> {
+    if bytes.len() > MAX_FETCH_REQUEST {
+        return None;
+    }
+    let limits = Limits {
+        max_depth: 4,
+        max_len: MAX_FETCH_REQUEST as u64,
+    };
+    let Ok(Value::Map(m)) = ecomesh_wire::from_dag_cbor_with(bytes, &limits) else {
+        return None;
+    };
+    match (m.get("r"), m.get("c"), m.get("i")) {
+        (Some(Value::Integer(r)), Some(Value::Text(c)), Some(Value::Text(i)))
+            if !c.is_empty() && !i.is_empty() =>
+        {
+            Some((*r, c.clone(), i.clone()))
+        }
+        _ => None,
+    }
+}
+
+fn encode_fetched(req: i64, versions: Vec<Vec<u8>>) -> Vec<u8> {
+    let mut m = Map::new();
+    m.insert("r".into(), Value::Integer(req));
+    m.insert(
+        "v".into(),
+        Value::Array(versions.into_iter().map(Value::Bytes).collect()),
+    );
+    ecomesh_wire::to_dag_cbor(&Value::Map(m)).unwrap_or_default()
+}
+
+fn decode_fetched(bytes: &[u8], max: usize) -> Option<(u64, Vec<Vec<u8>>)> {
+    if bytes.len() > max.saturating_add(MAX_FETCH_REQUEST) {
+        return None;
+    }
+    let limits = Limits {
+        max_depth: 4,
+        max_len: max as u64,
+    };
+    let Ok(Value::Map(m)) = ecomesh_wire::from_dag_cbor_with(bytes, &limits) else {
+        return None;
+    };
+    let r = match m.get("r") {
+        Some(Value::Integer(r)) => u64::try_from(*r).ok()?,
+        _ => return None,
+    };
+    let Some(Value::Array(vs)) = m.get("v") else {
+        return None;
+    };
+    let mut out = Vec::with_capacity(vs.len());
+    for v in vs {
+        match v {
+            Value::Bytes(b) => out.push(b.clone()),
+            _ => return None,
+        }
+    }
+    Some((r, out))
+}
+
+impl<B: Backend> P2PStorageAdapter<B> {
+    /// Replicates `store` over `mesh`. The mesh must sign as the store's identity.
+    pub fn new(store: Arc<Store<B>>, mesh: Arc<MultiTransportManager>, config: P2PConfig) -> Self {
+        let inbox: Arc<Mutex<(VecDeque<MeshEvent>, u64)>> = Arc::default();
+        let cap = config.inbox_capacity;
+        let q = inbox.clone();
+        let sub = mesh.subscribe(Arc::new(move |ev: &MeshEvent| {
+            let wanted = match ev {
+                MeshEvent::Message { message, .. } => matches!(
+                    message.message_type.as_str(),
+                    AE_TYPE | PUSH_TYPE | FETCH_TYPE | FETCHED_TYPE
+                ),
+                MeshEvent::PeerDiscovered(_) | MeshEvent::PeerLost(_) => true,
+                _ => false,
+            };
+            if wanted {
+                let mut q = lock(&q);
+                if q.0.len() >= cap {
+                    q.1 += 1;
+                } else {
+                    q.0.push_back(ev.clone());
+                }
+            }
+        }));
+        let view = Arc::new(ReplicatedView {
+            store: store.clone(),
+            local_prefix: config.local_prefix.clone(),
+            reach: Arc::new(config.reach.clone()),
+            relation: None,
+        });
+        P2PStorageAdapter {
+            store,
+            view,
+            mesh,
+            config,
+            inbox,
+            _subscription: sub,
+            driver: Mutex::new(Driver {
+                sessions: BTreeMap::new(),
+                next_sid: 1,
+                now_ms: 0,
+                outbox: VecDeque::new(),
+                fetches: BTreeMap::new(),
+                next_fetch: 1,
+                last_sync: BTreeMap::new(),
+                stats: P2PStats::default(),
+            }),
+            waker: Mutex::new(None),
+            random: Mutex::new(None),
+        }
+    }
+
+    /// The local store.
+    pub fn store(&self) -> &Arc<Store<B>> {
+        &self.store
+    }
+
+    /// The root CID over the replicated collections: equal on two nodes that
+    /// hold the same replicated data.
+    pub fn replicated_root(&self) -> Result<ContentId, ReplicationError> {
+        self.view.root()
+    }
+
+    /// Replaces the operating system's randomness for message ids (a
+    /// deterministic simulator uses a seeded source).
+    pub fn set_random(&self, random: RandomSource) {
+        *lock(&self.random) = Some(random);
+    }
+
+    /// Called (from any thread) whenever the adapter has work for [`process`](Self::process).
+    pub fn set_waker(&self, waker: Arc<dyn Fn() + Send + Sync>) {
+        *lock(&self.waker) = Some(waker);
+    }
+
+    fn wake(&self) {
+        let w = lock(&self.waker).clone();
+        if let Some(w) = w {
+            w();
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> P2PStats {
+        let mut s = lock(&self.driver).stats.clone();
+        s.dropped_events = lock(&self.inbox).1;
+        s
+    }
+
+    /// Anti-entropy sessions in progress.
+    pub fn active_sessions(&self) -> usize {
+        lock(&self.driver)
+            .sessions
+            .values()
+            .filter(|s| s.active())
+            .count()
+    }
+
+    /// Opens an anti-entropy session with `peer` now (normally done on connection).
+    pub fn reconcile_with(&self, peer: PeerId) {
+        let mut d = lock(&self.driver);
+        self.start_session(&mut d, peer);
+        drop(d);
+        self.wake();
+    }
+
+    /// The store as `peer` may see it.
+    fn view_for(&self, peer: PeerId) -> Arc<ReplicatedView<B>> {
+        Arc::new(ReplicatedView {
+            store: self.store.clone(),
+            local_prefix: self.config.local_prefix.clone(),
+            reach: self.view.reach.clone(),
+            relation: Some(Relation::new(peer, (self.config.trust)(&peer))),
+        })
+    }
+
+    fn start_session(&self, d: &mut Driver<B>, peer: PeerId) {
+        let now_ms = d.now_ms;
+        let mut session = Session::new(self.view_for(peer), peer, self.config.antientropy.clone());
+        match session.start() {
+            Ok(frames) => {
+                d.stats.sessions_started += 1;
+                let sid = d.next_sid;
+                d.next_sid += 1;
+                let mut ae = AeSession {
+                    session,
+                    sid,
+                    initiator: true,
+                    next_out: 0,
+                    next_in: 1,
+                    parts: BTreeMap::new(),
+                    parts_bytes: 0,
+                    last_activity_ms: now_ms,
+                    applied_reported: 0,
+                };
+                Self::send_protocol_message(d, peer, &mut ae, frames);
+                d.sessions.insert(peer, ae);
+            }
+            Err(e) => tracing::warn!(%peer, error = %e, "anti-entropy not started"),
+        }
+    }
+
+    /// Queues one protocol message (its frames) in as few envelopes as fit.
+    fn send_protocol_message(
+        d: &mut Driver<B>,
+        peer: PeerId,
+        ae: &mut AeSession<B>,
+        frames: Vec<Vec<u8>>,
+    ) {
+        let mut parts: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
+        let mut size = 0usize;
+        for f in frames {
+            if size + f.len() > MAX_PART_BYTES && !parts.last().is_some_and(Vec::is_empty) {
+                parts.push(Vec::new());
+                size = 0;
+            }
+            size += f.len();
+            if let Some(last) = parts.last_mut() {
+                last.push(f);
+            }
+        }
+        let total = parts.len() as u64;
+        for (k, frames) in parts.into_iter().enumerate() {
+            let e = Envelope {
+                sid: ae.sid,
+                seq: ae.next_out,
+                part: k as u64,
+                parts: total,
+                frames,
+            };
+            d.outbox.push_back((peer, AE_TYPE, encode_envelope(&e)));
+        }
+        ae.next_out += 2;
+    }
+
+    /// Handles one anti-entropy envelope from `from`.
+    fn on_envelope(&self, d: &mut Driver<B>, from: PeerId, payload: &[u8], now_ms: u64) {
+        let Some(env) = decode_envelope(payload) else {
+            self.charge(d, from, &"malformed anti-entropy envelope");
+            return;
+        };
+        let me = self.store.peer_id();
+        let current = d
+            .sessions
+            .get(&from)
+            .map(|s| (s.sid, s.initiator, s.active()));
+        match current {
+            Some((sid, _, _)) if sid == env.sid => {}
+            _ if env.seq != 0 => return, // a stale message of an older session
+            // A hello of a new session from the peer. If this side opened one
+            // too, the one opened by the smaller id wins.
+            Some((_, true, true)) if me < from => return,
+            _ => {
+                d.sessions.insert(
+                    from,
+                    AeSession {
+                        session: Session::new(
+                            self.view_for(from),
+                            from,
+                            self.config.antientropy.clone(),
+                        ),
+                        sid: env.sid,
+                        initiator: false,
+                        next_out: 1,
+                        next_in: 0,
+                        parts: BTreeMap::new(),
+                        parts_bytes: 0,
+                        last_activity_ms: now_ms,
+                        applied_reported: 0,
+                    },
+                );
+            }
+        }
+        let Some(mut ae) = d.sessions.remove(&from) else {
+            return;
+        };
+        if env.seq != ae.next_in || ae.parts.contains_key(&env.part) {
+            d.sessions.insert(from, ae); // a duplicate or an old message
+            return;
+        }
+        ae.last_activity_ms = now_ms;
+        ae.parts_bytes += env.frames.iter().map(Vec::len).sum::<usize>();
+        if ae.parts_bytes > self.config.antientropy.max_message_bytes {
+            self.charge(d, from, &"anti-entropy message too large");
+            return;
+        }
+        ae.parts.insert(env.part, env.frames);
+        if (ae.parts.len() as u64) < env.parts {
+            d.sessions.insert(from, ae);
+            return;
+        }
+        let frames: Vec<Vec<u8>> = std::mem::take(&mut ae.parts)
+            .into_values()
+            .flatten()
+            .collect();
+        ae.parts_bytes = 0;
+        ae.next_in += 2;
+        let mut reply = Vec::new();
+        for f in frames {
+            match ae.session.handle(&f) {
+                Ok(out) => {
+                    reply.extend(out.frames);
+                    for ev in out.events {
+                        match ev {
+                            AeEvent::Rejected { peer, cid, reason } => {
+                                self.charge(d, peer, &format!("version {cid:?}: {reason}"));
+                            }
+                            other => tracing::debug!(?other, "anti-entropy event"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    match e {
+                        ReplicationError::Storage(_) => {
+                            tracing::error!(%from, error = %e, "anti-entropy: local storage failure");
+                        }
+                        e => self.charge(d, from, &e),
+                    }
+                    return;
+                }
+            }
+        }
+        let applied = ae.session.stats().versions_applied;
+        d.stats.versions_merged += applied - ae.applied_reported;
+        ae.applied_reported = applied;
+        if !reply.is_empty() {
+            Self::send_protocol_message(d, from, &mut ae, reply);
+        }
+        if !ae.active() {
+            d.stats.sessions_done += 1;
+        }
+        d.sessions.insert(from, ae);
+    }
+
+    fn charge(&self, d: &mut Driver<B>, peer: PeerId, why: &dyn std::fmt::Display) {
+        tracing::warn!(%peer, reason = %why, "peer sent invalid replication data");
+        d.stats.rejected += 1;
+        self.mesh.observe(peer, Observation::Integrity(false));
+    }
+
+    fn new_version(&self, d: &mut Driver<B>, version: Option<&ContentId>) {
+        let Some(cid) = version else { return };
+        let bytes = match self.view.version_bytes(cid) {
+            Ok(Some(b)) => b,
+            Ok(None) => return, // gone, or a local collection
+            Err(e) => {
+                tracing::error!(error = %e, "version written but unreadable");
+                return;
+            }
+        };
+        let Some((collection, id)) = ReplicatedView::<B>::document_of(&bytes) else {
+            return;
+        };
+        // Partners by the replication policy (proximity, diversity, reputation,
+        // pins), among the connected peers the document's reach admits.
+        let candidates: Vec<Candidate> = self
+            .mesh
+            .peers()
+            .iter()
+            .filter(|p| self.view_for(p.peer_id).document_visible(&collection, &id))
+            .map(Candidate::from_peer_info)
+            .collect();
+        let origin = Origin {
+            peer: self.store.peer_id(),
+            network: None,
+        };
+        let factor = self.config.replication.factor_for(&collection);
+        let chosen = select_partners(
+            factor,
+            &collection,
+            Some(&id),
+            &origin,
+            &candidates,
+            &self.config.pins,
+        );
+        for p in chosen.partners {
+            d.stats.versions_pushed += 1;
+            d.outbox.push_back((p, PUSH_TYPE, bytes.clone()));
+        }
+    }
+
+    /// Merges a version from `from`; true when the store now has it.
+    fn merge(&self, d: &mut Driver<B>, from: PeerId, bytes: &[u8]) -> bool {
+        match self.view_for(from).apply_version(bytes) {
+            Ok(ApplyResult::Applied) => {
+                d.stats.versions_merged += 1;
+                true
+            }
+            Ok(ApplyResult::AlreadyPresent) => true,
+            Ok(ApplyResult::MissingParents(_)) => {
+                // A gap: reconcile to get the history.
+                if !d.sessions.get(&from).is_some_and(AeSession::active) {
+                    self.start_session(d, from);
+                }
+                false
+            }
+            Ok(ApplyResult::Invalid(reason)) => {
+                self.charge(d, from, &reason);
+                false
+            }
+            Ok(other) => {
+                tracing::debug!(%from, ?other, "version not merged");
+                false
+            }
+            Err(e) => {
+                tracing::error!(%from, error = %e, "could not merge a version");
+                false
+            }
+        }
+    }
+
+    fn on_message(&self, d: &mut Driver<B>, message: NetworkMessage, now_ms: u64) {
+        let from = message.sender;
+        match message.message_type.as_str() {
+            AE_TYPE => self.on_envelope(d, from, &message.payload, now_ms),
+            PUSH_TYPE => {
+                self.merge(d, from, &message.payload);
+            }
+            FETCH_TYPE => match decode_fetch(&message.payload) {
+                Some((req, c, i)) => {
+                    let mut versions = Vec::new();
+                    let mut total = 0usize;
+                    if let Ok(history) = self.store.history(&c, &i) {
+                        for v in history {
+                            let Ok(Some(b)) = self.view_for(from).version_bytes(&v.cid) else {
+                                continue;
+                            };
+                            total += b.len();
+                            if total > self.config.max_fetch_bytes {
+                                break;
+                            }
+                            versions.push(b);
+                        }
+                    }
+                    d.outbox
+                        .push_back((from, FETCHED_TYPE, encode_fetched(req, versions)));
+                }
+                None => self.charge(d, from, &"malformed fetch request"),
+            },
+            FETCHED_TYPE => match decode_fetched(&message.payload, self.config.max_fetch_bytes) {
+                Some((req, versions)) => {
+                    for v in versions {
+                        if !self.merge(d, from, &v) {
+                            break;
+                        }
+                    }
+                    let finished = d.fetches.get_mut(&req).is_some_and(|f| {
+                        f.answered += 1;
+                        f.answered >= f.asked
+                            || self
+                                .store
+                                .get(&f.collection, &f.id)
+                                .ok()
+                                .flatten()
+                                .is_some()
+                    });
+                    if finished && let Some(f) = d.fetches.remove(&req) {
+                        fill(
+                            &f.slot,
+                            self.store.get(&f.collection, &f.id).map_err(Into::into),
+                        );
+                    }
+                }
+                None => self.charge(d, from, &"malformed fetch answer"),
+            },
+            _ => {}
+        }
+    }
+
+    /// Handles queued mesh events (anti-entropy frames, pushes, fetches,
+    /// connections), expires fetches, starts due resyncs, and sends what that
+    /// produced. Returns how many events were handled.
+    pub async fn process(&self, now_ms: u64) -> usize {
+        let events: Vec<MeshEvent> = lock(&self.inbox).0.drain(..).collect();
+        let handled = events.len();
+        let me = self.store.peer_id();
+        let outbox: Vec<(PeerId, &'static str, Vec<u8>)> = {
+            let mut d = lock(&self.driver);
+            d.now_ms = now_ms;
+            // A session that stopped hearing from its peer (a message was lost)
+            // is dropped; the initiator opens a new one at once.
+            let stalled: Vec<(PeerId, bool)> = d
+                .sessions
+                .iter()
+                .filter(|(_, s)| {
+                    s.active()
+                        && now_ms.saturating_sub(s.last_activity_ms)
+                            >= self.config.session_timeout_ms
+                })
+                .map(|(p, s)| (*p, s.initiator))
+                .collect();
+            for (p, initiator) in stalled {
+                d.sessions.remove(&p);
+                if initiator && d.last_sync.contains_key(&p) {
+                    tracing::debug!(peer = %p, "anti-entropy session stalled; restarting");
+                    self.start_session(&mut d, p);
+                }
+            }
+            for ev in events {
+                match ev {
+                    MeshEvent::PeerDiscovered(info) => {
+                        let p = info.peer_id;
+                        d.last_sync.insert(p, now_ms);
+                        if me < p {
+                            self.start_session(&mut d, p);
+                        }
+                    }
+                    MeshEvent::PeerLost(p) => {
+                        d.sessions.remove(&p);
+                        d.last_sync.remove(&p);
+                    }
+                    MeshEvent::Message { message, .. } => {
+                        self.on_message(&mut d, message, now_ms);
+                    }
+                    _ => {}
+                }
+            }
+            let due: Vec<PeerId> = d
+                .last_sync
+                .iter()
+                .filter(|(p, t)| {
+                    me < **p && now_ms.saturating_sub(**t) >= self.config.resync_interval_ms
+                })
+                .map(|(p, _)| *p)
+                .collect();
+            for p in due {
+                d.last_sync.insert(p, now_ms);
+                if !d.sessions.get(&p).is_some_and(AeSession::active) {
+                    self.start_session(&mut d, p);
+                }
+            }
+            let mut expired = Vec::new();
+            for (id, f) in &mut d.fetches {
+                match f.deadline_ms {
+                    None => {
+                        f.deadline_ms = Some(now_ms.saturating_add(self.config.fetch_timeout_ms))
+                    }
+                    Some(t) if now_ms >= t => expired.push(*id),
+                    Some(_) => {}
+                }
+            }
+            for id in expired {
+                if let Some(f) = d.fetches.remove(&id) {
+                    fill(
+                        &f.slot,
+                        self.store.get(&f.collection, &f.id).map_err(Into::into),
+                    );
+                }
+            }
+            d.outbox.drain(..).collect()
+        };
+        for (peer, ty, payload) in outbox {
+            self.send(peer, ty, payload, now_ms).await;
+        }
+        handled
+    }
+
+    async fn send(&self, peer: PeerId, ty: &str, payload: Vec<u8>, now_ms: u64) {
+        let mut random = [0u8; 16];
+        let source = lock(&self.random).clone();
+        match source {
+            Some(f) => f(&mut random),
+            None => {
+                if let Err(e) = getrandom::fill(&mut random) {
+                    tracing::error!(error = %e, "no randomness; message not sent");
+                    return;
+                }
+            }
+        }
+        let message = match self
+            .mesh
+            .new_message(ty, payload, Some(peer), now_ms, random)
+        {
+            Ok(mut m) => {
+                // The TTL is not covered by the signature; a short one keeps
+                // stale replication traffic out of store-and-forward buffers.
+                m.ttl_secs = self.config.message_ttl_secs;
+                m
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not sign a replication message");
+                return;
+            }
+        };
+        if let Err(e) = self
+            .mesh
+            .send(peer, message, Priority::Normal, now_ms)
+            .await
+        {
+            tracing::debug!(%peer, error = %e, "replication message not sent");
+        }
+    }
+
+    fn after_write(&self, version: Option<&ContentId>) {
+        let mut d = lock(&self.driver);
+        self.new_version(&mut d, version);
+        drop(d);
+        self.wake();
+    }
+
+    async fn get_or_fetch(&self, collection: &str, id: &str) -> Result<Option<Document>, Error> {
+        if let Some(doc) = self.store.get(collection, id)? {
+            return Ok(Some(doc));
+        }
+        if !self.view.replicates(collection) {
+            return Ok(None);
+        }
+        let peers: Vec<PeerId> = {
+            let mut ps: Vec<(f64, PeerId)> = self
+                .mesh
+                .peers()
+                .into_iter()
+                .map(|p| (p.reputation, p.peer_id))
+                .collect();
+            ps.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            ps.into_iter()
+                .take(self.config.fetch_peers)
+                .map(|(_, p)| p)
+                .collect()
+        };
+        if peers.is_empty() {
+            return Ok(None);
+        }
+        let slot: Slot = Arc::default();
+        {
+            let mut d = lock(&self.driver);
+            let req = d.next_fetch;
+            d.next_fetch += 1;
+            for p in &peers {
+                d.outbox
+                    .push_back((*p, FETCH_TYPE, encode_fetch(req, collection, id)));
+            }
+            d.fetches.insert(
+                req,
+                Fetch {
+                    collection: collection.to_owned(),
+                    id: id.to_owned(),
+                    deadline_ms: None,
+                    asked: peers.len(),
+                    answered: 0,
+                    slot: slot.clone(),
+                },
+            );
+        }
+        self.wake();
+        Wait(slot).await
+    }
+}
+
+impl<B: Backend> StorageAdapter for P2PStorageAdapter<B> {
+    fn get<'a>(
+        &'a self,
+        collection: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Document>, Error>> {
+        Box::pin(self.get_or_fetch(collection, id))
+    }
+
+    fn set<'a>(
+        &'a self,
+        collection: &'a str,
+        id: &'a str,
+        fields: Map,
+        options: SetOptions,
+    ) -> BoxFuture<'a, Result<WriteResult, Error>> {
+        Box::pin(async move {
+            let w = self.store.set(collection, id, fields, options)?;
+            self.after_write(w.version.as_ref());
+            Ok(w)
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        collection: &'a str,
+        id: &'a str,
+        fields: Map,
+    ) -> BoxFuture<'a, Result<WriteResult, Error>> {
+        Box::pin(async move {
+            let w = self.store.update(collection, id, fields)?;
+            self.after_write(w.version.as_ref());
+            Ok(w)
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        collection: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<WriteResult, Error>> {
+        Box::pin(async move {
+            let w = self.store.delete(collection, id)?;
+            self.after_write(w.version.as_ref());
+            Ok(w)
+        })
+    }
+
+    fn query<'a>(
+        &'a self,
+        collection: &'a str,
+        query: &'a Query,
+    ) -> BoxFuture<'a, Result<QueryPage, Error>> {
+        Box::pin(async move { Ok(self.store.query(collection, query)?) })
+    }
+
+    fn batch_write(
+        &self,
+        operations: Vec<BatchOperation>,
+    ) -> BoxFuture<'_, Result<BatchResult, Error>> {
+        Box::pin(async move {
+            let r = self.store.batch(operations)?;
+            {
+                let mut d = lock(&self.driver);
+                for w in &r.results {
+                    self.new_version(&mut d, w.version.as_ref());
+                }
+            }
+            self.wake();
+            Ok(r)
+        })
+    }
+
+    fn subscribe_document(
+        &self,
+        collection: &str,
+        id: &str,
+        listener: Listener<Option<Document>>,
+    ) -> Result<Subscription, Error> {
+        Ok(self.store.subscribe_document(collection, id, listener)?)
+    }
+
+    fn subscribe_query(
+        &self,
+        collection: &str,
+        query: Query,
+        listener: Listener<Vec<Document>>,
+    ) -> Result<Subscription, Error> {
+        Ok(self.store.subscribe_query(collection, query, listener)?)
+    }
+
+    fn server_timestamp(&self) -> HlcTimestamp {
+        self.store.now()
+    }
+
+    fn generate_id(&self, _collection: &str) -> String {
+        self.store.new_id()
+    }
+}
