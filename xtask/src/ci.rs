@@ -22,7 +22,8 @@ Runs every check, in this order, stopping at the first failure and naming it:
   clippy       cargo clippy --workspace --all-targets --all-features -- -D warnings
   test         cargo nextest run --workspace --all-features (cargo test --workspace
                --all-features without cargo-nextest)
-  lan-test     `cargo xtask lan-test`: 3 `ecomesh node`s in network namespaces (root)
+  lan-test     `cargo xtask lan-test`: 4 `ecomesh node`s in network namespaces (root)
+  sim          `cargo xtask sim`: 1000 seeds of the network simulator at 3 nodes
   doctest      cargo test --doc --workspace --all-features (nextest skips doctests)
   doc          cargo doc --workspace --no-deps --all-features, RUSTDOCFLAGS=\"-D warnings\"
   fuzz         every cargo-fuzz target for SECONDS (default 10) via `cargo xtask fuzz`,
@@ -43,6 +44,7 @@ pub(crate) const STEPS: &[&str] = &[
     "clippy",
     "test",
     "lan-test",
+    "sim",
     "doctest",
     "doc",
     "fuzz",
@@ -160,7 +162,17 @@ fn run_step(step: &str, metadata: &Metadata, nextest: bool, fuzz_seconds: u64) -
         "test" => cargo()
             .args(["test", "--workspace", "--all-features"])
             .run()?,
-        "lan-test" => crate::lan::run(metadata, 3, false)?,
+        "lan-test" => crate::lan::run(metadata, 4, false)?,
+        "sim" => crate::sim::run(
+            root,
+            &crate::sim::Options {
+                seeds: crate::sim::DEFAULT_SEEDS,
+                nodes: 3,
+                steps: 60,
+                base: 0,
+                seed: None,
+            },
+        )?,
         "doctest" if !nextest => {
             return Ok(Done::Skipped(
                 "cargo test already ran the doctests (no cargo-nextest)".to_owned(),

@@ -14,7 +14,7 @@ use crate::workspace::Metadata;
 pub(crate) const HELP: &str = "\
 cargo xtask lan-test [--nodes N] [--keep]
 
-Builds the `ecomesh` binary and runs N (default 3) nodes, each in its own network
+Builds the `ecomesh` binary and runs N (default 4) nodes, each in its own network
 namespace, joined by veth pairs to a bridge that lives in a further namespace
 (nothing is added to the host's own network). Checks, each under a deadline:
   1. every node discovers every other by mDNS (no addresses given);
@@ -23,7 +23,12 @@ namespace, joined by veth pairs to a bridge that lives in a further namespace
   3. with the last node's link down, a message to it is queued (store-and-forward)
      and arrives once the link is back up;
   4. a node killed with SIGKILL and restarted rejoins: it is rediscovered and
-     sends and receives again.
+     sends and receives again;
+  5. a document written on one node reaches every node;
+  6. with the bridge cut into two halves, both halves write different and
+     conflicting updates (field updates, a delete against an update); after
+     healing, every node reports the same replicated root CID and holds the
+     CRDT-merged documents.
 Needs root and iproute2 (`cargo xtask deps` installs it); CI runs it as part of
 `cargo xtask ci`. Namespaces and processes are removed however the test ends,
 and leftovers of an interrupted earlier run are removed first. Node logs and
@@ -269,8 +274,8 @@ fn everyone_sees_everyone(lan: &Lan, bin: &Path) -> Result<bool> {
 
 /// Runs the LAN test with `n` nodes.
 pub(crate) fn run(metadata: &Metadata, n: usize, keep: bool) -> Result<()> {
-    if n < 3 {
-        bail!("--nodes must be at least 3 (got {n})");
+    if n < 4 {
+        bail!("--nodes must be at least 4 (got {n})");
     }
     if n > 200 {
         bail!("--nodes must be at most 200 (got {n}): the LAN is one /24");
@@ -296,7 +301,7 @@ pub(crate) fn run(metadata: &Metadata, n: usize, keep: bool) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     println!("lan-test: {n} nodes, files in {}", dir.display());
     let mut lan = Lan::create(n, dir, keep)?;
-    let result = scenario(&mut lan, &bin);
+    let result = scenario(&mut lan, &bin).and_then(|()| partition(&mut lan, &bin));
     lan.passed = result.is_ok();
     drop(lan);
     result?;
@@ -397,5 +402,161 @@ fn scenario(lan: &mut Lan, bin: &Path) -> Result<()> {
             Ok(lan.nodes[from].outbox_status(bin, &id)? == "delivered")
         })?;
     }
+    Ok(())
+}
+
+fn docs(node: &NodeProc, bin: &Path, collection: &str) -> Result<Vec<(String, Value)>> {
+    let v = node.cli(bin, &["doc", "list", collection])?;
+    Ok(v["documents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    (
+                        d["id"].as_str().unwrap_or_default().to_owned(),
+                        d["fields"].clone(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn replicated_root(node: &NodeProc, bin: &Path) -> Result<String> {
+    Ok(node.cli(bin, &["status"])?["replicated_root"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// Issue 6: cut the LAN in two halves, write different and conflicting
+/// updates on both sides, heal, and check that every node converges to the
+/// same replicated root and the CRDT-merged documents.
+fn partition(lan: &mut Lan, bin: &Path) -> Result<()> {
+    let n = lan.nodes.len();
+    let half = n / 2;
+    let (left, right) = (0, n - 1);
+    println!("\n== replication: a document written on n0 reaches everyone");
+    lan.nodes[left].cli(bin, &["doc", "put", "shared", "d1", r#"{"a":1}"#])?;
+    lan.nodes[left].cli(bin, &["doc", "put", "shared", "d2", r#"{"keep":"old"}"#])?;
+    for (i, node) in lan.nodes.iter().enumerate() {
+        wait(&format!("n{i} to have shared/d1 and d2"), || {
+            Ok(docs(node, bin, "shared")?.len() == 2)
+        })?;
+    }
+
+    println!("\n== partition: n0..n{} | n{half}..n{}", half - 1, n - 1);
+    let hub = lan.hub.clone();
+    ip(&["-n", &hub, "link", "add", "br1", "type", "bridge"])?;
+    ip(&["-n", &hub, "link", "set", "br1", "up"])?;
+    for i in half..n {
+        ip(&[
+            "-n",
+            &hub,
+            "link",
+            "set",
+            &format!("vh{i}"),
+            "master",
+            "br1",
+        ])?;
+    }
+    let ids: Vec<String> = lan.nodes.iter().map(|x| x.peer_id.clone()).collect();
+    for i in 0..n {
+        let others: Vec<&String> = if i < half {
+            ids[half..].iter().collect()
+        } else {
+            ids[..half].iter().collect()
+        };
+        let node = &lan.nodes[i];
+        wait(&format!("n{i} to lose the other half"), || {
+            let peers = node.peers(bin)?;
+            Ok(others.iter().all(|o| !peers.contains(o)))
+        })?;
+    }
+
+    println!("\n== conflicting writes on both sides");
+    // Left first, right a little later: the right's writes carry later HLC times.
+    lan.nodes[left].cli(
+        bin,
+        &[
+            "doc",
+            "put",
+            "shared",
+            "d1",
+            r#"{"x":"left","l":true}"#,
+            "--merge",
+        ],
+    )?;
+    lan.nodes[left].cli(
+        bin,
+        &["doc", "put", "shared", "only-left", r#"{"side":"left"}"#],
+    )?;
+    lan.nodes[left].cli(bin, &["doc", "delete", "shared", "d2"])?;
+    std::thread::sleep(Duration::from_millis(50));
+    lan.nodes[right].cli(
+        bin,
+        &[
+            "doc",
+            "put",
+            "shared",
+            "d1",
+            r#"{"x":"right","r":true}"#,
+            "--merge",
+        ],
+    )?;
+    lan.nodes[right].cli(
+        bin,
+        &["doc", "put", "shared", "only-right", r#"{"side":"right"}"#],
+    )?;
+    lan.nodes[right].cli(
+        bin,
+        &["doc", "put", "shared", "d2", r#"{"z":1}"#, "--merge"],
+    )?;
+    let (rl, rr) = (
+        replicated_root(&lan.nodes[left], bin)?,
+        replicated_root(&lan.nodes[right], bin)?,
+    );
+    if rl == rr {
+        bail!("the two halves report the same root after different writes");
+    }
+
+    println!("\n== heal");
+    for i in half..n {
+        ip(&[
+            "-n",
+            &hub,
+            "link",
+            "set",
+            &format!("vh{i}"),
+            "master",
+            "br0",
+        ])?;
+    }
+    wait("every node to report the same replicated root", || {
+        let roots: Result<Vec<String>> =
+            lan.nodes.iter().map(|x| replicated_root(x, bin)).collect();
+        let roots = roots?;
+        Ok(roots.iter().all(|r| !r.is_empty() && *r == roots[0]))
+    })?;
+    // CRDT rules: field-wise last writer wins (the right wrote x later); fields
+    // written on one side only survive; a delete hides the writes before it and
+    // the later write on the other side resurrects the document with only its
+    // own fields.
+    let want = serde_json::json!({
+        "d1": {"a": 1, "x": "right", "l": true, "r": true},
+        "d2": {"z": 1},
+        "only-left": {"side": "left"},
+        "only-right": {"side": "right"},
+    });
+    for (i, node) in lan.nodes.iter().enumerate() {
+        let got: serde_json::Map<String, Value> = docs(node, bin, "shared")?.into_iter().collect();
+        if Value::Object(got.clone()) != want {
+            bail!(
+                "n{i} holds {} after healing; expected {want}",
+                Value::Object(got)
+            );
+        }
+    }
+    println!("  ok: every node holds the CRDT-merged documents");
     Ok(())
 }

@@ -19,6 +19,7 @@ mod fuzz;
 mod lan;
 mod layering;
 mod proptest;
+mod sim;
 mod workspace;
 
 use std::process::ExitCode;
@@ -42,6 +43,7 @@ Commands:
   crash      the store's kill -9 crash-recovery tests: --restarts N (default 100)
   lan-test   real `ecomesh node`s in network namespaces on a virtual LAN: mDNS
              discovery, sends, store-and-forward over a cut link, restart (root)
+  sim        the deterministic network simulator: --seeds N --nodes M [--seed S]
   deny       cargo deny --offline check against the shared RustSec snapshot
   layering   check that crates depend only downward (docs/architecture.md)
 
@@ -155,10 +157,24 @@ fn dispatch(command: Option<&str>, rest: Vec<String>) -> Result<()> {
             if wants_help(&mut args, lan::HELP) {
                 return Ok(());
             }
-            let nodes = args.value("nodes")?.unwrap_or(3);
+            let nodes = args.value("nodes")?.unwrap_or(4);
             let keep = args.flag("keep");
             no_positionals(args)?;
             lan::run(&Metadata::load(&root)?, nodes, keep)
+        }
+        Some("sim") => {
+            if wants_help(&mut args, sim::HELP) {
+                return Ok(());
+            }
+            let options = sim::Options {
+                seeds: args.value("seeds")?.unwrap_or(sim::DEFAULT_SEEDS),
+                nodes: args.value("nodes")?.unwrap_or(3),
+                steps: args.value("steps")?.unwrap_or(60),
+                base: args.value("base")?.unwrap_or(0),
+                seed: args.value("seed")?,
+            };
+            no_positionals(args)?;
+            sim::run(&root, &options)
         }
         Some("deny") => {
             if wants_help(&mut args, deny::HELP) {

@@ -141,8 +141,10 @@ pub struct Status {
     pub delivered: usize,
     /// Messages sent and not yet acknowledged.
     pub undelivered: usize,
-    /// The store's root CID.
+    /// The store's root CID (every collection, local ones included).
     pub root_cid: String,
+    /// The root CID over the replicated collections: equal on nodes that converged.
+    pub replicated_root: String,
     /// Seconds since the node started.
     pub uptime_secs: u64,
 }

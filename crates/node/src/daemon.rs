@@ -20,10 +20,12 @@ use ecomesh_identity::{AccessPolicy, Identity, PublicKey};
 use ecomesh_mesh::ack::PendingAcks;
 use ecomesh_mesh::buffer::StoreBuffer;
 use ecomesh_mesh::{MAX_LEARNED_KEYS, MeshConfig, MeshEvent, MultiTransportManager, SendOutcome};
-use ecomesh_p2p_storage::{SledStore, StoreConfig};
+use ecomesh_p2p_storage::kv::SledBackend;
+use ecomesh_p2p_storage::{P2PConfig, P2PStorageAdapter, SledStore, StoreConfig};
 use ecomesh_transport_wired::{LinkConfig, MdnsDiscovery, WiredConfig, WiredTransport};
 use ecomesh_types::{
-    Map, NetworkMessage, PeerId, Priority, SetOptions, Subscription, TransportAdapter, Value,
+    Map, NetworkMessage, PeerId, Priority, SetOptions, StorageAdapter, Subscription,
+    TransportAdapter, Value,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -38,8 +40,9 @@ use crate::paths::DataDir;
 pub const TEXT_TYPE: &str = "ecomesh/text";
 /// The default TCP port of the wired transport.
 pub const DEFAULT_PORT: u16 = 7733;
-const INBOX: &str = "inbox";
-const OUTBOX: &str = "outbox";
+/// Local collections (the `_` prefix keeps them off the network).
+const INBOX: &str = "_inbox";
+const OUTBOX: &str = "_outbox";
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -175,8 +178,9 @@ fn ms(v: u64) -> Value {
 struct Node {
     identity: Identity,
     data: DataDir,
-    store: SledStore,
-    mesh: MultiTransportManager,
+    store: Arc<SledStore>,
+    mesh: Arc<MultiTransportManager>,
+    p2p: P2PStorageAdapter<SledBackend>,
     wired: WiredTransport,
     started: Instant,
     dirty: AtomicBool,
@@ -296,18 +300,18 @@ impl Node {
                 id,
                 json,
                 merge,
-            } => self.doc_put(&collection, &id, &json, merge),
-            Request::DocGet { collection, id } => self
-                .store
-                .get(&collection, &id)
+            } => self.doc_put(&collection, &id, &json, merge).await,
+            Request::DocGet { collection, id } => StorageAdapter::get(&self.p2p, &collection, &id)
+                .await
                 .map_err(Into::into)
                 .and_then(|d| d.into_iter().map(doc_row).collect())
                 .map(|documents| Response::Documents { documents }),
-            Request::DocDelete { collection, id } => self
-                .store
-                .delete(&collection, &id)
-                .map_err(Into::into)
-                .and_then(|w| self.written(&w)),
+            Request::DocDelete { collection, id } => {
+                StorageAdapter::delete(&self.p2p, &collection, &id)
+                    .await
+                    .map_err(Into::into)
+                    .and_then(|w| self.written(&w))
+            }
             Request::DocList { collection } => self
                 .store
                 .scan_collection(&collection)
@@ -320,7 +324,13 @@ impl Node {
         })
     }
 
-    fn doc_put(&self, collection: &str, id: &str, json: &str, merge: bool) -> Result<Response> {
+    async fn doc_put(
+        &self,
+        collection: &str,
+        id: &str,
+        json: &str,
+        merge: bool,
+    ) -> Result<Response> {
         if collection.is_empty() || id.is_empty() {
             bail!("collection and id must not be empty");
         }
@@ -330,16 +340,12 @@ impl Node {
             Value::Map(m) => m,
             _ => bail!("the fields must be a JSON object, like '{{\"name\":\"x\"}}'"),
         };
-        let w = self.store.set(
-            collection,
-            id,
-            fields,
-            if merge {
-                SetOptions::MERGE
-            } else {
-                SetOptions::REPLACE
-            },
-        )?;
+        let options = if merge {
+            SetOptions::MERGE
+        } else {
+            SetOptions::REPLACE
+        };
+        let w = StorageAdapter::set(&self.p2p, collection, id, fields, options).await?;
         self.written(&w)
     }
 
@@ -375,6 +381,9 @@ impl Node {
             delivered,
             undelivered: outbox.len() - delivered,
             root_cid: ecomesh_wire::from_content_id(&root)
+                .map(|c| ecomesh_wire::cid_to_text(&c))
+                .unwrap_or_default(),
+            replicated_root: ecomesh_wire::from_content_id(&self.p2p.replicated_root()?)
                 .map(|c| ecomesh_wire::cid_to_text(&c))
                 .unwrap_or_default(),
             uptime_secs: self.started.elapsed().as_secs(),
@@ -569,7 +578,13 @@ pub async fn run(
         }
     };
     let keys: Arc<std::collections::BTreeMap<PeerId, PublicKey>> = Arc::default();
-    let mesh = MultiTransportManager::with_state(identity.clone(), keys, config, buffer, pending);
+    let mesh = Arc::new(MultiTransportManager::with_state(
+        identity.clone(),
+        keys,
+        config,
+        buffer,
+        pending,
+    ));
     let known = load_keys(&data.known_keys());
     for k in &known {
         mesh.learn_key(*k);
@@ -593,11 +608,14 @@ pub async fn run(
         .start()
         .await
         .with_context(|| format!("starting the wired transport on {}", options.listen))?;
+    let store = Arc::new(store);
+    let p2p = P2PStorageAdapter::new(store.clone(), mesh.clone(), P2PConfig::default());
     let node = Arc::new(Node {
         identity,
         data,
         store,
         mesh,
+        p2p,
         wired: wired.clone(),
         started: Instant::now(),
         dirty: AtomicBool::new(false),
@@ -613,6 +631,12 @@ pub async fn run(
     }));
     let weak = Arc::downgrade(&node);
     let _wake_sub = wired.subscribe(Arc::new(move |_| {
+        if let Some(n) = weak.upgrade() {
+            n.wake.notify_one();
+        }
+    }));
+    let weak = Arc::downgrade(&node);
+    node.p2p.set_waker(Arc::new(move || {
         if let Some(n) = weak.upgrade() {
             n.wake.notify_one();
         }
@@ -672,6 +696,7 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let handled = node.mesh.process(now_ms()).await;
+        node.p2p.process(now_ms()).await;
         if handled > 0 || node.dirty.load(Ordering::SeqCst) {
             node.persist();
         }
