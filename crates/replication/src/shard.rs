@@ -171,7 +171,42 @@ fn read_id(r: &mut Reader<'_>, what: &'static str) -> Result<BlobId> {
     BlobId::from_slice(bytes)
 }
 
-fn read_piece(r: &mut Reader<'_>, limits: &ShardLimits) -> Result<Vec<u8>> {
+/// The length a byte or text string head at `pos` announces, if one is there.
+fn peek_len(frame: &[u8], pos: usize) -> Option<u64> {
+    let (&initial, rest) = frame.get(pos..)?.split_first()?;
+    // Major types 2 (bytes) and 3 (text) only; the reader reports anything else.
+    if !matches!(initial >> 5, 2 | 3) {
+        return None;
+    }
+    let n = |k: usize| -> Option<u64> {
+        let b = rest.get(..k)?;
+        Some(b.iter().fold(0_u64, |acc, x| (acc << 8) | u64::from(*x)))
+    };
+    match initial & 0x1f {
+        info @ 0..=23 => Some(u64::from(info)),
+        24 => n(1),
+        25 => n(2),
+        26 => n(4),
+        27 => n(8),
+        _ => None,
+    }
+}
+
+/// Refuses a string whose head announces more than `max` bytes, before its
+/// bytes are awaited or read.
+fn check_head(r: &Reader<'_>, frame: &[u8], what: &'static str, max: usize) -> Result<()> {
+    match peek_len(frame, r.position()) {
+        Some(len) if len > max as u64 => Err(ReplicationError::TooLarge {
+            what,
+            size: usize::try_from(len).unwrap_or(usize::MAX),
+            max,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn read_piece(r: &mut Reader<'_>, frame: &[u8], limits: &ShardLimits) -> Result<Vec<u8>> {
+    check_head(r, frame, "shard data", limits.max_shard)?;
     let bytes = r.read_bytes().map_err(|e| wire_error(e, "shard data"))?;
     if bytes.len() > limits.max_shard {
         return Err(ReplicationError::TooLarge {
@@ -257,7 +292,7 @@ impl ShardRequest {
             PUSH => {
                 arity(WHAT, tag, n, 3)?;
                 let id = read_id(&mut r, WHAT)?;
-                let data = read_piece(&mut r, limits)?;
+                let data = read_piece(&mut r, frame, limits)?;
                 ShardRequest::Push { id, data }
             }
             other => return Err(malformed(WHAT, format!("unknown tag {other}"))),
@@ -325,7 +360,7 @@ impl ShardResponse {
         let resp = match tag {
             R_DATA => {
                 arity(WHAT, tag, n, 2)?;
-                ShardResponse::Data(read_piece(&mut r, limits)?)
+                ShardResponse::Data(read_piece(&mut r, frame, limits)?)
             }
             R_HAVE => {
                 arity(WHAT, tag, n, 2)?;
@@ -341,6 +376,7 @@ impl ShardResponse {
             }
             R_ERROR => {
                 arity(WHAT, tag, n, 2)?;
+                check_head(&r, frame, "shard error text", limits.max_error)?;
                 let text = r
                     .read_text()
                     .map_err(|e| wire_error(e, "shard error text"))?;

@@ -302,6 +302,52 @@ fn requests_spread_over_holders_and_respect_the_in_flight_cap() {
 }
 
 #[test]
+fn a_response_larger_than_the_piece_is_refused_from_its_head() {
+    let data = vec![4_u8; 40];
+    let enc = encode_blob(&data, &rs_only()).unwrap();
+    assert_eq!(enc.manifest.piece_len(), 10);
+    let (big, good) = (peer(1), peer(2));
+    let mut f = Fetcher::new(
+        enc.manifest.clone(),
+        vec![vec![big, good]; 7],
+        FetchConfig::default(),
+    )
+    .unwrap();
+    let FetchPoll::Send(out) = f.poll() else {
+        panic!("expected requests");
+    };
+    let first = &out[0];
+    assert_eq!(first.peer, big);
+    // Only the head of a 1 MiB byte string: refused before the bytes exist.
+    let head = [0x82, 0x00, 0x5a, 0x00, 0x10, 0x00, 0x00];
+    assert!(matches!(
+        f.on_response(first.id, &head),
+        Err(ReplicationError::TooLarge {
+            size: 1_048_576,
+            max: 10,
+            ..
+        })
+    ));
+    for o in &out[1..] {
+        f.on_failure(o.id);
+    }
+    // Every shard is then asked of a holder not asked for it before.
+    let FetchPoll::Send(retry) = f.poll() else {
+        panic!("expected retries");
+    };
+    assert_eq!(retry.len(), 4);
+    for o in &retry {
+        assert!(!out.iter().any(|p| p.piece == o.piece && p.peer == o.peer));
+    }
+    assert!(retry.iter().any(|o| o.piece == 0 && o.peer == good));
+    for o in retry {
+        let frame = ShardResponse::Data(enc.pieces[o.piece].clone()).encode();
+        f.on_response(o.id, &frame).unwrap();
+    }
+    assert!(matches!(f.poll(), FetchPoll::Done(b) if b == data));
+}
+
+#[test]
 fn pushes_that_do_not_match_are_refused_and_not_stored() {
     let mut server = ShardServer::new(MemoryStore::new(), ShardLimits::default());
     let id = ecomesh_replication::blob::BlobId::of(b"real");

@@ -251,11 +251,12 @@ impl Fetcher {
     }
 
     /// Takes the response frame of request `id`. Returns the peer's fault when
-    /// the frame was garbage, oversized, an answer that does not fit a `Get`,
-    /// or bytes that do not match the piece id
-    /// ([`ReplicationError::HashMismatch`] naming the peer); the piece is then
-    /// asked of another holder. Responses to unknown or finished requests are
-    /// ignored.
+    /// the frame was garbage, carried more bytes than the piece has in the
+    /// manifest ([`ReplicationError::TooLarge`], refused from the length
+    /// head), was an answer that does not fit a `Get`, or carried bytes that
+    /// do not match the piece id ([`ReplicationError::HashMismatch`] naming
+    /// the peer); the piece is then asked of another holder. Responses to
+    /// unknown or finished requests are ignored.
     pub fn on_response(&mut self, id: RequestId, frame: &[u8]) -> Result<()> {
         let Some((index, peer)) = self.out.remove(&id) else {
             return Ok(());
@@ -264,7 +265,15 @@ impl Fetcher {
         if !matches!(self.state, State::Running) || self.have.contains_key(&index) {
             return Ok(());
         }
-        let response = ShardResponse::decode_with(frame, &self.config.limits)?;
+        // A piece larger than its manifest size is refused by its length head.
+        let expected = self.manifest.piece_size(index).unwrap_or(0);
+        let limits = ShardLimits {
+            max_shard: usize::try_from(expected)
+                .unwrap_or(usize::MAX)
+                .min(self.config.limits.max_shard),
+            ..self.config.limits
+        };
+        let response = ShardResponse::decode_with(frame, &limits)?;
         match response {
             ShardResponse::Data(data) => {
                 let piece_id = self.piece_id(index);
