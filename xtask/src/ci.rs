@@ -171,6 +171,7 @@ fn run_step(step: &str, metadata: &Metadata, nextest: bool, fuzz_seconds: u64) -
                 steps: 60,
                 base: 0,
                 seed: None,
+                release: false,
             },
         )?,
         "doctest" if !nextest => {

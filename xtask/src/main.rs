@@ -172,6 +172,7 @@ fn dispatch(command: Option<&str>, rest: Vec<String>) -> Result<()> {
                 steps: args.value("steps")?.unwrap_or(60),
                 base: args.value("base")?.unwrap_or(0),
                 seed: args.value("seed")?,
+                release: args.flag("release"),
             };
             no_positionals(args)?;
             sim::run(&root, &options)

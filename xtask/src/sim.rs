@@ -7,10 +7,11 @@ use anyhow::Result;
 use crate::cmd::{Cmd, has_cargo_subcommand};
 
 pub(crate) const HELP: &str = "\
-cargo xtask sim [--seeds N] [--nodes M] [--steps K] [--base B] [--seed S]
+cargo xtask sim [--seeds N] [--nodes M] [--steps K] [--base B] [--seed S] [--release]
 
-Runs the deterministic network simulator (crates/p2p-storage/tests/sim.rs) in
-release mode: for each seed, M nodes (default 3) of the real store, mesh
+Runs the deterministic network simulator (crates/p2p-storage/tests/sim.rs)
+(in the test profile, whose dependencies are optimized already, so CI reuses
+the test build; --release for long runs): for each seed, M nodes (default 3) of the real store, mesh
 manager and P2P adapter run K random steps (default 60) of writes, partitions,
 heals, crashes and restarts over links with latency, loss, duplication and
 reordering, on a virtual clock; then the network heals and every node must
@@ -29,15 +30,14 @@ pub(crate) struct Options {
     pub(crate) steps: u64,
     pub(crate) base: u64,
     pub(crate) seed: Option<u64>,
+    pub(crate) release: bool,
 }
 
 /// Runs the simulator test with `options`.
 pub(crate) fn run(root: &Path, o: &Options) -> Result<()> {
+    let profile: &[&str] = if o.release { &["--release"] } else { &[] };
     let mut cmd = if has_cargo_subcommand("nextest") {
-        Cmd::cargo().args([
-            "nextest",
-            "run",
-            "--release",
+        Cmd::cargo().args(["nextest", "run"]).args(profile).args([
             "-p",
             "ecomesh-p2p-storage",
             "--test",
@@ -45,9 +45,7 @@ pub(crate) fn run(root: &Path, o: &Options) -> Result<()> {
             "--no-capture",
         ])
     } else {
-        Cmd::cargo().args([
-            "test",
-            "--release",
+        Cmd::cargo().args(["test"]).args(profile).args([
             "-p",
             "ecomesh-p2p-storage",
             "--test",
