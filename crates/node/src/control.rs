@@ -135,6 +135,8 @@ pub struct Status {
     pub peers: usize,
     /// Messages in the store-and-forward buffer (queued, or sent and not yet acknowledged).
     pub buffered: usize,
+    /// Local writes not yet acknowledged by as many partners as their replication factor.
+    pub sync_pending: usize,
     /// Messages received.
     pub inbox: usize,
     /// Messages sent and acknowledged by their recipient.

@@ -22,6 +22,7 @@ use ecomesh_mesh::buffer::StoreBuffer;
 use ecomesh_mesh::{MAX_LEARNED_KEYS, MeshConfig, MeshEvent, MultiTransportManager, SendOutcome};
 use ecomesh_p2p_storage::kv::SledBackend;
 use ecomesh_p2p_storage::{P2PConfig, P2PStorageAdapter, SledStore, StoreConfig};
+use ecomesh_replication::queue::SyncQueue;
 use ecomesh_transport_wired::{LinkConfig, MdnsDiscovery, WiredConfig, WiredTransport};
 use ecomesh_types::{
     Map, NetworkMessage, PeerId, Priority, SetOptions, StorageAdapter, Subscription,
@@ -377,6 +378,7 @@ impl Node {
                 .collect(),
             peers: self.mesh.peers().len(),
             buffered: self.mesh.buffered(),
+            sync_pending: self.p2p.queued(),
             inbox: self.store.scan_collection(INBOX)?.len(),
             delivered,
             undelivered: outbox.len() - delivered,
@@ -609,7 +611,10 @@ pub async fn run(
         .await
         .with_context(|| format!("starting the wired transport on {}", options.listen))?;
     let store = Arc::new(store);
-    let p2p = P2PStorageAdapter::new(store.clone(), mesh.clone(), P2PConfig::default());
+    let queue = SyncQueue::open(&data.queue())
+        .with_context(|| format!("opening the sync queue in {}", data.queue().display()))?;
+    let p2p =
+        P2PStorageAdapter::new(store.clone(), mesh.clone(), P2PConfig::default()).with_queue(queue);
     let node = Arc::new(Node {
         identity,
         data,

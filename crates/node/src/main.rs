@@ -303,12 +303,14 @@ fn run(cli: Cli) -> Result<()> {
                 out(format!("transports  {}", s.transports.join(",")));
                 out(format!("peers       {}", s.peers));
                 out(format!("buffered    {}", s.buffered));
+                out(format!("to sync     {}", s.sync_pending));
                 out(format!("inbox       {}", s.inbox));
                 out(format!(
                     "delivered   {} (undelivered {})",
                     s.delivered, s.undelivered
                 ));
                 out(format!("root cid    {}", s.root_cid));
+                out(format!("replicated  {}", s.replicated_root));
                 out(format!("uptime      {} s", s.uptime_secs));
                 Ok(())
             }

@@ -67,6 +67,11 @@ impl DataDir {
         self.root.join("known-keys.bin")
     }
 
+    /// The durable sync queue (a sled database).
+    pub fn queue(&self) -> PathBuf {
+        self.root.join("queue")
+    }
+
     /// The control socket of the running node.
     pub fn socket(&self) -> PathBuf {
         self.root.join("control.sock")

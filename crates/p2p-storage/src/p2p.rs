@@ -24,7 +24,7 @@
 //! A peer that sends a version failing verification, or a frame that does not
 //! decode, is charged an integrity failure in the mesh's reputation table.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,10 +36,11 @@ use ecomesh_replication::ReplicationError;
 use ecomesh_replication::antientropy::{self, Event as AeEvent, Session};
 use ecomesh_replication::merkle::{ApplyResult, MerkleNode, ReconcileStore};
 use ecomesh_replication::policy::{Candidate, Origin, PinSet, ReplicationConfig, select_partners};
+use ecomesh_replication::queue::{SyncItem, SyncQueue};
 use ecomesh_replication::reach::{Reach, ReachPolicy, Relation, Trust};
 use ecomesh_types::{
     BatchOperation, BatchResult, BoxFuture, ContentId, Document, Error, HlcTimestamp, Listener,
-    Map, NetworkMessage, PeerId, Priority, Query, QueryPage, SetOptions, StorageAdapter,
+    Map, MessageId, NetworkMessage, PeerId, Priority, Query, QueryPage, SetOptions, StorageAdapter,
     Subscription, Value, WriteResult,
 };
 use ecomesh_wire::Limits;
@@ -190,6 +191,8 @@ pub struct P2PConfig {
     pub pins: PinSet,
     /// A connected peer is reconciled again after this long, in milliseconds.
     pub resync_interval_ms: u64,
+    /// Sync-queue items re-pushed to a partner when it connects, at most.
+    pub retry_page: usize,
     /// An anti-entropy session that heard nothing for this long, in
     /// milliseconds, is dropped (and restarted by its initiator).
     pub session_timeout_ms: u64,
@@ -221,6 +224,7 @@ impl Default for P2PConfig {
             pins: PinSet::new(),
             resync_interval_ms: 60_000,
             session_timeout_ms: 20_000,
+            retry_page: 256,
             message_ttl_secs: 120,
             inbox_capacity: 8192,
             max_fetch_bytes: 8 << 20,
@@ -363,11 +367,24 @@ const MAX_PART_BYTES: usize = 8 << 20;
 /// Most parts one protocol message may be split into.
 const MAX_PARTS: u64 = 64;
 
+/// A message the driver will send; `seq` names the sync-queue item a push serves.
+struct Outgoing {
+    peer: PeerId,
+    ty: &'static str,
+    payload: Vec<u8>,
+    seq: Option<u64>,
+}
+
+/// Most pushes remembered while waiting for their ACK.
+const MAX_PUSH_ACKS: usize = 65_536;
+
 struct Driver<B: Backend> {
     sessions: BTreeMap<PeerId, AeSession<B>>,
     next_sid: u64,
     now_ms: u64,
-    outbox: VecDeque<(PeerId, &'static str, Vec<u8>)>,
+    outbox: VecDeque<Outgoing>,
+    /// Pushes awaiting their mesh ACK: message id -> (queue seq, peer).
+    push_acks: BTreeMap<MessageId, (u64, PeerId)>,
     fetches: BTreeMap<u64, Fetch>,
     next_fetch: u64,
     last_sync: BTreeMap<PeerId, u64>,
@@ -385,6 +402,7 @@ pub struct P2PStorageAdapter<B: Backend> {
     driver: Mutex<Driver<B>>,
     waker: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     random: Mutex<Option<RandomSource>>,
+    queue: Option<SyncQueue>,
 }
 
 /// Fills the 16 random bytes of a message id (see [`P2PStorageAdapter::set_random`]).
@@ -513,7 +531,9 @@ impl<B: Backend> P2PStorageAdapter<B> {
                     message.message_type.as_str(),
                     AE_TYPE | PUSH_TYPE | FETCH_TYPE | FETCHED_TYPE
                 ),
-                MeshEvent::PeerDiscovered(_) | MeshEvent::PeerLost(_) => true,
+                MeshEvent::PeerDiscovered(_) | MeshEvent::PeerLost(_) | MeshEvent::Acked { .. } => {
+                    true
+                }
                 _ => false,
             };
             if wanted {
@@ -543,6 +563,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
                 next_sid: 1,
                 now_ms: 0,
                 outbox: VecDeque::new(),
+                push_acks: BTreeMap::new(),
                 fetches: BTreeMap::new(),
                 next_fetch: 1,
                 last_sync: BTreeMap::new(),
@@ -550,7 +571,21 @@ impl<B: Backend> P2PStorageAdapter<B> {
             }),
             waker: Mutex::new(None),
             random: Mutex::new(None),
+            queue: None,
         }
+    }
+
+    /// Records every new local version in the durable `queue` until
+    /// `factor` partners acknowledged it; unacknowledged items are pushed
+    /// again to each partner that connects (also after a restart).
+    pub fn with_queue(mut self, queue: SyncQueue) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// Items in the sync queue not yet acknowledged by enough partners.
+    pub fn queued(&self) -> usize {
+        self.queue.as_ref().map_or(0, SyncQueue::len)
     }
 
     /// The local store.
@@ -670,7 +705,12 @@ impl<B: Backend> P2PStorageAdapter<B> {
                 parts: total,
                 frames,
             };
-            d.outbox.push_back((peer, AE_TYPE, encode_envelope(&e)));
+            d.outbox.push_back(Outgoing {
+                peer,
+                ty: AE_TYPE,
+                payload: encode_envelope(&e),
+                seq: None,
+            });
         }
         ae.next_out += 2;
     }
@@ -780,8 +820,53 @@ impl<B: Backend> P2PStorageAdapter<B> {
         self.mesh.observe(peer, Observation::Integrity(false));
     }
 
-    fn new_version(&self, d: &mut Driver<B>, version: Option<&ContentId>) {
+    /// Records a new local version in the sync queue (when there is one) and
+    /// pushes it to its partners.
+    fn new_version(&self, d: &mut Driver<B>, version: Option<&ContentId>, tombstone: bool) {
         let Some(cid) = version else { return };
+        let seq = self.enqueue(cid, tombstone);
+        self.push_version(d, cid, seq, &BTreeSet::new(), None);
+    }
+
+    fn enqueue(&self, cid: &ContentId, tombstone: bool) -> Option<u64> {
+        let queue = self.queue.as_ref()?;
+        let bytes = self.view.version_bytes(cid).ok().flatten()?;
+        let (collection, id) = ReplicatedView::<B>::document_of(&bytes)?;
+        let factor = self.config.replication.factor_for(&collection);
+        let item = if tombstone {
+            SyncItem::Tombstone {
+                collection,
+                id,
+                version: cid.clone(),
+                factor,
+            }
+        } else {
+            SyncItem::Replicate {
+                collection,
+                id,
+                version: cid.clone(),
+                factor,
+            }
+        };
+        match queue.enqueue(item) {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                tracing::error!(error = %e, "sync queue: enqueue failed");
+                None
+            }
+        }
+    }
+
+    /// Pushes version `cid` to partners that have not acknowledged it yet
+    /// (only to `only` when given).
+    fn push_version(
+        &self,
+        d: &mut Driver<B>,
+        cid: &ContentId,
+        seq: Option<u64>,
+        acked: &BTreeSet<PeerId>,
+        only: Option<PeerId>,
+    ) {
         let bytes = match self.view.version_bytes(cid) {
             Ok(Some(b)) => b,
             Ok(None) => return, // gone, or a local collection
@@ -799,6 +884,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             .mesh
             .peers()
             .iter()
+            .filter(|p| !acked.contains(&p.peer_id) && only.is_none_or(|o| o == p.peer_id))
             .filter(|p| self.view_for(p.peer_id).document_visible(&collection, &id))
             .map(Candidate::from_peer_info)
             .collect();
@@ -807,8 +893,12 @@ impl<B: Backend> P2PStorageAdapter<B> {
             network: None,
         };
         let factor = self.config.replication.factor_for(&collection);
+        let missing = (factor as usize).saturating_sub(acked.len());
+        if missing == 0 {
+            return;
+        }
         let chosen = select_partners(
-            factor,
+            u32::try_from(missing).unwrap_or(factor),
             &collection,
             Some(&id),
             &origin,
@@ -817,7 +907,12 @@ impl<B: Backend> P2PStorageAdapter<B> {
         );
         for p in chosen.partners {
             d.stats.versions_pushed += 1;
-            d.outbox.push_back((p, PUSH_TYPE, bytes.clone()));
+            d.outbox.push_back(Outgoing {
+                peer: p,
+                ty: PUSH_TYPE,
+                payload: bytes.clone(),
+                seq,
+            });
         }
     }
 
@@ -874,8 +969,12 @@ impl<B: Backend> P2PStorageAdapter<B> {
                             versions.push(b);
                         }
                     }
-                    d.outbox
-                        .push_back((from, FETCHED_TYPE, encode_fetched(req, versions)));
+                    d.outbox.push_back(Outgoing {
+                        peer: from,
+                        ty: FETCHED_TYPE,
+                        payload: encode_fetched(req, versions),
+                        seq: None,
+                    });
                 }
                 None => self.charge(d, from, &"malformed fetch request"),
             },
@@ -916,7 +1015,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
         let events: Vec<MeshEvent> = lock(&self.inbox).0.drain(..).collect();
         let handled = events.len();
         let me = self.store.peer_id();
-        let outbox: Vec<(PeerId, &'static str, Vec<u8>)> = {
+        let outbox: Vec<Outgoing> = {
             let mut d = lock(&self.driver);
             d.now_ms = now_ms;
             // A session that stopped hearing from its peer (a message was lost)
@@ -943,6 +1042,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
                     MeshEvent::PeerDiscovered(info) => {
                         let p = info.peer_id;
                         d.last_sync.insert(p, now_ms);
+                        self.retry_pending(&mut d, p);
                         if me < p {
                             self.start_session(&mut d, p);
                         }
@@ -953,6 +1053,19 @@ impl<B: Backend> P2PStorageAdapter<B> {
                     }
                     MeshEvent::Message { message, .. } => {
                         self.on_message(&mut d, message, now_ms);
+                    }
+                    MeshEvent::Acked { id, by } => {
+                        if let Some((seq, peer)) = d.push_acks.remove(&id)
+                            && peer == by
+                            && let Some(q) = &self.queue
+                        {
+                            match q.ack(seq, by) {
+                                Ok(outcome) => {
+                                    tracing::debug!(seq, %by, ?outcome, "push acknowledged")
+                                }
+                                Err(e) => tracing::error!(error = %e, "sync queue: ack failed"),
+                            }
+                        }
                     }
                     _ => {}
                 }
@@ -991,13 +1104,27 @@ impl<B: Backend> P2PStorageAdapter<B> {
             }
             d.outbox.drain(..).collect()
         };
-        for (peer, ty, payload) in outbox {
-            self.send(peer, ty, payload, now_ms).await;
+        for o in outbox {
+            let sent = self.send(o.peer, o.ty, o.payload, now_ms).await;
+            if let (Some(id), Some(seq)) = (sent, o.seq) {
+                let mut d = lock(&self.driver);
+                if d.push_acks.len() >= MAX_PUSH_ACKS {
+                    d.push_acks.pop_first();
+                }
+                d.push_acks.insert(id, (seq, o.peer));
+            }
         }
         handled
     }
 
-    async fn send(&self, peer: PeerId, ty: &str, payload: Vec<u8>, now_ms: u64) {
+    /// Signs and sends one message; its id when the mesh took it.
+    async fn send(
+        &self,
+        peer: PeerId,
+        ty: &str,
+        payload: Vec<u8>,
+        now_ms: u64,
+    ) -> Option<MessageId> {
         let mut random = [0u8; 16];
         let source = lock(&self.random).clone();
         match source {
@@ -1005,7 +1132,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             None => {
                 if let Err(e) = getrandom::fill(&mut random) {
                     tracing::error!(error = %e, "no randomness; message not sent");
-                    return;
+                    return None;
                 }
             }
         }
@@ -1021,21 +1148,48 @@ impl<B: Backend> P2PStorageAdapter<B> {
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not sign a replication message");
-                return;
+                return None;
             }
         };
-        if let Err(e) = self
+        let id = message.id;
+        match self
             .mesh
             .send(peer, message, Priority::Normal, now_ms)
             .await
         {
-            tracing::debug!(%peer, error = %e, "replication message not sent");
+            Ok(_) => Some(id),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "replication message not sent");
+                None
+            }
         }
     }
 
-    fn after_write(&self, version: Option<&ContentId>) {
+    /// Pushes the queued items `peer` has not acknowledged to it (a page at a time).
+    fn retry_pending(&self, d: &mut Driver<B>, peer: PeerId) {
+        let Some(q) = &self.queue else { return };
+        let page = match q.pending(0, self.config.retry_page) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "sync queue unreadable");
+                return;
+            }
+        };
+        for item in page.items {
+            let (SyncItem::Replicate { version, .. } | SyncItem::Tombstone { version, .. }) =
+                &item.item
+            else {
+                continue;
+            };
+            if !item.acked_by.contains(&peer) {
+                self.push_version(d, version, Some(item.seq), &item.acked_by, Some(peer));
+            }
+        }
+    }
+
+    fn after_write(&self, version: Option<&ContentId>, tombstone: bool) {
         let mut d = lock(&self.driver);
-        self.new_version(&mut d, version);
+        self.new_version(&mut d, version, tombstone);
         drop(d);
         self.wake();
     }
@@ -1069,8 +1223,12 @@ impl<B: Backend> P2PStorageAdapter<B> {
             let req = d.next_fetch;
             d.next_fetch += 1;
             for p in &peers {
-                d.outbox
-                    .push_back((*p, FETCH_TYPE, encode_fetch(req, collection, id)));
+                d.outbox.push_back(Outgoing {
+                    peer: *p,
+                    ty: FETCH_TYPE,
+                    payload: encode_fetch(req, collection, id),
+                    seq: None,
+                });
             }
             d.fetches.insert(
                 req,
@@ -1107,7 +1265,7 @@ impl<B: Backend> StorageAdapter for P2PStorageAdapter<B> {
     ) -> BoxFuture<'a, Result<WriteResult, Error>> {
         Box::pin(async move {
             let w = self.store.set(collection, id, fields, options)?;
-            self.after_write(w.version.as_ref());
+            self.after_write(w.version.as_ref(), false);
             Ok(w)
         })
     }
@@ -1120,7 +1278,7 @@ impl<B: Backend> StorageAdapter for P2PStorageAdapter<B> {
     ) -> BoxFuture<'a, Result<WriteResult, Error>> {
         Box::pin(async move {
             let w = self.store.update(collection, id, fields)?;
-            self.after_write(w.version.as_ref());
+            self.after_write(w.version.as_ref(), false);
             Ok(w)
         })
     }
@@ -1132,7 +1290,7 @@ impl<B: Backend> StorageAdapter for P2PStorageAdapter<B> {
     ) -> BoxFuture<'a, Result<WriteResult, Error>> {
         Box::pin(async move {
             let w = self.store.delete(collection, id)?;
-            self.after_write(w.version.as_ref());
+            self.after_write(w.version.as_ref(), true);
             Ok(w)
         })
     }
@@ -1154,7 +1312,7 @@ impl<B: Backend> StorageAdapter for P2PStorageAdapter<B> {
             {
                 let mut d = lock(&self.driver);
                 for w in &r.results {
-                    self.new_version(&mut d, w.version.as_ref());
+                    self.new_version(&mut d, w.version.as_ref(), false);
                 }
             }
             self.wake();

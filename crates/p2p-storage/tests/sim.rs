@@ -30,6 +30,7 @@ use ecomesh_mesh::buffer::StoreBuffer;
 use ecomesh_mesh::{MeshConfig, MultiTransportManager};
 use ecomesh_p2p_storage::kv::MemoryBackend;
 use ecomesh_p2p_storage::{P2PConfig, P2PStorageAdapter, Store, StoreConfig};
+use ecomesh_replication::queue::SyncQueue;
 use ecomesh_types::{
     BoxFuture, ContentId, Error, Listener, Listeners, Map, NetworkMessage, PeerId, PeerInfo,
     SetOptions, StorageAdapter, Subscription, TransportAdapter, TransportCapabilities,
@@ -250,6 +251,8 @@ struct SimNode {
     backend: MemoryBackend,
     saved_buffer: Vec<u8>,
     saved_pending: Vec<u8>,
+    /// A durable sync queue's directory, kept across crashes.
+    queue_dir: Option<tempfile::TempDir>,
     live: Option<Live>,
 }
 
@@ -262,6 +265,7 @@ struct Sim {
     acked: Vec<(usize, String, String, ContentId)>,
     /// Acknowledged writes in the local collection: (node, version).
     private: Vec<(usize, ContentId)>,
+    config: P2PConfig,
 }
 
 const COLLECTIONS: [&str; 3] = ["notes", "tasks", "_private"];
@@ -280,6 +284,7 @@ impl Sim {
                     backend: MemoryBackend::new(),
                     saved_buffer: Vec::new(),
                     saved_pending: Vec::new(),
+                    queue_dir: None,
                     live: None,
                 }
             })
@@ -309,6 +314,7 @@ impl Sim {
             rng,
             acked: Vec::new(),
             private: Vec::new(),
+            config: P2PConfig::default(),
         };
         for i in 0..n {
             sim.start(i);
@@ -363,7 +369,10 @@ impl Sim {
         });
         self.net.lock().unwrap().transports[i] = Arc::downgrade(&transport);
         mesh.add_transport(transport.clone());
-        let p2p = P2PStorageAdapter::new(store.clone(), mesh.clone(), P2PConfig::default());
+        let mut p2p = P2PStorageAdapter::new(store.clone(), mesh.clone(), self.config.clone());
+        if let Some(dir) = &node.queue_dir {
+            p2p = p2p.with_queue(SyncQueue::open(dir.path()).unwrap());
+        }
         let ids = Mutex::new(Rng(self.rng.next()));
         p2p.set_random(Arc::new(move |b: &mut [u8; 16]| {
             let mut r = ids.lock().unwrap();
@@ -612,4 +621,57 @@ fn simulated_networks_converge_after_healing() {
         failures.len()
     );
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
+}
+
+/// The durable sync queue: a write made while its partner is away stays queued
+/// across a crash of the writer, is pushed when the partner connects, and
+/// leaves the queue when the partner's ACK arrives.
+#[test]
+fn queued_push_survives_a_crash_and_is_acknowledged() {
+    let mut sim = Sim::new(7, 2);
+    {
+        let mut n = sim.net.lock().unwrap();
+        n.loss = 0;
+        n.dup = 0;
+    }
+    sim.config.replication.set_factor("notes", 1).unwrap();
+    for i in 0..2 {
+        sim.crash(i);
+        sim.nodes[i].queue_dir = Some(tempfile::tempdir().unwrap());
+        sim.start(i);
+    }
+    change(&sim.net, |n| n.group = vec![0, 1]);
+    sim.advance(10);
+    sim.process();
+    let mut f = Map::new();
+    f.insert("t".into(), Value::Text("queued".into()));
+    let l = sim.nodes[0].live.as_ref().unwrap();
+    let w = block_on(l.p2p.set("notes", "q1", f, SetOptions::REPLACE)).unwrap();
+    let v = w.version.unwrap();
+    assert_eq!(l.p2p.queued(), 1, "enqueued: its partner is away");
+    sim.crash(0);
+    sim.start(0);
+    assert_eq!(
+        sim.nodes[0].live.as_ref().unwrap().p2p.queued(),
+        1,
+        "still queued after the crash"
+    );
+    change(&sim.net, |n| n.group = vec![0, 0]);
+    for _ in 0..40 {
+        sim.advance(50);
+        sim.process();
+    }
+    let got = sim.nodes[1]
+        .live
+        .as_ref()
+        .unwrap()
+        .store
+        .version(&v)
+        .unwrap();
+    assert!(got.is_some(), "the partner has the version");
+    assert_eq!(
+        sim.nodes[0].live.as_ref().unwrap().p2p.queued(),
+        0,
+        "acknowledged by the factor's one partner: dequeued"
+    );
 }
