@@ -560,7 +560,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             _subscription: sub,
             driver: Mutex::new(Driver {
                 sessions: BTreeMap::new(),
-                next_sid: 1,
+                next_sid: 0,
                 now_ms: 0,
                 outbox: VecDeque::new(),
                 push_acks: BTreeMap::new(),
@@ -657,8 +657,16 @@ impl<B: Backend> P2PStorageAdapter<B> {
         match session.start() {
             Ok(frames) => {
                 d.stats.sessions_started += 1;
+                // Session ids start at a random point, so a restarted node's
+                // new sessions are not mistaken for its old ones.
+                if d.next_sid == 0 {
+                    let mut r = [0u8; 16];
+                    self.fill_random(&mut r);
+                    let [a, b, c, e, f, g, h, i, ..] = r;
+                    d.next_sid = u64::from_le_bytes([a, b, c, e, f, g, h, i]) >> 1 | 1;
+                }
                 let sid = d.next_sid;
-                d.next_sid += 1;
+                d.next_sid = d.next_sid.wrapping_add(1).max(1);
                 let mut ae = AeSession {
                     session,
                     sid,
@@ -1117,6 +1125,25 @@ impl<B: Backend> P2PStorageAdapter<B> {
         handled
     }
 
+    /// Fills `out` from the configured source or the OS; false (logged) when
+    /// the OS has no randomness to give.
+    fn fill_random(&self, out: &mut [u8; 16]) -> bool {
+        let source = lock(&self.random).clone();
+        match source {
+            Some(f) => {
+                f(out);
+                true
+            }
+            None => match getrandom::fill(out) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "no randomness");
+                    false
+                }
+            },
+        }
+    }
+
     /// Signs and sends one message; its id when the mesh took it.
     async fn send(
         &self,
@@ -1126,15 +1153,8 @@ impl<B: Backend> P2PStorageAdapter<B> {
         now_ms: u64,
     ) -> Option<MessageId> {
         let mut random = [0u8; 16];
-        let source = lock(&self.random).clone();
-        match source {
-            Some(f) => f(&mut random),
-            None => {
-                if let Err(e) = getrandom::fill(&mut random) {
-                    tracing::error!(error = %e, "no randomness; message not sent");
-                    return None;
-                }
-            }
+        if !self.fill_random(&mut random) {
+            return None;
         }
         let message = match self
             .mesh
