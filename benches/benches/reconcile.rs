@@ -16,7 +16,12 @@
 //!
 //! `RECONCILE_SIZES=10000,100000` picks the sizes (default 10k, 100k, 1M).
 
-#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    missing_docs
+)]
 
 use std::time::Instant;
 
