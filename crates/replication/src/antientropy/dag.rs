@@ -72,14 +72,23 @@ impl DocDag {
         out
     }
 
-    /// Short CIDs of some ancestors (see [`TAIL_POSITIONS`]), newest first.
+    /// Short CIDs of some ancestors (see [`TAIL_POSITIONS`]), newest first,
+    /// and always the oldest one: a document's first version is often where
+    /// two replicas' histories part, so a peer that knows nothing newer still
+    /// finds a common point and pushes only what lies above it.
     pub(crate) fn tail(&self) -> Vec<Short> {
         let heads: HashSet<&ContentId> = self.heads.iter().collect();
         let rest: Vec<&ContentId> = self.order.iter().filter(|c| !heads.contains(c)).collect();
-        TAIL_POSITIONS
+        let mut out: Vec<Short> = TAIL_POSITIONS
             .iter()
             .filter_map(|i| rest.get(*i).map(|c| short(c)))
-            .collect()
+            .collect();
+        if let Some(oldest) = rest.last().map(|c| short(c))
+            && !out.contains(&oldest)
+        {
+            out.push(oldest);
+        }
+        out
     }
 
     /// The versions that are not ancestors (inclusive) of `known`, parents
