@@ -390,6 +390,9 @@ fn seq_of_key(key: &[u8]) -> Result<u64, ReplicationError> {
     }
 }
 
+/// How long [`SyncQueue::open`] waits for a lock its own process is releasing.
+pub const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn storage(e: sled::Error) -> ReplicationError {
     ReplicationError::Storage(e.to_string())
 }
@@ -410,9 +413,25 @@ impl SyncQueue {
 
     /// Opens (creating if needed) a sled database in directory `dir` and the
     /// queue in it.
+    ///
+    /// sled releases its file lock only when its background flusher exits, a
+    /// moment after the last handle is dropped, so a reopen in the same
+    /// process right after a drop may find the lock still held: that case is
+    /// retried for up to [`REOPEN_WAIT`] before it is an error.
     pub fn open(dir: &Path) -> Result<Self, ReplicationError> {
-        let db = sled::open(dir).map_err(storage)?;
-        Self::open_in(&db)
+        let deadline = std::time::Instant::now() + REOPEN_WAIT;
+        loop {
+            match sled::open(dir) {
+                Ok(db) => return Self::open_in(&db),
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(storage(e)),
+            }
+        }
     }
 
     /// Opens the queue in the tree [`Self::TREE`] of an open database (so a
