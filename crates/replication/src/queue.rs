@@ -423,8 +423,10 @@ impl SyncQueue {
         loop {
             match sled::open(dir) {
                 Ok(db) => return Self::open_in(&db),
+                // sled reports a held lock as an `Other` I/O error naming it.
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock"))
                         && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(10));
