@@ -1,0 +1,732 @@
+//! The over-the-air frames ecomesh puts in a Meshtastic packet's `Data.payload`
+//! (at most [`MAX_APP_PAYLOAD`](crate::airtime::MAX_APP_PAYLOAD) = 233 bytes).
+//!
+//! Every frame starts with one kind byte (`0xE1..=0xE7`: the high nibble marks ecomesh
+//! traffic on the private port). Headers are fixed binary fields (each byte counts);
+//! bodies are compact CBOR with small integer keys (the `ecomesh-wire` CBOR writer/reader).
+//!
+//! | kind | frame | layout | authenticated by |
+//! |---|---|---|---|
+//! | `E1` | presence beacon | ttl/hops (1), origin (4), seq (4), CBOR `[types, bloom(8)]`, MAC (8) | network key, truncated BLAKE3 MAC |
+//! | `E2` | announce | public key (32), epoch (4), MAC (8) | network key; the key is self-certifying (PeerId = SHA-256 of it) |
+//! | `E7` | key request | from (4), to (4), MAC (8) | network key |
+//! | `E3`/`E4`/`E5` | Noise IK message 1/2/3 | from (4), to (4), Noise message | Noise IK itself |
+//! | `E6` | sealed | session id (2), counter (4), ChaCha20-Poly1305 ciphertext + tag (16) | the neighbour's Noise session |
+//!
+//! The plaintext of a sealed frame is a routing header (ttl/hops (1), origin (4),
+//! destination (4), seq (2)) and a CBOR body `[kind, ...]` ([`Body`]).
+//! Short ids are the first 4 bytes of a PeerId.
+
+use ecomesh_types::PeerId;
+use ecomesh_wire::{Limits, Reader, Writer};
+
+use crate::error::LoraError;
+
+/// Presence beacon.
+pub const K_PRESENCE: u8 = 0xE1;
+/// Public key announce.
+pub const K_ANNOUNCE: u8 = 0xE2;
+/// Noise IK message 1.
+pub const K_HS1: u8 = 0xE3;
+/// Noise IK message 2.
+pub const K_HS2: u8 = 0xE4;
+/// Noise IK message 3 (confirm).
+pub const K_HS3: u8 = 0xE5;
+/// Session-encrypted frame.
+pub const K_SEALED: u8 = 0xE6;
+/// Key request.
+pub const K_KEYREQ: u8 = 0xE7;
+
+/// Length of a broadcast frame's MAC.
+pub const MAC_LEN: usize = 8;
+/// Length of the AEAD tag of a sealed frame.
+pub const TAG_LEN: usize = 16;
+/// Sealed frame header: kind, session id, counter.
+pub const SEALED_HEADER_LEN: usize = 1 + 2 + 4;
+/// Routing header inside a sealed frame.
+pub const ROUTE_HEADER_LEN: usize = 1 + 4 + 4 + 2;
+/// Bytes of a Bloom filter of collections in a beacon.
+pub const BLOOM_LEN: usize = 8;
+/// Hash functions of the Bloom filter.
+pub const BLOOM_K: usize = 3;
+
+/// A short peer id: the first 4 bytes of a [`PeerId`].
+pub type ShortId = [u8; 4];
+
+/// The short form of `peer`.
+pub fn short_id(peer: &PeerId) -> ShortId {
+    let b = peer.as_bytes();
+    [b[0], b[1], b[2], b[3]]
+}
+
+/// The key that authenticates broadcast frames (presence, announce, key request): every
+/// node of one ecomesh LoRa network shares it.
+#[derive(Clone)]
+pub struct NetworkKey([u8; 32]);
+
+impl std::fmt::Debug for NetworkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NetworkKey(..)")
+    }
+}
+
+impl NetworkKey {
+    /// Derives the key from a network secret (a passphrase or random bytes shared out of band).
+    pub fn from_secret(secret: &[u8]) -> Self {
+        NetworkKey(blake3::derive_key(
+            "ecomesh 2026 lora network key v1",
+            secret,
+        ))
+    }
+
+    fn mac(&self, data: &[&[u8]]) -> [u8; MAC_LEN] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        for d in data {
+            h.update(d);
+        }
+        let full = h.finalize();
+        let mut out = [0u8; MAC_LEN];
+        out.copy_from_slice(&full.as_bytes()[..MAC_LEN]);
+        out
+    }
+}
+
+/// A presence beacon (seed 4.1): who, what it speaks, what it replicates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presence {
+    /// Relays left (decremented per hop).
+    pub ttl: u8,
+    /// Relays taken so far.
+    pub hops: u8,
+    /// The beaconing node.
+    pub origin: ShortId,
+    /// Its beacon sequence number.
+    pub seq: u32,
+    /// Bitmap of supported frame/message types ([`types`]).
+    pub types: u16,
+    /// Bloom filter of replicated collections.
+    pub bloom: [u8; BLOOM_LEN],
+}
+
+/// Bits of [`Presence::types`].
+pub mod types {
+    /// Carries ecomesh `NetworkMessage`s.
+    pub const MESSAGES: u16 = 1;
+    /// Carries compact notification headers.
+    pub const NOTIFICATIONS: u16 = 2;
+    /// Carries compact permission grants.
+    pub const GRANTS: u16 = 4;
+    /// Relays (store-and-forward) for others.
+    pub const RELAY: u16 = 8;
+    /// Everything this implementation does.
+    pub const ALL: u16 = MESSAGES | NOTIFICATIONS | GRANTS | RELAY;
+}
+
+/// A decoded frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Presence beacon.
+    Presence(Presence),
+    /// A node's Ed25519 public key and boot epoch.
+    Announce {
+        /// The key.
+        key: [u8; 32],
+        /// Random per start of the transport: a new epoch means the node restarted.
+        epoch: u32,
+    },
+    /// Asks `to` to announce its key.
+    KeyRequest {
+        /// Requester.
+        from: ShortId,
+        /// Whose key is wanted.
+        to: ShortId,
+    },
+    /// A Noise IK handshake message (`step` 1, 2 or 3).
+    Handshake {
+        /// 1, 2 or 3.
+        step: u8,
+        /// Sender.
+        from: ShortId,
+        /// Recipient.
+        to: ShortId,
+        /// The Noise message.
+        noise: Vec<u8>,
+    },
+    /// A session-encrypted frame.
+    Sealed {
+        /// The receiver's session id.
+        sid: u16,
+        /// The low 32 bits of the Noise nonce.
+        counter: u32,
+        /// Ciphertext and tag.
+        ciphertext: Vec<u8>,
+    },
+}
+
+fn err(reason: &'static str) -> LoraError {
+    LoraError::Frame(reason)
+}
+
+fn take<'a>(b: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], LoraError> {
+    let end = at.checked_add(n).ok_or(err("truncated"))?;
+    let s = b.get(*at..end).ok_or(err("truncated"))?;
+    *at = end;
+    Ok(s)
+}
+
+fn arr4(s: &[u8]) -> ShortId {
+    [s[0], s[1], s[2], s[3]]
+}
+
+impl Frame {
+    /// Encodes the frame, adding the MAC under `key` for broadcast kinds.
+    pub fn encode(&self, key: &NetworkKey) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        match self {
+            Frame::Presence(p) => {
+                out.push(K_PRESENCE);
+                out.push((p.ttl.min(15) << 4) | p.hops.min(15));
+                out.extend_from_slice(&p.origin);
+                out.extend_from_slice(&p.seq.to_be_bytes());
+                let mut w = Writer::new();
+                w.array(2);
+                w.uint(u64::from(p.types));
+                w.bytes(&p.bloom);
+                out.extend_from_slice(&w.into_bytes());
+                // The ttl/hops byte changes at each relay and is outside the MAC.
+                let mac = key.mac(&[&[K_PRESENCE], &out[2..]]);
+                out.extend_from_slice(&mac);
+            }
+            Frame::Announce { key: k, epoch } => {
+                out.push(K_ANNOUNCE);
+                out.extend_from_slice(k);
+                out.extend_from_slice(&epoch.to_be_bytes());
+                let mac = key.mac(&[&out]);
+                out.extend_from_slice(&mac);
+            }
+            Frame::KeyRequest { from, to } => {
+                out.push(K_KEYREQ);
+                out.extend_from_slice(from);
+                out.extend_from_slice(to);
+                let mac = key.mac(&[&out]);
+                out.extend_from_slice(&mac);
+            }
+            Frame::Handshake {
+                step,
+                from,
+                to,
+                noise,
+            } => {
+                out.push(match step {
+                    1 => K_HS1,
+                    2 => K_HS2,
+                    _ => K_HS3,
+                });
+                out.extend_from_slice(from);
+                out.extend_from_slice(to);
+                out.extend_from_slice(noise);
+            }
+            Frame::Sealed {
+                sid,
+                counter,
+                ciphertext,
+            } => {
+                out.push(K_SEALED);
+                out.extend_from_slice(&sid.to_be_bytes());
+                out.extend_from_slice(&counter.to_be_bytes());
+                out.extend_from_slice(ciphertext);
+            }
+        }
+        out
+    }
+
+    /// Decodes and authenticates (broadcast kinds) one frame. Never panics; every
+    /// malformed, foreign or forged input is a typed error.
+    pub fn decode(bytes: &[u8], key: &NetworkKey) -> Result<Frame, LoraError> {
+        if bytes.len() > crate::airtime::MAX_APP_PAYLOAD {
+            return Err(err("longer than a Meshtastic payload"));
+        }
+        let (&kind, _) = bytes.split_first().ok_or(err("empty"))?;
+        let mut at = 1;
+        let check_mac = |body_end: usize, parts: &[&[u8]]| -> Result<(), LoraError> {
+            let mac = bytes.get(body_end..).ok_or(err("truncated"))?;
+            if mac.len() != MAC_LEN {
+                return Err(err("bad MAC length"));
+            }
+            let want = key.mac(parts);
+            // Constant time is moot for a public-verifier MAC, but cheap.
+            let diff = want.iter().zip(mac).fold(0u8, |a, (x, y)| a | (x ^ y));
+            if diff != 0 {
+                return Err(LoraError::BadMac);
+            }
+            Ok(())
+        };
+        match kind {
+            K_PRESENCE => {
+                if bytes.len() < 2 + 4 + 4 + MAC_LEN {
+                    return Err(err("truncated"));
+                }
+                let body_end = bytes.len() - MAC_LEN;
+                check_mac(body_end, &[&[K_PRESENCE], &bytes[2..body_end]])?;
+                let th = take(bytes, &mut at, 1)?[0];
+                let origin = arr4(take(bytes, &mut at, 4)?);
+                let seq = u32::from_be_bytes(arr4(take(bytes, &mut at, 4)?));
+                let mut r = Reader::new(&bytes[at..body_end], Limits::DEFAULT);
+                let n = r.read_array_len().map_err(|_| err("presence body"))?;
+                if n != 2 {
+                    return Err(err("presence body"));
+                }
+                let types = u16::try_from(r.read_uint().map_err(|_| err("presence types"))?)
+                    .map_err(|_| err("presence types"))?;
+                let bloom: [u8; BLOOM_LEN] = r
+                    .read_bytes()
+                    .map_err(|_| err("presence bloom"))?
+                    .try_into()
+                    .map_err(|_| err("presence bloom"))?;
+                r.finish().map_err(|_| err("presence trailing bytes"))?;
+                Ok(Frame::Presence(Presence {
+                    ttl: th >> 4,
+                    hops: th & 0x0F,
+                    origin,
+                    seq,
+                    types,
+                    bloom,
+                }))
+            }
+            K_ANNOUNCE => {
+                if bytes.len() != 1 + 32 + 4 + MAC_LEN {
+                    return Err(err("announce length"));
+                }
+                check_mac(37, &[&bytes[..37]])?;
+                let mut k = [0u8; 32];
+                k.copy_from_slice(take(bytes, &mut at, 32)?);
+                let epoch = u32::from_be_bytes(arr4(take(bytes, &mut at, 4)?));
+                Ok(Frame::Announce { key: k, epoch })
+            }
+            K_KEYREQ => {
+                if bytes.len() != 1 + 8 + MAC_LEN {
+                    return Err(err("key request length"));
+                }
+                check_mac(9, &[&bytes[..9]])?;
+                let from = arr4(take(bytes, &mut at, 4)?);
+                let to = arr4(take(bytes, &mut at, 4)?);
+                Ok(Frame::KeyRequest { from, to })
+            }
+            K_HS1 | K_HS2 | K_HS3 => {
+                let from = arr4(take(bytes, &mut at, 4)?);
+                let to = arr4(take(bytes, &mut at, 4)?);
+                let noise = bytes[at..].to_vec();
+                if noise.is_empty() {
+                    return Err(err("empty handshake"));
+                }
+                Ok(Frame::Handshake {
+                    step: kind - K_HS1 + 1,
+                    from,
+                    to,
+                    noise,
+                })
+            }
+            K_SEALED => {
+                let s = take(bytes, &mut at, 2)?;
+                let sid = u16::from_be_bytes([s[0], s[1]]);
+                let counter = u32::from_be_bytes(arr4(take(bytes, &mut at, 4)?));
+                let ciphertext = bytes[at..].to_vec();
+                if ciphertext.len() < TAG_LEN {
+                    return Err(err("sealed frame shorter than its tag"));
+                }
+                Ok(Frame::Sealed {
+                    sid,
+                    counter,
+                    ciphertext,
+                })
+            }
+            _ => Err(err("not an ecomesh frame")),
+        }
+    }
+}
+
+/// The routing header inside a sealed frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteHeader {
+    /// Relays left.
+    pub ttl: u8,
+    /// Relays taken.
+    pub hops: u8,
+    /// The originating node.
+    pub origin: ShortId,
+    /// The destination node.
+    pub dest: ShortId,
+    /// The origin's frame sequence number (duplicate suppression).
+    pub seq: u16,
+}
+
+/// A compact notification header (seed 3.2 "notification header", budget 64 bytes on air).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotificationHeader {
+    /// 32-bit hash of the collection name.
+    pub collection: u32,
+    /// 64-bit hash of the document key.
+    pub document: u64,
+    /// What happened (application-defined: created, updated, deleted...).
+    pub change: u8,
+    /// When, Unix seconds.
+    pub at_secs: u32,
+}
+
+/// A compact permission grant (seed 3.2 "permission grant", budget 96 bytes on air).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PermissionGrant {
+    /// Who receives the permission.
+    pub grantee: PeerId,
+    /// 64-bit hash of the resource (collection or document path).
+    pub resource: u64,
+    /// Action bits (read, write, ...; application-defined).
+    pub actions: u8,
+    /// Expiry, Unix seconds.
+    pub expires_secs: u32,
+}
+
+/// The body of a sealed frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// A whole NetworkMessage in the compact form of `ecomesh-wire`.
+    Message(Vec<u8>),
+    /// One fragment of a compact NetworkMessage.
+    Fragment {
+        /// Fragment group (per origin).
+        group: u16,
+        /// Index, from 0.
+        index: u8,
+        /// Number of fragments.
+        count: u8,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The neighbour closes the session.
+    Close,
+    /// A notification header.
+    Notification(NotificationHeader),
+    /// A permission grant.
+    Grant(PermissionGrant),
+}
+
+const B_MESSAGE: u64 = 0;
+const B_FRAGMENT: u64 = 1;
+const B_CLOSE: u64 = 2;
+const B_NOTIFICATION: u64 = 3;
+const B_GRANT: u64 = 4;
+
+/// Encodes a routing header and body (the plaintext of a sealed frame).
+pub fn encode_inner(h: &RouteHeader, body: &Body) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ROUTE_HEADER_LEN + 16);
+    out.push((h.ttl.min(15) << 4) | h.hops.min(15));
+    out.extend_from_slice(&h.origin);
+    out.extend_from_slice(&h.dest);
+    out.extend_from_slice(&h.seq.to_be_bytes());
+    let mut w = Writer::new();
+    match body {
+        Body::Message(m) => {
+            w.array(2);
+            w.uint(B_MESSAGE);
+            w.bytes(m);
+        }
+        Body::Fragment {
+            group,
+            index,
+            count,
+            data,
+        } => {
+            w.array(5);
+            w.uint(B_FRAGMENT);
+            w.uint(u64::from(*group));
+            w.uint(u64::from(*index));
+            w.uint(u64::from(*count));
+            w.bytes(data);
+        }
+        Body::Close => {
+            w.array(1);
+            w.uint(B_CLOSE);
+        }
+        Body::Notification(n) => {
+            w.array(2);
+            w.uint(B_NOTIFICATION);
+            w.map(4);
+            w.uint(0);
+            w.uint(u64::from(n.collection));
+            w.uint(1);
+            w.bytes(&n.document.to_be_bytes());
+            w.uint(2);
+            w.uint(u64::from(n.change));
+            w.uint(3);
+            w.uint(u64::from(n.at_secs));
+        }
+        Body::Grant(g) => {
+            w.array(2);
+            w.uint(B_GRANT);
+            w.map(4);
+            w.uint(0);
+            w.bytes(g.grantee.as_bytes());
+            w.uint(1);
+            w.bytes(&g.resource.to_be_bytes());
+            w.uint(2);
+            w.uint(u64::from(g.actions));
+            w.uint(3);
+            w.uint(u64::from(g.expires_secs));
+        }
+    }
+    out.extend_from_slice(&w.into_bytes());
+    out
+}
+
+fn small<T: TryFrom<u64>>(r: &mut Reader<'_>, what: &'static str) -> Result<T, LoraError> {
+    let v = r.read_uint().map_err(|_| err(what))?;
+    T::try_from(v).map_err(|_| err(what))
+}
+
+fn key(r: &mut Reader<'_>, want: u64) -> Result<(), LoraError> {
+    if r.read_uint().map_err(|_| err("map key"))? != want {
+        return Err(err("unexpected map key"));
+    }
+    Ok(())
+}
+
+fn arr8(b: &[u8], what: &'static str) -> Result<[u8; 8], LoraError> {
+    b.try_into().map_err(|_| err(what))
+}
+
+/// Decodes the plaintext of a sealed frame. Strict: exact arity, keys in order, no
+/// trailing bytes.
+pub fn decode_inner(bytes: &[u8]) -> Result<(RouteHeader, Body), LoraError> {
+    let mut at = 0;
+    let th = take(bytes, &mut at, 1)?[0];
+    let origin = arr4(take(bytes, &mut at, 4)?);
+    let dest = arr4(take(bytes, &mut at, 4)?);
+    let s = take(bytes, &mut at, 2)?;
+    let seq = u16::from_be_bytes([s[0], s[1]]);
+    let h = RouteHeader {
+        ttl: th >> 4,
+        hops: th & 0x0F,
+        origin,
+        dest,
+        seq,
+    };
+    let mut r = Reader::new(&bytes[at..], Limits::DEFAULT);
+    let n = r.read_array_len().map_err(|_| err("body"))?;
+    let kind = r.read_uint().map_err(|_| err("body kind"))?;
+    let body = match (kind, n) {
+        (B_MESSAGE, 2) => Body::Message(r.read_bytes().map_err(|_| err("message"))?.to_vec()),
+        (B_FRAGMENT, 5) => {
+            let group = small(&mut r, "fragment group")?;
+            let index = small(&mut r, "fragment index")?;
+            let count = small(&mut r, "fragment count")?;
+            let data = r.read_bytes().map_err(|_| err("fragment data"))?.to_vec();
+            Body::Fragment {
+                group,
+                index,
+                count,
+                data,
+            }
+        }
+        (B_CLOSE, 1) => Body::Close,
+        (B_NOTIFICATION, 2) => {
+            if r.read_map_len().map_err(|_| err("notification"))? != 4 {
+                return Err(err("notification arity"));
+            }
+            key(&mut r, 0)?;
+            let collection = small(&mut r, "collection")?;
+            key(&mut r, 1)?;
+            let document = u64::from_be_bytes(arr8(
+                r.read_bytes().map_err(|_| err("document"))?,
+                "document",
+            )?);
+            key(&mut r, 2)?;
+            let change = small(&mut r, "change")?;
+            key(&mut r, 3)?;
+            let at_secs = small(&mut r, "time")?;
+            Body::Notification(NotificationHeader {
+                collection,
+                document,
+                change,
+                at_secs,
+            })
+        }
+        (B_GRANT, 2) => {
+            if r.read_map_len().map_err(|_| err("grant"))? != 4 {
+                return Err(err("grant arity"));
+            }
+            key(&mut r, 0)?;
+            let grantee = PeerId::from_slice(r.read_bytes().map_err(|_| err("grantee"))?)
+                .map_err(|_| err("grantee"))?;
+            key(&mut r, 1)?;
+            let resource = u64::from_be_bytes(arr8(
+                r.read_bytes().map_err(|_| err("resource"))?,
+                "resource",
+            )?);
+            key(&mut r, 2)?;
+            let actions = small(&mut r, "actions")?;
+            key(&mut r, 3)?;
+            let expires_secs = small(&mut r, "expiry")?;
+            Body::Grant(PermissionGrant {
+                grantee,
+                resource,
+                actions,
+                expires_secs,
+            })
+        }
+        _ => return Err(err("unknown body")),
+    };
+    r.finish().map_err(|_| err("trailing bytes"))?;
+    Ok((h, body))
+}
+
+/// Adds `collection` to a Bloom filter.
+pub fn bloom_insert(bloom: &mut [u8; BLOOM_LEN], collection: &str) {
+    for bit in bloom_bits(collection) {
+        bloom[bit / 8] |= 1 << (bit % 8);
+    }
+}
+
+/// Whether a Bloom filter may contain `collection` (false positives possible, no false negatives).
+pub fn bloom_contains(bloom: &[u8; BLOOM_LEN], collection: &str) -> bool {
+    bloom_bits(collection)
+        .into_iter()
+        .all(|bit| bloom[bit / 8] & (1 << (bit % 8)) != 0)
+}
+
+fn bloom_bits(collection: &str) -> [usize; BLOOM_K] {
+    let h = blake3::hash(collection.as_bytes());
+    let b = h.as_bytes();
+    let mut out = [0usize; BLOOM_K];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = usize::from(u16::from_be_bytes([b[2 * i], b[2 * i + 1]])) % (BLOOM_LEN * 8);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> NetworkKey {
+        NetworkKey::from_secret(b"test network")
+    }
+
+    #[test]
+    fn presence_fits_its_budget_and_relays_keep_the_mac() {
+        let mut bloom = [0u8; BLOOM_LEN];
+        for c in ["notes", "expenses", "tasks"] {
+            bloom_insert(&mut bloom, c);
+        }
+        let p = Presence {
+            ttl: 5,
+            hops: 0,
+            origin: [1, 2, 3, 4],
+            seq: u32::MAX,
+            types: types::ALL,
+            bloom,
+        };
+        let b = Frame::Presence(p.clone()).encode(&key());
+        assert!(b.len() <= 32, "presence is {} bytes", b.len());
+        assert_eq!(
+            Frame::decode(&b, &key()).unwrap(),
+            Frame::Presence(p.clone())
+        );
+        let mut relayed = b.clone();
+        relayed[1] = (4 << 4) | 1;
+        assert!(
+            matches!(Frame::decode(&relayed, &key()), Ok(Frame::Presence(q)) if q.ttl == 4 && q.hops == 1)
+        );
+        for i in 2..b.len() {
+            let mut t = b.clone();
+            t[i] ^= 1;
+            assert!(Frame::decode(&t, &key()).is_err(), "byte {i}");
+        }
+        assert!(matches!(
+            Frame::decode(&b, &NetworkKey::from_secret(b"other")),
+            Err(LoraError::BadMac)
+        ));
+        assert!(bloom_contains(&bloom, "notes") && bloom_contains(&bloom, "tasks"));
+    }
+
+    #[test]
+    fn announce_and_key_request() {
+        let a = Frame::Announce {
+            key: [7; 32],
+            epoch: 9,
+        };
+        let b = a.encode(&key());
+        assert_eq!(b.len(), 45);
+        assert_eq!(Frame::decode(&b, &key()).unwrap(), a);
+        let k = Frame::KeyRequest {
+            from: [1; 4],
+            to: [2; 4],
+        };
+        let b = k.encode(&key());
+        assert_eq!(b.len(), 17);
+        assert_eq!(Frame::decode(&b, &key()).unwrap(), k);
+    }
+
+    #[test]
+    fn inner_bodies_round_trip() {
+        let h = RouteHeader {
+            ttl: 5,
+            hops: 2,
+            origin: [1; 4],
+            dest: [2; 4],
+            seq: 513,
+        };
+        for body in [
+            Body::Message(vec![1, 2, 3]),
+            Body::Fragment {
+                group: 7,
+                index: 1,
+                count: 3,
+                data: vec![9; 100],
+            },
+            Body::Close,
+            Body::Notification(NotificationHeader {
+                collection: u32::MAX,
+                document: u64::MAX,
+                change: 255,
+                at_secs: u32::MAX,
+            }),
+            Body::Grant(PermissionGrant {
+                grantee: PeerId::from_digest([3; 32]),
+                resource: 1,
+                actions: 3,
+                expires_secs: 1_900_000_000,
+            }),
+        ] {
+            let b = encode_inner(&h, &body);
+            assert_eq!(decode_inner(&b).unwrap(), (h, body));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn prop_frame_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Frame::decode(&bytes, &key());
+            let _ = decode_inner(&bytes);
+        }
+
+        #[test]
+        fn prop_frames_round_trip(from in any::<[u8; 4]>(), to in any::<[u8; 4]>(), noise in proptest::collection::vec(any::<u8>(), 1..200), sid in any::<u16>(), counter in any::<u32>()) {
+            for f in [
+                Frame::Handshake { step: 2, from, to, noise: noise.clone() },
+                Frame::Sealed { sid, counter, ciphertext: [noise.clone(), vec![0; 16]].concat() },
+                Frame::KeyRequest { from, to },
+            ] {
+                prop_assert_eq!(Frame::decode(&f.encode(&key()), &key()).unwrap(), f);
+            }
+        }
+
+        #[test]
+        fn prop_inner_round_trip(origin in any::<[u8; 4]>(), seq in any::<u16>(), data in proptest::collection::vec(any::<u8>(), 0..200), group in any::<u16>(), index in any::<u8>(), count in any::<u8>()) {
+            let h = RouteHeader { ttl: 3, hops: 1, origin, dest: origin, seq };
+            for body in [Body::Message(data.clone()), Body::Fragment { group, index, count, data: data.clone() }] {
+                prop_assert_eq!(decode_inner(&encode_inner(&h, &body)).unwrap(), (h, body));
+            }
+        }
+    }
+}
