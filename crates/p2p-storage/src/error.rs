@@ -75,6 +75,9 @@ pub enum StoreError {
     /// The backend (sled) failed.
     #[error("storage backend: {0}")]
     Backend(String),
+    /// A blob could not be cut, verified or rebuilt (see [`crate::blobs`]).
+    #[error("blob: {0}")]
+    Blob(#[from] ecomesh_replication::ReplicationError),
 }
 
 impl From<StoreError> for ecomesh_types::Error {

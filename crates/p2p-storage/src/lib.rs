@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 mod adapter;
+pub mod blobs;
 mod codec;
 mod engine;
 mod error;
@@ -36,6 +37,7 @@ mod subs;
 pub mod trie;
 mod txn;
 
+pub use blobs::{BlobService, BlobServiceConfig, BlobStore, GcReport};
 pub use engine::{
     ApplyOutcome, FORMAT_VERSION, FlushPolicy, GcPolicy, IntegrityReport, MemoryStore, SledStore,
     Store, StoreConfig, SystemClock, VersionInfo,
