@@ -199,13 +199,20 @@ struct Neighbour {
     last_heard: u64,
     types: u16,
     bloom: [u8; BLOOM_LEN],
-    /// The confirm we sent as initiator, resent if the responder repeats message 2.
+    /// The confirm we sent as initiator, resent until the responder's first frame arrives.
     confirm: Option<Vec<u8>>,
+    /// Whether the peer proved it holds the session (responder: at once; initiator: on
+    /// the first frame it decrypts from the peer). Only confirmed neighbours are used.
+    confirmed: bool,
+    /// Initiator: when the confirm is resent / the session given up if unconfirmed.
+    confirm_retry: u64,
+    confirm_deadline: u64,
 }
 
 struct Pending {
     hs: Handshake,
     initiator: bool,
+    explicit: bool,
     peer: Option<PeerId>,
     first: Vec<u8>,
     last_frame: Vec<u8>,
@@ -291,6 +298,9 @@ impl Engine {
         let duty = DutyCycle::new(config.duty, config.duty_guard_ms);
         let mut rng = seed | 1;
         let epoch = (xorshift(&mut rng) >> 32) as u32;
+        // Sequence numbers start at random points so a restarted node's frames are not
+        // taken for duplicates of its previous life's by nodes that remember those.
+        let start = xorshift(&mut rng);
         Engine {
             identity,
             me,
@@ -310,9 +320,9 @@ impl Engine {
             held: VecDeque::new(),
             sched: Scheduler::new(config.scheduler, duty, xorshift(&mut rng)),
             events: VecDeque::new(),
-            seq: 0,
-            group: 0,
-            beacon_seq: 0,
+            seq: start as u16,
+            group: (start >> 16) as u16,
+            beacon_seq: (start >> 32) as u32,
             beacons_sent: 0,
             next_beacon: now,
             last_announce: None,
@@ -347,6 +357,7 @@ impl Engine {
     pub fn neighbours(&self) -> Vec<NeighbourInfo> {
         self.neighbours
             .iter()
+            .filter(|(_, n)| n.confirmed)
             .map(|(p, n)| NeighbourInfo {
                 peer: *p,
                 key: n.key,
@@ -401,6 +412,9 @@ impl Engine {
         }
         for n in self.neighbours.values() {
             d = d.min(n.last_heard.saturating_add(self.config.peer_timeout_ms));
+            if !n.confirmed {
+                d = d.min(n.confirm_retry).min(n.confirm_deadline);
+            }
         }
         if let Some(h) = self.held.front() {
             d = d.min(h.until);
@@ -522,6 +536,29 @@ impl Engine {
                 });
             }
         }
+        let mut unconfirmed_failed = Vec::new();
+        let mut confirms = Vec::new();
+        let retry = self.config.handshake_retry_ms;
+        for (p, n) in self.neighbours.iter_mut().filter(|(_, n)| !n.confirmed) {
+            if now >= n.confirm_deadline {
+                unconfirmed_failed.push(*p);
+            } else if now >= n.confirm_retry {
+                n.confirm_retry = now + retry;
+                if let Some(c) = &n.confirm {
+                    confirms.push((n.node.unwrap_or(BROADCAST), c.clone()));
+                }
+            }
+        }
+        for (node, c) in confirms {
+            let _ = self.enqueue(node, c, Priority::High);
+        }
+        for p in unconfirmed_failed {
+            self.neighbours.remove(&p);
+            self.events.push_back(EngineEvent::ConnectFailed {
+                peer: p,
+                reason: "handshake not confirmed".into(),
+            });
+        }
         let timeout = self.config.peer_timeout_ms;
         let gone: Vec<PeerId> = self
             .neighbours
@@ -541,9 +578,11 @@ impl Engine {
     }
 
     fn drop_neighbour(&mut self, peer: &PeerId) {
-        if self.neighbours.remove(peer).is_some() {
+        if let Some(n) = self.neighbours.remove(peer) {
             self.routes.remove_via(peer);
-            self.events.push_back(EngineEvent::PeerDown(*peer));
+            if n.confirmed {
+                self.events.push_back(EngineEvent::PeerDown(*peer));
+            }
         }
     }
 
@@ -572,6 +611,7 @@ impl Engine {
             }
             Frame::Handshake {
                 step,
+                explicit,
                 from,
                 to,
                 noise,
@@ -579,7 +619,7 @@ impl Engine {
                 if to != self.my_short {
                     return Ok(());
                 }
-                self.on_handshake(step, from, &noise, from_node, now)
+                self.on_handshake(step, explicit, from, &noise, from_node, now)
             }
             Frame::Sealed {
                 sid,
@@ -597,7 +637,7 @@ impl Engine {
             .node_peer
             .get(&from_node)
             .copied()
-            .filter(|v| self.neighbours.contains_key(v));
+            .filter(|v| self.is_up(v));
         if p.hops == 0 && radio_hops == 0 {
             let direct = self
                 .neighbours
@@ -742,6 +782,7 @@ impl Engine {
         };
         let frame = Frame::Handshake {
             step: 1,
+            explicit,
             from: self.my_short,
             to: short,
             noise: msg.clone(),
@@ -754,6 +795,7 @@ impl Engine {
             Pending {
                 hs,
                 initiator: true,
+                explicit,
                 peer: Some(peer),
                 first: msg,
                 last_frame: frame,
@@ -767,6 +809,7 @@ impl Engine {
     fn on_handshake(
         &mut self,
         step: u8,
+        explicit: bool,
         from: ShortId,
         noise: &[u8],
         node: u32,
@@ -774,10 +817,21 @@ impl Engine {
     ) -> Result<(), LoraError> {
         match step {
             1 => {
+                if !explicit && self.wanted.contains_key(&from) {
+                    // We are connecting to this node ourselves (waiting for its key): our
+                    // explicit handshake will win, so the connecting side always initiates.
+                    return Ok(());
+                }
                 if let Some(p) = self.pending.get(&from) {
                     if p.initiator {
-                        if self.my_short < from {
-                            // Crossing handshakes: the smaller short id's wins.
+                        // Crossing handshakes: an explicit connect wins over an automatic
+                        // one, else the smaller short id's.
+                        let mine_wins = match (p.explicit, explicit) {
+                            (true, false) => true,
+                            (false, true) => false,
+                            _ => self.my_short < from,
+                        };
+                        if mine_wins {
                             return Ok(());
                         }
                         self.pending.remove(&from);
@@ -804,6 +858,7 @@ impl Engine {
                 let reply = hs.write_message()?;
                 let frame = Frame::Handshake {
                     step: 2,
+                    explicit: false,
                     from: self.my_short,
                     to: from,
                     noise: reply,
@@ -816,6 +871,7 @@ impl Engine {
                     Pending {
                         hs,
                         initiator: false,
+                        explicit,
                         peer: Some(peer),
                         first: noise.to_vec(),
                         last_frame: frame,
@@ -851,6 +907,7 @@ impl Engine {
                 let confirm = p.hs.write_message()?;
                 let frame = Frame::Handshake {
                     step: 3,
+                    explicit: false,
                     from: self.my_short,
                     to: from,
                     noise: confirm,
@@ -863,6 +920,15 @@ impl Engine {
             }
             _ => {
                 let Some(mut p) = self.pending.remove(&from).filter(|p| !p.initiator) else {
+                    // The initiator repeats its confirm: our hello was lost.
+                    let peer = self
+                        .neighbours
+                        .keys()
+                        .find(|p| short_id(p) == from)
+                        .copied();
+                    if let Some(peer) = peer {
+                        self.send_hello(&peer);
+                    }
                     return Ok(());
                 };
                 p.hs.read_message(noise)?;
@@ -913,12 +979,46 @@ impl Engine {
                 types: types::ALL,
                 bloom: [0; BLOOM_LEN],
                 confirm,
+                confirmed: false,
+                confirm_retry: now + self.config.handshake_retry_ms,
+                confirm_deadline: now + self.config.handshake_timeout_ms,
             },
         );
         self.wanted.remove(&short);
-        self.routes.learn(short, peer, 1, now);
-        tracing::info!(%peer, initiator, "lora session established");
-        self.events.push_back(EngineEvent::PeerUp { peer, key });
+        // A new session may mean the node restarted: forget its old frame keys.
+        self.seen.retain(|k| k.0 != short);
+        if !initiator {
+            self.confirm(&peer, now);
+            self.send_hello(&peer);
+        }
+    }
+
+    fn send_hello(&mut self, peer: &PeerId) {
+        let h = RouteHeader {
+            ttl: 0,
+            hops: 0,
+            origin: self.my_short,
+            dest: short_id(peer),
+            seq: self.next_seq(),
+        };
+        if let Err(e) = self.send_inner(peer, &h, &Body::Hello, Priority::High) {
+            tracing::debug!(error = %e, "hello not sent");
+        }
+    }
+
+    fn confirm(&mut self, peer: &PeerId, now: u64) {
+        let Some(n) = self.neighbours.get_mut(peer) else {
+            return;
+        };
+        if n.confirmed {
+            return;
+        }
+        n.confirmed = true;
+        let key = n.key;
+        self.routes.learn(short_id(peer), *peer, 1, now);
+        tracing::info!(%peer, "lora session established");
+        self.events
+            .push_back(EngineEvent::PeerUp { peer: *peer, key });
         self.flush_held(now);
     }
 
@@ -958,6 +1058,7 @@ impl Engine {
             n.node = Some(node);
         }
         self.node_peer.insert(node, from);
+        self.confirm(&from, now);
         let (h, body) = decode_inner(&plain)?;
         if h.origin == self.my_short || !self.seen.insert((h.origin, u32::from(h.seq), SEEN_SEALED))
         {
@@ -994,14 +1095,17 @@ impl Engine {
                     return;
                 }
             },
-            Body::Close => {
+            Body::Close { leaving } => {
                 if h.origin == short_id(&from) {
-                    tracing::info!(peer = %from, "neighbour closed the session");
-                    self.no_auto.insert(from);
+                    tracing::info!(peer = %from, leaving, "neighbour closed the session");
+                    if !leaving {
+                        self.no_auto.insert(from);
+                    }
                     self.drop_neighbour(&from);
                 }
                 return;
             }
+            Body::Hello => return,
             b @ (Body::Notification(_) | Body::Grant(_)) => {
                 self.events.push_back(EngineEvent::Compact {
                     origin: h.origin,
@@ -1031,14 +1135,14 @@ impl Engine {
         if let Some((p, _)) = self
             .neighbours
             .iter()
-            .find(|(p, _)| short_id(p) == *dest && Some(*p) != exclude)
+            .find(|(p, n)| n.confirmed && short_id(p) == *dest && Some(*p) != exclude)
         {
             return Some(*p);
         }
         self.routes
             .lookup(dest, now)
             .map(|r| r.via)
-            .filter(|v| self.neighbours.contains_key(v) && Some(v) != exclude)
+            .filter(|v| self.is_up(v) && Some(v) != exclude)
     }
 
     fn forward(&mut self, h: RouteHeader, body: Body, from: PeerId, now: u64) {
@@ -1083,7 +1187,7 @@ impl Engine {
                 Some(via) => {
                     let _ = self.send_inner(&via, &h.header, &h.body, Priority::Normal);
                 }
-                None if self.neighbours.keys().any(|p| *p != h.from) => {
+                None if self.up_neighbours().iter().any(|p| *p != h.from) => {
                     self.forward(h.header, h.body, h.from, now);
                 }
                 None => self.held.push_back(h),
@@ -1122,8 +1226,20 @@ impl Engine {
         self.enqueue(to, frame, priority)
     }
 
+    fn is_up(&self, peer: &PeerId) -> bool {
+        self.neighbours.get(peer).is_some_and(|n| n.confirmed)
+    }
+
+    fn up_neighbours(&self) -> Vec<PeerId> {
+        self.neighbours
+            .iter()
+            .filter(|(_, n)| n.confirmed)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     fn route_to(&self, peer: &PeerId, now: u64) -> Option<PeerId> {
-        if self.neighbours.contains_key(peer) {
+        if self.is_up(peer) {
             return Some(*peer);
         }
         self.next_hop(&short_id(peer), None, now)
@@ -1214,8 +1330,7 @@ impl Engine {
         now: u64,
     ) -> Result<(), LoraError> {
         self.check_message(message, priority)?;
-        let peers: Vec<PeerId> = self.neighbours.keys().copied().collect();
-        for p in peers {
+        for p in self.up_neighbours() {
             if let Err(e) = self.send_message(p, message, priority, now) {
                 tracing::debug!(peer = %p, error = %e, "broadcast to one neighbour failed");
             }
@@ -1259,7 +1374,7 @@ impl Engine {
             return Err(LoraError::Refused(peer));
         }
         self.no_auto.remove(&peer);
-        if self.neighbours.contains_key(&peer) {
+        if self.is_up(&peer) {
             return Ok(true);
         }
         self.maybe_connect(short_id(&peer), Some(peer), true, now);
@@ -1270,10 +1385,10 @@ impl Engine {
     pub fn disconnect(&mut self, peer: PeerId) {
         self.no_auto.insert(peer);
         self.pending.remove(&short_id(&peer));
-        self.close(&peer);
+        self.close(&peer, false);
     }
 
-    fn close(&mut self, peer: &PeerId) {
+    fn close(&mut self, peer: &PeerId, leaving: bool) {
         if !self.neighbours.contains_key(peer) {
             return;
         }
@@ -1284,7 +1399,7 @@ impl Engine {
             dest: short_id(peer),
             seq: self.next_seq(),
         };
-        if let Err(e) = self.send_inner(peer, &h, &Body::Close, Priority::Critical) {
+        if let Err(e) = self.send_inner(peer, &h, &Body::Close { leaving }, Priority::Critical) {
             tracing::debug!(error = %e, "close not sent");
         }
         self.drop_neighbour(peer);
@@ -1294,7 +1409,7 @@ impl Engine {
     pub fn shutdown(&mut self) {
         let peers: Vec<PeerId> = self.neighbours.keys().copied().collect();
         for p in peers {
-            self.close(&p);
+            self.close(&p, true);
         }
         self.pending.clear();
     }

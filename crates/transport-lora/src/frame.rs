@@ -36,6 +36,8 @@ pub const K_HS3: u8 = 0xE5;
 pub const K_SEALED: u8 = 0xE6;
 /// Key request.
 pub const K_KEYREQ: u8 = 0xE7;
+/// Noise IK message 1 of an explicit connect (wins over an automatic one when two cross).
+pub const K_HS1_EXPLICIT: u8 = 0xE8;
 
 /// Length of a broadcast frame's MAC.
 pub const MAC_LEN: usize = 8;
@@ -145,6 +147,8 @@ pub enum Frame {
     Handshake {
         /// 1, 2 or 3.
         step: u8,
+        /// Message 1 of an explicit connect.
+        explicit: bool,
         /// Sender.
         from: ShortId,
         /// Recipient.
@@ -213,11 +217,13 @@ impl Frame {
             }
             Frame::Handshake {
                 step,
+                explicit,
                 from,
                 to,
                 noise,
             } => {
                 out.push(match step {
+                    1 if *explicit => K_HS1_EXPLICIT,
                     1 => K_HS1,
                     2 => K_HS2,
                     _ => K_HS3,
@@ -312,15 +318,20 @@ impl Frame {
                 let to = arr4(take(bytes, &mut at, 4)?);
                 Ok(Frame::KeyRequest { from, to })
             }
-            K_HS1 | K_HS2 | K_HS3 => {
+            K_HS1 | K_HS2 | K_HS3 | K_HS1_EXPLICIT => {
                 let from = arr4(take(bytes, &mut at, 4)?);
                 let to = arr4(take(bytes, &mut at, 4)?);
                 let noise = bytes[at..].to_vec();
                 if noise.is_empty() {
                     return Err(err("empty handshake"));
                 }
+                let (step, explicit) = match kind {
+                    K_HS1_EXPLICIT => (1, true),
+                    k => (k - K_HS1 + 1, false),
+                };
                 Ok(Frame::Handshake {
-                    step: kind - K_HS1 + 1,
+                    step,
+                    explicit,
                     from,
                     to,
                     noise,
@@ -402,12 +413,19 @@ pub enum Body {
         /// The bytes.
         data: Vec<u8>,
     },
-    /// The neighbour closes the session.
-    Close,
+    /// The neighbour closes the session: `leaving` when it stops (it will come back and
+    /// may be reconnected to), otherwise an explicit disconnect (do not reconnect by itself).
+    Close {
+        /// The node is stopping rather than disconnecting from us.
+        leaving: bool,
+    },
     /// A notification header.
     Notification(NotificationHeader),
     /// A permission grant.
     Grant(PermissionGrant),
+    /// The responder's first frame of a session: proves to the initiator that the
+    /// handshake completed on both sides.
+    Hello,
 }
 
 const B_MESSAGE: u64 = 0;
@@ -415,6 +433,7 @@ const B_FRAGMENT: u64 = 1;
 const B_CLOSE: u64 = 2;
 const B_NOTIFICATION: u64 = 3;
 const B_GRANT: u64 = 4;
+const B_HELLO: u64 = 5;
 
 /// Encodes a routing header and body (the plaintext of a sealed frame).
 pub fn encode_inner(h: &RouteHeader, body: &Body) -> Vec<u8> {
@@ -443,9 +462,10 @@ pub fn encode_inner(h: &RouteHeader, body: &Body) -> Vec<u8> {
             w.uint(u64::from(*count));
             w.bytes(data);
         }
-        Body::Close => {
-            w.array(1);
+        Body::Close { leaving } => {
+            w.array(2);
             w.uint(B_CLOSE);
+            w.bool(*leaving);
         }
         Body::Notification(n) => {
             w.array(2);
@@ -459,6 +479,10 @@ pub fn encode_inner(h: &RouteHeader, body: &Body) -> Vec<u8> {
             w.uint(u64::from(n.change));
             w.uint(3);
             w.uint(u64::from(n.at_secs));
+        }
+        Body::Hello => {
+            w.array(1);
+            w.uint(B_HELLO);
         }
         Body::Grant(g) => {
             w.array(2);
@@ -527,7 +551,9 @@ pub fn decode_inner(bytes: &[u8]) -> Result<(RouteHeader, Body), LoraError> {
                 data,
             }
         }
-        (B_CLOSE, 1) => Body::Close,
+        (B_CLOSE, 2) => Body::Close {
+            leaving: r.read_bool().map_err(|_| err("close flag"))?,
+        },
         (B_NOTIFICATION, 2) => {
             if r.read_map_len().map_err(|_| err("notification"))? != 4 {
                 return Err(err("notification arity"));
@@ -550,6 +576,7 @@ pub fn decode_inner(bytes: &[u8]) -> Result<(RouteHeader, Body), LoraError> {
                 at_secs,
             })
         }
+        (B_HELLO, 1) => Body::Hello,
         (B_GRANT, 2) => {
             if r.read_map_len().map_err(|_| err("grant"))? != 4 {
                 return Err(err("grant arity"));
@@ -684,7 +711,8 @@ mod tests {
                 count: 3,
                 data: vec![9; 100],
             },
-            Body::Close,
+            Body::Close { leaving: true },
+            Body::Hello,
             Body::Notification(NotificationHeader {
                 collection: u32::MAX,
                 document: u64::MAX,
@@ -713,7 +741,8 @@ mod tests {
         #[test]
         fn prop_frames_round_trip(from in any::<[u8; 4]>(), to in any::<[u8; 4]>(), noise in proptest::collection::vec(any::<u8>(), 1..200), sid in any::<u16>(), counter in any::<u32>()) {
             for f in [
-                Frame::Handshake { step: 2, from, to, noise: noise.clone() },
+                Frame::Handshake { step: 2, explicit: false, from, to, noise: noise.clone() },
+                Frame::Handshake { step: 1, explicit: true, from, to, noise: noise.clone() },
                 Frame::Sealed { sid, counter, ciphertext: [noise.clone(), vec![0; 16]].concat() },
                 Frame::KeyRequest { from, to },
             ] {

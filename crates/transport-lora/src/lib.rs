@@ -13,3 +13,9 @@ pub mod sched;
 pub mod serial;
 
 pub use error::LoraError;
+#[cfg(feature = "sim")]
+pub mod sim;
+mod transport;
+
+pub use engine::{Engine, EngineConfig, EngineEvent};
+pub use transport::{LoraConfig, LoraStatus, LoraTransport};

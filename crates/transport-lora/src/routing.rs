@@ -122,6 +122,12 @@ impl<K: std::hash::Hash + Eq + Copy> SeenSet<K> {
         true
     }
 
+    /// Forgets every key `keep` rejects.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.order.retain(|k| keep(k));
+        self.set.retain(|k| keep(k));
+    }
+
     /// Keys remembered.
     pub fn len(&self) -> usize {
         self.order.len()
