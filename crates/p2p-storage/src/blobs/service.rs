@@ -930,40 +930,32 @@ impl<B: Backend> BlobService<B> {
         let max_frame = self.max_frame();
         let key = (from, env.kind, env.request);
         let now = d.now_ms;
-        if !d.reassembly.contains_key(&key) {
-            d.reassembly.insert(
-                key,
-                Reassembly {
-                    parts: BTreeMap::new(),
-                    total: env.parts,
-                    bytes: 0,
-                    started_ms: now,
-                },
-            );
-        }
-        let Some(r) = d.reassembly.get_mut(&key) else {
-            return Ok(None);
-        };
-        if r.total != env.parts {
-            let _ = self.drop_reassembly(d, &key);
-            return Err(ReplicationError::Malformed {
-                what: "blob envelope",
-                detail: "part count changed within a frame".to_owned(),
-            });
-        }
-        if r.parts.contains_key(&env.part) {
-            return Ok(None);
+        let r = d.reassembly.entry(key).or_insert_with(|| Reassembly {
+            parts: BTreeMap::new(),
+            total: env.parts,
+            bytes: 0,
+            started_ms: now,
+        });
+        if r.parts.contains_key(&env.part) && r.total == env.parts {
+            return Ok(None); // a duplicate
         }
         let size = env.payload.len();
-        if r.bytes + size > max_frame
-            || d.reassembly_bytes + size > self.config.max_reassembly_bytes
-        {
-            let over = r.bytes + size > max_frame;
+        let inconsistent = r.total != env.parts;
+        let too_large = r.bytes.saturating_add(size) > max_frame;
+        let over_budget =
+            d.reassembly_bytes.saturating_add(size) > self.config.max_reassembly_bytes;
+        if inconsistent || too_large || over_budget {
             let _ = self.drop_reassembly(d, &key);
-            if over {
+            if inconsistent {
+                return Err(ReplicationError::Malformed {
+                    what: "blob envelope",
+                    detail: "part count changed within a frame".to_owned(),
+                });
+            }
+            if too_large {
                 return Err(ReplicationError::TooLarge {
                     what: "blob frame",
-                    size: usize::MAX.min(size + max_frame),
+                    size: max_frame.saturating_add(size),
                     max: max_frame,
                 });
             }
@@ -972,18 +964,19 @@ impl<B: Backend> BlobService<B> {
         }
         r.bytes += size;
         r.parts.insert(env.part, env.payload.to_vec());
+        let complete = r.parts.len() as u64 == u64::from(r.total);
         d.reassembly_bytes += size;
-        if r.parts.len() as u64 == u64::from(r.total) {
-            let Some(r) = self.drop_reassembly(d, &key) else {
-                return Ok(None);
-            };
-            let mut whole = Vec::with_capacity(r.bytes);
-            for p in r.parts.into_values() {
-                whole.extend_from_slice(&p);
-            }
-            return Ok(Some(whole));
+        if !complete {
+            return Ok(None);
         }
-        Ok(None)
+        let Some(r) = self.drop_reassembly(d, &key) else {
+            return Ok(None);
+        };
+        let mut whole = Vec::with_capacity(r.bytes);
+        for p in r.parts.into_values() {
+            whole.extend_from_slice(&p);
+        }
+        Ok(Some(whole))
     }
 
     fn drop_reassembly(
@@ -1152,6 +1145,7 @@ impl<B: Backend> BlobService<B> {
                             let id = BlobId::of(&b);
                             if wanted(&id) {
                                 d.stats.pieces_fetched += 1;
+                                self.mesh.observe(from, Observation::Storage(true));
                                 if let Err(e) = self.store.put_piece(&id, &b, now) {
                                     tracing::warn!(error = %e, "fetched piece not cached");
                                 }
@@ -1161,7 +1155,11 @@ impl<B: Backend> BlobService<B> {
                             }
                         }
                     }
-                    Err(e) if peer_fault(&e) => self.charge(d, from, &e),
+                    Err(e) if peer_fault(&e) => {
+                        // It was asked for a piece and served other bytes.
+                        self.mesh.observe(from, Observation::Storage(false));
+                        self.charge(d, from, &e);
+                    }
                     Err(e) => tracing::debug!(peer = %from, error = %e, "piece answer not used"),
                 }
             }
@@ -1169,6 +1167,7 @@ impl<B: Backend> BlobService<B> {
                 match ShardResponse::decode_with(frame, &self.config.limits) {
                     Ok(ShardResponse::PushAck) => {
                         d.stats.pushes_acked += 1;
+                        self.mesh.observe(from, Observation::Storage(true));
                         if let Err(e) = self.store.confirm(&piece, &from) {
                             tracing::warn!(error = %e, "replica confirmation not stored");
                         }
@@ -1183,10 +1182,22 @@ impl<B: Backend> BlobService<B> {
             Purpose::Have { piece } => {
                 match ShardResponse::decode_with(frame, &self.config.limits) {
                     Ok(ShardResponse::Have(true)) => {
-                        let _ = self.store.confirm(&piece, &from);
+                        if let Err(e) = self.store.confirm(&piece, &from) {
+                            tracing::warn!(error = %e, "replica confirmation not stored");
+                        }
                     }
                     Ok(ShardResponse::Have(false)) => {
-                        let _ = self.store.unconfirm(&piece, &from);
+                        // A confirmed holder that dropped the piece failed to keep it.
+                        if self
+                            .store
+                            .confirmed(&piece)
+                            .is_ok_and(|c| c.contains(&from))
+                        {
+                            self.mesh.observe(from, Observation::Storage(false));
+                        }
+                        if let Err(e) = self.store.unconfirm(&piece, &from) {
+                            tracing::warn!(error = %e, "replica confirmation not removed");
+                        }
                     }
                     Ok(ShardResponse::Error(_)) => {}
                     Ok(other) => self.charge(d, from, &format!("{other:?} answering Have")),
