@@ -221,6 +221,32 @@ fn a_tampered_holder_is_skipped_for_an_honest_one() {
 }
 
 #[test]
+fn an_unanswered_request_times_out_and_another_holder_is_asked() {
+    // 0: honest origin, 1: holds the piece but never answers a Get, 2: fetcher.
+    let mut net = BlobNet::new(&[Role::Honest, Role::Silent, Role::Honest], config());
+    net.stop(2);
+    let data = bytes(60, 6);
+    let now = net.now();
+    let m = net.service(0).put_blob("photos", &data, now).unwrap();
+    net.settle();
+    assert_eq!(net.holders(&m.pieces()[0]), vec![0, 1]);
+    net.start(2);
+    let silent = net.peer(1);
+    for _ in 0..20 {
+        net.live(2)
+            .mesh
+            .observe(silent, ecomesh_mesh::reputation::Observation::Storage(true));
+    }
+    let now = net.now();
+    let get = net.service(2).get_blob(m.id(), now);
+    assert_eq!(net.wait(&get).unwrap(), data);
+    let stats = net.service(2).stats();
+    assert_eq!(stats.timeouts, 1, "{stats:?}");
+    assert_eq!(stats.rejected, 0);
+    assert_eq!(net.service(2).pending_requests(), 0);
+}
+
+#[test]
 fn gc_deletes_only_eligible_pieces_and_the_blob_stays_retrievable() {
     let mut net = BlobNet::honest(4, config());
     let now = net.now();

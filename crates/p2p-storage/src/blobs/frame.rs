@@ -248,6 +248,51 @@ mod tests {
         ));
     }
 
+    const KINDS: [FrameKind; 5] = [
+        FrameKind::ShardRequest,
+        FrameKind::ShardResponse,
+        FrameKind::ManifestRequest,
+        FrameKind::ManifestResponse,
+        FrameKind::Announce,
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn prop_envelopes_round_trip_in_parts(
+            kind in 0_usize..5,
+            request in proptest::prelude::any::<u64>(),
+            frame in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            max_part in 1_usize..200,
+        ) {
+            let kind = KINDS[kind];
+            let parts = split(kind, request, &frame, max_part);
+            proptest::prop_assert_eq!(parts.len(), frame.len().div_ceil(max_part).max(1));
+            let mut joined = Vec::new();
+            for (i, p) in parts.iter().enumerate() {
+                let e = decode(p, max_part).unwrap();
+                proptest::prop_assert_eq!((e.kind, e.request), (kind, request));
+                proptest::prop_assert_eq!((e.part as usize, e.parts as usize), (i, parts.len()));
+                proptest::prop_assert_eq!(encode(e.kind, e.request, e.part, e.parts, e.payload), p.clone());
+                joined.extend_from_slice(e.payload);
+            }
+            proptest::prop_assert_eq!(joined, frame);
+        }
+
+        #[test]
+        fn prop_decoders_never_panic_and_reencode(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            max in 0_usize..80,
+        ) {
+            if let Ok(e) = decode(&bytes, max) {
+                proptest::prop_assert_eq!(encode(e.kind, e.request, e.part, e.parts, e.payload), bytes.clone());
+            }
+            if let Ok((c, m)) = decode_manifest(&bytes, &ManifestLimits::default()) {
+                proptest::prop_assert_eq!(encode_manifest(&c, &m.to_bytes().unwrap()), bytes.clone());
+            }
+            let _ = decode_manifest_request(&bytes);
+        }
+    }
+
     #[test]
     fn manifest_payloads_round_trip() {
         let m = encode_blob(&[5; 40], &BlobConfig::default())

@@ -694,6 +694,14 @@ impl<B: Backend> BlobService<B> {
     fn dispatch(&self, d: &mut Driver) {
         while d.out.len() < self.config.max_in_flight.max(1) {
             let Some(q) = d.queue.pop_front() else { break };
+            if self.mesh.peer_transports(&q.peer).is_empty() {
+                // Gone meanwhile: fail now rather than park bulk bytes in the
+                // mesh's store-and-forward buffer.
+                d.stats.timeouts += 1;
+                let now = d.now_ms;
+                self.failed(d, q.purpose, now);
+                continue;
+            }
             let (frame, bulk) = match q.request {
                 ShardOrManifest::Shard(r) => (r.encode(), false),
                 ShardOrManifest::Manifest(id) => (id.as_bytes().to_vec(), false),

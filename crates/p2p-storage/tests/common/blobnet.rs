@@ -193,6 +193,8 @@ pub enum Role {
     Honest,
     /// Stores pushes, serves every piece with its first bit flipped.
     Liar,
+    /// Stores pushes like a liar but never answers a `Get`.
+    Silent,
 }
 
 pub struct Live {
@@ -342,7 +344,7 @@ impl BlobNet {
                 s.set_random(seeded_random((i as u64) << 32 | self.counter));
                 (Some(s), None)
             }
-            Role::Liar => {
+            Role::Liar | Role::Silent => {
                 let q = liar_inbox.clone();
                 let sub = mesh.subscribe(Arc::new(move |ev: &MeshEvent| {
                     if let MeshEvent::Message { message, .. } = ev
@@ -395,6 +397,7 @@ impl BlobNet {
         let mut work = deliver(&self.net);
         let mut raw: Vec<(usize, PeerId, Vec<u8>, Priority)> = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
+            let silent = node.role == Role::Silent;
             let Some(l) = &node.live else { continue };
             work += block_on(l.mesh.process(now));
             match &l.service {
@@ -404,7 +407,8 @@ impl BlobNet {
                     work += events.len();
                     for ev in events {
                         if let MeshEvent::Message { message, .. } = ev
-                            && let Some(reply) = liar_answer(&l.store, &message.payload, now)
+                            && let Some(reply) =
+                                liar_answer(&l.store, &message.payload, now, silent)
                         {
                             raw.push((i, message.sender, reply, Priority::Bulk));
                         }
@@ -475,7 +479,12 @@ impl BlobNet {
 
 /// What a liar answers to one envelope: pushes are stored and acknowledged,
 /// manifests served honestly, pieces served with the first bit flipped.
-fn liar_answer(store: &BlobStore<MemoryBackend>, payload: &[u8], now: u64) -> Option<Vec<u8>> {
+fn liar_answer(
+    store: &BlobStore<MemoryBackend>,
+    payload: &[u8],
+    now: u64,
+    silent: bool,
+) -> Option<Vec<u8>> {
     let env = frame::decode(payload, usize::MAX).ok()?;
     match env.kind {
         frame::FrameKind::ShardRequest => {
@@ -484,6 +493,7 @@ fn liar_answer(store: &BlobStore<MemoryBackend>, payload: &[u8], now: u64) -> Op
                     store.put_piece(&id, &data, now).ok()?;
                     ShardResponse::PushAck
                 }
+                ShardRequest::Get { .. } if silent => return None,
                 ShardRequest::Get { id } => match store.piece(&id).ok()? {
                     Some(mut b) if !b.is_empty() => {
                         b[0] ^= 1;
