@@ -9,8 +9,10 @@
 //! - a link graph ([`SimChannel::link`], with a loss probability per link);
 //! - airtime by the Semtech formula for the channel's [`LoraParams`] (optionally scaled
 //!   to run faster than real time), a half-duplex radio sending one packet at a time;
+//! - listen-before-talk like the firmware: a radio that hears a transmission waits for
+//!   its end plus a random contention delay;
 //! - collisions: a receiver that hears two overlapping transmissions (or transmits
-//!   itself meanwhile) gets neither;
+//!   itself meanwhile) gets neither (hidden terminals, simultaneous starts);
 //! - the firmware's `want_ack` behaviour for unicast packets: a packet its destination did
 //!   not receive is retransmitted (up to [`SimConfig::retransmissions`] times), and those
 //!   retransmissions count as airtime too (the ack packets themselves are not modelled);
@@ -356,10 +358,23 @@ fn transmit(
     let dur = Duration::from_secs_f64(airtime as f64 / 1000.0 * cfg.time_scale);
     let mut st = lock(&shared.state);
     let now = Instant::now();
+    // The firmware listens before talking (CSMA): it waits for transmissions it hears to
+    // end, then a random contention delay of 0-3 slots of 10 ms (radio time).
+    let heard_busy = st
+        .air
+        .iter()
+        .filter(|&&(_, e, n)| n != node && e > now && st.links.contains_key(&(n, node)))
+        .map(|&(_, e, _)| e)
+        .max();
+    let contention =
+        Duration::from_secs_f64((rand(&mut st.rng) % 4) as f64 * 0.010 * cfg.time_scale);
     let Some(r) = st.radios.get_mut(&node) else {
         return;
     };
-    let start = r.busy_until.max(now);
+    let mut start = r.busy_until.max(now);
+    if let Some(e) = heard_busy {
+        start = start.max(e) + contention;
+    }
     r.busy_until = start + dur;
     packet.from = node;
     if packet.hop_start == 0 {
