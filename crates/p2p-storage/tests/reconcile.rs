@@ -30,8 +30,26 @@ fn sync<A: ReconcileStore, B: ReconcileStore>(
     a: &A,
     b: &B,
 ) -> (SessionStats, SessionStats, Vec<Event>) {
-    let mut sa = Session::new(a, peer_of(a, 2), Config::default());
-    let mut sb = Session::new(b, peer_of(b, 1), Config::default());
+    sync_with(a, b, &Config::default())
+}
+
+/// A session where both sides summarize subtrees of more than `threshold`
+/// documents as branches and open deep above `deep_min` documents, so small
+/// stores exercise the paths large ones take.
+fn small_config(threshold: u64, deep_min: u64) -> Config {
+    let mut c = Config::default();
+    c.entries_threshold = threshold;
+    c.deep_hello_min = deep_min;
+    c
+}
+
+fn sync_with<A: ReconcileStore, B: ReconcileStore>(
+    a: &A,
+    b: &B,
+    config: &Config,
+) -> (SessionStats, SessionStats, Vec<Event>) {
+    let mut sa = Session::new(a, peer_of(a, 2), config.clone());
+    let mut sb = Session::new(b, peer_of(b, 1), config.clone());
     let mut events = Vec::new();
     let mut to_b = sa.start().unwrap();
     for _ in 0..50 {
@@ -127,6 +145,55 @@ fn disjoint_and_overlapping_edits_converge() {
     assert_eq!(sa.versions_duplicate + sb.versions_duplicate, 0);
     assert_eq!(sb.versions_applied, 20);
     assert_eq!(sa.versions_applied, 20);
+}
+
+/// A deep hello (the root's children summarized at once) reconciles the same
+/// edits as a plain one in one message fewer, including children only one
+/// side has.
+#[test]
+fn a_deep_hello_saves_a_message_and_converges() {
+    let edit = |a: &MemoryStore, b: &MemoryStore| {
+        for i in 0..3 {
+            a.update(
+                "c",
+                &format!("doc{}", i * 7),
+                fields(&[("tag", Value::Text("a".into()))]),
+            )
+            .unwrap();
+            b.update(
+                "c",
+                &format!("doc{}", i * 11 + 1),
+                fields(&[("tag", Value::Text("b".into()))]),
+            )
+            .unwrap();
+        }
+        b.set(
+            "c",
+            "only-b",
+            fields(&[("v", Value::Integer(1))]),
+            SetOptions::REPLACE,
+        )
+        .unwrap();
+    };
+    let (a1, b1) = pair(400);
+    edit(&a1, &b1);
+    let (plain, _, events) = sync_with(&a1, &b1, &small_config(8, u64::MAX));
+    assert!(events.is_empty());
+    assert_converged(&a1, &b1);
+
+    let (a2, b2) = pair(400);
+    edit(&a2, &b2);
+    let (deep, _, events) = sync_with(&a2, &b2, &small_config(8, 100));
+    assert!(events.is_empty());
+    assert_converged(&a2, &b2);
+    assert_eq!(a1.root_cid().unwrap(), a2.root_cid().unwrap());
+    assert_eq!(deep.versions_applied, plain.versions_applied);
+    assert!(
+        deep.round_trips() < plain.round_trips(),
+        "deep {} vs plain {} round trips",
+        deep.round_trips(),
+        plain.round_trips()
+    );
 }
 
 #[test]
@@ -250,6 +317,8 @@ proptest! {
     #[test]
     fn prop_real_stores_converge_after_one_session(
         ops in proptest::collection::vec((any::<bool>(), 0_u8..40, 0_u8..4), 0..30),
+        threshold in 1_u64..80,
+        deep_min in prop_oneof![Just(0_u64), 1_u64..40, Just(u64::MAX)],
     ) {
         let (a, b) = pair(30);
         for (side, doc, kind) in ops {
@@ -262,7 +331,7 @@ proptest! {
                 _ => { s.set("d", &id, fields(&[("w", Value::Bool(side))]), SetOptions::REPLACE).unwrap(); }
             }
         }
-        let (sa, sb, events) = sync(&a, &b);
+        let (sa, sb, events) = sync_with(&a, &b, &small_config(threshold, deep_min));
         prop_assert!(events.is_empty());
         prop_assert_eq!(a.root_cid().unwrap(), b.root_cid().unwrap());
         prop_assert_eq!(sa.passes, 1);

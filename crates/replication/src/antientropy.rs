@@ -9,7 +9,9 @@
 //! [frames](frame::Frame) (the last flagged as the end).
 //!
 //! 1. *Hello* (initiator): for every collection, the tail of its Merkle root
-//!    CID and a summary of its root node.
+//!    CID and a summary of its root node, or, for a collection of more than
+//!    [`Config::deep_hello_min`] documents, summaries of the root's sixteen
+//!    children (saving the first level's message).
 //! 2. Every later message answers the previous one. For each node summary the
 //!    peer sent, the receiver compares it with its own node at the same path:
 //!    - equal root tails: nothing to do for that collection;
@@ -63,6 +65,12 @@ pub struct Config {
     /// A differing subtree of at most this many documents is sent as its
     /// entries instead of being descended further.
     pub entries_threshold: u64,
+    /// A collection holding more than this many documents opens with its
+    /// root's sixteen children summarized (one level deeper than the root
+    /// alone). That costs about 1 KiB once per collection and saves one
+    /// message on every path, which keeps a million-document collection
+    /// within three round trips.
+    pub deep_hello_min: u64,
     /// Largest frame sent or accepted, in bytes.
     pub max_frame_bytes: usize,
     /// Largest message (all its frames) accepted, in bytes.
@@ -80,7 +88,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            entries_threshold: 32,
+            entries_threshold: 64,
+            deep_hello_min: 2048 * 64,
             max_frame_bytes: 4 << 20,
             max_message_bytes: 512 << 20,
             max_passes: 3,
@@ -337,10 +346,24 @@ impl<S: ReconcileStore> Session<S> {
             let Some(root) = self.store.collection_root(&name)? else {
                 continue;
             };
-            let summary = self.own_summary(&name, &[])?;
+            let deep = matches!(
+                self.store.merkle_node(&name, &[])?,
+                Some(ref node @ MerkleNode::Branch(_)) if node.count() > self.config.deep_hello_min
+            );
+            let nodes = if deep {
+                // Every child, present or not: an absent one is an empty
+                // summary, so the peer pushes whatever it has there.
+                let mut nodes = Vec::with_capacity(16);
+                for i in 0..16_u8 {
+                    nodes.push((vec![i], self.own_summary(&name, &[i])?));
+                }
+                nodes
+            } else {
+                vec![(Vec::new(), self.own_summary(&name, &[])?)]
+            };
             let col = reply.col(&name);
             col.root = Some(short(&root));
-            col.nodes.push((Vec::new(), summary));
+            col.nodes.extend(nodes);
         }
         Ok(reply.into_frame(FLAG_HELLO))
     }
