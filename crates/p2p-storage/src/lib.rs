@@ -44,7 +44,7 @@ pub use engine::{
 };
 pub use error::StoreError;
 pub use p2p::{
-    AE_TYPE, FETCH_TYPE, FETCHED_TYPE, P2PConfig, P2PStats, P2PStorageAdapter, PUSH_TYPE,
-    RandomSource, ReplicatedView,
+    AE_TYPE, DELTA_TYPE, FETCH_TYPE, FETCHED_TYPE, P2PConfig, P2PStats, P2PStorageAdapter,
+    PUSH_TYPE, RandomSource, ReplicatedView, SINCE_TYPE,
 };
 pub use records::{StateRecord, VERSION_SIGNATURE_DOMAIN, VersionNode};

@@ -38,6 +38,7 @@ use ecomesh_replication::merkle::{ApplyResult, MerkleNode, ReconcileStore};
 use ecomesh_replication::policy::{Candidate, Origin, PinSet, ReplicationConfig, select_partners};
 use ecomesh_replication::queue::{SyncItem, SyncQueue};
 use ecomesh_replication::reach::{Reach, ReachPolicy, Relation, Trust};
+use ecomesh_replication::stream::{Delta, DurableStream, MAX_DELTA, Position, Source};
 use ecomesh_types::{
     BatchOperation, BatchResult, BoxFuture, ContentId, Document, Error, HlcTimestamp, Listener,
     Map, MessageId, NetworkMessage, PeerId, Priority, Query, QueryPage, SetOptions, StorageAdapter,
@@ -56,6 +57,13 @@ pub const PUSH_TYPE: &str = "ecomesh/push";
 pub const FETCH_TYPE: &str = "ecomesh/fetch";
 /// Mesh message type of the answer to a fetch.
 pub const FETCHED_TYPE: &str = "ecomesh/fetched";
+/// Mesh message type of a request for the sender's changes after a stream position.
+pub const SINCE_TYPE: &str = "ecomesh/since";
+/// Mesh message type of one page of changes, in stream order.
+pub const DELTA_TYPE: &str = "ecomesh/delta";
+
+/// The node's stream of positioned versions, shared by the adapter and its views.
+type SharedStream = Arc<Mutex<Option<DurableStream>>>;
 
 /// A store as one peer may see it: collections local to this node (see
 /// [`P2PConfig::local_prefix`]) and, for a given peer, collections outside the
@@ -68,6 +76,8 @@ pub struct ReplicatedView<B: Backend> {
     reach: Arc<ReachPolicy>,
     /// The peer this view is for; `None`: this node's own view of what it replicates.
     relation: Option<Relation>,
+    /// Where a version merged from the peer is positioned, when the node keeps a stream.
+    stream: SharedStream,
 }
 
 impl<B: Backend> std::fmt::Debug for ReplicatedView<B> {
@@ -164,13 +174,36 @@ impl<B: Backend> ReconcileStore for ReplicatedView<B> {
     fn apply_version(&self, bytes: &[u8]) -> Result<ApplyResult, ReplicationError> {
         match Self::document_of(bytes) {
             Some((c, _)) if self.replicates(&c) => {
-                ReconcileStore::apply_version(&*self.store, bytes)
+                let result = ReconcileStore::apply_version(&*self.store, bytes)?;
+                if result == ApplyResult::Applied
+                    && let Some(r) = &self.relation
+                {
+                    record_in_stream(&self.stream, bytes, Source::Remote(r.peer));
+                }
+                Ok(result)
             }
             Some((c, _)) => Ok(ApplyResult::Invalid(format!(
                 "collection {c:?} is local to this node or outside the sender's reach"
             ))),
             None => Ok(ApplyResult::Invalid("not a version node".into())),
         }
+    }
+}
+
+/// Positions version `bytes` (already in the store) in the node's stream.
+/// A failure is logged: the stream only speeds up catching up (delta sync),
+/// and anti-entropy still finds whatever it misses.
+fn record_in_stream(stream: &SharedStream, bytes: &[u8], source: Source) {
+    let mut guard = lock(stream);
+    let Some(stream) = guard.as_mut() else {
+        return;
+    };
+    let Ok(node) = ecomesh_wire::decode::<crate::VersionNode>(bytes) else {
+        return;
+    };
+    let cid = crate::codec::cid_of_bytes(bytes);
+    if let Err(e) = stream.ingest(cid, node.parents, source) {
+        tracing::error!(error = %e, "stream: version not positioned");
     }
 }
 
@@ -264,6 +297,10 @@ pub struct P2PStats {
     pub versions_pushed: u64,
     /// Mesh events dropped because the inbox was full.
     pub dropped_events: u64,
+    /// Versions sent to peers in answer to "changes since position N".
+    pub delta_versions_sent: u64,
+    /// Versions merged from peers' delta pages.
+    pub delta_versions_merged: u64,
 }
 
 /// A one-shot slot a `get` waits on.
@@ -330,27 +367,42 @@ fn encode_envelope(e: &Envelope) -> Vec<u8> {
     ecomesh_wire::to_dag_cbor(&Value::Map(m)).unwrap_or_default()
 }
 
-fn decode_envelope(bytes: &[u8]) -> Option<Envelope> {
-    if bytes.len() > MAX_PART_BYTES + MAX_FETCH_REQUEST {
+/// The DAG-CBOR map of a protocol message of at most `max_len` bytes of
+/// content (and `MAX_FETCH_REQUEST` of framing), or `None`.
+fn decode_map(bytes: &[u8], max_len: usize) -> Option<Map> {
+    if bytes.len() > max_len.saturating_add(MAX_FETCH_REQUEST) {
         return None;
     }
     let limits = Limits {
         max_depth: 4,
-        max_len: MAX_PART_BYTES as u64,
+        max_len: max_len as u64,
     };
-    let Ok(Value::Map(m)) = ecomesh_wire::from_dag_cbor_with(bytes, &limits) else {
-        return None;
-    };
-    let Some(Value::Array(fs)) = m.get("f") else {
-        return None;
-    };
-    let mut frames = Vec::with_capacity(fs.len());
-    for f in fs {
-        match f {
-            Value::Bytes(b) => frames.push(b.clone()),
-            _ => return None,
-        }
+    match ecomesh_wire::from_dag_cbor_with(bytes, &limits) {
+        Ok(Value::Map(m)) => Some(m),
+        _ => None,
     }
+}
+
+/// The byte strings of the array under `key`, at most `max` of them.
+fn bytes_list(m: &Map, key: &str, max: usize) -> Option<Vec<Vec<u8>>> {
+    let Some(Value::Array(items)) = m.get(key) else {
+        return None;
+    };
+    if items.len() > max {
+        return None;
+    }
+    items
+        .iter()
+        .map(|v| match v {
+            Value::Bytes(b) => Some(b.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn decode_envelope(bytes: &[u8]) -> Option<Envelope> {
+    let m = decode_map(bytes, MAX_PART_BYTES)?;
+    let frames = bytes_list(&m, "f", usize::MAX)?;
     let e = Envelope {
         sid: int_of(&m, "s")?,
         seq: int_of(&m, "n")?,
@@ -388,6 +440,8 @@ struct Driver<B: Backend> {
     fetches: BTreeMap<u64, Fetch>,
     next_fetch: u64,
     last_sync: BTreeMap<PeerId, u64>,
+    /// Delta requests awaiting their page: peer -> when asked.
+    since_asked: BTreeMap<PeerId, u64>,
     stats: P2PStats,
 }
 
@@ -403,6 +457,7 @@ pub struct P2PStorageAdapter<B: Backend> {
     waker: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     random: Mutex<Option<RandomSource>>,
     queue: Option<SyncQueue>,
+    stream: SharedStream,
 }
 
 /// Fills the 16 random bytes of a message id (see [`P2PStorageAdapter::set_random`]).
@@ -492,31 +547,68 @@ fn encode_fetched(req: i64, versions: Vec<Vec<u8>>) -> Vec<u8> {
 }
 
 fn decode_fetched(bytes: &[u8], max: usize) -> Option<(u64, Vec<Vec<u8>>)> {
-    if bytes.len() > max.saturating_add(MAX_FETCH_REQUEST) {
+    let m = decode_map(bytes, max)?;
+    Some((int_of(&m, "r")?, bytes_list(&m, "v", usize::MAX)?))
+}
+
+/// A page of a peer's stream as it travels.
+struct DeltaPage {
+    /// The position to ask from next time.
+    next: Position,
+    /// True when more entries follow `next`.
+    more: bool,
+    /// Version node bytes, in stream order.
+    versions: Vec<Vec<u8>>,
+}
+
+fn encode_since(since: Position) -> Vec<u8> {
+    let mut m = Map::new();
+    m.insert(
+        "p".into(),
+        Value::Integer(i64::try_from(since).unwrap_or(i64::MAX)),
+    );
+    ecomesh_wire::to_dag_cbor(&Value::Map(m)).unwrap_or_default()
+}
+
+fn decode_since(bytes: &[u8]) -> Option<Position> {
+    if bytes.len() > 64 {
         return None;
     }
     let limits = Limits {
-        max_depth: 4,
-        max_len: max as u64,
+        max_depth: 2,
+        max_len: 64,
     };
-    let Ok(Value::Map(m)) = ecomesh_wire::from_dag_cbor_with(bytes, &limits) else {
-        return None;
-    };
-    let r = match m.get("r") {
-        Some(Value::Integer(r)) => u64::try_from(*r).ok()?,
+    match ecomesh_wire::from_dag_cbor_with(bytes, &limits) {
+        Ok(Value::Map(m)) => int_of(&m, "p"),
+        _ => None,
+    }
+}
+
+fn encode_delta(page: &DeltaPage) -> Vec<u8> {
+    let mut m = Map::new();
+    m.insert(
+        "n".into(),
+        Value::Integer(i64::try_from(page.next).unwrap_or(i64::MAX)),
+    );
+    m.insert("m".into(), Value::Bool(page.more));
+    m.insert(
+        "v".into(),
+        Value::Array(page.versions.iter().cloned().map(Value::Bytes).collect()),
+    );
+    ecomesh_wire::to_dag_cbor(&Value::Map(m)).unwrap_or_default()
+}
+
+fn decode_delta(bytes: &[u8], max: usize) -> Option<DeltaPage> {
+    let m = decode_map(bytes, max)?;
+    let more = match m.get("m") {
+        Some(Value::Bool(b)) => *b,
         _ => return None,
     };
-    let Some(Value::Array(vs)) = m.get("v") else {
-        return None;
-    };
-    let mut out = Vec::with_capacity(vs.len());
-    for v in vs {
-        match v {
-            Value::Bytes(b) => out.push(b.clone()),
-            _ => return None,
-        }
-    }
-    Some((r, out))
+    Some(DeltaPage {
+        next: int_of(&m, "n")?,
+        more,
+        versions: bytes_list(&m, "v", MAX_DELTA)?,
+    })
 }
 
 impl<B: Backend> P2PStorageAdapter<B> {
@@ -529,7 +621,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             let wanted = match ev {
                 MeshEvent::Message { message, .. } => matches!(
                     message.message_type.as_str(),
-                    AE_TYPE | PUSH_TYPE | FETCH_TYPE | FETCHED_TYPE
+                    AE_TYPE | PUSH_TYPE | FETCH_TYPE | FETCHED_TYPE | SINCE_TYPE | DELTA_TYPE
                 ),
                 MeshEvent::PeerDiscovered(_) | MeshEvent::PeerLost(_) | MeshEvent::Acked { .. } => {
                     true
@@ -545,11 +637,13 @@ impl<B: Backend> P2PStorageAdapter<B> {
                 }
             }
         }));
+        let stream: SharedStream = Arc::default();
         let view = Arc::new(ReplicatedView {
             store: store.clone(),
             local_prefix: config.local_prefix.clone(),
             reach: Arc::new(config.reach.clone()),
             relation: None,
+            stream: stream.clone(),
         });
         P2PStorageAdapter {
             store,
@@ -567,12 +661,53 @@ impl<B: Backend> P2PStorageAdapter<B> {
                 fetches: BTreeMap::new(),
                 next_fetch: 1,
                 last_sync: BTreeMap::new(),
+                since_asked: BTreeMap::new(),
                 stats: P2PStats::default(),
             }),
             waker: Mutex::new(None),
             random: Mutex::new(None),
             queue: None,
+            stream,
         }
+    }
+
+    /// Keeps this node's stream (seed 001 stream positions) in `stream`: every
+    /// version written here or merged from a peer gets the next position, and
+    /// peers catch up by asking for the changes after the position they last
+    /// read (delta sync, one round trip per page) whenever they connect,
+    /// before anti-entropy has to walk the Merkle index. What a peer may not
+    /// see is left out of the pages it gets.
+    ///
+    /// A version is positioned after the store has it; a crash in between
+    /// leaves it out of the stream, and anti-entropy still carries it.
+    pub fn with_stream(self, stream: DurableStream) -> Self {
+        *lock(&self.stream) = Some(stream);
+        self
+    }
+
+    /// This node's stream position: versions positioned so far (0 without a stream).
+    pub fn stream_head(&self) -> Position {
+        lock(&self.stream).as_ref().map_or(0, |s| s.index().head())
+    }
+
+    /// How far this node has read `peer`'s stream (0 without a stream).
+    pub fn stream_position_of(&self, peer: &PeerId) -> Position {
+        lock(&self.stream)
+            .as_ref()
+            .map_or(0, |s| s.index().peer_position(peer))
+    }
+
+    /// One page of this node's stream after `since`, at most `limit` entries
+    /// (and at most [`MAX_DELTA`]); an empty page without a stream.
+    pub fn changes_since(&self, since: Position, limit: usize) -> Delta {
+        lock(&self.stream).as_ref().map_or(
+            Delta {
+                entries: Vec::new(),
+                next: since,
+                more: false,
+            },
+            |s| s.index().changes_since(since, limit),
+        )
     }
 
     /// Records every new local version in the durable `queue` until
@@ -648,6 +783,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             local_prefix: self.config.local_prefix.clone(),
             reach: self.view.reach.clone(),
             relation: Some(Relation::new(peer, (self.config.trust)(&peer))),
+            stream: self.stream.clone(),
         })
     }
 
@@ -832,6 +968,9 @@ impl<B: Backend> P2PStorageAdapter<B> {
     /// pushes it to its partners.
     fn new_version(&self, d: &mut Driver<B>, version: Option<&ContentId>, tombstone: bool) {
         let Some(cid) = version else { return };
+        if let Ok(Some(bytes)) = self.store.version_bytes(cid) {
+            record_in_stream(&self.stream, &bytes, Source::Local);
+        }
         let seq = self.enqueue(cid, tombstone);
         self.push_version(d, cid, seq, &BTreeSet::new(), None);
     }
@@ -924,6 +1063,108 @@ impl<B: Backend> P2PStorageAdapter<B> {
         }
     }
 
+    /// Asks `peer` for its changes after the position this node last read,
+    /// unless a request is still awaiting its page.
+    fn ask_since(&self, d: &mut Driver<B>, peer: PeerId) {
+        let Some(since) = lock(&self.stream)
+            .as_ref()
+            .map(|s| s.index().peer_position(&peer))
+        else {
+            return;
+        };
+        if d.since_asked
+            .get(&peer)
+            .is_some_and(|t| d.now_ms.saturating_sub(*t) < self.config.session_timeout_ms)
+        {
+            return;
+        }
+        d.since_asked.insert(peer, d.now_ms);
+        d.outbox.push_back(Outgoing {
+            peer,
+            ty: SINCE_TYPE,
+            payload: encode_since(since),
+            seq: None,
+        });
+    }
+
+    /// Answers a peer's "changes since": one page of this node's stream,
+    /// leaving out what the peer may not see, within `max_fetch_bytes`.
+    fn serve_since(&self, d: &mut Driver<B>, from: PeerId, since: Position) {
+        let page = self.changes_since(since, MAX_DELTA);
+        let view = self.view_for(from);
+        let mut versions = Vec::new();
+        let mut total = 0usize;
+        let mut next = since;
+        let mut more = page.more;
+        for e in &page.entries {
+            match view.version_bytes(&e.id) {
+                Ok(Some(b)) => {
+                    if total + b.len() > self.config.max_fetch_bytes && !versions.is_empty() {
+                        more = true;
+                        break;
+                    }
+                    total += b.len();
+                    versions.push(b);
+                }
+                Ok(None) => {} // not for this peer, or collected since
+                Err(e) => {
+                    tracing::error!(error = %e, "stream: version unreadable");
+                    more = true;
+                    break;
+                }
+            }
+            next = e.position;
+        }
+        d.stats.delta_versions_sent += versions.len() as u64;
+        d.outbox.push_back(Outgoing {
+            peer: from,
+            ty: DELTA_TYPE,
+            payload: encode_delta(&DeltaPage {
+                next,
+                more,
+                versions,
+            }),
+            seq: None,
+        });
+    }
+
+    /// Merges a page of a peer's stream in order; records how far it was read
+    /// only when every version merged, and asks for the next page.
+    fn on_delta(&self, d: &mut Driver<B>, from: PeerId, page: DeltaPage) {
+        if d.since_asked.remove(&from).is_none() {
+            return; // not asked for (or a duplicate): ignored
+        }
+        let mut complete = true;
+        for v in &page.versions {
+            let before = d.stats.versions_merged;
+            if !self.merge(d, from, v) {
+                complete = false;
+                break;
+            }
+            d.stats.delta_versions_merged += d.stats.versions_merged - before;
+        }
+        if !complete {
+            return; // anti-entropy (started by the gap) fills it in
+        }
+        let advanced = {
+            let mut guard = lock(&self.stream);
+            let Some(stream) = guard.as_mut() else {
+                return;
+            };
+            let known = stream.index().peer_position(&from);
+            match stream.observe_peer(from, page.next) {
+                Ok(now) => now > known,
+                Err(e) => {
+                    tracing::error!(error = %e, "stream: peer position not recorded");
+                    false
+                }
+            }
+        };
+        if page.more && advanced {
+            self.ask_since(d, from);
+        }
+    }
+
     /// Merges a version from `from`; true when the store now has it.
     fn merge(&self, d: &mut Driver<B>, from: PeerId, bytes: &[u8]) -> bool {
         match self.view_for(from).apply_version(bytes) {
@@ -985,6 +1226,14 @@ impl<B: Backend> P2PStorageAdapter<B> {
                     });
                 }
                 None => self.charge(d, from, &"malformed fetch request"),
+            },
+            SINCE_TYPE => match decode_since(&message.payload) {
+                Some(since) => self.serve_since(d, from, since),
+                None => self.charge(d, from, &"malformed stream request"),
+            },
+            DELTA_TYPE => match decode_delta(&message.payload, self.config.max_fetch_bytes) {
+                Some(delta) => self.on_delta(d, from, delta),
+                None => self.charge(d, from, &"malformed stream page"),
             },
             FETCHED_TYPE => match decode_fetched(&message.payload, self.config.max_fetch_bytes) {
                 Some((req, versions)) => {
@@ -1051,6 +1300,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
                         let p = info.peer_id;
                         d.last_sync.insert(p, now_ms);
                         self.retry_pending(&mut d, p);
+                        self.ask_since(&mut d, p);
                         if me < p {
                             self.start_session(&mut d, p);
                         }
@@ -1058,6 +1308,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
                     MeshEvent::PeerLost(p) => {
                         d.sessions.remove(&p);
                         d.last_sync.remove(&p);
+                        d.since_asked.remove(&p);
                     }
                     MeshEvent::Message { message, .. } => {
                         self.on_message(&mut d, message, now_ms);
@@ -1364,5 +1615,61 @@ impl<B: Backend> StorageAdapter for P2PStorageAdapter<B> {
 
     fn generate_id(&self, _collection: &str) -> String {
         self.store.new_id()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn prop_protocol_messages_round_trip(
+            sid in any::<u64>(), seq in any::<u64>(), parts in 1_u64..=MAX_PARTS,
+            frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..5),
+            since in 0_u64..i64::MAX as u64, more in any::<bool>(),
+        ) {
+            let e = Envelope { sid: sid >> 1, seq: seq >> 1, part: parts - 1, parts, frames: frames.clone() };
+            let d = decode_envelope(&encode_envelope(&e)).unwrap();
+            prop_assert_eq!((d.sid, d.seq, d.part, d.parts, d.frames), (e.sid, e.seq, e.part, e.parts, frames.clone()));
+            prop_assert_eq!(decode_since(&encode_since(since)), Some(since));
+            let page = DeltaPage { next: since, more, versions: frames.clone() };
+            let got = decode_delta(&encode_delta(&page), 1 << 20).unwrap();
+            prop_assert_eq!((got.next, got.more, got.versions), (since, more, frames.clone()));
+            let (r, vs) = decode_fetched(&encode_fetched(since as i64, frames.clone()), 1 << 20).unwrap();
+            prop_assert_eq!((r, vs), (since, frames));
+        }
+
+        /// Whatever a peer sends, the decoders answer without panicking.
+        #[test]
+        fn prop_protocol_decoders_survive_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_envelope(&bytes);
+            let _ = decode_since(&bytes);
+            let _ = decode_delta(&bytes, 1 << 10);
+            let _ = decode_fetch(&bytes);
+            let _ = decode_fetched(&bytes, 1 << 10);
+        }
+    }
+
+    #[test]
+    fn malformed_and_oversized_pages_are_refused() {
+        let page = DeltaPage {
+            next: 3,
+            more: false,
+            versions: vec![vec![0; 100]],
+        };
+        let bytes = encode_delta(&page);
+        assert!(decode_delta(&bytes, 1 << 10).is_some());
+        assert!(decode_delta(&bytes, 10).is_none(), "over the size limit");
+        let too_many = DeltaPage {
+            next: 3,
+            more: false,
+            versions: vec![Vec::new(); MAX_DELTA + 1],
+        };
+        assert!(decode_delta(&encode_delta(&too_many), 1 << 20).is_none());
+        assert!(decode_since(&encode_fetch(1, "c", "i")).is_none());
+        assert!(decode_since(&[0xff; 100]).is_none());
     }
 }
