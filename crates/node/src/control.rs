@@ -69,6 +69,13 @@ pub enum Request {
         /// The collection.
         collection: String,
     },
+    /// One page of the node's stream: the versions it took in after position `since`.
+    Changes {
+        /// Entries after this position (0: from the start).
+        since: u64,
+        /// Most entries returned.
+        limit: usize,
+    },
 }
 
 /// What the node answers.
@@ -113,6 +120,15 @@ pub enum Response {
         /// The documents found, by id order.
         documents: Vec<DocRow>,
     },
+    /// Answer to [`Request::Changes`].
+    Changes {
+        /// The entries, in position order.
+        entries: Vec<ChangeRow>,
+        /// The position to ask from next time.
+        next: u64,
+        /// True when more entries follow `next`.
+        more: bool,
+    },
     /// The request failed; `message` names the problem and the fix.
     Error {
         /// What went wrong.
@@ -147,8 +163,27 @@ pub struct Status {
     pub root_cid: String,
     /// The root CID over the replicated collections: equal on nodes that converged.
     pub replicated_root: String,
+    /// Versions positioned in the node's stream so far.
+    pub stream_head: u64,
     /// Seconds since the node started.
     pub uptime_secs: u64,
+}
+
+/// One entry of the node's stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeRow {
+    /// Its position (1, 2, 3...).
+    pub position: u64,
+    /// `"local"`, `"new"` or `"backfill"` (seed 001 event kinds).
+    pub kind: String,
+    /// `"local"`, or the peer id it came from.
+    pub source: String,
+    /// The version's CID.
+    pub version: String,
+    /// The document's collection (empty if the version is no longer stored).
+    pub collection: String,
+    /// The document's id.
+    pub id: String,
 }
 
 /// A reachable peer.

@@ -23,6 +23,7 @@ use ecomesh_mesh::{MAX_LEARNED_KEYS, MeshConfig, MeshEvent, MultiTransportManage
 use ecomesh_p2p_storage::kv::SledBackend;
 use ecomesh_p2p_storage::{P2PConfig, P2PStorageAdapter, SledStore, StoreConfig};
 use ecomesh_replication::queue::SyncQueue;
+use ecomesh_replication::stream::{DurableStream, EventKind, MAX_DELTA, Source};
 use ecomesh_transport_wired::{LinkConfig, MdnsDiscovery, WiredConfig, WiredTransport};
 use ecomesh_types::{
     Map, NetworkMessage, PeerId, Priority, SetOptions, StorageAdapter, Subscription,
@@ -33,7 +34,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
 use crate::control::{
-    DocRow, InboxRow, MAX_REQUEST, MAX_TEXT, OutboxRow, PeerRow, Request, Response, Status,
+    ChangeRow, DocRow, InboxRow, MAX_REQUEST, MAX_TEXT, OutboxRow, PeerRow, Request, Response,
+    Status,
 };
 use crate::paths::DataDir;
 
@@ -313,6 +315,7 @@ impl Node {
                     .map_err(Into::into)
                     .and_then(|w| self.written(&w))
             }
+            Request::Changes { since, limit } => Ok(self.changes(since, limit)),
             Request::DocList { collection } => self
                 .store
                 .scan_collection(&collection)
@@ -389,7 +392,46 @@ impl Node {
                 .map(|c| ecomesh_wire::cid_to_text(&c))
                 .unwrap_or_default(),
             uptime_secs: self.started.elapsed().as_secs(),
+            stream_head: self.p2p.stream_head(),
         })
+    }
+
+    fn changes(&self, since: u64, limit: usize) -> Response {
+        let page = self.p2p.changes_since(since, limit.clamp(1, MAX_DELTA));
+        let entries = page
+            .entries
+            .into_iter()
+            .map(|e| {
+                let (collection, id) = match self.store.version(&e.id) {
+                    Ok(Some(v)) => (v.collection, v.id),
+                    _ => (String::new(), String::new()),
+                };
+                ChangeRow {
+                    position: e.position,
+                    kind: match e.kind {
+                        EventKind::Local => "local",
+                        EventKind::New => "new",
+                        EventKind::Backfill => "backfill",
+                        EventKind::Outlier => "outlier",
+                    }
+                    .into(),
+                    source: match e.source {
+                        Source::Local => "local".into(),
+                        Source::Remote(p) => p.to_string(),
+                    },
+                    version: ecomesh_wire::from_content_id(&e.id)
+                        .map(|c| ecomesh_wire::cid_to_text(&c))
+                        .unwrap_or_default(),
+                    collection,
+                    id,
+                }
+            })
+            .collect();
+        Response::Changes {
+            entries,
+            next: page.next,
+            more: page.more,
+        }
     }
 
     fn peers(&self) -> Vec<PeerRow> {
@@ -613,8 +655,11 @@ pub async fn run(
     let store = Arc::new(store);
     let queue = SyncQueue::open(&data.queue())
         .with_context(|| format!("opening the sync queue in {}", data.queue().display()))?;
-    let p2p =
-        P2PStorageAdapter::new(store.clone(), mesh.clone(), P2PConfig::default()).with_queue(queue);
+    let stream = DurableStream::open(&data.stream())
+        .with_context(|| format!("opening the stream in {}", data.stream().display()))?;
+    let p2p = P2PStorageAdapter::new(store.clone(), mesh.clone(), P2PConfig::default())
+        .with_queue(queue)
+        .with_stream(stream);
     let node = Arc::new(Node {
         identity,
         data,

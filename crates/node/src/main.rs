@@ -79,6 +79,15 @@ enum Command {
     /// Read and write documents in the node's store.
     #[command(subcommand)]
     Doc(DocCommand),
+    /// List the versions the node took in (its stream), after a position.
+    Changes {
+        /// Show entries after this position (0: from the start).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Most entries shown.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +300,29 @@ fn run(cli: Cli) -> Result<()> {
                 other => unexpected(&other),
             }
         }
+        Command::Changes { since, limit } => match ask(Request::Changes { since, limit })? {
+            r @ Response::Changes { .. } if cli.json => json(&r),
+            Response::Changes {
+                entries,
+                next,
+                more,
+            } => {
+                if entries.is_empty() {
+                    out(format!("no changes after position {since}"));
+                }
+                for e in entries {
+                    out(format!(
+                        "{:>6}  {:<8}  {}/{}  {}  from {}",
+                        e.position, e.kind, e.collection, e.id, e.version, e.source
+                    ));
+                }
+                if more {
+                    out(format!("more: ecomesh changes --since {next}"));
+                }
+                Ok(())
+            }
+            other => unexpected(&other),
+        },
         Command::Status => match ask(Request::Status)? {
             Response::Status(s) if cli.json => json(&s),
             Response::Status(s) => {
@@ -311,6 +343,7 @@ fn run(cli: Cli) -> Result<()> {
                 ));
                 out(format!("root cid    {}", s.root_cid));
                 out(format!("replicated  {}", s.replicated_root));
+                out(format!("stream      {} versions", s.stream_head));
                 out(format!("uptime      {} s", s.uptime_secs));
                 Ok(())
             }

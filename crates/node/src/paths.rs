@@ -67,6 +67,11 @@ impl DataDir {
         self.root.join("known-keys.bin")
     }
 
+    /// The node's stream of positioned versions (a sled database).
+    pub fn stream(&self) -> PathBuf {
+        self.root.join("stream")
+    }
+
     /// The durable sync queue (a sled database).
     pub fn queue(&self) -> PathBuf {
         self.root.join("queue")

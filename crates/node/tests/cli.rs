@@ -333,5 +333,38 @@ fn documents_are_written_merged_listed_and_deleted_through_the_cli() {
     let list = ok_json(&n.data, &["doc", "list", "todo"]);
     assert_eq!(list["documents"][0]["id"], "t2");
     assert_eq!(list["documents"].as_array().unwrap().len(), 1);
+
+    // The stream positions every write, in order, and keeps them across a restart.
+    let check_changes = |n: &Node| {
+        let c = ok_json(&n.data, &["changes"]);
+        let rows: Vec<(u64, String, String)> = c["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                assert_eq!(e["kind"], "local");
+                assert_eq!(e["source"], "local");
+                (
+                    e["position"].as_u64().unwrap(),
+                    e["collection"].as_str().unwrap().to_owned(),
+                    e["id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let want: Vec<(u64, String, String)> = [(1, "t1"), (2, "t1"), (3, "t2"), (4, "t1")]
+            .into_iter()
+            .map(|(p, id)| (p, "todo".to_owned(), id.to_owned()))
+            .collect();
+        assert_eq!(rows, want);
+        assert_eq!(n.status()["stream_head"], 4);
+        let page = ok_json(&n.data, &["changes", "--since", "2", "--limit", "1"]);
+        assert_eq!(page["entries"][0]["position"], 3);
+        assert_eq!(page["next"], 3);
+        assert_eq!(page["more"], true);
+    };
+    check_changes(&n);
+    n.terminate();
+    n.start(&["--listen", "127.0.0.1:0"]);
+    check_changes(&n);
     n.terminate();
 }
