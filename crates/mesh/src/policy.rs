@@ -16,10 +16,16 @@
 //! 256 B - 64 KiB class, exactly 64 KiB in the 64 KiB - 1 MiB class and exactly
 //! 1 MiB in that class too; above 1 MiB is the last class.
 //!
-//! A transport absent from a row is never used for that row (LoRa never
-//! carries 256 bytes or more, Bluetooth nothing over 64 KiB, nothing Bulk goes
-//! over LoRa or Bluetooth). [`route_with_caps`] also skips a transport whose
-//! `max_message_size` is smaller than the message.
+//! [`route`] uses only the row: a transport absent from it is not offered
+//! (LoRa never for 256 bytes or more, Bluetooth nothing over 64 KiB, nothing
+//! Bulk over LoRa or Bluetooth). [`route_with_caps`], which knows each
+//! transport's `max_message_size`, skips a transport too small for the
+//! message and then adds the *fallback*: a reachable transport outside the
+//! row whose own limit admits the message comes after every transport of the
+//! row (Wired, Wi-Fi Direct, Internet, Bluetooth, LoRa in that order), never
+//! for Bulk over LoRa or Bluetooth. So a peer reachable only over LoRa still
+//! gets a 1 KB control message that fits the LoRa transport's fragments,
+//! while any faster link that reaches it is preferred.
 
 use ecomesh_types::{Priority, TransportCapabilities, TransportType};
 
@@ -83,22 +89,35 @@ pub fn route(size: usize, priority: Priority, available: &[TransportType]) -> Ve
         .collect()
 }
 
+/// Order in which transports outside a row are tried as a fallback.
+const FALLBACK: [TransportType; 5] = [Wired, WifiDirect, Internet, Bluetooth, Lora];
+
 /// Like [`route`], with each available transport's capabilities: a transport
-/// whose `max_message_size` is below `size` is skipped.
+/// whose `max_message_size` is below `size` is skipped, and reachable
+/// transports outside the row that can carry the message follow the row as
+/// a fallback (see the module docs).
 pub fn route_with_caps(
     size: usize,
     priority: Priority,
     available: &[(TransportType, TransportCapabilities)],
 ) -> Vec<TransportType> {
-    preference(SizeClass::of(size), priority)
+    let fits = |t: &TransportType| {
+        available
+            .iter()
+            .any(|(a, caps)| a == t && caps.max_message_size >= size)
+    };
+    let mut out: Vec<TransportType> = preference(SizeClass::of(size), priority)
         .iter()
         .copied()
-        .filter(|t| {
-            available
-                .iter()
-                .any(|(a, caps)| a == t && caps.max_message_size >= size)
-        })
-        .collect()
+        .filter(fits)
+        .collect();
+    for t in FALLBACK {
+        let never = priority == Priority::Bulk && matches!(t, Lora | Bluetooth);
+        if !never && !out.contains(&t) && fits(&t) {
+            out.push(t);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -202,11 +221,36 @@ mod tests {
             Lora,
             "fits in one LoRa payload"
         );
-        // Exactly 64 KiB is in the large class; Bluetooth is not in that row anyway.
+        // Exactly 64 KiB is in the large class; Bluetooth is not in that row,
+        // but its limit admits it, so it comes last as a fallback.
         assert_eq!(
             route_with_caps(MEDIUM_MAX, Priority::Normal, &caps),
-            vec![WifiDirect, Wired, Internet]
+            vec![WifiDirect, Wired, Internet, Bluetooth]
         );
+    }
+
+    #[test]
+    fn a_transport_outside_the_row_is_a_fallback_when_it_can_carry_the_message() {
+        let mut lora = TransportCapabilities::seed_defaults(Lora);
+        lora.max_message_size = 1536;
+        let wired = TransportCapabilities::seed_defaults(Wired);
+        // 1 KB, Normal: LoRa is not in the medium row, but it is the only way.
+        assert_eq!(
+            route_with_caps(1000, Priority::Normal, &[(Lora, lora.clone())]),
+            vec![Lora]
+        );
+        // Any transport of the row goes first.
+        assert_eq!(
+            route_with_caps(
+                1000,
+                Priority::Normal,
+                &[(Lora, lora.clone()), (Wired, wired)]
+            ),
+            vec![Wired, Lora]
+        );
+        // Too big for the fragments, or Bulk: never over LoRa.
+        assert!(route_with_caps(2000, Priority::Normal, &[(Lora, lora.clone())]).is_empty());
+        assert!(route_with_caps(100, Priority::Bulk, &[(Lora, lora)]).is_empty());
     }
 
     proptest::proptest! {
