@@ -247,6 +247,70 @@ fn an_unanswered_request_times_out_and_another_holder_is_asked() {
 }
 
 #[test]
+fn replicate_heals_a_blob_put_while_partners_were_away() {
+    let mut net = BlobNet::honest(4, config());
+    for i in 1..4 {
+        net.stop(i);
+    }
+    let now = net.now();
+    let data = bytes(200, 7);
+    let m = net.service(0).put_blob("photos", &data, now).unwrap();
+    net.settle();
+    assert!(m.pieces().iter().all(|p| net.holders(p) == vec![0]));
+    for i in 1..4 {
+        net.start(i);
+    }
+    // "photos" has factor 2: every chunk goes to 2 partners.
+    assert_eq!(
+        net.service(0).replicate(&m.id()).unwrap(),
+        2 * m.pieces().len()
+    );
+    net.settle();
+    for p in m.pieces() {
+        assert_eq!(net.store(0).confirmed(p).unwrap().len(), 2);
+        assert_eq!(net.holders(p).len(), 3);
+    }
+    // Nothing is lacking any more.
+    assert_eq!(net.service(0).replicate(&m.id()).unwrap(), 0);
+    // One partner loses a chunk and says so: only that one is pushed again.
+    let p0 = m.pieces()[0];
+    let partner = net.holders(&p0)[1];
+    net.store(partner).remove_piece(&p0).unwrap();
+    net.service(0).probe_replicas(&m.id()).unwrap();
+    net.settle();
+    assert_eq!(net.store(0).confirmed(&p0).unwrap().len(), 1);
+    assert_eq!(net.service(0).replicate(&m.id()).unwrap(), 1);
+    net.settle();
+    assert_eq!(net.store(0).confirmed(&p0).unwrap().len(), 2);
+}
+
+#[test]
+fn a_peer_cannot_relabel_a_known_blob() {
+    let mut net = BlobNet::honest(2, config());
+    let now = net.now();
+    let m = net
+        .service(0)
+        .put_blob("precious", &bytes(40, 8), now)
+        .unwrap();
+    net.settle();
+    // Node 1 announces the same manifest under a collection with a lower factor.
+    let payload = frame::encode_manifest("notifications", &m.to_bytes().unwrap());
+    let env = frame::encode(frame::FrameKind::Announce, 5, 0, 1, &payload);
+    let origin = net.peer(0);
+    net.send_raw(1, origin, env, Priority::Normal);
+    net.settle();
+    assert_eq!(
+        net.store(0).manifest(&m.id()).unwrap().unwrap().collection,
+        "precious"
+    );
+    // Node 1 learned the blob as "precious" from the announce it got.
+    assert_eq!(
+        net.store(1).manifest(&m.id()).unwrap().unwrap().collection,
+        "precious"
+    );
+}
+
+#[test]
 fn gc_deletes_only_eligible_pieces_and_the_blob_stays_retrievable() {
     let mut net = BlobNet::honest(4, config());
     let now = net.now();

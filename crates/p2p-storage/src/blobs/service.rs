@@ -465,7 +465,24 @@ impl<B: Backend> BlobService<B> {
         let encoded = self
             .store
             .put_blob(collection, data, &self.config.blob, now_ms)?;
-        let manifest = encoded.manifest;
+        self.replicate(&encoded.manifest.id())?;
+        Ok(encoded.manifest)
+    }
+
+    /// Queues pushes of the locally held pieces of `blob` that have fewer
+    /// confirmed holders than they should (what [`put_blob`](Self::put_blob)
+    /// does for a new blob), to the connected peers the policy picks: for
+    /// `rs-4-7`, each shard with no confirmed holder goes to its
+    /// [`place_shards`] peer; otherwise each piece goes to as many partners
+    /// not yet confirmed for it as its collection's factor still lacks.
+    /// Call it when peers connect (or from a retry queue) to heal blobs put
+    /// while partners were away. Returns how many pushes were queued (0
+    /// without a local manifest).
+    pub fn replicate(&self, blob: &BlobId) -> Result<usize, StoreError> {
+        let Some(stored) = self.store.manifest(blob)? else {
+            return Ok(0);
+        };
+        let (collection, manifest) = (stored.collection, stored.manifest);
         let id_text = manifest.id().to_text();
         let candidates: Vec<Candidate> = self
             .mesh
@@ -478,35 +495,68 @@ impl<B: Backend> BlobService<B> {
             network: None,
         };
         let pins = self.store.pins();
-        let factor = self.config.replication.factor_for(collection);
-        let pick = |factor: u32| {
+        let factor = self.config.replication.factor_for(&collection);
+        let pick = |factor: u32, without: &BTreeSet<PeerId>| {
+            let eligible: Vec<Candidate> = candidates
+                .iter()
+                .filter(|c| !without.contains(&c.peer))
+                .cloned()
+                .collect();
             select_partners(
                 factor,
-                collection,
+                &collection,
                 Some(&id_text),
                 &origin,
-                &candidates,
+                &eligible,
                 &pins,
             )
             .partners
         };
-        let mut targets: Vec<(usize, PeerId)> = Vec::new();
-        if manifest.encoding() == Encoding::Rs4x7 {
-            let ranked = pick(MAX_FACTOR);
-            match place_shards(&ranked) {
-                Ok(placement) => targets.extend(placement.into_iter().enumerate()),
-                Err(e) if !ranked.is_empty() => {
-                    tracing::warn!(blob = %id_text, error = %e, "too few partners for a safe shard placement; spreading round-robin");
-                    targets.extend((0..TOTAL_SHARDS).map(|i| (i, ranked[i % ranked.len()])));
-                }
-                Err(e) => tracing::warn!(blob = %id_text, error = %e, "no partner for the shards"),
-            }
-        } else {
-            for peer in pick(factor) {
-                targets.extend((0..manifest.pieces().len()).map(|i| (i, peer)));
+        let mut targets: Vec<(BlobId, PeerId)> = Vec::new();
+        let mut held = Vec::new();
+        for (i, piece) in manifest.pieces().iter().enumerate() {
+            if self.store.has_piece(piece)? {
+                held.push((i, *piece, self.store.confirmed(piece)?));
             }
         }
-        let announce = frame::encode_manifest(collection, &manifest.to_bytes()?);
+        if manifest.encoding() == Encoding::Rs4x7 {
+            let ranked = pick(MAX_FACTOR, &BTreeSet::new());
+            let placement: Vec<PeerId> = match place_shards(&ranked) {
+                Ok(p) => p.to_vec(),
+                Err(e) if !ranked.is_empty() => {
+                    tracing::warn!(blob = %id_text, error = %e, "too few partners for a safe shard placement; spreading round-robin");
+                    (0..TOTAL_SHARDS)
+                        .map(|i| ranked[i % ranked.len()])
+                        .collect()
+                }
+                Err(e) => {
+                    tracing::warn!(blob = %id_text, error = %e, "no partner for the shards");
+                    Vec::new()
+                }
+            };
+            for (i, piece, confirmed) in &held {
+                if let Some(peer) = placement.get(*i)
+                    && confirmed.is_empty()
+                {
+                    targets.push((*piece, *peer));
+                }
+            }
+        } else {
+            // Pieces with the same confirmed holders get the same partners.
+            let mut chosen: BTreeMap<BTreeSet<PeerId>, Vec<PeerId>> = BTreeMap::new();
+            for (_, piece, confirmed) in &held {
+                let lacking = (factor as usize).saturating_sub(confirmed.len());
+                if lacking == 0 {
+                    continue;
+                }
+                let partners = chosen
+                    .entry(confirmed.clone())
+                    .or_insert_with(|| pick(u32::try_from(lacking).unwrap_or(factor), confirmed));
+                targets.extend(partners.iter().map(|p| (*piece, *p)));
+            }
+        }
+        let announce = frame::encode_manifest(&collection, &manifest.to_bytes()?);
+        let queued = targets.len();
         {
             let mut d = lock(&self.driver);
             let peers: BTreeSet<PeerId> = targets.iter().map(|(_, p)| *p).collect();
@@ -520,8 +570,7 @@ impl<B: Backend> BlobService<B> {
                     bulk: false,
                 });
             }
-            for (index, peer) in targets {
-                let piece = manifest.pieces()[index];
+            for (piece, peer) in targets {
                 self.enqueue(
                     &mut d,
                     Queued {
@@ -533,8 +582,10 @@ impl<B: Backend> BlobService<B> {
                 );
             }
         }
-        self.wake();
-        Ok(manifest)
+        if queued > 0 {
+            self.wake();
+        }
+        Ok(queued)
     }
 
     /// The blob `id`: from local pieces when enough are here (at once),
@@ -772,7 +823,7 @@ impl<B: Backend> BlobService<B> {
         let exhausted = *answered >= *asked;
         match found {
             Some((collection, manifest)) => {
-                if let Err(e) = self.store.put_manifest(&collection, &manifest, now_ms) {
+                if let Err(e) = self.store.adopt_manifest(&collection, &manifest, now_ms) {
                     tracing::warn!(error = %e, "manifest not stored");
                 }
                 match self.fetcher(manifest) {
@@ -1085,7 +1136,7 @@ impl<B: Backend> BlobService<B> {
             FrameKind::Announce => {
                 match frame::decode_manifest(&whole, &self.config.manifest_limits) {
                     Ok((c, m)) => {
-                        if let Err(e) = self.store.put_manifest(&c, &m, now) {
+                        if let Err(e) = self.store.adopt_manifest(&c, &m, now) {
                             tracing::warn!(error = %e, "announced manifest not stored");
                         }
                     }

@@ -361,6 +361,26 @@ impl<B: Backend> BlobStore<B> {
         self.apply(batch)
     }
 
+    /// Stores a manifest received from a peer, unless one is already stored:
+    /// a peer never changes the collection (and so the factor and pins) of
+    /// a blob this node knows. True when it was stored.
+    pub fn adopt_manifest(
+        &self,
+        collection: &str,
+        manifest: &Manifest,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        if self
+            .backend
+            .get(&key(MANIFEST, &[manifest.id().as_bytes()]))?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        self.put_manifest(collection, manifest, now_ms)?;
+        Ok(true)
+    }
+
     /// The stored manifest of `blob`.
     pub fn manifest(&self, blob: &BlobId) -> Result<Option<StoredManifest>, StoreError> {
         match self.backend.get(&key(MANIFEST, &[blob.as_bytes()]))? {
@@ -677,6 +697,8 @@ impl<B: Backend> BlobStore<B> {
     ) -> Result<GcReport, StoreError> {
         let pins = self.pins();
         let mut report = GcReport::default();
+        // Each blob's collection, read once per pass.
+        let mut collections: BTreeMap<BlobId, Option<String>> = BTreeMap::new();
         for piece in self.pieces()? {
             let owners = self.owners(&piece)?;
             let confirmed = self.confirmed(&piece)?;
@@ -703,12 +725,16 @@ impl<B: Backend> BlobStore<B> {
             };
             let mut blobs = Vec::new();
             for blob in &owners {
-                let Some(stored) = self.manifest(blob)? else {
+                if !collections.contains_key(blob) {
+                    let c = self.manifest(blob)?.map(|s| s.collection);
+                    collections.insert(*blob, c);
+                }
+                let Some(Some(collection)) = collections.get(blob) else {
                     continue;
                 };
                 let used = self.blob_last_used(blob)?.unwrap_or(0).max(piece_used);
                 let refd = referenced(blob) || self.is_referenced(blob)?;
-                judge(&stored.collection, blob, used, refd);
+                judge(collection, blob, used, refd);
                 blobs.push(*blob);
             }
             if blobs.is_empty() {
