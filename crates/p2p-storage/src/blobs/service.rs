@@ -1277,6 +1277,7 @@ impl<B: Backend> BlobService<B> {
     pub async fn process(&self, now_ms: u64) -> usize {
         let events: Vec<MeshEvent> = lock(&self.inbox).0.drain(..).collect();
         let handled = events.len();
+        let more;
         let outbox: Vec<Outgoing> = {
             let mut d = lock(&self.driver);
             d.now_ms = now_ms;
@@ -1327,11 +1328,23 @@ impl<B: Backend> BlobService<B> {
             }
             // Failures above may let fetchers ask elsewhere; their requests
             // and the queue go out now.
+            // A request that fails while dispatched (its peer left) lets its
+            // fetcher ask elsewhere at once; bounded, since each round either
+            // empties the queue, fills the slots, or fails requests for good.
+            for _ in 0..4 {
+                self.drive_gets(&mut d);
+                self.dispatch(&mut d);
+                if d.queue.is_empty() || d.out.len() >= self.config.max_in_flight.max(1) {
+                    break;
+                }
+            }
             self.drive_gets(&mut d);
-            self.dispatch(&mut d);
-            self.drive_gets(&mut d);
+            more = !d.queue.is_empty() && d.out.len() < self.config.max_in_flight.max(1);
             d.outbox.drain(..).collect()
         };
+        if more {
+            self.wake();
+        }
         for o in outbox {
             let parts = frame::split(o.kind, o.request, &o.frame, self.config.max_part_bytes);
             for part in parts {
