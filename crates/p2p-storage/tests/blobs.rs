@@ -511,3 +511,45 @@ proptest! {
         prop_assert_eq!(net.wait(&get).unwrap(), data);
     }
 }
+
+#[test]
+fn blobs_share_the_document_stores_sled_backend() {
+    use ecomesh_identity::Identity;
+    use ecomesh_p2p_storage::{SledStore, StoreConfig};
+    use ecomesh_types::{Map, SetOptions, Value};
+
+    let dir = tempfile::tempdir().unwrap();
+    let identity = Identity::from_secret_bytes(&[9; 32]);
+    let data = bytes(300, 9);
+    let id = {
+        let docs = SledStore::open(dir.path(), identity.clone(), StoreConfig::default()).unwrap();
+        let blobs = BlobStore::open(
+            docs.backend().clone(),
+            identity.peer_id(),
+            ManifestLimits::default(),
+        )
+        .unwrap();
+        let m = blobs
+            .put_blob("photos", &data, &small_blobs(), 1)
+            .unwrap()
+            .manifest;
+        let mut fields = Map::new();
+        fields.insert("photo".into(), Value::Link(m.id().to_content_id()));
+        docs.set("albums", "a1", fields, SetOptions::REPLACE)
+            .unwrap();
+        docs.verify_integrity().unwrap();
+        m.id()
+    };
+    // Both reopen from the one database, each seeing only its own keys.
+    let docs = SledStore::open(dir.path(), identity.clone(), StoreConfig::default()).unwrap();
+    let report = docs.verify_integrity().unwrap();
+    assert_eq!(report.documents, 1);
+    let blobs = BlobStore::open(
+        docs.backend().clone(),
+        identity.peer_id(),
+        ManifestLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(blobs.read_local(&id, 2).unwrap(), Some(data));
+    assert_eq!(blobs.blobs().unwrap(), vec![id]);
+}
