@@ -42,6 +42,10 @@
 //! - **Serve**: `Get`, `Have` and `Push` are answered by
 //!   [`ShardServer`](ecomesh_replication::shard::ShardServer) over the local
 //!   store; a push whose bytes do not hash to its id is refused.
+//! - **Reach**: a peer outside the reach of a blob's collection (or of
+//!   `(collection, blob id text)`) in `BlobServiceConfig::reach` is never
+//!   pushed its pieces and is answered `NotFound`, `Have(false)` and no
+//!   manifest for it, as if this node did not hold it.
 //! - **Faults**: a frame that does not decode, a piece or push whose bytes do
 //!   not match the id, or a manifest of another blob is refused and charged
 //!   to the sender as `Observation::Integrity(false)` in the mesh reputation

@@ -311,6 +311,51 @@ fn a_peer_cannot_relabel_a_known_blob() {
 }
 
 #[test]
+fn a_peer_outside_the_reach_never_gets_the_blob() {
+    use ecomesh_replication::reach::{Reach, Trust};
+    let family = ecomesh_identity::Identity::from_secret_bytes(&[2; 32]).peer_id();
+    let mut cfg = config();
+    cfg.reach.set_collection("family", Reach::Local);
+    cfg.trust = std::sync::Arc::new(move |p: &PeerId| {
+        if *p == family {
+            Trust::Family
+        } else {
+            Trust::Stranger
+        }
+    });
+    // 0: origin, 1: family, 2: stranger.
+    let mut net = BlobNet::honest(3, cfg);
+    assert_eq!(net.peer(1), family);
+    let now = net.now();
+    let data = bytes(100, 10);
+    let m = net.service(0).put_blob("family", &data, now).unwrap();
+    net.settle();
+    for p in m.pieces() {
+        assert_eq!(net.holders(p), vec![0, 1]);
+    }
+    let get = net.service(2).get_blob(m.id(), now);
+    assert!(matches!(
+        net.wait(&get),
+        Err(StoreError::Blob(ReplicationError::Unrecoverable { .. }))
+    ));
+    assert!(net.store(2).manifest(&m.id()).unwrap().is_none());
+    // Even knowing the manifest, its pieces are answered NotFound.
+    let now = net.now();
+    net.store(2).put_manifest("family", &m, now).unwrap();
+    let get = net.service(2).get_blob(m.id(), now);
+    assert!(matches!(
+        net.wait(&get),
+        Err(StoreError::Blob(ReplicationError::Unrecoverable { .. }))
+    ));
+    assert!(net.store(2).pieces().unwrap().is_empty());
+    assert_eq!(net.service(2).stats().rejected, 0);
+    // The family member gets it.
+    net.store(1).remove_piece(&m.pieces()[0]).unwrap();
+    let get = net.service(1).get_blob(m.id(), net.now());
+    assert_eq!(net.wait(&get).unwrap(), data);
+}
+
+#[test]
 fn gc_deletes_only_eligible_pieces_and_the_blob_stays_retrievable() {
     let mut net = BlobNet::honest(4, config());
     let now = net.now();

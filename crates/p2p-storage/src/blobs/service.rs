@@ -15,6 +15,7 @@ use ecomesh_replication::blob::{
 use ecomesh_replication::policy::{
     Candidate, MAX_FACTOR, Origin, ReplicationConfig, select_partners,
 };
+use ecomesh_replication::reach::{Reach, ReachPolicy, Relation, Trust};
 use ecomesh_replication::shard::{
     FetchConfig, FetchPoll, Fetcher, RequestId, ShardLimits, ShardRequest, ShardResponse,
     ShardServer, ShardStore,
@@ -30,7 +31,7 @@ use crate::kv::Backend;
 pub const SHARD_TYPE: &str = "ecomesh/shard";
 
 /// Tunables of a [`BlobService`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BlobServiceConfig {
     /// Size thresholds of the encodings (seed 001 table by default).
     pub blob: BlobConfig,
@@ -60,6 +61,27 @@ pub struct BlobServiceConfig {
     pub inbox_capacity: usize,
     /// Whether pieces pushed by peers are stored (false: refused with an `Error`).
     pub accept_pushes: bool,
+    /// Who may receive which blob (seed 001 reach), judged on the blob's
+    /// collection and `(collection, blob id text)`: a peer outside the reach
+    /// is never pushed the blob and is answered `NotFound` / `Have(false)` /
+    /// no manifest for it.
+    pub reach: ReachPolicy,
+    /// How this node relates to a peer (own device, family, ...), for reach.
+    pub trust: Arc<dyn Fn(&PeerId) -> Trust + Send + Sync>,
+}
+
+impl std::fmt::Debug for BlobServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobServiceConfig")
+            .field("blob", &self.blob)
+            .field("replication", &self.replication)
+            .field("limits", &self.limits)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_part_bytes", &self.max_part_bytes)
+            .field("reach", &self.reach)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for BlobServiceConfig {
@@ -79,6 +101,8 @@ impl Default for BlobServiceConfig {
             message_ttl_secs: 120,
             inbox_capacity: 8192,
             accept_pushes: true,
+            reach: ReachPolicy::new(Reach::Commons),
+            trust: Arc::new(|_: &PeerId| Trust::Stranger),
         }
     }
 }
@@ -408,6 +432,30 @@ impl<B: Backend> BlobService<B> {
         self.store.local()
     }
 
+    /// True when `peer` is inside the reach of blob `blob` of `collection`.
+    fn admits(&self, peer: &PeerId, collection: &str, blob: &BlobId) -> bool {
+        let relation = Relation::new(*peer, (self.config.trust)(peer));
+        self.config
+            .reach
+            .admits(collection, Some(&blob.to_text()), &relation)
+    }
+
+    /// True when `peer` may have piece `piece`: some local blob listing it
+    /// admits the peer, or no local manifest lists it (a piece held for
+    /// others, whose blob this node does not know).
+    fn may_serve(&self, peer: &PeerId, piece: &BlobId) -> Result<bool, StoreError> {
+        let mut known = false;
+        for blob in self.store.owners(piece)? {
+            if let Some(stored) = self.store.manifest(&blob)? {
+                known = true;
+                if self.admits(peer, &stored.collection, &blob) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(!known)
+    }
+
     fn fill_random(&self, out: &mut [u8; 16]) -> bool {
         let source = lock(&self.random).clone();
         match source {
@@ -488,6 +536,7 @@ impl<B: Backend> BlobService<B> {
             .mesh
             .peers()
             .iter()
+            .filter(|p| self.admits(&p.peer_id, &collection, blob))
             .map(Candidate::from_peer_info)
             .collect();
         let origin = Origin {
@@ -1085,6 +1134,7 @@ impl<B: Backend> BlobService<B> {
                 Ok(id) => {
                     d.stats.requests_served += 1;
                     let answer = match self.store.manifest(&id) {
+                        Ok(Some(s)) if !self.admits(&from, &s.collection, &id) => Vec::new(),
                         Ok(Some(s)) => s
                             .manifest
                             .to_bytes()
@@ -1148,26 +1198,39 @@ impl<B: Backend> BlobService<B> {
 
     fn serve(&self, d: &mut Driver, from: PeerId, request: u64, frame: &[u8], now_ms: u64) {
         d.stats.requests_served += 1;
-        let served = if !self.config.accept_pushes
-            && matches!(
-                ShardRequest::decode_with(frame, &self.config.limits),
-                Ok(ShardRequest::Push { .. })
-            ) {
-            ShardResponse::error("pushes are not accepted")
-        } else {
-            let mut server = ShardServer::new(
-                Served {
-                    store: &self.store,
-                    now_ms,
-                },
-                self.config.limits,
-            );
-            let s = server.handle_frame(from, frame);
-            if let Some(e) = s.refused {
-                self.charge(d, from, &e);
+        let decoded = ShardRequest::decode_with(frame, &self.config.limits);
+        let hidden = |id: &BlobId| match self.may_serve(&from, id) {
+            Ok(ok) => !ok,
+            Err(e) => {
+                tracing::warn!(error = %e, "blob index unreadable");
+                true
             }
-            s.response
         };
+        let served =
+            if !self.config.accept_pushes && matches!(decoded, Ok(ShardRequest::Push { .. })) {
+                ShardResponse::error("pushes are not accepted")
+            } else if let Ok(ShardRequest::Get { id }) = &decoded
+                && hidden(id)
+            {
+                ShardResponse::NotFound
+            } else if let Ok(ShardRequest::Have { id }) = &decoded
+                && hidden(id)
+            {
+                ShardResponse::Have(false)
+            } else {
+                let mut server = ShardServer::new(
+                    Served {
+                        store: &self.store,
+                        now_ms,
+                    },
+                    self.config.limits,
+                );
+                let s = server.handle_frame(from, frame);
+                if let Some(e) = s.refused {
+                    self.charge(d, from, &e);
+                }
+                s.response
+            };
         let bulk = matches!(served, ShardResponse::Data(_));
         d.outbox.push_back(Outgoing {
             peer: from,
