@@ -1455,7 +1455,6 @@ mod tests {
         pub(crate) now: u64,
         pub(crate) events: Vec<Vec<EngineEvent>>,
         pub(crate) on_air: Vec<(usize, Vec<u8>)>,
-        pub(crate) tamper: Option<Box<dyn FnMut(usize, &mut Vec<u8>)>>,
     }
 
     impl Net {
@@ -1477,7 +1476,6 @@ mod tests {
                 now: 0,
                 events: vec![Vec::new(); n],
                 on_air: Vec::new(),
-                tamper: None,
             }
         }
 
@@ -1511,10 +1509,7 @@ mod tests {
                     }
                 }
                 for (i, t) in sent {
-                    let mut payload = t.payload.clone();
-                    if let Some(f) = self.tamper.as_mut() {
-                        f(i, &mut payload);
-                    }
+                    let payload = t.payload.clone();
                     self.on_air.push((i, payload.clone()));
                     for j in 0..self.nodes.len() {
                         if self.links.contains(&(i, j))

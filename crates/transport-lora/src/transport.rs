@@ -354,13 +354,15 @@ impl Driver {
                         PeerInfo::PUBLIC_KEY.to_owned(),
                         Value::Bytes(key.to_bytes().to_vec()),
                     );
-                    if let Some(n) = self.engine.neighbours().iter().find(|n| n.peer == peer) {
-                        if let Some(node) = n.node {
-                            info.metadata.insert(
-                                "meshtasticNode".to_owned(),
-                                Value::Integer(i64::from(node)),
-                            );
-                        }
+                    let node = self
+                        .engine
+                        .neighbours()
+                        .iter()
+                        .find(|n| n.peer == peer)
+                        .and_then(|n| n.node);
+                    if let Some(node) = node {
+                        info.metadata
+                            .insert("meshtasticNode".to_owned(), Value::Integer(i64::from(node)));
                     }
                     self.inner.peer_up(self.generation, info);
                     self.resolve(peer, Ok(()));
