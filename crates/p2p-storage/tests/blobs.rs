@@ -33,6 +33,7 @@ fn config() -> BlobServiceConfig {
     replication.set_gc_ttl_ms(10_000).unwrap();
     replication.set_factor("photos", 2).unwrap();
     replication.set_factor("precious", 5).unwrap();
+    replication.set_factor("single", 1).unwrap();
     BlobServiceConfig {
         blob: small_blobs(),
         replication,
@@ -198,7 +199,7 @@ fn a_tampered_holder_is_skipped_for_an_honest_one() {
     net.stop(2);
     let data = bytes(60, 5);
     let now = net.now();
-    let m = net.service(0).put_blob("photos", &data, now).unwrap();
+    let m = net.service(0).put_blob("single", &data, now).unwrap();
     net.settle();
     net.start(2);
     // Make the liar the first choice: it looks best before it is caught.
@@ -227,7 +228,7 @@ fn an_unanswered_request_times_out_and_another_holder_is_asked() {
     net.stop(2);
     let data = bytes(60, 6);
     let now = net.now();
-    let m = net.service(0).put_blob("photos", &data, now).unwrap();
+    let m = net.service(0).put_blob("single", &data, now).unwrap();
     net.settle();
     assert_eq!(net.holders(&m.pieces()[0]), vec![0, 1]);
     net.start(2);
@@ -257,15 +258,16 @@ fn replicate_heals_a_blob_put_while_partners_were_away() {
     let m = net.service(0).put_blob("photos", &data, now).unwrap();
     net.settle();
     assert!(m.pieces().iter().all(|p| net.holders(p) == vec![0]));
+    assert_eq!(net.store(0).originated().unwrap(), vec![m.id()]);
+    // As partners connect, the blob is pushed to them ("photos" has factor
+    // 2: every chunk to 2 partners).
     for i in 1..4 {
         net.start(i);
     }
-    // "photos" has factor 2: every chunk goes to 2 partners.
     assert_eq!(
-        net.service(0).replicate(&m.id()).unwrap(),
-        2 * m.pieces().len()
+        net.service(0).stats().pieces_pushed,
+        2 * m.pieces().len() as u64
     );
-    net.settle();
     for p in m.pieces() {
         assert_eq!(net.store(0).confirmed(p).unwrap().len(), 2);
         assert_eq!(net.holders(p).len(), 3);

@@ -68,6 +68,10 @@ pub struct BlobServiceConfig {
     pub reach: ReachPolicy,
     /// How this node relates to a peer (own device, family, ...), for reach.
     pub trust: Arc<dyn Fn(&PeerId) -> Trust + Send + Sync>,
+    /// When a peer connects, [`BlobService::replicate`] runs for every blob
+    /// this node originated, so blobs put while partners were away reach
+    /// them. Costs a scan of those blobs' indexes per connection.
+    pub replicate_on_connect: bool,
 }
 
 impl std::fmt::Debug for BlobServiceConfig {
@@ -103,6 +107,7 @@ impl Default for BlobServiceConfig {
             accept_pushes: true,
             reach: ReachPolicy::new(Reach::Commons),
             trust: Arc::new(|_: &PeerId| Trust::Stranger),
+            replicate_on_connect: true,
         }
     }
 }
@@ -347,7 +352,7 @@ impl<B: Backend> BlobService<B> {
         let sub = mesh.subscribe(Arc::new(move |ev: &MeshEvent| {
             let wanted = match ev {
                 MeshEvent::Message { message, .. } => message.message_type == SHARD_TYPE,
-                MeshEvent::PeerLost(_) => true,
+                MeshEvent::PeerLost(_) | MeshEvent::PeerDiscovered(_) => true,
                 _ => false,
             };
             if wanted {
@@ -719,6 +724,20 @@ impl<B: Backend> BlobService<B> {
             limits: self.config.limits,
         };
         Ok(Fetcher::new(manifest, holders, config)?)
+    }
+
+    /// [`replicate`](Self::replicate) for every blob this node originated;
+    /// the pushes go out with the next [`process`](Self::process).
+    fn replicate_originated(&self) {
+        let blobs = match self.store.originated() {
+            Ok(b) => b,
+            Err(e) => return tracing::warn!(error = %e, "blob index unreadable"),
+        };
+        for blob in blobs {
+            if let Err(e) = self.replicate(&blob) {
+                tracing::warn!(%blob, error = %e, "blob not replicated");
+            }
+        }
     }
 
     /// Asks every connected peer whether it holds each piece of `blob`
@@ -1340,6 +1359,9 @@ impl<B: Backend> BlobService<B> {
     pub async fn process(&self, now_ms: u64) -> usize {
         let events: Vec<MeshEvent> = lock(&self.inbox).0.drain(..).collect();
         let handled = events.len();
+        let connected = events
+            .iter()
+            .any(|e| matches!(e, MeshEvent::PeerDiscovered(_)));
         let more;
         let outbox: Vec<Outgoing> = {
             let mut d = lock(&self.driver);
@@ -1407,6 +1429,9 @@ impl<B: Backend> BlobService<B> {
         };
         if more {
             self.wake();
+        }
+        if connected && self.config.replicate_on_connect {
+            self.replicate_originated();
         }
         for o in outbox {
             let parts = frame::split(o.kind, o.request, &o.frame, self.config.max_part_bytes);

@@ -32,6 +32,7 @@ const OWNER: u8 = b'x';
 const CONFIRMED: u8 = b'c';
 const PIN: u8 = b'k';
 const REFERENCE: u8 = b'r';
+const ORIGIN: u8 = b'o';
 
 /// The collection GC judges a piece by when no local manifest lists it (a
 /// piece pushed here before, or without, its manifest): its factor is the
@@ -318,6 +319,10 @@ impl<B: Backend> BlobStore<B> {
             );
         }
         self.manifest_batch(&mut batch, collection, &encoded.manifest, now_ms)?;
+        batch.insert(
+            key(ORIGIN, &[encoded.manifest.id().as_bytes()]),
+            Some(vec![]),
+        );
         self.apply(batch)?;
         Ok(encoded)
     }
@@ -402,6 +407,12 @@ impl<B: Backend> BlobStore<B> {
     /// Every blob with a stored manifest, in id order.
     pub fn blobs(&self) -> Result<Vec<BlobId>, StoreError> {
         self.ids(MANIFEST)
+    }
+
+    /// The blobs stored here with [`BlobStore::put_blob`] (this node is
+    /// their origin and answers for their replication), in id order.
+    pub fn originated(&self) -> Result<Vec<BlobId>, StoreError> {
+        self.ids(ORIGIN)
     }
 
     /// Every piece held, in id order.
