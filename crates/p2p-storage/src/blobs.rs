@@ -33,7 +33,9 @@
 //!   7 per peer), other pieces whole to the collection's factor of partners
 //!   from [`select_partners`](ecomesh_replication::policy::select_partners)
 //!   (proximity, diversity, reputation >= 0.5, pins). A `PushAck` records the
-//!   sender as a confirmed replica of that piece.
+//!   sender as a confirmed replica of that piece. Whenever a peer connects,
+//!   the origin pushes again whatever its blobs still lack
+//!   ([`BlobService::replicate`]); partners never re-push what they hold.
 //! - **Get**: local first; otherwise the manifest is asked of connected
 //!   peers (one whose id differs is refused), then each missing piece is
 //!   asked of one holder at a time (confirmed replicas first), every piece is
