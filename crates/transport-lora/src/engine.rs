@@ -117,6 +117,35 @@ impl Default for EngineConfig {
     }
 }
 
+impl EngineConfig {
+    /// Settings for simulators and tests: a fast modem (SF7/500 kHz, Meshtastic
+    /// ShortTurbo), no duty-cycle limit, beacons every 2 s, short timeouts. Never for a
+    /// real EU868 radio (it ignores the legal duty cycle).
+    pub fn for_simulation() -> Self {
+        let radio = LoraParams::SHORT_TURBO;
+        EngineConfig {
+            radio,
+            duty: DutyBudget {
+                permille: 1000,
+                window_ms: 3_600_000,
+            },
+            duty_guard_ms: radio.max_packet_airtime_ms() + 100,
+            scheduler: SchedulerConfig {
+                slot_ms: 10,
+                max_backoff_slots: 2,
+                queue_limit: 1024,
+            },
+            beacon_interval_ms: 2_000,
+            announce_every: 5,
+            peer_timeout_ms: 15_000,
+            handshake_timeout_ms: 15_000,
+            handshake_retry_ms: 1_000,
+            announce_min_interval_ms: 300,
+            ..EngineConfig::default()
+        }
+    }
+}
+
 /// One packet for the radio.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {

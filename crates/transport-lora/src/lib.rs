@@ -86,4 +86,4 @@ mod transport;
 
 pub use engine::{Engine, EngineConfig, EngineEvent};
 pub use error::LoraError;
-pub use transport::{LoraConfig, LoraStatus, LoraTransport};
+pub use transport::{CompactEvent, LoraConfig, LoraStatus, LoraTransport};

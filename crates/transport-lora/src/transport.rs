@@ -40,7 +40,29 @@ pub struct LoraConfig {
     pub collections: Vec<String>,
 }
 
+/// A compact frame (notification header or permission grant) that arrived for us.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompactEvent {
+    /// The origin's short id (first 4 bytes of its PeerId; authenticated hop by hop).
+    pub origin: ShortId,
+    /// The neighbour that handed it over.
+    pub from: PeerId,
+    /// The frame body ([`Body::Notification`] or [`Body::Grant`]).
+    pub body: Body,
+}
+
 impl LoraConfig {
+    /// The simulation preset ([`EngineConfig::for_simulation`]) for a simulated radio's
+    /// pseudo-terminal: fast modem, no duty limit, short timers, 5 s heartbeats.
+    pub fn simulated(port: impl Into<String>) -> Self {
+        LoraConfig {
+            engine: EngineConfig::for_simulation(),
+            heartbeat: Duration::from_secs(5),
+            ready_timeout: Duration::from_secs(10),
+            ..LoraConfig::new(port)
+        }
+    }
+
     /// Defaults (EU868 LongFast, seed timers) for the radio at `port`.
     pub fn new(port: impl Into<String>) -> Self {
         LoraConfig {
@@ -99,6 +121,7 @@ struct Inner {
     policy: Arc<AccessPolicy>,
     config: LoraConfig,
     listeners: Listeners<TransportEvent>,
+    compact: Listeners<CompactEvent>,
     epoch: Instant,
     state: Mutex<State>,
 }
@@ -148,6 +171,7 @@ impl LoraTransport {
                 policy: Arc::new(policy),
                 config,
                 listeners: Listeners::new(),
+                compact: Listeners::new(),
                 epoch: Instant::now(),
                 state: Mutex::new(State {
                     collections,
@@ -218,6 +242,11 @@ impl LoraTransport {
     ) -> Result<(), Error> {
         self.call(|ack| Command::Compact(peer, body, priority, ack))
             .await
+    }
+
+    /// Registers a listener for compact frames addressed to us.
+    pub fn subscribe_compact(&self, listener: Listener<CompactEvent>) -> Subscription {
+        self.inner.compact.subscribe(listener)
     }
 
     /// Replaces the collections announced (as a Bloom filter) in beacons.
@@ -374,7 +403,9 @@ impl Driver {
                         .emit(&TransportEvent::Message { from, message });
                 }
                 EngineEvent::Compact { origin, from, body } => {
-                    tracing::debug!(?origin, %from, ?body, "compact frame received");
+                    self.inner
+                        .compact
+                        .emit(&CompactEvent { origin, from, body });
                 }
                 EngineEvent::ConnectFailed { peer, reason } => {
                     tracing::info!(%peer, %reason, "connect failed");

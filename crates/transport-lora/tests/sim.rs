@@ -283,3 +283,49 @@ async fn a_missing_radio_fails_start_with_a_typed_error() {
     assert!(t.start().await.is_err());
     assert!(!t.is_active());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_frames_reach_compact_listeners() {
+    use ecomesh_transport_lora::frame::{Body, PermissionGrant};
+    let chan = SimChannel::new(SimConfig::default());
+    let (a, ra) = common::transport_on(
+        &chan,
+        Identity::generate().unwrap(),
+        AccessPolicy::Open,
+        common::fast_engine(),
+    )
+    .await
+    .unwrap();
+    let (b, rb) = common::transport_on(
+        &chan,
+        Identity::generate().unwrap(),
+        AccessPolicy::Open,
+        common::fast_engine(),
+    )
+    .await
+    .unwrap();
+    chan.link(ra.node, rb.node, 0.0);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _sub = b.subscribe_compact(Arc::new(move |e: &ecomesh_transport_lora::CompactEvent| {
+        let _ = tx.send(e.clone());
+    }));
+    a.connect_to_peer(b.peer_id()).await.unwrap();
+    let grant = Body::Grant(PermissionGrant {
+        grantee: b.peer_id(),
+        resource: 42,
+        actions: 1,
+        expires_secs: 1_900_000_000,
+    });
+    a.send_compact(b.peer_id(), grant.clone(), Priority::High)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(LONG, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.body, grant);
+    assert_eq!(got.from, a.peer_id());
+    assert_eq!(got.origin, frame::short_id(&a.peer_id()));
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

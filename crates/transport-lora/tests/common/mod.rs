@@ -5,35 +5,13 @@
 use std::time::Duration;
 
 use ecomesh_identity::{AccessPolicy, Identity};
-use ecomesh_transport_lora::airtime::{DutyBudget, LoraParams};
-use ecomesh_transport_lora::sched::SchedulerConfig;
 use ecomesh_transport_lora::sim::{SimChannel, SimRadio};
 use ecomesh_transport_lora::{EngineConfig, LoraConfig, LoraTransport};
 use ecomesh_types::{Error, TransportAdapter};
 
-/// Engine settings for tests: a fast modem (SF7/500 kHz), short timers, no duty limit.
+/// Engine settings for tests (the crate's simulation preset).
 pub(crate) fn fast_engine() -> EngineConfig {
-    let radio = LoraParams::SHORT_TURBO;
-    EngineConfig {
-        radio,
-        duty: DutyBudget {
-            permille: 1000,
-            window_ms: 3_600_000,
-        },
-        duty_guard_ms: radio.max_packet_airtime_ms() + 100,
-        scheduler: SchedulerConfig {
-            slot_ms: 10,
-            max_backoff_slots: 2,
-            queue_limit: 1024,
-        },
-        beacon_interval_ms: 2_000,
-        announce_every: 5,
-        peer_timeout_ms: 15_000,
-        handshake_timeout_ms: 6_000,
-        handshake_retry_ms: 1_000,
-        announce_min_interval_ms: 300,
-        ..EngineConfig::default()
-    }
+    EngineConfig::for_simulation()
 }
 
 /// A started transport on a new radio of `chan`.
