@@ -70,8 +70,12 @@ pub struct InternetConfig {
     pub max_record_size: usize,
     /// Provider keys kept in the local store (ours and those peers ask us to hold).
     pub max_provider_keys: usize,
-    /// Run a circuit relay v2 server for other peers.
+    /// Run a circuit relay v2 server for other peers. A relay serves only once it has
+    /// external addresses: `external_addrs`, or else its bound non-loopback addresses.
     pub relay_server: bool,
+    /// Addresses at which others reach us, announced as confirmed external addresses
+    /// (for example a public address in front of a port forward).
+    pub external_addrs: Vec<Multiaddr>,
     /// Largest encoded `NetworkMessage`, and the request-response payload limit.
     pub max_message_size: usize,
     /// Largest GossipSub message.
@@ -109,6 +113,7 @@ impl Default for InternetConfig {
             max_record_size: 4096,
             max_provider_keys: 65_536,
             relay_server: false,
+            external_addrs: Vec::new(),
             max_message_size: MAX_MESSAGE_SIZE,
             max_gossip_size: 256 << 10,
             request_timeout: Duration::from_secs(60),
@@ -710,6 +715,15 @@ impl InternetTransport {
     }
 }
 
+/// An address others may reach: not loopback, not unspecified.
+fn is_routable_listen_addr(a: &Multiaddr) -> bool {
+    a.iter().all(|p| match p {
+        Protocol::Ip4(ip) => !ip.is_loopback() && !ip.is_unspecified(),
+        Protocol::Ip6(ip) => !ip.is_loopback() && !ip.is_unspecified(),
+        _ => true,
+    })
+}
+
 fn socket_addr_of_tcp(a: &Multiaddr) -> Option<SocketAddr> {
     let mut ip = None;
     for p in a.iter() {
@@ -1039,6 +1053,19 @@ impl Driver {
             if let Err(e) = self.swarm.listen_on(circuit) {
                 tracing::warn!(%addr, error = %e, "cannot listen through relay");
             }
+        }
+        let mut external = self.inner.config.external_addrs.clone();
+        if external.is_empty() && self.inner.config.relay_server {
+            external = lock(&self.inner.state)
+                .listen_addrs
+                .iter()
+                .filter(|a| is_routable_listen_addr(a))
+                .cloned()
+                .collect();
+        }
+        for a in external {
+            tracing::info!(address = %a, "external address");
+            self.swarm.add_external_address(a);
         }
         let now = Instant::now();
         for r in self.carry.redial.values_mut() {
