@@ -1633,6 +1633,38 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_accepted_message_always_fits_the_fragment_cap() {
+        // Every optional field present: the compact form is at its largest relative to
+        // the full encoding that `max_message_size` limits.
+        let (s, r) = (
+            PeerId::from_digest([0xFF; 32]),
+            PeerId::from_digest([0xEE; 32]),
+        );
+        let cap = FRAGMENT_CAPACITY * usize::from(ReassemblyLimits::default().max_fragments);
+        for type_len in [1, 20, 200] {
+            let mut m = message(s, Some(r), Vec::new());
+            m.message_type = "t".repeat(type_len);
+            m.ttl_secs = u32::MAX;
+            m.hop_count = 200;
+            m.max_hops = 255;
+            m.timestamp_ms = u64::MAX;
+            let base = encode_message(&m).len();
+            let mut len = 1536 - base;
+            while encode_message(&NetworkMessage {
+                payload: vec![0; len],
+                ..m.clone()
+            })
+            .len()
+                > 1536
+            {
+                len -= 1;
+            }
+            m.payload = vec![0; len];
+            assert!(encode_message_compact(&m).len() <= cap, "type {type_len}");
+        }
+    }
+
+    #[test]
     fn five_node_line_delivers_over_four_hops() {
         let mut net = Net::new(5, fast_config());
         for i in 0..4 {

@@ -127,17 +127,38 @@ impl std::fmt::Debug for SimChannel {
 }
 
 /// One simulated Meshtastic device.
-#[derive(Debug)]
 pub struct SimRadio {
     /// Its Meshtastic node number.
     pub node: u32,
     /// The pseudo-terminal to open as the radio's serial port.
     pub path: PathBuf,
     port: Arc<Mutex<TTYPort>>,
+    unplugged: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
     _slave: TTYPort,
 }
 
+impl std::fmt::Debug for SimRadio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimRadio")
+            .field("node", &self.node)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SimRadio {
+    /// Pulls the USB cable: the device leaves the channel and its end of the serial line
+    /// closes (the client sees a hang-up).
+    pub fn unplug(mut self) {
+        self.unplugged.store(true, Ordering::Release);
+        lock(&self.shared.state).radios.remove(&self.node);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
     /// Writes raw bytes to the client as if the device sent them (hostile-input tests).
     pub fn inject(&self, bytes: &[u8]) -> std::io::Result<()> {
         let mut p = lock(&self.port);
@@ -209,13 +230,18 @@ impl SimChannel {
         };
         let shared = self.shared.clone();
         let p2 = port.clone();
-        std::thread::Builder::new()
+        let unplugged = Arc::new(AtomicBool::new(false));
+        let u2 = unplugged.clone();
+        let thread = std::thread::Builder::new()
             .name(format!("lora-sim-{node:x}"))
-            .spawn(move || device_loop(&shared, node, reader, &p2))?;
+            .spawn(move || device_loop(&shared, node, reader, &p2, &u2))?;
         Ok(SimRadio {
             node,
             path,
             port,
+            unplugged,
+            thread: Some(thread),
+            shared: self.shared.clone(),
             _slave: slave,
         })
     }
@@ -297,11 +323,17 @@ fn write_to(port: &Arc<Mutex<TTYPort>>, msg: &FromRadio) {
     let _ = p.flush();
 }
 
-fn device_loop(shared: &Arc<Shared>, node: u32, mut reader: TTYPort, port: &Arc<Mutex<TTYPort>>) {
+fn device_loop(
+    shared: &Arc<Shared>,
+    node: u32,
+    mut reader: TTYPort,
+    port: &Arc<Mutex<TTYPort>>,
+    unplugged: &AtomicBool,
+) {
     let mut dec = FrameDecoder::new();
     let mut buf = [0u8; 1024];
     let mut record_id = 1u32;
-    while !shared.closed.load(Ordering::Acquire) {
+    while !shared.closed.load(Ordering::Acquire) && !unplugged.load(Ordering::Acquire) {
         let n = match reader.read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,

@@ -288,6 +288,26 @@ impl Inner {
         self.listeners.emit(&TransportEvent::PeerDiscovered(info));
     }
 
+    /// The driver ended by itself (serial port gone): the transport is stopped and every
+    /// peer lost.
+    fn ended(&self, generation: u64) {
+        let lost: Vec<PeerId> = {
+            let mut st = lock(&self.state);
+            if st.generation != generation || !st.active {
+                return;
+            }
+            st.active = false;
+            st.generation += 1;
+            st.cmd = None;
+            st.task = None;
+            st.peers.drain().map(|(p, _)| p).collect()
+        };
+        tracing::warn!(peer = %self.me, "lora transport stopped: the radio is gone");
+        for p in lost {
+            self.listeners.emit(&TransportEvent::PeerLost(p));
+        }
+    }
+
     fn peer_down(&self, generation: u64, peer: PeerId) {
         let removed = {
             let mut st = lock(&self.state);
@@ -320,7 +340,11 @@ fn open_serial(config: &LoraConfig, stop: Arc<AtomicBool>) -> Result<SerialHandl
             let mut buf = [0u8; 1024];
             while !stop_r.load(Ordering::Acquire) {
                 match reader.read(&mut buf) {
-                    Ok(0) => {}
+                    // Readable but nothing to read: the device hung up.
+                    Ok(0) => {
+                        let _ = rtx.blocking_send(Err(LoraError::Closed));
+                        break;
+                    }
                     Ok(n) => {
                         if rtx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
                             break;
@@ -546,6 +570,10 @@ async fn run(
             _ = tokio::time::sleep_until(at) => {}
         }
     };
+    if stop_ack.is_none() {
+        // Ended by itself (radio gone): stopped from now on, every peer lost.
+        d.inner.ended(d.generation);
+    }
     // Tell the neighbours, then drain the queue (within the duty cycle) for a while.
     d.engine.shutdown();
     let until = d.inner.now_ms() + 5_000;

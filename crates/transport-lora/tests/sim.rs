@@ -329,3 +329,33 @@ async fn compact_frames_reach_compact_listeners() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unplugged_radio_stops_the_transport_and_loses_its_peers() {
+    let chan = SimChannel::new(SimConfig::default());
+    let (a, ra) = common::transport_on(
+        &chan,
+        Identity::generate().unwrap(),
+        AccessPolicy::Open,
+        common::fast_engine(),
+    )
+    .await
+    .unwrap();
+    let (b, rb) = common::transport_on(
+        &chan,
+        Identity::generate().unwrap(),
+        AccessPolicy::Open,
+        common::fast_engine(),
+    )
+    .await
+    .unwrap();
+    chan.link(ra.node, rb.node, 0.0);
+    let la = EventLog::attach(&a);
+    a.connect_to_peer(b.peer_id()).await.unwrap();
+    let mark = la.mark();
+    ra.unplug();
+    la.wait_lost(mark, b.peer_id(), "a").await.unwrap();
+    assert!(!a.is_active());
+    assert!(a.peers().is_empty());
+    b.stop().await.unwrap();
+}
