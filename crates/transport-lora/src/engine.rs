@@ -82,6 +82,8 @@ pub struct EngineConfig {
     pub auto_connect: bool,
     /// Least time between two announces we send on request, ms.
     pub announce_min_interval_ms: u64,
+    /// Sessions (established or in handshake) kept at once; handshakes beyond are refused.
+    pub max_neighbours: usize,
 }
 
 impl Default for EngineConfig {
@@ -113,6 +115,7 @@ impl Default for EngineConfig {
             want_ack: true,
             auto_connect: true,
             announce_min_interval_ms: 2_000,
+            max_neighbours: 64,
         }
     }
 }
@@ -606,6 +609,16 @@ impl Engine {
         }
     }
 
+    /// Records which node number a peer speaks from, bounded: beyond 1024 entries only
+    /// those of neighbours are kept.
+    fn remember_node(&mut self, node: u32, peer: PeerId) {
+        if self.node_peer.len() >= 1024 {
+            let keep: HashSet<PeerId> = self.neighbours.keys().copied().collect();
+            self.node_peer.retain(|_, p| keep.contains(p));
+        }
+        self.node_peer.insert(node, peer);
+    }
+
     fn drop_neighbour(&mut self, peer: &PeerId) {
         if let Some(n) = self.neighbours.remove(peer) {
             self.routes.remove_via(peer);
@@ -728,7 +741,7 @@ impl Engine {
             let keep: HashSet<ShortId> = self.neighbours.keys().map(short_id).collect();
             self.keys.retain(|k, _| keep.contains(k) || *k == short);
         }
-        self.node_peer.insert(from_node, peer);
+        self.remember_node(from_node, peer);
         if let Some(n) = self.neighbours.get_mut(&peer) {
             match n.epoch {
                 Some(e) if e != epoch => {
@@ -765,6 +778,15 @@ impl Engine {
             return;
         }
         if self.neighbours.contains_key(&peer) || self.pending.contains_key(&short) {
+            return;
+        }
+        if self.neighbours.len() + self.pending.len() >= self.config.max_neighbours {
+            if explicit {
+                self.events.push_back(EngineEvent::ConnectFailed {
+                    peer,
+                    reason: "too many neighbours".into(),
+                });
+            }
             return;
         }
         if !self.policy.allows(&peer) {
@@ -869,6 +891,9 @@ impl Engine {
                         return self.enqueue(node, f, Priority::High);
                     }
                 }
+                if self.neighbours.len() + self.pending.len() >= self.config.max_neighbours {
+                    return Err(LoraError::Rejected("too many neighbours and handshakes"));
+                }
                 let mut hs = Handshake::ik_responder(
                     self.identity.clone(),
                     self.policy.clone(),
@@ -893,7 +918,7 @@ impl Engine {
                     noise: reply,
                 }
                 .encode(&self.key);
-                self.node_peer.insert(node, peer);
+                self.remember_node(node, peer);
                 self.enqueue(node, frame.clone(), Priority::High)?;
                 self.pending.insert(
                     from,
@@ -994,7 +1019,7 @@ impl Engine {
                 node,
             },
         );
-        self.node_peer.insert(node, peer);
+        self.remember_node(node, peer);
         self.neighbours.insert(
             peer,
             Neighbour {
@@ -1086,7 +1111,7 @@ impl Engine {
             n.last_heard = now;
             n.node = Some(node);
         }
-        self.node_peer.insert(node, from);
+        self.remember_node(node, from);
         self.confirm(&from, now);
         let (h, body) = decode_inner(&plain)?;
         if h.origin == self.my_short || !self.seen.insert((h.origin, u32::from(h.seq), SEEN_SEALED))
