@@ -134,6 +134,13 @@ impl Identity {
         &self.public
     }
 
+    /// The 32-byte Ed25519 secret seed ([`from_secret_bytes`](Self::from_secret_bytes)
+    /// gives this identity back), for handing the same key to another protocol stack
+    /// such as libp2p. Zeroized when dropped; never log or send it.
+    pub fn secret_seed(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(*self.signing.as_bytes())
+    }
+
     /// The peer id (SHA-256 of the public key).
     pub fn peer_id(&self) -> PeerId {
         self.public.peer_id()
@@ -317,6 +324,14 @@ fn check_permissions(_path: &Path, _meta: &fs::Metadata) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_seed_gives_the_same_identity_back() {
+        let id = Identity::generate().unwrap();
+        let again = Identity::from_secret_bytes(&id.secret_seed());
+        assert_eq!(again.peer_id(), id.peer_id());
+        assert_eq!(again.public_key(), id.public_key());
+    }
 
     #[test]
     fn peer_id_is_sha256_of_key() {
