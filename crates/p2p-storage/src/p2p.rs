@@ -768,6 +768,17 @@ impl<B: Backend> P2PStorageAdapter<B> {
             .count()
     }
 
+    /// The bytes of version `cid` as `peer` may have them: `None` when this node
+    /// does not hold it or the peer's reach excludes its document (the answer to
+    /// a version-node request from that peer).
+    pub fn version_bytes_for(
+        &self,
+        peer: PeerId,
+        cid: &ContentId,
+    ) -> Result<Option<Vec<u8>>, ReplicationError> {
+        self.view_for(peer).version_bytes(cid)
+    }
+
     /// Opens an anti-entropy session with `peer` now (normally done on connection).
     pub fn reconcile_with(&self, peer: PeerId) {
         let mut d = lock(&self.driver);

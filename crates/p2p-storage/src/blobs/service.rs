@@ -445,6 +445,21 @@ impl<B: Backend> BlobService<B> {
             .admits(collection, Some(&blob.to_text()), &relation)
     }
 
+    /// Piece `piece` for `peer`, as the shard protocol's Get answers it: its
+    /// verified bytes when this node holds it and the peer may have it (the
+    /// reach of a local blob listing it admits the peer), else `None`. For
+    /// carrying the shard protocol over a request-response transport.
+    pub fn serve_piece(
+        &self,
+        peer: &PeerId,
+        piece: &BlobId,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if !self.may_serve(peer, piece)? {
+            return Ok(None);
+        }
+        self.store.piece(piece)
+    }
+
     /// True when `peer` may have piece `piece`: some local blob listing it
     /// admits the peer, or no local manifest lists it (a piece held for
     /// others, whose blob this node does not know).
