@@ -69,6 +69,25 @@ pub enum Request {
         /// The collection.
         collection: String,
     },
+    /// Stores the file at `path` as a content-addressed blob of `collection`
+    /// and replicates it (shards for large blobs).
+    BlobPut {
+        /// Absolute path of the file to read.
+        path: String,
+        /// The collection whose replication factor, pins and reach apply.
+        collection: String,
+    },
+    /// Fetches a blob (locally, else from peers) and writes it to `path`.
+    BlobGet {
+        /// The blob id (`bafkr4i...`).
+        id: String,
+        /// Absolute path of the file to write.
+        path: String,
+    },
+    /// The blobs this node knows.
+    BlobList,
+    /// Runs blob garbage collection now (seed 5.2 rule).
+    BlobGc,
     /// One page of the node's stream: the versions it took in after position `since`.
     Changes {
         /// Entries after this position (0: from the start).
@@ -120,6 +139,22 @@ pub enum Response {
         /// The documents found, by id order.
         documents: Vec<DocRow>,
     },
+    /// Answer to [`Request::BlobPut`] and [`Request::BlobGet`].
+    Blob(BlobRow),
+    /// Answer to [`Request::BlobList`].
+    Blobs {
+        /// One row per blob.
+        blobs: Vec<BlobRow>,
+    },
+    /// Answer to [`Request::BlobGc`].
+    BlobGc {
+        /// Pieces deleted.
+        deleted: usize,
+        /// Bytes freed.
+        freed_bytes: u64,
+        /// Pieces kept.
+        kept: usize,
+    },
     /// Answer to [`Request::Changes`].
     Changes {
         /// The entries, in position order.
@@ -145,6 +180,9 @@ pub struct Status {
     pub data_dir: String,
     /// Where the wired transport listens.
     pub listen: Option<String>,
+    /// Where the internet transport listens, as multiaddrs ending in `/p2p/<id>`
+    /// (usable as another node's `--bootstrap`).
+    pub internet_listen: Vec<String>,
     /// Transports running.
     pub transports: Vec<String>,
     /// Peers reachable now.
@@ -167,6 +205,23 @@ pub struct Status {
     pub stream_head: u64,
     /// Seconds since the node started.
     pub uptime_secs: u64,
+}
+
+/// A blob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRow {
+    /// Its id (`bafkr4i...`, blake3).
+    pub id: String,
+    /// Its collection.
+    pub collection: String,
+    /// Its length in bytes.
+    pub len: u64,
+    /// `none`, `chunked` or `rs-4-7`.
+    pub encoding: String,
+    /// Pieces held on this node, of `pieces`.
+    pub held: usize,
+    /// Pieces in all.
+    pub pieces: usize,
 }
 
 /// One entry of the node's stream.

@@ -1,4 +1,5 @@
-//! The running node: store, mesh manager, wired transport, mDNS and the control socket.
+//! The running node: store, mesh manager, its transports (wired with mDNS, internet,
+//! LoRa) and the control socket.
 //!
 //! Durability: a received text is written to the store (flushed) inside the
 //! mesh's delivery callback, before the mesh sends its ACK, so an acknowledged
@@ -20,10 +21,17 @@ use ecomesh_identity::{AccessPolicy, Identity, PublicKey};
 use ecomesh_mesh::ack::PendingAcks;
 use ecomesh_mesh::buffer::StoreBuffer;
 use ecomesh_mesh::{MAX_LEARNED_KEYS, MeshConfig, MeshEvent, MultiTransportManager, SendOutcome};
+use ecomesh_p2p_storage::blobs::{BlobService, BlobServiceConfig, BlobStore};
 use ecomesh_p2p_storage::kv::SledBackend;
 use ecomesh_p2p_storage::{P2PConfig, P2PStorageAdapter, SledStore, StoreConfig};
+use ecomesh_replication::blob::{BlobId, ManifestLimits};
 use ecomesh_replication::queue::SyncQueue;
 use ecomesh_replication::stream::{DurableStream, EventKind, MAX_DELTA, Source};
+use ecomesh_transport_internet::{
+    InternetConfig, InternetTransport, Multiaddr, Request as NetRequest, RequestHandler,
+    Response as NetResponse,
+};
+use ecomesh_transport_lora::{LoraConfig, LoraTransport};
 use ecomesh_transport_wired::{LinkConfig, MdnsDiscovery, WiredConfig, WiredTransport};
 use ecomesh_types::{
     Map, NetworkMessage, PeerId, Priority, SetOptions, StorageAdapter, Subscription,
@@ -34,8 +42,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
 use crate::control::{
-    ChangeRow, DocRow, InboxRow, MAX_REQUEST, MAX_TEXT, OutboxRow, PeerRow, Request, Response,
-    Status,
+    BlobRow, ChangeRow, DocRow, InboxRow, MAX_REQUEST, MAX_TEXT, OutboxRow, PeerRow, Request,
+    Response, Status,
 };
 use crate::paths::DataDir;
 
@@ -47,11 +55,142 @@ pub const DEFAULT_PORT: u16 = 7733;
 const INBOX: &str = "_inbox";
 const OUTBOX: &str = "_outbox";
 
+/// Largest file `ecomesh blob put` stores: the node reads it whole, and the
+/// shards of larger blobs exceed the default reassembly limit of peers.
+const MAX_BLOB_FILE: u64 = 256 << 20;
+/// How long `ecomesh blob get` waits for peers.
+const BLOB_GET_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the node garbage-collects blob pieces (seed 5.2 rule).
+const BLOB_GC_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The default port of the internet transport (TCP and QUIC).
+pub const DEFAULT_INTERNET_PORT: u16 = 7734;
+
+/// A transport the node runs (`--transports`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransportSpec {
+    /// TCP + Noise on the local network, with mDNS.
+    Wired,
+    /// libp2p: TCP/QUIC, Kademlia, GossipSub, relay.
+    Internet,
+    /// A Meshtastic radio on this serial device.
+    Lora(String),
+}
+
+impl std::str::FromStr for TransportSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "wired" => Ok(TransportSpec::Wired),
+            "internet" => Ok(TransportSpec::Internet),
+            other => match other.strip_prefix("lora:") {
+                Some(dev) if !dev.is_empty() => Ok(TransportSpec::Lora(dev.to_owned())),
+                _ => bail!(
+                    "unknown transport {other:?}: use wired, internet or lora:DEVICE \
+                     (for example lora:/dev/ttyUSB0)"
+                ),
+            },
+        }
+    }
+}
+
+/// Radio settings of the LoRa transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoraPreset {
+    /// Meshtastic LongFast under the EU868 duty cycle.
+    Eu868,
+    /// The bundled radio simulator's fast modem, without a duty limit (tests).
+    Sim,
+}
+
+impl std::str::FromStr for LoraPreset {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "eu868" => Ok(LoraPreset::Eu868),
+            "sim" => Ok(LoraPreset::Sim),
+            other => bail!("unknown LoRa preset {other:?}: use eu868 or sim"),
+        }
+    }
+}
+
+/// The internet transport's default listen addresses: TCP and QUIC on every interface.
+pub fn default_internet_listen() -> Vec<Multiaddr> {
+    [
+        format!("/ip4/0.0.0.0/tcp/{DEFAULT_INTERNET_PORT}"),
+        format!("/ip4/0.0.0.0/udp/{DEFAULT_INTERNET_PORT}/quic-v1"),
+    ]
+    .iter()
+    .filter_map(|a| a.parse().ok())
+    .collect()
+}
+
+/// Sorts `--listen` values: `HOST:PORT` is the wired transport's (at most
+/// one), a multiaddr (starting with `/`) the internet transport's; the
+/// internet transport's defaults apply when none is given.
+pub fn split_listen(
+    values: &[String],
+    transports: &[TransportSpec],
+) -> Result<(Option<SocketAddr>, Vec<Multiaddr>)> {
+    let mut wired = None;
+    let mut internet = Vec::new();
+    for v in values {
+        if v.starts_with('/') {
+            if !transports.contains(&TransportSpec::Internet) {
+                bail!("--listen {v} is an internet address; add internet to --transports");
+            }
+            internet.push(
+                v.parse::<Multiaddr>()
+                    .map_err(|e| anyhow!("--listen {v} is not a multiaddr ({e})"))?,
+            );
+        } else {
+            let addr: SocketAddr = v.parse().map_err(|e| {
+                anyhow!("--listen {v}: {e}; use HOST:PORT (wired) or a multiaddr (internet)")
+            })?;
+            if !transports.contains(&TransportSpec::Wired) {
+                bail!("--listen {v} is a wired address; add wired to --transports");
+            }
+            if wired.replace(addr).is_some() {
+                bail!("the wired transport listens on one address; pass one HOST:PORT");
+            }
+        }
+    }
+    if internet.is_empty() {
+        internet = default_internet_listen();
+    }
+    Ok((wired, internet))
+}
+
+/// Parses the multiaddrs of option `flag`, naming the bad one.
+pub fn parse_multiaddrs(flag: &str, values: &[String]) -> Result<Vec<Multiaddr>> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse::<Multiaddr>()
+                .map_err(|e| anyhow!("{flag} {v} is not a multiaddr ({e}), e.g. /ip4/192.0.2.1/tcp/7734/p2p/12D3KooW..."))
+        })
+        .collect()
+}
+
 /// How to run a node.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
+    /// Transports to run.
+    pub transports: Vec<TransportSpec>,
     /// Address the wired transport listens on.
     pub listen: SocketAddr,
+    /// Addresses the internet transport listens on.
+    pub internet_listen: Vec<Multiaddr>,
+    /// Internet bootstrap peers (multiaddrs ending in `/p2p/<id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Internet relays to take a circuit reservation on.
+    pub relays: Vec<Multiaddr>,
+    /// Serve as a circuit relay for other internet peers.
+    pub relay_server: bool,
+    /// Radio settings of the LoRa transport.
+    pub lora_preset: LoraPreset,
     /// Addresses dialled at start and redialled whenever their link drops.
     pub peers: Vec<SocketAddr>,
     /// Announce and browse with mDNS.
@@ -69,7 +208,13 @@ pub struct NodeOptions {
 impl Default for NodeOptions {
     fn default() -> Self {
         NodeOptions {
+            transports: vec![TransportSpec::Wired],
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            internet_listen: default_internet_listen(),
+            bootstrap: Vec::new(),
+            relays: Vec::new(),
+            relay_server: false,
+            lora_preset: LoraPreset::Eu868,
             peers: Vec::new(),
             mdns: true,
             mdns_ip: None,
@@ -184,7 +329,9 @@ struct Node {
     store: Arc<SledStore>,
     mesh: Arc<MultiTransportManager>,
     p2p: P2PStorageAdapter<SledBackend>,
-    wired: WiredTransport,
+    blobs: BlobService<SledBackend>,
+    wired: Option<WiredTransport>,
+    internet: Option<InternetTransport>,
     started: Instant,
     dirty: AtomicBool,
     saved_keys: AtomicUsize,
@@ -316,6 +463,10 @@ impl Node {
                     .and_then(|w| self.written(&w))
             }
             Request::Changes { since, limit } => Ok(self.changes(since, limit)),
+            Request::BlobPut { path, collection } => self.blob_put(&path, &collection),
+            Request::BlobGet { id, path } => self.blob_get(&id, &path).await,
+            Request::BlobList => self.blob_list().map(|blobs| Response::Blobs { blobs }),
+            Request::BlobGc => self.blob_gc(),
             Request::DocList { collection } => self
                 .store
                 .scan_collection(&collection)
@@ -372,7 +523,22 @@ impl Node {
         Ok(Status {
             peer_id: self.identity.peer_id().to_string(),
             data_dir: self.data.root().display().to_string(),
-            listen: self.wired.local_addr().map(|a| a.to_string()),
+            listen: self
+                .wired
+                .as_ref()
+                .and_then(WiredTransport::local_addr)
+                .map(|a| a.to_string()),
+            internet_listen: self
+                .internet
+                .as_ref()
+                .map(|t| {
+                    let me = t.libp2p_peer_id();
+                    t.listen_addrs()
+                        .into_iter()
+                        .map(|a| format!("{a}/p2p/{me}"))
+                        .collect()
+                })
+                .unwrap_or_default(),
             transports: self
                 .mesh
                 .active_transports()
@@ -393,6 +559,90 @@ impl Node {
                 .unwrap_or_default(),
             uptime_secs: self.started.elapsed().as_secs(),
             stream_head: self.p2p.stream_head(),
+        })
+    }
+
+    fn blob_row(&self, id: &BlobId) -> Result<Option<BlobRow>> {
+        let Some(stored) = self.blobs.store().manifest(id)? else {
+            return Ok(None);
+        };
+        let m = &stored.manifest;
+        let mut held = 0;
+        for p in m.pieces() {
+            if self.blobs.store().has_piece(p)? {
+                held += 1;
+            }
+        }
+        Ok(Some(BlobRow {
+            id: id.to_text(),
+            collection: stored.collection,
+            len: m.len(),
+            encoding: m.encoding().to_string(),
+            held,
+            pieces: m.pieces().len(),
+        }))
+    }
+
+    fn blob_put(&self, path: &str, collection: &str) -> Result<Response> {
+        let meta = std::fs::metadata(path).with_context(|| format!("reading {path}"))?;
+        if meta.len() > MAX_BLOB_FILE {
+            bail!(
+                "{path} is {} bytes; `ecomesh blob put` takes files of at most {MAX_BLOB_FILE} bytes",
+                meta.len()
+            );
+        }
+        let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+        let manifest = self.blobs.put_blob(collection, &bytes, now_ms())?;
+        self.wake.notify_one();
+        self.blob_row(&manifest.id())?
+            .map(Response::Blob)
+            .ok_or_else(|| anyhow!("blob stored but its manifest is unreadable"))
+    }
+
+    async fn blob_get(&self, id: &str, path: &str) -> Result<Response> {
+        let blob = BlobId::parse(id).map_err(|e| {
+            anyhow!("{id} is not a blob id ({e}); copy one from `ecomesh blob list`")
+        })?;
+        let get = self.blobs.get_blob(blob, now_ms());
+        self.wake.notify_one();
+        let bytes = tokio::time::timeout(BLOB_GET_TIMEOUT, get)
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "no reachable peer delivered blob {id} within {} s",
+                    BLOB_GET_TIMEOUT.as_secs()
+                )
+            })?
+            .with_context(|| format!("fetching blob {id}"))?;
+        write_atomic(Path::new(path), &bytes).with_context(|| format!("writing {path}"))?;
+        self.blob_row(&blob)?
+            .map(Response::Blob)
+            .ok_or_else(|| anyhow!("blob fetched but its manifest is unreadable"))
+    }
+
+    fn blob_list(&self) -> Result<Vec<BlobRow>> {
+        let mut rows = Vec::new();
+        for id in self.blobs.store().blobs()? {
+            if let Some(r) = self.blob_row(&id)? {
+                rows.push(r);
+            }
+        }
+        Ok(rows)
+    }
+
+    fn blob_gc(&self) -> Result<Response> {
+        let report = self.blobs.gc(now_ms(), &|_| false)?;
+        if !report.deleted.is_empty() {
+            tracing::info!(
+                pieces = report.deleted.len(),
+                bytes = report.freed_bytes(),
+                "blob GC"
+            );
+        }
+        Ok(Response::BlobGc {
+            deleted: report.deleted.len(),
+            freed_bytes: report.freed_bytes(),
+            kept: report.kept.len(),
         })
     }
 
@@ -633,31 +883,110 @@ pub async fn run(
     for k in &known {
         mesh.learn_key(*k);
     }
+    if options.transports.is_empty() {
+        bail!("no transport to run: pass --transports wired, internet or lora:DEVICE");
+    }
     let keepalive_ms = u64::try_from(options.keepalive.as_millis()).unwrap_or(u64::MAX);
-    let wired = WiredTransport::new(
-        identity.clone(),
-        options.policy.clone(),
-        WiredConfig {
-            listen: options.listen,
-            link: LinkConfig {
-                keepalive_interval_ms: keepalive_ms,
-                keepalive_timeout_ms: keepalive_ms,
-                ..LinkConfig::default()
+    let wired = if options.transports.contains(&TransportSpec::Wired) {
+        let wired = WiredTransport::new(
+            identity.clone(),
+            options.policy.clone(),
+            WiredConfig {
+                listen: options.listen,
+                link: LinkConfig {
+                    keepalive_interval_ms: keepalive_ms,
+                    keepalive_timeout_ms: keepalive_ms,
+                    ..LinkConfig::default()
+                },
+                backoff_max: options.redial_max,
+                ..WiredConfig::default()
             },
+        );
+        wired
+            .start()
+            .await
+            .with_context(|| format!("starting the wired transport on {}", options.listen))?;
+        Some(wired)
+    } else {
+        None
+    };
+    let internet = if options.transports.contains(&TransportSpec::Internet) {
+        let config = InternetConfig {
+            listen: options.internet_listen.clone(),
+            bootstrap: options.bootstrap.clone(),
+            relays: options.relays.clone(),
+            relay_server: options.relay_server,
             backoff_max: options.redial_max,
-            ..WiredConfig::default()
+            ..InternetConfig::default()
+        };
+        let t = InternetTransport::new(&identity.secret_seed(), options.policy.clone(), config)
+            .context("setting up the internet transport")?;
+        t.start().await.with_context(|| {
+            format!(
+                "starting the internet transport on {}",
+                options
+                    .internet_listen
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        Some(t)
+    } else {
+        None
+    };
+    let lora_devices: Vec<&String> = options
+        .transports
+        .iter()
+        .filter_map(|t| match t {
+            TransportSpec::Lora(dev) => Some(dev),
+            _ => None,
+        })
+        .collect();
+    if lora_devices.len() > 1 {
+        bail!("one LoRa radio per node: pass a single lora:DEVICE");
+    }
+    let lora = match lora_devices.first() {
+        Some(dev) => {
+            let config = match options.lora_preset {
+                LoraPreset::Eu868 => LoraConfig::new(dev.as_str()),
+                LoraPreset::Sim => LoraConfig::simulated(dev.as_str()),
+            };
+            let t = LoraTransport::new(identity.clone(), options.policy.clone(), config);
+            t.start().await.with_context(|| {
+                format!(
+                    "starting the LoRa transport on {dev}: is a Meshtastic radio plugged in \
+                     there, and may this user open it (group dialout)?"
+                )
+            })?;
+            Some(t)
+        }
+        None => None,
+    };
+    let store = Arc::new(store);
+    let p2p_config = P2PConfig::default();
+    let blob_store = BlobStore::open(
+        store.backend().clone(),
+        identity.peer_id(),
+        ManifestLimits::default(),
+    )
+    .context("opening the blob store")?;
+    let blobs = BlobService::new(
+        Arc::new(blob_store),
+        mesh.clone(),
+        BlobServiceConfig {
+            replication: p2p_config.replication.clone(),
+            reach: p2p_config.reach.clone(),
+            trust: p2p_config.trust.clone(),
+            ..BlobServiceConfig::default()
         },
     );
-    wired
-        .start()
-        .await
-        .with_context(|| format!("starting the wired transport on {}", options.listen))?;
-    let store = Arc::new(store);
     let queue = SyncQueue::open(&data.queue())
         .with_context(|| format!("opening the sync queue in {}", data.queue().display()))?;
     let stream = DurableStream::open(&data.stream())
         .with_context(|| format!("opening the stream in {}", data.stream().display()))?;
-    let p2p = P2PStorageAdapter::new(store.clone(), mesh.clone(), P2PConfig::default())
+    let p2p = P2PStorageAdapter::new(store.clone(), mesh.clone(), p2p_config)
         .with_queue(queue)
         .with_stream(stream);
     let node = Arc::new(Node {
@@ -666,7 +995,9 @@ pub async fn run(
         store,
         mesh,
         p2p,
+        blobs,
         wired: wired.clone(),
+        internet: internet.clone(),
         started: Instant::now(),
         dirty: AtomicBool::new(false),
         saved_keys: AtomicUsize::new(known.len()),
@@ -679,26 +1010,66 @@ pub async fn run(
             n.on_event(ev);
         }
     }));
+    let adapters: Vec<Arc<dyn TransportAdapter>> = [
+        wired
+            .clone()
+            .map(|t| Arc::new(t) as Arc<dyn TransportAdapter>),
+        internet
+            .clone()
+            .map(|t| Arc::new(t) as Arc<dyn TransportAdapter>),
+        lora.clone()
+            .map(|t| Arc::new(t) as Arc<dyn TransportAdapter>),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let _wake_subs: Vec<Subscription> = adapters
+        .iter()
+        .map(|a| {
+            let weak = Arc::downgrade(&node);
+            a.subscribe(Arc::new(move |_| {
+                if let Some(n) = weak.upgrade() {
+                    n.wake.notify_one();
+                }
+            }))
+        })
+        .collect();
+    if let Some(t) = &lora {
+        // Beacons carry a Bloom filter of the collections this node replicates.
+        let replicated: Vec<String> = node
+            .store
+            .collections()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| !c.starts_with('_'))
+            .collect();
+        t.set_collections(replicated);
+    }
+    if let Some(t) = &internet {
+        t.set_request_handler(Arc::new(ContentServer {
+            node: Arc::downgrade(&node),
+        }));
+    }
     let weak = Arc::downgrade(&node);
-    let _wake_sub = wired.subscribe(Arc::new(move |_| {
+    let waker: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
         if let Some(n) = weak.upgrade() {
             n.wake.notify_one();
         }
-    }));
-    let weak = Arc::downgrade(&node);
-    node.p2p.set_waker(Arc::new(move || {
-        if let Some(n) = weak.upgrade() {
-            n.wake.notify_one();
-        }
-    }));
-    node.mesh.add_transport(Arc::new(wired.clone()));
+    });
+    node.p2p.set_waker(waker.clone());
+    node.blobs.set_waker(waker);
+    for a in &adapters {
+        node.mesh.add_transport(a.clone());
+    }
     tracing::info!(
         peer_id = %node.identity.peer_id(),
-        listen = ?wired.local_addr(),
+        transports = ?options.transports,
+        listen = ?wired.as_ref().and_then(WiredTransport::local_addr),
+        internet = ?internet.as_ref().map(InternetTransport::listen_addrs),
         data = %node.data.root().display(),
         "node started"
     );
-    let discovery = if options.mdns {
+    let discovery = if let Some(wired) = wired.as_ref().filter(|_| options.mdns) {
         let ip = options
             .mdns_ip
             .or_else(|| Some(options.listen.ip()).filter(|ip| !ip.is_unspecified()));
@@ -712,8 +1083,8 @@ pub async fn run(
     } else {
         None
     };
-    for addr in options.peers.iter().copied() {
-        let w = wired.clone();
+    for addr in options.peers.iter().copied().filter(|_| wired.is_some()) {
+        let Some(w) = wired.clone() else { break };
         tokio::spawn(async move {
             match w.dial(addr).await {
                 Ok(p) => tracing::info!(%addr, peer = %p, "connected"),
@@ -739,6 +1110,7 @@ pub async fn run(
     });
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut next_gc = Instant::now() + BLOB_GC_INTERVAL;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -747,6 +1119,13 @@ pub async fn run(
         }
         let handled = node.mesh.process(now_ms()).await;
         node.p2p.process(now_ms()).await;
+        node.blobs.process(now_ms()).await;
+        if Instant::now() >= next_gc {
+            next_gc = Instant::now() + BLOB_GC_INTERVAL;
+            if let Err(e) = node.blob_gc() {
+                tracing::error!(error = %e, "blob GC failed");
+            }
+        }
         if handled > 0 || node.dirty.load(Ordering::SeqCst) {
             node.persist();
         }
@@ -754,8 +1133,10 @@ pub async fn run(
     tracing::info!("shutting down");
     accept.abort();
     drop(discovery);
-    if let Err(e) = wired.stop().await {
-        tracing::warn!(error = %e, "stopping the wired transport");
+    for a in &adapters {
+        if let Err(e) = a.stop().await {
+            tracing::warn!(transport = %a.transport_type(), error = %e, "stopping a transport");
+        }
     }
     node.mesh.process(now_ms()).await;
     node.persist();
@@ -765,4 +1146,44 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Answers the internet transport's content requests from the node's store:
+/// version nodes by CID, as the asking peer's reach allows. Shard requests are
+/// answered by the blob service when the node runs one.
+struct ContentServer {
+    node: std::sync::Weak<Node>,
+}
+
+impl RequestHandler for ContentServer {
+    fn handle(
+        &self,
+        from: PeerId,
+        request: NetRequest,
+    ) -> ecomesh_types::BoxFuture<'static, NetResponse> {
+        let answer = match (self.node.upgrade(), request) {
+            (Some(node), NetRequest::VersionNode { cid }) => {
+                match node.p2p.version_bytes_for(from, &cid) {
+                    Ok(Some(bytes)) => NetResponse::Data(bytes),
+                    Ok(None) => NetResponse::NotFound,
+                    Err(e) => {
+                        tracing::error!(error = %e, "version unreadable");
+                        NetResponse::NotFound
+                    }
+                }
+            }
+            (Some(node), NetRequest::ShardGet { cid }) => {
+                match BlobId::from_content_id(&cid).map(|p| node.blobs.serve_piece(&from, &p)) {
+                    Ok(Ok(Some(bytes))) => NetResponse::Data(bytes),
+                    _ => NetResponse::NotFound,
+                }
+            }
+            (Some(node), NetRequest::ShardHave { cid }) => NetResponse::Have(matches!(
+                BlobId::from_content_id(&cid).map(|p| node.blobs.serve_piece(&from, &p)),
+                Ok(Ok(Some(_)))
+            )),
+            _ => NetResponse::NotFound,
+        };
+        Box::pin(std::future::ready(answer))
+    }
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use ecomesh_identity::AccessPolicy;
 use ecomesh_node::control::{self, Request, Response};
-use ecomesh_node::daemon::{self, DEFAULT_PORT, NodeOptions};
+use ecomesh_node::daemon::{self, DEFAULT_PORT, LoraPreset, NodeOptions, TransportSpec};
 use ecomesh_node::paths::DataDir;
 use ecomesh_types::PeerId;
 
@@ -36,9 +36,35 @@ enum Command {
     Init,
     /// Run the node in the foreground until Ctrl-C or SIGTERM.
     Node {
-        /// Address the wired transport listens on.
-        #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
-        listen: SocketAddr,
+        /// Transports to run, comma-separated: wired, internet, lora:DEVICE
+        /// (for example --transports internet,wired,lora:/dev/ttyUSB0).
+        #[arg(
+            long,
+            value_name = "LIST",
+            value_delimiter = ',',
+            default_value = "wired"
+        )]
+        transports: Vec<TransportSpec>,
+        /// Where to listen (repeatable): HOST:PORT for the wired transport
+        /// [default: 0.0.0.0:7733], a multiaddr for the internet transport
+        /// [default: /ip4/0.0.0.0/tcp/7734 and /ip4/0.0.0.0/udp/7734/quic-v1].
+        #[arg(long, value_name = "ADDR")]
+        listen: Vec<String>,
+        /// Internet bootstrap peer (repeatable): a multiaddr ending in /p2p/<id>,
+        /// as another node's `ecomesh status` prints it.
+        #[arg(long, value_name = "MULTIADDR")]
+        bootstrap: Vec<String>,
+        /// Internet relay to reserve a circuit on (repeatable), so peers that
+        /// cannot reach this node directly connect through it.
+        #[arg(long, value_name = "MULTIADDR")]
+        relay: Vec<String>,
+        /// Serve as a circuit relay for other internet peers.
+        #[arg(long)]
+        relay_server: bool,
+        /// LoRa radio settings: eu868 (Meshtastic LongFast under the EU868 duty
+        /// cycle) or sim (the bundled radio simulator).
+        #[arg(long, value_name = "PRESET", default_value = "eu868")]
+        lora_preset: LoraPreset,
         /// Also dial this address (repeatable); redialled whenever the link drops.
         #[arg(long = "peer", value_name = "ADDR")]
         peers: Vec<SocketAddr>,
@@ -79,6 +105,9 @@ enum Command {
     /// Read and write documents in the node's store.
     #[command(subcommand)]
     Doc(DocCommand),
+    /// Store, fetch and list content-addressed blobs (files).
+    #[command(subcommand)]
+    Blob(BlobCommand),
     /// List the versions the node took in (its stream), after a position.
     Changes {
         /// Show entries after this position (0: from the start).
@@ -125,6 +154,31 @@ enum DocCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum BlobCommand {
+    /// Store FILE as a blob and replicate it; prints its id.
+    Put {
+        /// The file.
+        file: PathBuf,
+        /// The collection whose replication factor, pins and reach apply.
+        #[arg(long, default_value = "blobs")]
+        collection: String,
+    },
+    /// Fetch blob ID (locally, else from peers) into FILE.
+    Get {
+        /// The blob id (from `ecomesh blob put` or `ecomesh blob list`).
+        id: String,
+        /// Where to write it.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// List the blobs this node knows, with the pieces it holds.
+    List,
+    /// Delete local pieces that are unpinned, older than the TTL (30 days) and
+    /// confirmed on enough other peers (the node also does this hourly).
+    Gc,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -160,7 +214,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Node {
+            transports,
             listen,
+            bootstrap,
+            relay,
+            relay_server,
+            lora_preset,
             peers,
             no_mdns,
             mdns_ip,
@@ -184,8 +243,15 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 AccessPolicy::Open
             };
+            let (listen, internet_listen) = daemon::split_listen(&listen, &transports)?;
             let options = NodeOptions {
-                listen,
+                transports,
+                listen: listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
+                internet_listen,
+                bootstrap: daemon::parse_multiaddrs("--bootstrap", &bootstrap)?,
+                relays: daemon::parse_multiaddrs("--relay", &relay)?,
+                relay_server,
+                lora_preset,
                 peers,
                 mdns: !no_mdns,
                 mdns_ip,
@@ -300,6 +366,67 @@ fn run(cli: Cli) -> Result<()> {
                 other => unexpected(&other),
             }
         }
+        Command::Blob(b) => {
+            let absolute = |p: PathBuf| -> Result<String> {
+                let p = if p.is_absolute() {
+                    p
+                } else {
+                    std::env::current_dir()?.join(p)
+                };
+                p.into_os_string()
+                    .into_string()
+                    .map_err(|p| anyhow::anyhow!("{} is not valid UTF-8", p.to_string_lossy()))
+            };
+            let req = match b {
+                BlobCommand::Put { file, collection } => Request::BlobPut {
+                    path: absolute(file)?,
+                    collection,
+                },
+                BlobCommand::Get { id, output } => Request::BlobGet {
+                    id,
+                    path: absolute(output)?,
+                },
+                BlobCommand::List => Request::BlobList,
+                BlobCommand::Gc => Request::BlobGc,
+            };
+            match ask(req)? {
+                r @ (Response::Blob(_) | Response::Blobs { .. } | Response::BlobGc { .. })
+                    if cli.json =>
+                {
+                    json(&r)
+                }
+                Response::Blob(b) => {
+                    out(format!(
+                        "{}  {} bytes  {}  {}/{} pieces held  ({})",
+                        b.id, b.len, b.encoding, b.held, b.pieces, b.collection
+                    ));
+                    Ok(())
+                }
+                Response::Blobs { blobs } => {
+                    if blobs.is_empty() {
+                        out("no blobs");
+                    }
+                    for b in blobs {
+                        out(format!(
+                            "{}  {} bytes  {}  {}/{} pieces held  ({})",
+                            b.id, b.len, b.encoding, b.held, b.pieces, b.collection
+                        ));
+                    }
+                    Ok(())
+                }
+                Response::BlobGc {
+                    deleted,
+                    freed_bytes,
+                    kept,
+                } => {
+                    out(format!(
+                        "deleted {deleted} pieces ({freed_bytes} bytes), kept {kept}"
+                    ));
+                    Ok(())
+                }
+                other => unexpected(&other),
+            }
+        }
         Command::Changes { since, limit } => match ask(Request::Changes { since, limit })? {
             r @ Response::Changes { .. } if cli.json => json(&r),
             Response::Changes {
@@ -332,6 +459,9 @@ fn run(cli: Cli) -> Result<()> {
                     "listen      {}",
                     s.listen.as_deref().unwrap_or("-")
                 ));
+                for a in &s.internet_listen {
+                    out(format!("internet    {a}"));
+                }
                 out(format!("transports  {}", s.transports.join(",")));
                 out(format!("peers       {}", s.peers));
                 out(format!("buffered    {}", s.buffered));

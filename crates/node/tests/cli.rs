@@ -79,7 +79,8 @@ impl Node {
         )
     }
 
-    /// Starts `ecomesh node` and waits until its control socket answers; returns its address.
+    /// Starts `ecomesh node` and waits until its control socket answers; returns its
+    /// wired address (empty when it runs no wired transport).
     fn start(&mut self, extra: &[&str]) -> String {
         self.runs += 1;
         let log = std::fs::OpenOptions::new()
@@ -101,7 +102,7 @@ impl Node {
         self.child = Some(child);
         let data = self.data.clone();
         wait_for("the node's control socket", || {
-            try_json(&data, &["status"]).and_then(|s| s["listen"].as_str().map(str::to_owned))
+            try_json(&data, &["status"]).map(|s| s["listen"].as_str().unwrap_or("").to_owned())
         })
     }
 
@@ -129,6 +130,26 @@ impl Node {
 
     fn status(&self) -> Value {
         ok_json(&self.data, &["status"])
+    }
+
+    /// Peer ids reachable over `transport`.
+    fn peers_on(&self, transport: &str) -> Vec<String> {
+        ok_json(&self.data, &["peers"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                p["transports"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| t == transport))
+            })
+            .map(|p| p["peer_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn doc_fields(&self, collection: &str, id: &str) -> Option<Value> {
+        try_json(&self.data, &["doc", "get", collection, id])
+            .map(|d| d["documents"][0]["fields"].clone())
     }
 
     fn peers(&self) -> Vec<String> {
@@ -367,4 +388,176 @@ fn documents_are_written_merged_listed_and_deleted_through_the_cli() {
     n.start(&["--listen", "127.0.0.1:0"]);
     check_changes(&n);
     n.terminate();
+}
+
+/// Bytes that do not compress and are not all alike.
+fn file_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_blob_put_on_one_node_is_fetched_by_id_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _) = Node::init(dir.path(), "a");
+    let (mut b, _) = Node::init(dir.path(), "b");
+    let addr = a.start(&["--listen", "127.0.0.1:0"]);
+    b.start(&["--listen", "127.0.0.1:0", "--peer", &addr]);
+    let input = dir.path().join("photo.bin");
+    let bytes = file_bytes(300_000, 7);
+    std::fs::write(&input, &bytes).unwrap();
+    let put = ok_json(
+        &a.data,
+        &[
+            "blob",
+            "put",
+            input.to_str().unwrap(),
+            "--collection",
+            "photos",
+        ],
+    );
+    let id = put["id"].as_str().unwrap().to_owned();
+    assert_eq!(put["len"], 300_000);
+    assert_eq!(put["held"], put["pieces"]);
+    wait_for("b to see a", || (!b.peers().is_empty()).then_some(()));
+    let out = dir.path().join("copy.bin");
+    let got = ok_json(&b.data, &["blob", "get", &id, "-o", out.to_str().unwrap()]);
+    assert_eq!(got["id"], id.as_str());
+    assert_eq!(std::fs::read(&out).unwrap(), bytes, "the same bytes");
+    let list = ok_json(&b.data, &["blob", "list"]);
+    assert!(
+        list["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str())
+    );
+    // Young and barely replicated: GC keeps everything.
+    let gc = ok_json(&a.data, &["blob", "gc"]);
+    assert_eq!(gc["deleted"], 0);
+    let bad = ecomesh(
+        &b.data,
+        &["blob", "get", "not-a-blob", "-o", out.to_str().unwrap()],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a blob id"));
+    a.terminate();
+    b.terminate();
+}
+
+#[test]
+fn internet_nodes_meet_through_a_bootstrap_peer_and_replicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, a_id) = Node::init(dir.path(), "a");
+    let (mut b, b_id) = Node::init(dir.path(), "b");
+    let lo = [
+        "--transports",
+        "internet",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+    ];
+    a.start(&lo);
+    let listen = wait_for("a's internet addresses", || {
+        let s = a.status();
+        s["internet_listen"].as_array().and_then(|v| {
+            v.iter()
+                .filter_map(Value::as_str)
+                .find(|x| x.contains("/tcp/"))
+                .map(str::to_owned)
+        })
+    });
+    assert!(listen.contains("/p2p/"), "usable as --bootstrap: {listen}");
+    let mut args = lo.to_vec();
+    args.extend(["--bootstrap", &listen]);
+    b.start(&args);
+    wait_for("b to reach a over the internet transport", || {
+        b.peers_on("internet").contains(&a_id).then_some(())
+    });
+    wait_for("a to reach b", || {
+        a.peers_on("internet").contains(&b_id).then_some(())
+    });
+    let sent = ok_json(&b.data, &["send", &a_id, "over libp2p"]);
+    assert_eq!(sent["transport"], "internet");
+    wait_for("a's inbox", || {
+        a.inbox_texts()
+            .contains(&(b_id.clone(), "over libp2p".to_owned()))
+            .then_some(())
+    });
+    ok_json(&a.data, &["doc", "put", "notes", "n1", r#"{"t":"hello"}"#]);
+    wait_for("the document on b", || {
+        (b.doc_fields("notes", "n1") == Some(serde_json::json!({"t": "hello"}))).then_some(())
+    });
+    let bad = ecomesh(&b.data, &["node", "--transports", "carrier-pigeon"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("use wired, internet or lora:DEVICE"));
+    a.terminate();
+    b.terminate();
+}
+
+/// A LoRa-only node (a simulated Meshtastic radio on a pseudo-terminal) writes a
+/// document; a node with LoRa and wired takes it in; a wired-only node gets it from
+/// that bridge.
+#[test]
+fn a_change_on_a_lora_only_node_reaches_a_wired_only_node_through_a_bridge() {
+    use ecomesh_transport_lora::sim::{SimChannel, SimConfig};
+    let channel = SimChannel::new(SimConfig {
+        seed: 5,
+        ..SimConfig::default()
+    });
+    let ra = channel.add_radio().unwrap();
+    let rb = channel.add_radio().unwrap();
+    channel.link(ra.node, rb.node, 0.0);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, a_id) = Node::init(dir.path(), "village");
+    let (mut b, b_id) = Node::init(dir.path(), "bridge");
+    let (mut c, _) = Node::init(dir.path(), "town");
+    let lora_a = format!("lora:{}", ra.path.display());
+    let lora_b = format!("lora:{}", rb.path.display());
+    a.start(&["--transports", &lora_a, "--lora-preset", "sim"]);
+    let bridge = b.start(&[
+        "--transports",
+        &format!("wired,{lora_b}"),
+        "--lora-preset",
+        "sim",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(
+        a.status()["listen"],
+        Value::Null,
+        "no wired transport on the village node"
+    );
+    wait_for("the village and the bridge to meet over LoRa", || {
+        (a.peers_on("lora").contains(&b_id) && b.peers_on("lora").contains(&a_id)).then_some(())
+    });
+    ok_json(
+        &a.data,
+        &[
+            "doc",
+            "put",
+            "notices",
+            "well",
+            r#"{"text":"the well is dry","n":3}"#,
+        ],
+    );
+    let want = serde_json::json!({"text": "the well is dry", "n": 3});
+    wait_for("the notice on the bridge", || {
+        (b.doc_fields("notices", "well") == Some(want.clone())).then_some(())
+    });
+    c.start(&["--listen", "127.0.0.1:0", "--peer", &bridge]);
+    wait_for("the notice on the wired-only town node", || {
+        (c.doc_fields("notices", "well") == Some(want.clone())).then_some(())
+    });
+    assert!(c.peers_on("lora").is_empty());
+    a.terminate();
+    b.terminate();
+    c.terminate();
 }
