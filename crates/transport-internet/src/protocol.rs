@@ -16,6 +16,7 @@
 //! | 0x03 | [`Request::ShardGet`]        | the CID bytes                                      |
 //! | 0x04 | [`Request::ShardHave`]       | the CID bytes                                      |
 //! | 0x05 | [`Request::ShardPush`]       | CID length (1 byte), CID, then the shard bytes     |
+//! | 0x06 | [`Request::Hello`]           | nothing                                            |
 //! | 0x81 | [`Response::Ack`]            | nothing                                            |
 //! | 0x82 | [`Response::Data`]           | the bytes                                          |
 //! | 0x83 | [`Response::Have`]           | one byte, 0 or 1                                   |
@@ -56,6 +57,7 @@ const TAG_VERSION_NODE: u8 = 0x02;
 const TAG_SHARD_GET: u8 = 0x03;
 const TAG_SHARD_HAVE: u8 = 0x04;
 const TAG_SHARD_PUSH: u8 = 0x05;
+const TAG_HELLO: u8 = 0x06;
 const TAG_ACK: u8 = 0x81;
 const TAG_DATA: u8 = 0x82;
 const TAG_HAVE: u8 = 0x83;
@@ -85,6 +87,10 @@ pub enum Request {
         /// The shard's CID.
         cid: ContentId,
     },
+    /// Sent once after identify on each new connection; answered with [`Response::Ack`]
+    /// after the receiver listed the sender as a peer, so neither side reports the link
+    /// before both accepted it.
+    Hello,
     /// Replicate a shard to the peer.
     ShardPush {
         /// The shard's CID.
@@ -164,6 +170,7 @@ pub fn encode_request(req: &Request, max: usize) -> Result<Vec<u8>, InternetErro
             out.extend_from_slice(&wire);
             out
         }
+        Request::Hello => vec![TAG_HELLO],
         Request::VersionNode { cid } => tagged_cid(TAG_VERSION_NODE, cid)?,
         Request::ShardGet { cid } => tagged_cid(TAG_SHARD_GET, cid)?,
         Request::ShardHave { cid } => tagged_cid(TAG_SHARD_HAVE, cid)?,
@@ -203,6 +210,8 @@ pub fn decode_request(body: &[u8], max: usize) -> Result<Request, InternetError>
     };
     match tag {
         TAG_MESSAGE => Ok(Request::Message(ecomesh_wire::decode_message(rest)?)),
+        TAG_HELLO if rest.is_empty() => Ok(Request::Hello),
+        TAG_HELLO => Err(InternetError::Malformed("trailing bytes")),
         TAG_VERSION_NODE => Ok(Request::VersionNode { cid: cid(rest)? }),
         TAG_SHARD_GET => Ok(Request::ShardGet { cid: cid(rest)? }),
         TAG_SHARD_HAVE => Ok(Request::ShardHave { cid: cid(rest)? }),
@@ -514,6 +523,7 @@ mod tests {
     fn arb_request() -> impl Strategy<Value = Request> {
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..256).prop_map(|p| Request::Message(msg(p))),
+            Just(Request::Hello),
             arb_cid().prop_map(|cid| Request::VersionNode { cid }),
             arb_cid().prop_map(|cid| Request::ShardGet { cid }),
             arb_cid().prop_map(|cid| Request::ShardHave { cid }),
@@ -568,6 +578,7 @@ mod tests {
             &[0x05, 3, 1][..],
             &[0x05, 0, 1][..],
             &[0x7f, 1][..],
+            &[0x06, 0][..],
             &[0x01, 0xff][..],
         ] {
             assert!(decode_request(bad, MAX).is_err(), "{bad:?}");

@@ -34,6 +34,11 @@ use crate::protocol::{
     encode_announcement,
 };
 
+/// Attempts to bind the previous addresses again at a restart.
+const REBIND_ATTEMPTS: u32 = 30;
+/// Pause between those attempts.
+const REBIND_DELAY: Duration = Duration::from_millis(100);
+
 /// The GossipSub topic every ecomesh node joins (seed 3.2's well-known peers topic).
 pub const PEERS_TOPIC: &str = "/ecomesh/peers/v1";
 
@@ -144,7 +149,7 @@ fn multiaddr(s: &str) -> Multiaddr {
     s.parse().unwrap_or_else(|_| Multiaddr::empty())
 }
 
-/// Answers inbound [`Request`]s other than [`Request::Message`] (version nodes and
+/// Answers inbound [`Request`]s other than [`Request::Message`] and [`Request::Hello`] (version nodes and
 /// shards); replication plugs in here. Without a handler, `Get`/`VersionNode` are
 /// [`Response::NotFound`], `Have` is `Have(false)` and `Push` is [`Response::Refused`].
 pub trait RequestHandler: Send + Sync {
@@ -610,20 +615,38 @@ impl InternetTransport {
             }
             st.carry.take().unwrap_or_default()
         };
-        let (mut swarm, carry) = match build_swarm(&self.inner, carry) {
-            Ok(s) => s,
-            Err(boxed) => {
-                let (e, carry) = *boxed;
-                lock(&self.inner.state).carry = Some(carry);
-                return Err(e);
-            }
-        };
-        let (swarm_rebind, listen, carry) = match listen_all(&self.inner, &mut swarm, carry).await {
-            Ok(x) => x,
-            Err(boxed) => {
-                let (e, carry) = *boxed;
-                lock(&self.inner.state).carry = Some(carry);
-                return Err(e);
+        // After a stop, the previous ports are bound again so peers that knew us can
+        // redial; a socket of the stopped swarm may take a moment to close (QUIC's
+        // endpoint driver), so binding is retried briefly, then fresh ports are taken.
+        let mut carry = carry;
+        let mut attempt = 0_u32;
+        let (swarm, swarm_rebind, listen, carry) = loop {
+            let (mut swarm, c) = match build_swarm(&self.inner, carry) {
+                Ok(s) => s,
+                Err(boxed) => {
+                    let (e, c) = *boxed;
+                    lock(&self.inner.state).carry = Some(c);
+                    return Err(e);
+                }
+            };
+            match listen_all(&self.inner, &mut swarm, c).await {
+                Ok((rebind, listen, c)) => break (swarm, rebind, listen, c),
+                Err(boxed) => {
+                    let (e, mut c) = *boxed;
+                    drop(swarm);
+                    if !matches!(e, InternetError::Address { .. }) || c.rebind.is_empty() {
+                        lock(&self.inner.state).carry = Some(c);
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    if attempt >= REBIND_ATTEMPTS {
+                        tracing::warn!(error = %e, "previous addresses not free; listening on new ports");
+                        c.rebind.clear();
+                    } else {
+                        tokio::time::sleep(REBIND_DELAY).await;
+                    }
+                    carry = c;
+                }
             }
         };
         let (tx, rx) = mpsc::channel(self.inner.config.command_queue.max(1));
@@ -980,8 +1003,12 @@ struct Driver {
     /// Connected dials waiting for identify, by peer.
     identifying: HashMap<libp2p::PeerId, Vec<(ConnectionId, Reply)>>,
     redial_attempts: HashMap<ConnectionId, libp2p::PeerId>,
-    /// Remote address and relayed flag of each open connection.
-    connections: HashMap<ConnectionId, (Multiaddr, bool)>,
+    /// Remote address, relayed flag, peer and whether we dialled, per open connection.
+    connections: HashMap<ConnectionId, (Multiaddr, bool, libp2p::PeerId, bool)>,
+    /// Agent version and listen addresses from each peer's last identify.
+    infos: HashMap<libp2p::PeerId, (String, Vec<Multiaddr>)>,
+    /// Hello requests in flight, by request id.
+    hellos: HashMap<request_response::OutboundRequestId, libp2p::PeerId>,
     requests: HashMap<
         request_response::OutboundRequestId,
         oneshot::Sender<Result<Response, InternetError>>,
@@ -1011,6 +1038,8 @@ impl Driver {
             identifying: HashMap::new(),
             redial_attempts: HashMap::new(),
             connections: HashMap::new(),
+            infos: HashMap::new(),
+            hellos: HashMap::new(),
             requests: HashMap::new(),
             queries: HashMap::new(),
             responses_tx,
@@ -1414,8 +1443,10 @@ impl Driver {
                     r.due = None;
                 }
                 self.redial_attempts.remove(&connection_id);
-                self.connections
-                    .insert(connection_id, (address.clone(), relayed));
+                self.connections.insert(
+                    connection_id,
+                    (address.clone(), relayed, peer_id, endpoint.is_dialer()),
+                );
                 if let Some((reply, persist)) = self.dials.remove(&connection_id) {
                     if persist && endpoint.is_dialer() {
                         self.carry.redial.insert(
@@ -1515,6 +1546,7 @@ impl Driver {
     }
 
     fn peer_gone(&mut self, peer_id: libp2p::PeerId) {
+        self.infos.remove(&peer_id);
         let Ok(id) = ecomesh_peer_id(&peer_id) else {
             return;
         };
@@ -1581,9 +1613,6 @@ impl Driver {
         connection_id: ConnectionId,
         info: identify::Info,
     ) {
-        let Some(key) = ed25519_key_of(&peer_id) else {
-            return;
-        };
         let Ok(id) = ecomesh_peer_id(&peer_id) else {
             return;
         };
@@ -1605,6 +1634,46 @@ impl Driver {
         if !self.swarm.is_connected(&peer_id) {
             return;
         }
+        self.infos.insert(
+            peer_id,
+            (info.agent_version.chars().take(128).collect(), addrs),
+        );
+        if lock(&self.inner.state).peers.contains_key(&id) {
+            self.resolve_dials(peer_id, id);
+            return;
+        }
+        if info.protocols.contains(&PROTOCOL) {
+            // The dialling side sends a hello and registers the peer on its answer; the
+            // other side registers on the hello (or any request). So the listener lists
+            // the dialler before the dialler lists it, and `dial` resolves last.
+            let we_dialled = self.connections.get(&connection_id).is_some_and(|c| c.3);
+            if we_dialled {
+                let rid = self
+                    .swarm
+                    .behaviour_mut()
+                    .rr
+                    .send_request(&peer_id, Request::Hello);
+                self.hellos.insert(rid, peer_id);
+            }
+        } else {
+            // A libp2p peer that is not an ecomesh node: identify is all we get.
+            self.register(peer_id, Some(connection_id));
+        }
+    }
+
+    /// Lists `peer_id` as reachable (once), emitting `PeerDiscovered`, and resolves the
+    /// dials waiting for it. Called when the peer proved it accepted the connection: it
+    /// answered our hello, sent us a request, or (non-ecomesh peers) identified.
+    fn register(&mut self, peer_id: libp2p::PeerId, connection_id: Option<ConnectionId>) {
+        let (Some(key), Ok(id)) = (ed25519_key_of(&peer_id), ecomesh_peer_id(&peer_id)) else {
+            return;
+        };
+        if !self.swarm.is_connected(&peer_id) {
+            return;
+        }
+        let conn = connection_id
+            .and_then(|c| self.connections.get(&c))
+            .cloned();
         let new = {
             let mut st = lock(&self.inner.state);
             if st.peers.contains_key(&id) || !st.active {
@@ -1615,30 +1684,40 @@ impl Driver {
                     .insert(PeerInfo::PUBLIC_KEY.to_owned(), Value::Bytes(key.to_vec()));
                 pi.metadata
                     .insert("libp2pPeerId".to_owned(), Value::Text(peer_id.to_base58()));
-                pi.metadata.insert(
-                    "agentVersion".to_owned(),
-                    Value::Text(info.agent_version.chars().take(128).collect()),
-                );
-                if let Some((address, relayed)) = self.connections.get(&connection_id) {
+                if let Some((agent, addrs)) = self.infos.get(&peer_id) {
+                    pi.metadata
+                        .insert("agentVersion".to_owned(), Value::Text(agent.clone()));
+                    pi.metadata.insert(
+                        "listenAddrs".to_owned(),
+                        Value::Array(addrs.iter().map(|a| Value::Text(a.to_string())).collect()),
+                    );
+                }
+                let conn = conn.or_else(|| {
+                    self.connections
+                        .iter()
+                        .find(|(_, (_, _, p, _))| *p == peer_id)
+                        .map(|(_, c)| c.clone())
+                });
+                if let Some((address, relayed, _, _)) = conn {
                     pi.metadata
                         .insert("address".to_owned(), Value::Text(address.to_string()));
                     pi.metadata
-                        .insert("relayed".to_owned(), Value::Bool(*relayed));
+                        .insert("relayed".to_owned(), Value::Bool(relayed));
                 }
-                pi.metadata.insert(
-                    "listenAddrs".to_owned(),
-                    Value::Array(addrs.iter().map(|a| Value::Text(a.to_string())).collect()),
-                );
                 st.peers.insert(id, PeerEntry { info: pi.clone() });
                 Some(pi)
             }
         };
         if let Some(pi) = new {
-            tracing::info!(peer = %id, libp2p = %peer_id, "peer identified");
+            tracing::info!(peer = %id, libp2p = %peer_id, "peer registered");
             self.inner
                 .listeners
                 .emit(&TransportEvent::PeerDiscovered(pi));
         }
+        self.resolve_dials(peer_id, id);
+    }
+
+    fn resolve_dials(&mut self, peer_id: libp2p::PeerId, id: PeerId) {
         if let Some(waiting) = self.identifying.remove(&peer_id) {
             for (_, reply) in waiting {
                 let _ = reply.send(Ok(id));
@@ -1664,7 +1743,11 @@ impl Driver {
                     },
                 ..
             } => {
-                if let Some(reply) = self.requests.remove(&request_id) {
+                if let Some(peer) = self.hellos.remove(&request_id) {
+                    if response == Response::Ack {
+                        self.register(peer, None);
+                    }
+                } else if let Some(reply) = self.requests.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -1674,7 +1757,15 @@ impl Driver {
                 error,
                 ..
             } => {
-                if let Some(reply) = self.requests.remove(&request_id) {
+                if self.hellos.remove(&request_id).is_some() {
+                    tracing::debug!(%peer, %error, "hello failed");
+                    if matches!(
+                        error,
+                        request_response::OutboundFailure::UnsupportedProtocols
+                    ) {
+                        self.register(peer, None);
+                    }
+                } else if let Some(reply) = self.requests.remove(&request_id) {
                     let peer = ecomesh_peer_id(&peer).unwrap_or(PeerId::from_digest([0; 32]));
                     let _ = reply.send(Err(InternetError::Request {
                         peer,
@@ -1707,7 +1798,16 @@ impl Driver {
                 .send_response(channel, Response::Refused);
             return;
         }
+        // A request proves the peer accepted the connection.
+        self.register(peer, None);
         match request {
+            Request::Hello => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .rr
+                    .send_response(channel, Response::Ack);
+            }
             Request::Message(message) => {
                 self.inner
                     .listeners

@@ -31,7 +31,7 @@ impl RequestHandler for Store {
                 map.insert(cid.0, data);
                 Response::PushAck
             }
-            Request::Message(_) => Response::Refused,
+            Request::Message(_) | Request::Hello => Response::Refused,
         };
         Box::pin(async move { res })
     }
