@@ -1528,6 +1528,13 @@ impl Driver {
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::debug!(%address, "listening");
+                let cfg = &self.inner.config;
+                if cfg.relay_server
+                    && cfg.external_addrs.is_empty()
+                    && is_routable_listen_addr(&address)
+                {
+                    self.swarm.add_external_address(address.clone());
+                }
                 let mut st = lock(&self.inner.state);
                 if !st.listen_addrs.contains(&address) {
                     st.listen_addrs.push(address);
