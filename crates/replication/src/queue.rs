@@ -397,6 +397,30 @@ fn storage(e: sled::Error) -> ReplicationError {
     ReplicationError::Storage(e.to_string())
 }
 
+/// Opens (creating if needed) the sled database in directory `dir`.
+///
+/// sled releases its file lock only when its background flusher exits, a
+/// moment after the last handle is dropped, so a reopen in the same process
+/// right after a drop may find the lock still held: that case is retried for
+/// up to [`REOPEN_WAIT`] before it is an error.
+pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, ReplicationError> {
+    let deadline = std::time::Instant::now() + REOPEN_WAIT;
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return Ok(db),
+            // sled reports a held lock as an `Other` I/O error naming it.
+            Err(sled::Error::Io(e))
+                if (e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock"))
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(storage(e)),
+        }
+    }
+}
+
 /// The durable sync queue over a sled tree.
 ///
 /// Safe to share between threads (`&self` methods; changes are serialized).
@@ -412,28 +436,10 @@ impl SyncQueue {
     pub const TREE: &'static str = "ecomesh-sync-queue";
 
     /// Opens (creating if needed) a sled database in directory `dir` and the
-    /// queue in it.
-    ///
-    /// sled releases its file lock only when its background flusher exits, a
-    /// moment after the last handle is dropped, so a reopen in the same
-    /// process right after a drop may find the lock still held: that case is
-    /// retried for up to [`REOPEN_WAIT`] before it is an error.
+    /// queue in it (waiting for a lock a dropped handle still holds, see
+    /// [`open_db`]).
     pub fn open(dir: &Path) -> Result<Self, ReplicationError> {
-        let deadline = std::time::Instant::now() + REOPEN_WAIT;
-        loop {
-            match sled::open(dir) {
-                Ok(db) => return Self::open_in(&db),
-                // sled reports a held lock as an `Other` I/O error naming it.
-                Err(sled::Error::Io(e))
-                    if (e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.to_string().contains("could not acquire lock"))
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => return Err(storage(e)),
-            }
-        }
+        Self::open_in(&open_db(dir)?)
     }
 
     /// Opens the queue in the tree [`Self::TREE`] of an open database (so a

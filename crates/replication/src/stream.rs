@@ -549,10 +549,10 @@ impl DurableStream {
     /// The name of the sled tree the stream uses inside a database.
     pub const TREE: &'static str = "ecomesh-stream";
 
-    /// Opens (creating if needed) a sled database in `dir` and the stream in it.
+    /// Opens (creating if needed) a sled database in `dir` and the stream in it,
+    /// waiting a moment for a lock a dropped handle in this process still holds.
     pub fn open(dir: &std::path::Path) -> Result<Self, ReplicationError> {
-        let db = sled::open(dir).map_err(sled_error)?;
-        Self::open_in(&db)
+        Self::open_in(&crate::queue::open_db(dir)?)
     }
 
     /// Opens the stream in the tree [`Self::TREE`] of an open database (the
