@@ -58,6 +58,8 @@ const OUTBOX: &str = "_outbox";
 /// Largest file `ecomesh blob put` stores: the node reads it whole, and the
 /// shards of larger blobs exceed the default reassembly limit of peers.
 const MAX_BLOB_FILE: u64 = 256 << 20;
+/// Longest wait for a DHT provider lookup, and for connecting to one holder.
+const PROVIDER_LOOKUP: Duration = Duration::from_secs(20);
 /// How long `ecomesh blob get` waits for peers.
 const BLOB_GET_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the node garbage-collects blob pieces (seed 5.2 rule).
@@ -191,6 +193,10 @@ pub struct NodeOptions {
     pub relay_server: bool,
     /// Radio settings of the LoRa transport.
     pub lora_preset: LoraPreset,
+    /// The secret every LoRa node of this deployment shares; it keys the MAC on
+    /// broadcast frames (beacons), so outsiders cannot forge them. `None`: the
+    /// public default, which proves nothing.
+    pub lora_secret: Option<String>,
     /// Addresses dialled at start and redialled whenever their link drops.
     pub peers: Vec<SocketAddr>,
     /// Announce and browse with mDNS.
@@ -215,6 +221,7 @@ impl Default for NodeOptions {
             relays: Vec::new(),
             relay_server: false,
             lora_preset: LoraPreset::Eu868,
+            lora_secret: None,
             peers: Vec::new(),
             mdns: true,
             mdns_ip: None,
@@ -593,6 +600,7 @@ impl Node {
         }
         let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
         let manifest = self.blobs.put_blob(collection, &bytes, now_ms())?;
+        self.announce_blobs(vec![manifest.id()]);
         self.wake.notify_one();
         self.blob_row(&manifest.id())?
             .map(Response::Blob)
@@ -603,6 +611,9 @@ impl Node {
         let blob = BlobId::parse(id).map_err(|e| {
             anyhow!("{id} is not a blob id ({e}); copy one from `ecomesh blob list`")
         })?;
+        if self.blobs.store().manifest(&blob)?.is_none() {
+            self.meet_providers(&blob).await;
+        }
         let get = self.blobs.get_blob(blob, now_ms());
         self.wake.notify_one();
         let bytes = tokio::time::timeout(BLOB_GET_TIMEOUT, get)
@@ -618,6 +629,63 @@ impl Node {
         self.blob_row(&blob)?
             .map(Response::Blob)
             .ok_or_else(|| anyhow!("blob fetched but its manifest is unreadable"))
+    }
+
+    /// Publishes this node as a holder of `blobs` in the internet transport's
+    /// DHT (the content location index), in the background.
+    fn announce_blobs(&self, blobs: Vec<BlobId>) {
+        let Some(net) = self.internet.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            for b in blobs {
+                if let Err(e) = net.provide(&b.to_content_id()).await {
+                    tracing::debug!(blob = %b.to_text(), error = %e, "provider record not published");
+                }
+            }
+        });
+    }
+
+    /// Looks up the holders of `blob` in the DHT and connects to those the mesh
+    /// does not reach yet, so the blob service can ask them (bounded waits).
+    async fn meet_providers(&self, blob: &BlobId) {
+        let Some(net) = self.internet.clone() else {
+            return;
+        };
+        let me = self.identity.peer_id();
+        let providers =
+            match tokio::time::timeout(PROVIDER_LOOKUP, net.find_providers(&blob.to_content_id()))
+                .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "provider lookup failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+        let known: Vec<PeerId> = self.mesh.peers().iter().map(|p| p.peer_id).collect();
+        let new: Vec<PeerId> = providers
+            .into_iter()
+            .filter(|p| *p != me && !known.contains(p))
+            .collect();
+        for p in &new {
+            match tokio::time::timeout(PROVIDER_LOOKUP, net.connect_to_peer(*p)).await {
+                Ok(Ok(())) => tracing::info!(peer = %p, "connected to a holder found in the DHT"),
+                Ok(Err(e)) => tracing::debug!(peer = %p, error = %e, "holder unreachable"),
+                Err(_) => tracing::debug!(peer = %p, "holder did not answer in time"),
+            }
+        }
+        // The mesh takes connected holders in on its next pass.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && new
+                .iter()
+                .any(|p| !self.mesh.peers().iter().any(|i| i.peer_id == *p))
+        {
+            self.wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn blob_list(&self) -> Result<Vec<BlobRow>> {
@@ -949,10 +1017,17 @@ pub async fn run(
     }
     let lora = match lora_devices.first() {
         Some(dev) => {
-            let config = match options.lora_preset {
+            let mut config = match options.lora_preset {
                 LoraPreset::Eu868 => LoraConfig::new(dev.as_str()),
                 LoraPreset::Sim => LoraConfig::simulated(dev.as_str()),
             };
+            match &options.lora_secret {
+                Some(secret) => config.engine.network_secret = secret.as_bytes().to_vec(),
+                None => tracing::warn!(
+                    "LoRa beacons use the public default network secret: anyone can forge \
+                     them; pass --lora-secret shared by your nodes"
+                ),
+            }
             let t = LoraTransport::new(identity.clone(), options.policy.clone(), config);
             t.start().await.with_context(|| {
                 format!(
@@ -1124,6 +1199,11 @@ pub async fn run(
             next_gc = Instant::now() + BLOB_GC_INTERVAL;
             if let Err(e) = node.blob_gc() {
                 tracing::error!(error = %e, "blob GC failed");
+            }
+            // Provider records expire; announce what this node holds again.
+            match node.blobs.store().blobs() {
+                Ok(held) => node.announce_blobs(held),
+                Err(e) => tracing::error!(error = %e, "blob list unreadable"),
             }
         }
         if handled > 0 || node.dirty.load(Ordering::SeqCst) {

@@ -65,6 +65,15 @@ enum Command {
         /// cycle) or sim (the bundled radio simulator).
         #[arg(long, value_name = "PRESET", default_value = "eu868")]
         lora_preset: LoraPreset,
+        /// A secret all LoRa nodes of your deployment share: it authenticates
+        /// broadcast frames (beacons) as coming from a member [default: public].
+        #[arg(
+            long,
+            value_name = "TEXT",
+            env = "ECOMESH_LORA_SECRET",
+            hide_env_values = true
+        )]
+        lora_secret: Option<String>,
         /// Also dial this address (repeatable); redialled whenever the link drops.
         #[arg(long = "peer", value_name = "ADDR")]
         peers: Vec<SocketAddr>,
@@ -220,6 +229,7 @@ fn run(cli: Cli) -> Result<()> {
             relay,
             relay_server,
             lora_preset,
+            lora_secret,
             peers,
             no_mdns,
             mdns_ip,
@@ -252,6 +262,7 @@ fn run(cli: Cli) -> Result<()> {
                 relays: daemon::parse_multiaddrs("--relay", &relay)?,
                 relay_server,
                 lora_preset,
+                lora_secret,
                 peers,
                 mdns: !no_mdns,
                 mdns_ip,

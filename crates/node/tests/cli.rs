@@ -82,6 +82,11 @@ impl Node {
     /// Starts `ecomesh node` and waits until its control socket answers; returns its
     /// wired address (empty when it runs no wired transport).
     fn start(&mut self, extra: &[&str]) -> String {
+        self.start_with_env(extra, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables.
+    fn start_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> String {
         self.runs += 1;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -95,6 +100,7 @@ impl Node {
             .args(["node", "--no-mdns", "--keepalive", "1", "--redial-max", "1"])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -496,6 +502,26 @@ fn internet_nodes_meet_through_a_bootstrap_peer_and_replicate() {
     wait_for("the document on b", || {
         (b.doc_fields("notes", "n1") == Some(serde_json::json!({"t": "hello"}))).then_some(())
     });
+    // A blob put on b is fetched by a third node that knows only a's address:
+    // holders are found through the DHT's provider records or the partners
+    // that took copies.
+    let input = dir.path().join("map.bin");
+    let bytes = file_bytes(200_000, 11);
+    std::fs::write(&input, &bytes).unwrap();
+    let put = ok_json(&b.data, &["blob", "put", input.to_str().unwrap()]);
+    let id = put["id"].as_str().unwrap().to_owned();
+    let (mut c, _) = Node::init(dir.path(), "c");
+    let mut args = lo.to_vec();
+    args.extend(["--bootstrap", &listen]);
+    c.start(&args);
+    wait_for("c to reach a", || {
+        c.peers_on("internet").contains(&a_id).then_some(())
+    });
+    let out = dir.path().join("map-copy.bin");
+    ok_json(&c.data, &["blob", "get", &id, "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    c.terminate();
+
     let bad = ecomesh(&b.data, &["node", "--transports", "carrier-pigeon"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("use wired, internet or lora:DEVICE"));
     a.terminate();
@@ -521,15 +547,28 @@ fn a_change_on_a_lora_only_node_reaches_a_wired_only_node_through_a_bridge() {
     let (mut c, _) = Node::init(dir.path(), "town");
     let lora_a = format!("lora:{}", ra.path.display());
     let lora_b = format!("lora:{}", rb.path.display());
-    a.start(&["--transports", &lora_a, "--lora-preset", "sim"]);
-    let bridge = b.start(&[
+    // The village node gets the deployment's secret as an option, the bridge
+    // from the environment.
+    a.start(&[
         "--transports",
-        &format!("wired,{lora_b}"),
+        &lora_a,
         "--lora-preset",
         "sim",
-        "--listen",
-        "127.0.0.1:0",
+        "--lora-secret",
+        "village-2026",
     ]);
+    b.start_with_env(
+        &[
+            "--transports",
+            &format!("wired,{lora_b}"),
+            "--lora-preset",
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("ECOMESH_LORA_SECRET", "village-2026")],
+    );
+    let bridge = b.status()["listen"].as_str().unwrap().to_owned();
     assert_eq!(
         a.status()["listen"],
         Value::Null,
