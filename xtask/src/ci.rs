@@ -156,11 +156,15 @@ fn run_step(step: &str, metadata: &Metadata, nextest: bool, fuzz_seconds: u64) -
             .args(["clippy", "--workspace", "--all-targets", "--all-features"])
             .args(["--", "-D", "warnings"])
             .run()?,
+        // CI must run the interop test against the js-libp2p peer `cargo xtask
+        // deps` installs, not skip it.
         "test" if nextest => cargo()
             .args(["nextest", "run", "--workspace", "--all-features"])
+            .env("ECOMESH_REQUIRE_INTEROP", "1")
             .run()?,
         "test" => cargo()
             .args(["test", "--workspace", "--all-features"])
+            .env("ECOMESH_REQUIRE_INTEROP", "1")
             .run()?,
         "lan-test" => crate::lan::run(metadata, 4, false)?,
         "sim" => crate::sim::run(

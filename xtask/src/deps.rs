@@ -20,8 +20,14 @@ Installs what `cargo xtask ci` needs and a fresh Debian machine lacks:
     one is missing: `apt-get update` then `apt-get install -y --no-install-recommends`
     (through sudo when not root);
   - cargo tools cargo-deny, cargo-fuzz and cargo-nextest, each only when
-    `cargo <tool> --version` fails: `cargo install --locked <crate>`.
+    `cargo <tool> --version` fails: `cargo install --locked <crate>`;
+  - the js-libp2p peer of the internet transport's interop test, when its
+    node_modules is missing: `npm ci` in crates/transport-internet/interop
+    (versions pinned by its package-lock.json).
 Does nothing when everything is present. --dry-run only reports what is missing.";
+
+/// The npm project of the internet transport's interop test (a js-libp2p peer).
+const INTEROP_DIR: &str = "crates/transport-internet/interop";
 
 /// How to tell whether an apt package's contents are present.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +55,11 @@ const APT_PACKAGES: &[AptPackage] = &[
         package: "g++",
         probe: Probe::Command("c++"),
         why: "cargo-fuzz targets link libFuzzer, which libfuzzer-sys compiles from C++",
+    },
+    AptPackage {
+        package: "npm",
+        probe: Probe::Command("npm"),
+        why: "installs the js-libp2p peer of the internet transport's interop test (with nodejs)",
     },
     AptPackage {
         package: "iproute2",
@@ -128,7 +139,14 @@ pub(crate) fn run(root: &Path, dry_run: bool) -> Result<()> {
         };
         println!("deps: cargo {:<14} {state:<8} {}", t.krate, t.why);
     }
-    if dry_run || (missing_apt.is_empty() && missing_tools.is_empty()) {
+    let interop = root.join(INTEROP_DIR);
+    let missing_npm = !interop.join("node_modules").is_dir();
+    println!(
+        "deps: npm   {:<14} {:<8} the js-libp2p peer of the internet transport's interop test",
+        "interop",
+        if missing_npm { "missing" } else { "present" }
+    );
+    if dry_run || (missing_apt.is_empty() && missing_tools.is_empty() && !missing_npm) {
         return Ok(());
     }
 
@@ -161,6 +179,12 @@ pub(crate) fn run(root: &Path, dry_run: bool) -> Result<()> {
         Cmd::cargo()
             .args(["install", "--locked", tool.krate])
             .current_dir(root)
+            .run()?;
+    }
+    if missing_npm {
+        Cmd::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&interop)
             .run()?;
     }
     Ok(())
