@@ -50,7 +50,7 @@ enum Command {
         /// [default: /ip4/0.0.0.0/tcp/7734 and /ip4/0.0.0.0/udp/7734/quic-v1].
         #[arg(long, value_name = "ADDR")]
         listen: Vec<String>,
-        /// Internet bootstrap peer (repeatable): a multiaddr ending in /p2p/<id>,
+        /// Internet bootstrap peer (repeatable): a multiaddr ending in `/p2p/<id>`,
         /// as another node's `ecomesh status` prints it.
         #[arg(long, value_name = "MULTIADDR")]
         bootstrap: Vec<String>,
