@@ -436,8 +436,9 @@ impl SyncQueue {
     pub const TREE: &'static str = "ecomesh-sync-queue";
 
     /// Opens (creating if needed) a sled database in directory `dir` and the
-    /// queue in it (waiting for a lock a dropped handle still holds, see
-    /// [`open_db`]).
+    /// queue in it. A lock that a handle dropped in this process still holds
+    /// (sled releases it when its flusher exits) is waited for, up to
+    /// [`REOPEN_WAIT`].
     pub fn open(dir: &Path) -> Result<Self, ReplicationError> {
         Self::open_in(&open_db(dir)?)
     }
