@@ -77,27 +77,7 @@ impl suite::TransportFactory for Lora {
     }
 }
 
-macro_rules! check {
-    ($name:ident, $($call:tt)*) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let f = Lora::new();
-            let r = suite::$($call)*(&f).await;
-            if let Err(e) = r {
-                panic!("{}: {e}", stringify!($name));
-            }
-        }
-    };
-}
-
-check!(connect_both_ways, connect_both_ways);
-check!(send_and_receive, send_and_receive);
-check!(broadcast, broadcast);
-check!(max_size_frame, max_size_frame);
-check!(oversize_refused, oversize_refused);
-check!(peer_lost_and_reconnected, peer_lost_and_reconnected);
-check!(disconnect_and_reconnect, disconnect_and_reconnect);
-check!(unauthenticated_refused, unauthenticated_refused);
+suite::conformance_tests!(Lora::new());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_raw_input_has_no_socket_target() {

@@ -40,6 +40,46 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+/// Declares one `#[tokio::test]` per conformance check, each creating its
+/// factory with `$factory` (an expression evaluated afresh in every test) and
+/// failing with the check's name and message. The caller needs `tokio` (with
+/// the `macros` and `rt-multi-thread` features) as a dev-dependency.
+///
+/// `conformance_tests!(MyFactory::new())` declares every check that needs only
+/// a factory: [`connect_both_ways`], [`send_and_receive`], [`broadcast`],
+/// [`max_size_frame`], [`oversize_refused`], [`peer_lost_and_reconnected`],
+/// [`disconnect_and_reconnect`] and [`unauthenticated_refused`].
+/// `conformance_tests!(MyFactory::new(); broadcast, max_size_frame)` declares
+/// only the named ones (for checks that need a differently configured factory).
+/// [`hostile_raw_input`] takes a seed and stays a test of its own.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(
+            $factory;
+            connect_both_ways,
+            send_and_receive,
+            broadcast,
+            max_size_frame,
+            oversize_refused,
+            peer_lost_and_reconnected,
+            disconnect_and_reconnect,
+            unauthenticated_refused
+        );
+    };
+    ($factory:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let factory = $factory;
+                if let Err(e) = $crate::$check(&factory).await {
+                    panic!("{}: {e}", stringify!($check));
+                }
+            }
+        )+
+    };
+}
+
 /// Longest time a check waits for one expected event.
 pub const WAIT: Duration = Duration::from_secs(20);
 
