@@ -30,7 +30,9 @@ Runs every check, in this order, stopping at the first failure and naming it:
                seeded from fuzz/corpus/<target> but writing new inputs under the
                target dir (the tree stays clean); skipped with a note while fuzz/
                has no targets
-Then prints the time each step took.
+Then prints the time each step took and the disk space left after it (a full disk
+fails builds with errors that look like anything else, so a step that fails with
+under 2 GiB left says so).
 
 --skip STEP leaves a step out (for local iteration; CI runs everything).
 Run `cargo xtask deps` first on a fresh machine.";
@@ -76,45 +78,62 @@ pub(crate) fn run(root: &Path, fuzz_seconds: u64, skip: &[String]) -> Result<()>
         }
     }
     let started = Instant::now();
-    let mut results: Vec<(&str, Outcome, Duration)> = Vec::new();
+    let mut results: Vec<(&str, Outcome, Duration, Option<u64>)> = Vec::new();
     let mut failure = None;
     let metadata = Metadata::load(root)?;
+    let target_dir = metadata.target_dir.clone();
     let nextest = has_cargo_subcommand("nextest");
 
     for &step in STEPS {
         if skip.iter().any(|s| s == step) {
             println!("\n==> {step}: skipped (--skip)");
-            results.push((step, Outcome::Skipped, Duration::ZERO));
+            results.push((step, Outcome::Skipped, Duration::ZERO, None));
             continue;
         }
-        println!("\n==> {step}");
+        match disk_free(&target_dir) {
+            Some(free) => println!("\n==> {step} ({} free)", human(free)),
+            None => println!("\n==> {step}"),
+        }
         let t = Instant::now();
         let result = run_step(step, &metadata, nextest, fuzz_seconds);
         let elapsed = t.elapsed();
+        let free = disk_free(&target_dir);
         match result {
-            Ok(Done::Ran) => results.push((step, Outcome::Passed, elapsed)),
+            Ok(Done::Ran) => results.push((step, Outcome::Passed, elapsed, free)),
             Ok(Done::Skipped(note)) => {
                 println!("{step}: skipped: {note}");
-                results.push((step, Outcome::Skipped, elapsed));
+                results.push((step, Outcome::Skipped, elapsed, free));
             }
             Err(e) => {
-                results.push((step, Outcome::Failed, elapsed));
+                results.push((step, Outcome::Failed, elapsed, free));
+                let e = match free {
+                    Some(free) if free < LOW_DISK => e.context(format!(
+                        "only {} left on the disk of {}: the disk filling up may be what failed",
+                        human(free),
+                        target_dir.display()
+                    )),
+                    _ => e,
+                };
                 failure = Some((step, e));
                 break;
             }
         }
     }
 
-    println!("\n==> summary");
+    println!("\n==> summary (time; disk space left after the step)");
     for &step in STEPS {
-        match results.iter().find(|(s, _, _)| *s == step) {
-            Some((_, outcome, elapsed)) => {
+        match results.iter().find(|(s, _, _, _)| *s == step) {
+            Some((_, outcome, elapsed, free)) => {
                 let word = match outcome {
                     Outcome::Passed => "ok",
                     Outcome::Failed => "FAILED",
                     Outcome::Skipped => "skipped",
                 };
-                println!("  {step:<12} {word:<8} {:>7.1} s", elapsed.as_secs_f64());
+                let free = free.map(human).unwrap_or_default();
+                println!(
+                    "  {step:<12} {word:<8} {:>7.1} s  {free:>10}",
+                    elapsed.as_secs_f64()
+                );
             }
             None => println!("  {step:<12} not run"),
         }
@@ -131,8 +150,8 @@ pub(crate) fn run(root: &Path, fuzz_seconds: u64, skip: &[String]) -> Result<()>
         None => {
             let skipped: Vec<&str> = results
                 .iter()
-                .filter(|(_, outcome, _)| *outcome == Outcome::Skipped)
-                .map(|(step, _, _)| *step)
+                .filter(|(_, outcome, _, _)| *outcome == Outcome::Skipped)
+                .map(|(step, _, _, _)| *step)
                 .collect();
             if skipped.is_empty() {
                 println!("cargo xtask ci: all steps passed");
@@ -141,6 +160,40 @@ pub(crate) fn run(root: &Path, fuzz_seconds: u64, skip: &[String]) -> Result<()>
             }
             Ok(())
         }
+    }
+}
+
+/// Below this many bytes free, a failed step's error mentions the disk.
+const LOW_DISK: u64 = 2 << 30;
+
+/// Bytes available to us on the file system holding `path` (or its nearest existing
+/// ancestor), from POSIX `df -Pk`; `None` when that cannot be told.
+fn disk_free(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let out = Cmd::new("df")
+        .arg("-Pk")
+        .arg(existing)
+        .read_quietly()
+        .ok()?;
+    parse_df_available(&out)
+}
+
+/// The "Available" column (KiB) of `df -P` output, in bytes.
+fn parse_df_available(out: &str) -> Option<u64> {
+    let line = out.lines().nth(1)?;
+    let kib: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// `bytes` as GiB (or MiB below one GiB), one decimal.
+fn human(bytes: u64) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    const MIB: f64 = (1u64 << 20) as f64;
+    let b = bytes as f64;
+    if b >= GIB {
+        format!("{:.1} GiB", b / GIB)
+    } else {
+        format!("{:.0} MiB", b / MIB)
     }
 }
 
@@ -209,4 +262,31 @@ fn run_step(step: &str, metadata: &Metadata, nextest: bool, fuzz_seconds: u64) -
         other => bail!("internal error: no step called `{other}`"),
     }
     Ok(Done::Ran)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn df_available_column_is_read_in_bytes() {
+        let out = "Filesystem     1024-blocks     Used Available Capacity Mounted on\n\
+                   /dev/vda         263174148 93303480  2621440      98% /\n";
+        assert_eq!(parse_df_available(out), Some(2_621_440 * 1024));
+        assert_eq!(parse_df_available("Filesystem\n"), None);
+        assert_eq!(parse_df_available("h\n/dev/x 1 2 lots 3% /\n"), None);
+    }
+
+    #[test]
+    fn sizes_read_as_gib_or_mib() {
+        assert_eq!(human(5 << 30), "5.0 GiB");
+        assert_eq!(human(3 << 29), "1.5 GiB");
+        assert_eq!(human(287 << 20), "287 MiB");
+    }
+
+    #[test]
+    fn free_space_of_an_existing_directory_is_known() {
+        let free = disk_free(Path::new("/definitely/not/here/../tmp"));
+        assert!(free.is_some_and(|b| b > 0), "{free:?}");
+    }
 }

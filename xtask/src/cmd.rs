@@ -129,6 +129,21 @@ impl Cmd {
         String::from_utf8(output.stdout).with_context(|| format!("`{self}` printed non-UTF-8"))
     }
 
+    /// Like [`read`](Self::read), but stderr is discarded too: for probes whose
+    /// failure the caller handles.
+    pub(crate) fn read_quietly(&self) -> Result<String> {
+        let output = self
+            .command()
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .with_context(|| format!("could not start `{self}`"))?;
+        if !output.status.success() {
+            bail!("`{self}` failed ({})", output.status);
+        }
+        String::from_utf8(output.stdout).with_context(|| format!("`{self}` printed non-UTF-8"))
+    }
+
     /// Runs the command silently and says whether it exited successfully; used to
     /// probe for installed tools.
     pub(crate) fn succeeds_quietly(&self) -> bool {
