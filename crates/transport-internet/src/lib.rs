@@ -16,19 +16,29 @@
 //! `/ipfs/ping/1.0.0`, `/ipfs/kad/1.0.0`, `/meshsub/1.1.0`, relay v2 hop/stop, dcutr,
 //! autonat), so other libp2p implementations interoperate.
 
+//!
+//! # Features
+//! - `swarm` (default): everything above. Without it only [`protocol`] and
+//!   [`InternetError`] build, with no libp2p, so the wire format can be fuzzed (and
+//!   reused) without building the swarm.
+
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "swarm")]
 mod behaviour;
 mod error;
+#[cfg(feature = "swarm")]
 pub mod peer_id;
 pub mod protocol;
+#[cfg(feature = "swarm")]
 mod transport;
 
 pub use error::InternetError;
-pub use libp2p::Multiaddr;
+pub use multiaddr::Multiaddr;
 /// The protocols of a [`Multiaddr`] (`/ip4`, `/tcp`, `/quic-v1`, `/p2p`...).
-pub use libp2p::multiaddr::Protocol as multiaddr_protocol;
+pub use multiaddr::Protocol as multiaddr_protocol;
 pub use protocol::{Request, Response};
+#[cfg(feature = "swarm")]
 pub use transport::{
     GossipMessage, InternetConfig, InternetEvent, InternetTransport, LookupStats, PEERS_TOPIC,
     RequestHandler, collection_topic,

@@ -1,5 +1,6 @@
 //! The `/ecomesh/req/1.0.0` request-response protocol: typed requests and responses, a
-//! strict byte encoding, and a bounded libp2p [`Codec`](request_response::Codec).
+//! strict byte encoding, and (with the `swarm` feature) a bounded libp2p codec,
+//! `EcomeshCodec`.
 //!
 //! # Wire form
 //! Each request or response travels on its own libp2p stream as one frame: a 4-byte
@@ -28,16 +29,20 @@
 //! Decoding is strict: unknown tags, trailing bytes, empty or oversized CIDs, a `Have`
 //! byte other than 0/1 and invalid UTF-8 are typed errors.
 
+#[cfg(feature = "swarm")]
 use std::io;
 
 use ecomesh_types::{ContentId, NetworkMessage};
+#[cfg(feature = "swarm")]
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use libp2p::request_response;
-use libp2p::{Multiaddr, StreamProtocol};
+#[cfg(feature = "swarm")]
+use libp2p::{StreamProtocol, request_response};
+use multiaddr::Multiaddr;
 
 use crate::error::InternetError;
 
 /// The protocol name negotiated with multistream-select.
+#[cfg(feature = "swarm")]
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ecomesh/req/1.0.0");
 
 /// Longest CID accepted, in bytes (CIDv1 with a SHA-256 multihash is 36).
@@ -343,11 +348,13 @@ pub fn frame(body: &[u8]) -> Result<Vec<u8>, InternetError> {
     Ok(out)
 }
 
+#[cfg(feature = "swarm")]
 fn invalid(e: InternetError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 /// Reads one frame body of at most `max` bytes. The buffer grows only as bytes arrive.
+#[cfg(feature = "swarm")]
 pub async fn read_frame<T: AsyncRead + Unpin + Send>(
     io: &mut T,
     max: usize,
@@ -366,6 +373,7 @@ pub async fn read_frame<T: AsyncRead + Unpin + Send>(
     Ok(body)
 }
 
+#[cfg(feature = "swarm")]
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: &[u8]) -> io::Result<()> {
     let len = u32::try_from(body.len()).map_err(|_| {
         invalid(InternetError::FrameTooLarge {
@@ -439,12 +447,14 @@ pub fn decode_announcement(bytes: &[u8]) -> Result<Vec<Multiaddr>, InternetError
 }
 
 /// The bounded libp2p codec of [`PROTOCOL`].
+#[cfg(feature = "swarm")]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EcomeshCodec {
     /// The size limits enforced.
     pub limits: Limits,
 }
 
+#[cfg(feature = "swarm")]
 impl request_response::Codec for EcomeshCodec {
     type Protocol = StreamProtocol;
     type Request = Request;
@@ -643,6 +653,7 @@ mod tests {
         assert_eq!(t.len(), MAX_ERROR_LEN);
     }
 
+    #[cfg(feature = "swarm")]
     #[test]
     fn async_codec_reads_frames_and_refuses_announced_floods() {
         futures::executor::block_on(async {
@@ -704,12 +715,12 @@ mod tests {
             let addrs: Vec<Multiaddr> = ports
                 .iter()
                 .map(|(ip, port, quic)| {
-                    let a = Multiaddr::empty().with(libp2p::multiaddr::Protocol::Ip4((*ip).into()));
+                    let a = Multiaddr::empty().with(multiaddr::Protocol::Ip4((*ip).into()));
                     if *quic {
-                        a.with(libp2p::multiaddr::Protocol::Udp(*port))
-                            .with(libp2p::multiaddr::Protocol::QuicV1)
+                        a.with(multiaddr::Protocol::Udp(*port))
+                            .with(multiaddr::Protocol::QuicV1)
                     } else {
-                        a.with(libp2p::multiaddr::Protocol::Tcp(*port))
+                        a.with(multiaddr::Protocol::Tcp(*port))
                     }
                 })
                 .collect();
