@@ -56,4 +56,19 @@ pub enum MeshError {
     /// The message was evicted at once because everything already buffered ranks higher.
     #[error("message {0} was refused by the full buffer")]
     BufferFull(MessageId),
+    /// A key request or reply whose payload is malformed (wrong length, not a
+    /// valid Ed25519 key).
+    #[error("malformed key discovery message: {reason}")]
+    MalformedKeyMessage {
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// A key reply whose key does not hash to the peer id it claims to be the key of.
+    #[error("key reply for {wanted} carries the key of {got}")]
+    KeyMismatch {
+        /// The peer id the reply claims the key is for.
+        wanted: PeerId,
+        /// The peer id the key actually belongs to.
+        got: PeerId,
+    },
 }

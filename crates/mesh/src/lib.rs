@@ -8,6 +8,7 @@
 //! - [`reputation`]: per-peer scores from the seed's five weighted metrics.
 //! - [`buffer`]: the bounded, persistent store-and-forward buffer.
 //! - [`ack`]: delivery confirmations.
+//! - [`keys`]: key discovery for senders whose key this node never learned.
 //! - [`topology`]: full mesh / partial mesh / star selection.
 //! - [`MultiTransportManager`]: the thin layer that drives them over
 //!   `Arc<dyn TransportAdapter>`s.
@@ -18,6 +19,7 @@ pub mod ack;
 pub mod buffer;
 pub mod dedup;
 mod error;
+pub mod keys;
 mod manager;
 pub mod policy;
 pub mod reputation;

@@ -28,12 +28,25 @@
 //! [`PeerInfo::PUBLIC_KEY`] (checked against the peer id), then with the
 //! directory it was given; [`MultiTransportManager::learned_keys`] and
 //! [`MultiTransportManager::learn_key`] carry them across restarts.
+//!
+//! Key discovery ([`crate::keys`]): a message whose sender's key is unknown
+//! (an origin two or more hops away) is held, not dropped, and the key is asked
+//! for with an `ecomesh/key?` control message toward the sender; whoever knows
+//! the key answers with a self-certifying `ecomesh/key!`. Once the key is known
+//! by any path (a reply, a transport's announcement, [`learn_key`], the
+//! directory), the held messages go through the steps above as if they had
+//! just arrived (at the next [`process`]). Malformed or lying key messages are
+//! rejected and charged to the neighbour that handed them over. Control
+//! messages are never delivered to subscribers nor acknowledged.
+//!
+//! [`learn_key`]: MultiTransportManager::learn_key
+//! [`process`]: MultiTransportManager::process
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ecomesh_identity::message::{KeyDirectory, verify_message_with};
+use ecomesh_identity::message::{KeyDirectory, verify_message, verify_message_with};
 use ecomesh_identity::{Error as IdentityError, Identity, PublicKey};
 use ecomesh_types::{
     Listener, Listeners, MessageId, NetworkMessage, PeerId, PeerInfo, Priority, Subscription,
@@ -45,6 +58,10 @@ use crate::MeshError;
 use crate::ack::{ACK_TYPE, PendingAcks, ack_for, acked_id};
 use crate::buffer::{BufferConfig, StoreBuffer};
 use crate::dedup::SeenSet;
+use crate::keys::{
+    AwaitingKeys, HoldOutcome, KEY_REPLY_TYPE, KEY_REQUEST_TYPE, KeyDiscoveryConfig,
+    decode_key_reply, decode_key_request, is_key_message, key_reply_payload, key_request_payload,
+};
 use crate::policy::route_with_caps;
 use crate::reputation::{Observation, ReputationTable, Standing};
 use crate::topology::{PeerView, Topology, choose};
@@ -54,6 +71,10 @@ pub const MAX_LEARNED_KEYS: usize = 65_536;
 
 /// The `PeerInfo::metadata` key by which a peer announces itself as a super-peer (seed 7.2).
 pub const SUPER_PEER_KEY: &str = "superPeer";
+
+/// The signing domain from which the ids of key requests and replies are derived
+/// (unpredictable to others, so nobody can burn them in relays' seen-sets beforehand).
+const CONTROL_ID_DOMAIN: &str = "ecomesh 2026 mesh control message id v1";
 
 /// Tunables of a [`MultiTransportManager`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +90,9 @@ pub struct MeshConfig {
     pub inbox_capacity: usize,
     /// How many connected peers receive a relay copy of a message whose recipient is absent.
     pub relay_fanout: usize,
+    /// Bounds and pacing of key discovery for senders whose key is unknown
+    /// (see [`crate::keys`]).
+    pub key_discovery: KeyDiscoveryConfig,
 }
 
 impl Default for MeshConfig {
@@ -79,6 +103,7 @@ impl Default for MeshConfig {
             dedup_max_age_ms: u64::from(NetworkMessage::DEFAULT_TTL_SECS) * 1000,
             inbox_capacity: 4096,
             relay_fanout: 3,
+            key_discovery: KeyDiscoveryConfig::default(),
         }
     }
 }
@@ -109,7 +134,8 @@ pub enum MeshEvent {
     },
     /// A message this node sent expired without an ACK.
     Expired(MessageId),
-    /// A message with an invalid signature was dropped.
+    /// A message with an invalid signature, or a malformed or lying key
+    /// request or reply, was dropped.
     Rejected {
         /// The neighbour that handed it over (and was charged).
         from: PeerId,
@@ -145,6 +171,20 @@ struct State {
     blocked: BTreeSet<PeerId>,
     to_disconnect: BTreeSet<PeerId>,
     learned: BTreeMap<PeerId, PublicKey>,
+    awaiting: AwaitingKeys,
+    /// Held messages whose sender's key became known, to be handled again.
+    replay: VecDeque<(TransportType, PeerId, NetworkMessage)>,
+}
+
+/// What the key discovery step left to do with a control message.
+enum KeyStep {
+    /// Handled (answered, learned from, refused or ignored).
+    Done,
+    /// Not for this node to answer: route it like any other message.
+    Route {
+        /// Whether its signature was verified.
+        verified: bool,
+    },
 }
 
 /// Keys learned from transports first, then the caller's directory.
@@ -232,6 +272,8 @@ impl MultiTransportManager {
                 blocked: BTreeSet::new(),
                 to_disconnect: BTreeSet::new(),
                 learned: BTreeMap::new(),
+                awaiting: AwaitingKeys::new(config.key_discovery),
+                replay: VecDeque::new(),
             }),
             listeners: Listeners::new(),
         }
@@ -244,6 +286,8 @@ impl MultiTransportManager {
 
     /// Remembers `key` so messages signed by its peer verify even when they
     /// arrive through relays; false when [`MAX_LEARNED_KEYS`] are already held.
+    /// Messages held while waiting for this key are handled at the next
+    /// [`process`](Self::process).
     /// Transports that authenticated a peer announce its key under
     /// [`PeerInfo::PUBLIC_KEY`] and the manager learns it by itself.
     pub fn learn_key(&self, key: PublicKey) -> bool {
@@ -381,6 +425,11 @@ impl MultiTransportManager {
         lock(&self.state).pending.is_pending(id)
     }
 
+    /// Messages held until their sender's key is known (see [`crate::keys`]).
+    pub fn awaiting_key(&self) -> usize {
+        lock(&self.state).awaiting.len()
+    }
+
     /// Transport events dropped because the inbox was full.
     pub fn dropped_events(&self) -> u64 {
         lock(&self.inbox).1
@@ -420,6 +469,25 @@ impl MultiTransportManager {
         now_ms: u64,
         random: [u8; 16],
     ) -> Result<NetworkMessage, MeshError> {
+        self.signed(
+            message_type,
+            payload,
+            recipient,
+            now_ms,
+            random,
+            NetworkMessage::DEFAULT_TTL_SECS,
+        )
+    }
+
+    fn signed(
+        &self,
+        message_type: &str,
+        payload: Vec<u8>,
+        recipient: Option<PeerId>,
+        now_ms: u64,
+        random: [u8; 16],
+        ttl_secs: u32,
+    ) -> Result<NetworkMessage, MeshError> {
         let mut m = NetworkMessage {
             id: MessageId::new_v4(random),
             message_type: message_type.to_owned(),
@@ -427,7 +495,7 @@ impl MultiTransportManager {
             sender: self.identity.peer_id(),
             recipient,
             timestamp_ms: now_ms,
-            ttl_secs: NetworkMessage::DEFAULT_TTL_SECS,
+            ttl_secs,
             hop_count: 0,
             max_hops: NetworkMessage::DEFAULT_MAX_HOPS,
             signature: ecomesh_types::Signature::UNSIGNED,
@@ -460,7 +528,10 @@ impl MultiTransportManager {
         {
             let mut st = lock(&self.state);
             st.seen.insert(message.id, now_ms);
-            if message.sender == self.identity.peer_id() && message.message_type != ACK_TYPE {
+            if message.sender == self.identity.peer_id()
+                && message.message_type != ACK_TYPE
+                && !is_key_message(&message.message_type)
+            {
                 st.pending.track(&message);
             }
         }
@@ -481,12 +552,22 @@ impl MultiTransportManager {
         ok
     }
 
-    /// Handles every queued transport event, then expires buffered and
-    /// unacknowledged messages and disconnects peers below the threshold.
-    /// Returns the number of events handled.
+    /// Handles every queued transport event (and held messages whose sender's
+    /// key became known), then expires buffered and unacknowledged messages and
+    /// disconnects peers below the threshold. Key requests that are due again
+    /// go out first. Returns the number of events and messages handled.
     pub async fn process(&self, now_ms: u64) -> usize {
+        for (wanted, via) in self.key_discovery_tick(now_ms) {
+            self.request_key(wanted, via, now_ms).await;
+        }
         let mut handled = 0;
         loop {
+            let replayed = lock(&self.state).replay.pop_front();
+            if let Some((ty, from, message)) = replayed {
+                handled += 1;
+                self.on_message(ty, from, message, now_ms).await;
+                continue;
+            }
             let next = lock(&self.inbox).0.pop_front();
             let Some((ty, ev)) = next else { break };
             handled += 1;
@@ -610,23 +691,9 @@ impl MultiTransportManager {
             if !evicted.is_empty() {
                 tracing::debug!(count = evicted.len(), "buffer full: messages evicted");
             }
-            let mut candidates: Vec<(f64, PeerId)> = st
-                .peers
-                .keys()
-                .filter(|p| {
-                    **p != peer
-                        && **p != message.sender
-                        && !exclude.contains(p)
-                        && st.reputation.standing(p) == Standing::Trusted
-                })
-                .map(|p| (st.reputation.score(p), *p))
-                .collect();
-            candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-            candidates
-                .into_iter()
-                .take(self.config.relay_fanout)
-                .map(|(_, p)| p)
-                .collect()
+            relay_candidates(st, self.config.relay_fanout, |p| {
+                *p != peer && *p != message.sender && !exclude.contains(p)
+            })
         };
         // The relay that forwards the copy onward increments its hop count.
         if !message.hops_exhausted() {
@@ -645,7 +712,7 @@ impl MultiTransportManager {
         now_ms: u64,
     ) {
         let me = self.identity.peer_id();
-        let first_seen = {
+        let verified = {
             let mut st = lock(&self.state);
             let verdict = verify_message_with(
                 &message,
@@ -659,12 +726,13 @@ impl MultiTransportManager {
             }
             match verdict {
                 Ok(_) => {
-                    observe_locked(&mut st, from, Observation::Integrity(true));
+                    // A key message is credited once its payload checks out too.
+                    if !is_key_message(&message.message_type) {
+                        observe_locked(&mut st, from, Observation::Integrity(true));
+                    }
+                    true
                 }
-                Err(IdentityError::UnknownPeer(p)) => {
-                    tracing::debug!(sender = %p, "no key for the sender; message dropped");
-                    return;
-                }
+                Err(IdentityError::UnknownPeer(_)) => false,
                 Err(e) => {
                     tracing::warn!(from = %from, id = %message.id, error = %e, "invalid signature; dropped");
                     observe_locked(&mut st, from, Observation::Integrity(false));
@@ -676,20 +744,34 @@ impl MultiTransportManager {
                     return;
                 }
             }
-            if message.is_expired(now_ms) {
-                return;
-            }
-            st.seen.insert(message.id, now_ms)
         };
+        if message.is_expired(now_ms) {
+            return;
+        }
+        let verified = if is_key_message(&message.message_type) {
+            match self.on_key_message(from, &message, verified, now_ms).await {
+                KeyStep::Done => return,
+                KeyStep::Route { verified } => verified,
+            }
+        } else {
+            verified
+        };
+        if !verified {
+            self.hold(ty, from, message, now_ms).await;
+            return;
+        }
+        let first_seen = lock(&self.state).seen.insert(message.id, now_ms);
+        let control = message.message_type == ACK_TYPE || is_key_message(&message.message_type);
         if !first_seen {
             // The sender retransmits until it hears an ACK, so the first one was
             // lost: acknowledge again (the ACK's id is derived, so it dedups too).
-            if message.recipient == Some(me) && acked_id(&message).is_none() {
+            if message.recipient == Some(me) && !control {
                 self.acknowledge(&message, now_ms).await;
             }
             return;
         }
         match message.recipient {
+            None if is_key_message(&message.message_type) => {}
             None => self.listeners.emit(&MeshEvent::Message {
                 from,
                 transport: ty,
@@ -713,6 +795,9 @@ impl MultiTransportManager {
                     }
                     return;
                 }
+                if control {
+                    return;
+                }
                 self.listeners.emit(&MeshEvent::Message {
                     from,
                     transport: ty,
@@ -727,7 +812,7 @@ impl MultiTransportManager {
                 }
                 let mut copy = message;
                 copy.hop_count += 1;
-                let priority = if copy.message_type == ACK_TYPE {
+                let priority = if control {
                     Priority::High
                 } else {
                     Priority::Normal
@@ -738,6 +823,249 @@ impl MultiTransportManager {
                 }
             }
         }
+    }
+
+    /// Holds a message whose sender's key is unknown and asks for the key when
+    /// the rate limits allow it.
+    async fn hold(&self, ty: TransportType, from: PeerId, message: NetworkMessage, now_ms: u64) {
+        let sender = message.sender;
+        if sender == self.identity.peer_id() {
+            tracing::debug!(id = %message.id, "own message without own key; dropped");
+            return;
+        }
+        let outcome = {
+            let mut st = lock(&self.state);
+            if st.learned.contains_key(&sender) {
+                // Learned meanwhile (e.g. by `learn_key` from another thread).
+                st.replay.push_back((ty, from, message));
+                return;
+            }
+            st.awaiting.hold(from, ty, message, now_ms)
+        };
+        match outcome {
+            HoldOutcome::Held { ask: true } => self.request_key(sender, from, now_ms).await,
+            HoldOutcome::Held { ask: false } | HoldOutcome::Duplicate => {
+                tracing::debug!(%sender, "message held until its sender's key is known");
+            }
+            HoldOutcome::Refused => {
+                tracing::debug!(%sender, "no key for the sender; message dropped");
+            }
+        }
+    }
+
+    /// Handles a key request or reply; `verified` says whether its signature
+    /// was checked with a known key.
+    async fn on_key_message(
+        &self,
+        from: PeerId,
+        message: &NetworkMessage,
+        verified: bool,
+        now_ms: u64,
+    ) -> KeyStep {
+        let me = self.identity.peer_id();
+        let for_me = message.recipient.is_none() || message.recipient == Some(me);
+        if message.message_type == KEY_REQUEST_TYPE {
+            let wanted = match decode_key_request(&message.payload) {
+                Ok(w) => w,
+                Err(e) => {
+                    self.refuse(from, message, &e);
+                    return KeyStep::Done;
+                }
+            };
+            if verified {
+                self.observe(from, Observation::Integrity(true));
+            }
+            let key = if wanted == me {
+                Some(*self.identity.public_key())
+            } else {
+                self.public_key(&wanted)
+            };
+            let requester = message.sender;
+            let Some(key) = key else {
+                return if for_me {
+                    KeyStep::Done
+                } else {
+                    KeyStep::Route { verified }
+                };
+            };
+            if requester == me {
+                return KeyStep::Done;
+            }
+            {
+                let mut st = lock(&self.state);
+                if verified && !st.seen.insert(message.id, now_ms) {
+                    return KeyStep::Done;
+                }
+                if !st.awaiting.may_reply(requester, wanted, now_ms) {
+                    tracing::debug!(%requester, %wanted, "key reply suppressed by the rate limit");
+                    return KeyStep::Done;
+                }
+            }
+            let ttl = self.control_ttl_secs();
+            match self.control_message(
+                KEY_REPLY_TYPE,
+                key_reply_payload(&key),
+                requester,
+                &message.id.0,
+                now_ms,
+                ttl,
+            ) {
+                Ok(reply) => self.send_control(requester, from, reply, now_ms).await,
+                Err(e) => tracing::warn!(error = %e, "could not sign a key reply"),
+            }
+            return KeyStep::Done;
+        }
+        let (wanted, key) = match decode_key_reply(&message.payload) {
+            Ok(x) => x,
+            Err(e) => {
+                self.refuse(from, message, &e);
+                return KeyStep::Done;
+            }
+        };
+        let mut verified = verified;
+        if !verified && message.sender == wanted {
+            // The responder is the key's owner: the key in the payload verifies it.
+            if let Err(e) = verify_message(message, &key) {
+                self.refuse(from, message, &MeshError::Identity(e));
+                return KeyStep::Done;
+            }
+            verified = true;
+        }
+        if verified {
+            self.observe(from, Observation::Integrity(true));
+        }
+        {
+            let mut st = lock(&self.state);
+            if st.awaiting.is_awaited(&wanted) && !st.learned.contains_key(&wanted) {
+                if learn_locked(&mut st, key) {
+                    tracing::debug!(peer = %wanted, "key learned by discovery");
+                } else {
+                    tracing::warn!(peer = %wanted, "discovered key not kept: the key table is full");
+                }
+            }
+        }
+        if for_me {
+            KeyStep::Done
+        } else {
+            KeyStep::Route { verified }
+        }
+    }
+
+    /// Drops a malformed or lying control message, charging the neighbour that handed it over.
+    fn refuse(&self, from: PeerId, message: &NetworkMessage, error: &MeshError) {
+        tracing::warn!(from = %from, id = %message.id, error = %error, "key discovery message refused");
+        self.observe(from, Observation::Integrity(false));
+        self.listeners.emit(&MeshEvent::Rejected {
+            from,
+            id: message.id,
+        });
+    }
+
+    /// The TTL of key requests and replies: as long as messages are held.
+    fn control_ttl_secs(&self) -> u32 {
+        let secs = self.config.key_discovery.hold_ms.div_ceil(1000);
+        u32::try_from(secs).unwrap_or(u32::MAX).max(1)
+    }
+
+    /// A signed control message whose id is derived from `seed` by this node's
+    /// key (deterministic for the same seed, unpredictable to others).
+    fn control_message(
+        &self,
+        message_type: &str,
+        payload: Vec<u8>,
+        recipient: PeerId,
+        seed: &[u8],
+        now_ms: u64,
+        ttl_secs: u32,
+    ) -> Result<NetworkMessage, MeshError> {
+        let mut framed = Vec::with_capacity(message_type.len() + 1 + seed.len());
+        framed.extend_from_slice(message_type.as_bytes());
+        framed.push(0);
+        framed.extend_from_slice(seed);
+        let sig = self.identity.sign_with_domain(CONTROL_ID_DOMAIN, &framed)?;
+        let mut random = [0_u8; 16];
+        random.copy_from_slice(&sig.0[..16]);
+        self.signed(
+            message_type,
+            payload,
+            Some(recipient),
+            now_ms,
+            random,
+            ttl_secs,
+        )
+    }
+
+    /// Asks for `wanted`'s key: addressed to `wanted`, handed to it directly
+    /// when reachable, else to `via` (the neighbour that brought its message).
+    async fn request_key(&self, wanted: PeerId, via: PeerId, now_ms: u64) {
+        let mut seed = wanted.as_bytes().to_vec();
+        seed.extend_from_slice(&now_ms.to_be_bytes());
+        let ttl = self.control_ttl_secs();
+        match self.control_message(
+            KEY_REQUEST_TYPE,
+            key_request_payload(&wanted),
+            wanted,
+            &seed,
+            now_ms,
+            ttl,
+        ) {
+            Ok(req) => {
+                tracing::debug!(peer = %wanted, via = %via, "asking for a key");
+                self.send_control(wanted, via, req, now_ms).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not sign a key request"),
+        }
+    }
+
+    /// Sends a control message to `target` directly if reachable, else to
+    /// `via`, else to up to `relay_fanout` trusted neighbours; never stored here
+    /// (requests are repeated while messages wait, replies answer them).
+    async fn send_control(
+        &self,
+        target: PeerId,
+        via: PeerId,
+        message: NetworkMessage,
+        now_ms: u64,
+    ) {
+        lock(&self.state).seen.insert(message.id, now_ms);
+        if self
+            .deliver_direct(target, &message, Priority::High)
+            .await
+            .is_some()
+        {
+            return;
+        }
+        if via != target
+            && self
+                .deliver_direct(via, &message, Priority::High)
+                .await
+                .is_some()
+        {
+            return;
+        }
+        let relays = relay_candidates(&lock(&self.state), self.config.relay_fanout, |p| {
+            *p != target && *p != via
+        });
+        for r in relays {
+            self.deliver_direct(r, &message, Priority::High).await;
+        }
+    }
+
+    /// Expires held messages, releases those whose sender's key the directory
+    /// now knows, and returns the key requests due again: (wanted, via).
+    fn key_discovery_tick(&self, now_ms: u64) -> Vec<(PeerId, PeerId)> {
+        let mut st = lock(&self.state);
+        let st = &mut *st;
+        let dropped = st.awaiting.expire(now_ms);
+        if dropped > 0 {
+            tracing::debug!(count = dropped, "messages awaiting a key expired");
+        }
+        for s in st.awaiting.senders() {
+            if self.keys.public_key(&s).is_some() {
+                release_locked(st, &s);
+            }
+        }
+        st.awaiting.due(now_ms)
     }
 
     async fn acknowledge(&self, message: &NetworkMessage, now_ms: u64) {
@@ -817,7 +1145,31 @@ fn learn_locked(st: &mut State, key: PublicKey) -> bool {
         return false;
     }
     st.learned.insert(peer, key);
+    release_locked(st, &peer);
     true
+}
+
+/// Queues the messages held for `peer`'s key to be handled again.
+fn release_locked(st: &mut State, peer: &PeerId) {
+    for h in st.awaiting.take(peer) {
+        st.replay.push_back((h.transport, h.from, h.message));
+    }
+}
+
+/// Up to `fanout` trusted connected peers that `allowed` admits, best reputation first.
+fn relay_candidates(st: &State, fanout: usize, allowed: impl Fn(&PeerId) -> bool) -> Vec<PeerId> {
+    let mut candidates: Vec<(f64, PeerId)> = st
+        .peers
+        .keys()
+        .filter(|p| allowed(p) && st.reputation.standing(p) == Standing::Trusted)
+        .map(|p| (st.reputation.score(p), *p))
+        .collect();
+    candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    candidates
+        .into_iter()
+        .take(fanout)
+        .map(|(_, p)| p)
+        .collect()
 }
 
 fn observe_locked(st: &mut State, peer: PeerId, o: Observation) {

@@ -12,6 +12,7 @@ use ecomesh_identity::message::KeyDirectory;
 use ecomesh_identity::{Identity, PublicKey};
 use ecomesh_mesh::ack::PendingAcks;
 use ecomesh_mesh::buffer::{BufferConfig, StoreBuffer};
+use ecomesh_mesh::keys::{KEY_REPLY_TYPE, KEY_REQUEST_TYPE, KeyDiscoveryConfig};
 use ecomesh_mesh::reputation::Observation;
 use ecomesh_mesh::topology::Topology;
 use ecomesh_mesh::{MeshConfig, MeshEvent, MultiTransportManager, SUPER_PEER_KEY, SendOutcome};
@@ -171,6 +172,8 @@ struct Node {
     events: Arc<Mutex<Vec<MeshEvent>>>,
     _sub: Subscription,
     t: BTreeMap<TransportType, Arc<Fake>>,
+    /// The directory the manager was given.
+    dir: Arc<Directory>,
 }
 
 impl Node {
@@ -184,14 +187,31 @@ impl Node {
         transports: &[TransportType],
         state: Option<(StoreBuffer, PendingAcks)>,
     ) -> Node {
+        Self::build(seed, dir, transports, state, MeshConfig::default())
+    }
+
+    fn with_config(
+        seed: u8,
+        dir: &Arc<Directory>,
+        transports: &[TransportType],
+        config: MeshConfig,
+    ) -> Node {
+        Self::build(seed, dir, transports, None, config)
+    }
+
+    fn build(
+        seed: u8,
+        dir: &Arc<Directory>,
+        transports: &[TransportType],
+        state: Option<(StoreBuffer, PendingAcks)>,
+        config: MeshConfig,
+    ) -> Node {
         let id = Identity::from_secret_bytes(&[seed; 32]);
         dir.0.lock().unwrap().insert(id.peer_id(), *id.public_key());
         let keys: Arc<dyn KeyDirectory + Send + Sync> = dir.clone();
         let mgr = match state {
-            None => MultiTransportManager::new(id.clone(), keys, MeshConfig::default()),
-            Some((b, p)) => {
-                MultiTransportManager::with_state(id.clone(), keys, MeshConfig::default(), b, p)
-            }
+            None => MultiTransportManager::new(id.clone(), keys, config),
+            Some((b, p)) => MultiTransportManager::with_state(id.clone(), keys, config, b, p),
         };
         let events = Arc::new(Mutex::new(Vec::new()));
         let e = events.clone();
@@ -210,6 +230,7 @@ impl Node {
             events,
             _sub: sub,
             t,
+            dir: dir.clone(),
         }
     }
 
@@ -270,6 +291,16 @@ fn pair(transports: &[TransportType]) -> (Node, Node) {
     }
     pump(&[&a, &b], 0);
     (a, b)
+}
+
+fn no_key_discovery() -> MeshConfig {
+    MeshConfig {
+        key_discovery: KeyDiscoveryConfig {
+            max_held: 0,
+            ..KeyDiscoveryConfig::default()
+        },
+        ..MeshConfig::default()
+    }
 }
 
 fn wired_pair() -> (Node, Node) {
@@ -676,9 +707,10 @@ fn duplicate_after_a_lost_ack_is_acknowledged_again_not_redelivered() {
 
 #[test]
 fn keys_announced_by_transports_are_learned_and_checked() {
-    // An empty directory: every key must come from the transports.
+    // An empty directory: every key must come from the transports. A does not
+    // discover keys (that path is tested below), so it drops what it cannot verify.
     let dir = Arc::new(Directory::default());
-    let a = Node::new(11, &dir, &[Wired]);
+    let a = Node::with_config(11, &dir, &[Wired], no_key_discovery());
     let b = Node::new(12, &dir, &[Wired]);
     let c = Node::new(13, &dir, &[Wired]);
     dir.0.lock().unwrap().clear();
@@ -718,4 +750,296 @@ fn keys_announced_by_transports_are_learned_and_checked() {
     block_on(b.mgr.send(a.pid(), again.clone(), Priority::Normal, 1)).unwrap();
     pump(&[&a, &b], 1);
     assert_eq!(a.received(), vec![again]);
+}
+
+/// A - B - C where each node knows only its own key and its neighbours'.
+fn line(config: MeshConfig) -> (Node, Node, Node) {
+    let dirs: Vec<Arc<Directory>> = (0..3).map(|_| Arc::new(Directory::default())).collect();
+    let a = Node::with_config(21, &dirs[0], &[Wired], config);
+    let b = Node::with_config(22, &dirs[1], &[Wired], config);
+    let c = Node::with_config(23, &dirs[2], &[Wired], config);
+    let know = |d: &Directory, n: &Node| {
+        d.0.lock().unwrap().insert(n.pid(), *n.id.public_key());
+    };
+    know(&dirs[0], &b);
+    know(&dirs[1], &a);
+    know(&dirs[1], &c);
+    know(&dirs[2], &b);
+    connect(&a, &b, Wired);
+    connect(&b, &c, Wired);
+    pump(&[&a, &b, &c], 0);
+    (a, b, c)
+}
+
+fn sent_of_type(n: &Node, ty: &str) -> Vec<(PeerId, NetworkMessage)> {
+    n.t[&Wired]
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, m)| m.message_type == ty)
+        .cloned()
+        .collect()
+}
+
+/// A message signed by an identity no node has met, injected by `via` into `to`.
+fn from_stranger(stranger: &Identity, via: &Node, to: &Node, text: &str, n: u8) -> NetworkMessage {
+    let mut m = via.msg(to, text, 0, n);
+    m.sender = stranger.peer_id();
+    stranger.sign_message(&mut m).unwrap();
+    via.t[&Wired].inject(to.pid(), m.clone());
+    m
+}
+
+fn reply_payload(wanted: &Identity, key: &PublicKey) -> Vec<u8> {
+    let mut p = wanted.peer_id().as_bytes().to_vec();
+    p.extend_from_slice(key.as_bytes());
+    p
+}
+
+#[test]
+fn message_from_two_hops_away_is_delivered_after_key_discovery() {
+    let (a, b, c) = line(MeshConfig::default());
+    assert_eq!(c.mgr.public_key(&a.pid()), None);
+    assert_eq!(a.mgr.public_key(&c.pid()), None);
+    let m = a.msg(&c, "from afar", 0, 1);
+    assert_eq!(
+        block_on(a.mgr.send(c.pid(), m.clone(), Priority::Normal, 0)).unwrap(),
+        SendOutcome::Queued
+    );
+    pump(&[&a, &b, &c], 0);
+    let got = c.received();
+    assert_eq!(got.len(), 1, "delivered once");
+    assert_eq!((got[0].id, &got[0].payload), (m.id, &m.payload));
+    assert_eq!(got[0].hop_count, 1);
+    assert_eq!(c.mgr.public_key(&a.pid()), Some(*a.id.public_key()));
+    assert_eq!(c.mgr.awaiting_key(), 0);
+    // B answered C's request for A's key; the request named A and was handed to B.
+    let asked = sent_of_type(&c, KEY_REQUEST_TYPE);
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].0, b.pid());
+    assert_eq!(asked[0].1.recipient, Some(a.pid()));
+    assert_eq!(asked[0].1.payload, a.pid().as_bytes().to_vec());
+    assert_eq!(sent_of_type(&b, KEY_REPLY_TYPE).len(), 2, "one per side");
+    // C's ACK came back through B; A learnt C's key the same way.
+    assert!(a.has(|e| *e
+        == MeshEvent::Acked {
+            id: m.id,
+            by: c.pid()
+        }));
+    assert!(!a.mgr.is_pending(&m.id));
+    for n in [&a, &b, &c] {
+        assert!(
+            n.received().iter().all(|m| m.message_type == "chat"),
+            "control messages are never delivered"
+        );
+    }
+    // Now that the keys are known, the next message needs no discovery.
+    let m2 = a.msg(&c, "again", 1, 2);
+    block_on(a.mgr.send(c.pid(), m2.clone(), Priority::Normal, 1)).unwrap();
+    pump(&[&a, &b, &c], 1);
+    assert_eq!(c.received().len(), 2);
+    assert_eq!(sent_of_type(&c, KEY_REQUEST_TYPE).len(), 1);
+}
+
+#[test]
+fn without_key_discovery_the_same_line_drops_the_message() {
+    let (a, b, c) = line(no_key_discovery());
+    let m = a.msg(&c, "from afar", 0, 1);
+    block_on(a.mgr.send(c.pid(), m.clone(), Priority::Normal, 0)).unwrap();
+    pump(&[&a, &b, &c], 0);
+    assert!(c.received().is_empty());
+    assert_eq!(c.mgr.awaiting_key(), 0);
+    assert!(sent_of_type(&c, KEY_REQUEST_TYPE).is_empty());
+    assert!(a.mgr.is_pending(&m.id));
+}
+
+#[test]
+fn neighbour_whose_key_no_transport_announced_is_asked_directly() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(31, &dir, &[Wired]);
+    let b = Node::new(32, &dir, &[Wired]);
+    dir.0.lock().unwrap().clear();
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 0);
+    let m = b.msg(&a, "hi", 0, 1);
+    block_on(b.mgr.send(a.pid(), m.clone(), Priority::Normal, 0)).unwrap();
+    pump(&[&a, &b], 0);
+    assert_eq!(a.received(), vec![m.clone()]);
+    // The owner answered with its own key, checked against the id and its signature.
+    assert_eq!(a.mgr.public_key(&b.pid()), Some(*b.id.public_key()));
+    assert!(b.has(|e| *e
+        == MeshEvent::Acked {
+            id: m.id,
+            by: a.pid()
+        }));
+}
+
+#[test]
+fn lying_or_malformed_key_messages_are_refused_and_charged() {
+    let (b, c) = wired_pair();
+    let stranger = Identity::from_secret_bytes(&[77; 32]);
+    let m = from_stranger(&stranger, &b, &c, "held", 1);
+    pump(&[&b, &c], 0);
+    assert!(c.received().is_empty());
+    assert_eq!(c.mgr.awaiting_key(), 1);
+    let asked = sent_of_type(&c, KEY_REQUEST_TYPE);
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].0, b.pid(), "asked the neighbour that brought it");
+    assert_eq!(asked[0].1.recipient, Some(stranger.peer_id()));
+
+    let rejected = |c: &Node, id| c.has(|e| *e == MeshEvent::Rejected { from: b.pid(), id });
+    let mut score = c.mgr.reputation(&b.pid());
+    let mut refused = |payload: Vec<u8>, ty: &str, n: u8| {
+        let bad = b
+            .mgr
+            .new_message(ty, payload, Some(c.pid()), 0, [n; 16])
+            .unwrap();
+        b.t[&Wired].inject(c.pid(), bad.clone());
+        pump(&[&b, &c], 0);
+        assert!(rejected(&c, bad.id), "{ty} {n}");
+        let now = c.mgr.reputation(&b.pid());
+        assert!(now < score, "{ty} {n}: charged");
+        score = now;
+    };
+    // B's own key under the stranger's id: does not hash to it.
+    refused(
+        reply_payload(&stranger, b.id.public_key()),
+        KEY_REPLY_TYPE,
+        50,
+    );
+    // Wrong lengths, and 32 bytes that are not a valid Ed25519 key.
+    refused(vec![1; 10], KEY_REPLY_TYPE, 51);
+    let mut not_a_point = stranger.peer_id().as_bytes().to_vec();
+    not_a_point.extend_from_slice(&[0xFF; 32]);
+    refused(not_a_point, KEY_REPLY_TYPE, 52);
+    refused(vec![0; 3], KEY_REQUEST_TYPE, 53);
+    assert_eq!(c.mgr.public_key(&stranger.peer_id()), None);
+    assert_eq!(c.mgr.awaiting_key(), 1, "still held");
+
+    // The true key, from a relay that knows it: learned, the held messages handled.
+    let truth = b
+        .mgr
+        .new_message(
+            KEY_REPLY_TYPE,
+            reply_payload(&stranger, stranger.public_key()),
+            Some(c.pid()),
+            0,
+            [60; 16],
+        )
+        .unwrap();
+    b.t[&Wired].inject(c.pid(), truth);
+    pump(&[&b, &c], 0);
+    assert_eq!(
+        c.mgr.public_key(&stranger.peer_id()),
+        Some(*stranger.public_key())
+    );
+    assert_eq!(c.received(), vec![m]);
+    assert_eq!(c.mgr.awaiting_key(), 0);
+}
+
+#[test]
+fn held_messages_are_handled_when_the_key_is_learned_by_any_path() {
+    let (b, c) = wired_pair();
+    // A forgery in a stranger's name is held, then charged to the neighbour
+    // that brought it once the key arrives through `learn_key`.
+    let stranger = Identity::from_secret_bytes(&[77; 32]);
+    let mut forged = b.msg(&c, "forged", 0, 1);
+    forged.sender = stranger.peer_id();
+    stranger.sign_message(&mut forged).unwrap();
+    forged.payload = b"tampered".to_vec();
+    b.t[&Wired].inject(c.pid(), forged.clone());
+    pump(&[&b, &c], 0);
+    assert_eq!(c.mgr.awaiting_key(), 1);
+    let before = c.mgr.reputation(&b.pid());
+    assert!(c.mgr.learn_key(*stranger.public_key()));
+    pump(&[&b, &c], 0);
+    assert!(c.has(|e| *e
+        == MeshEvent::Rejected {
+            from: b.pid(),
+            id: forged.id
+        }));
+    assert!(
+        c.mgr.reputation(&b.pid()) < before,
+        "the forgery is charged"
+    );
+    assert!(c.received().is_empty());
+    assert_eq!(c.mgr.awaiting_key(), 0);
+
+    // A genuine message is held until a transport announces its sender's key,
+    // then delivered and acknowledged (the ACK is relayed by B).
+    let other = Identity::from_secret_bytes(&[78; 32]);
+    let m = from_stranger(&other, &b, &c, "genuine", 2);
+    pump(&[&b, &c], 1);
+    assert_eq!(c.mgr.awaiting_key(), 1);
+    let mut info = PeerInfo::new(other.peer_id(), Wired, 0);
+    info.metadata.insert(
+        PeerInfo::PUBLIC_KEY.to_owned(),
+        Value::Bytes(other.public_key().to_bytes().to_vec()),
+    );
+    c.t[&Wired]
+        .listeners
+        .emit(&TransportEvent::PeerDiscovered(info));
+    pump(&[&b, &c], 2);
+    assert_eq!(c.received(), vec![m]);
+    assert_eq!(c.mgr.awaiting_key(), 0);
+
+    // A key the directory learns later (e.g. from a handshake elsewhere) works too.
+    let third = Identity::from_secret_bytes(&[79; 32]);
+    let m3 = from_stranger(&third, &b, &c, "third", 3);
+    pump(&[&b, &c], 3);
+    assert_eq!(c.mgr.awaiting_key(), 1);
+    c.dir
+        .0
+        .lock()
+        .unwrap()
+        .insert(third.peer_id(), *third.public_key());
+    pump(&[&b, &c], 4);
+    assert_eq!(c.received().last(), Some(&m3));
+}
+
+#[test]
+fn flood_from_unknown_senders_is_bounded_and_requests_are_rate_limited() {
+    let config = MeshConfig {
+        key_discovery: KeyDiscoveryConfig {
+            max_held: 8,
+            request_budget: 4,
+            request_interval_ms: 1_000,
+            hold_ms: 60_000,
+            ..KeyDiscoveryConfig::default()
+        },
+        ..MeshConfig::default()
+    };
+    let dir = Arc::new(Directory::default());
+    let b = Node::new(1, &dir, &[Wired]);
+    let c = Node::with_config(2, &dir, &[Wired], config);
+    connect(&b, &c, Wired);
+    pump(&[&b, &c], 0);
+    for n in 0..100_u8 {
+        let s = Identity::from_secret_bytes(&[n.wrapping_add(100); 32]);
+        from_stranger(&s, &b, &c, "flood", n);
+    }
+    pump(&[&b, &c], 0);
+    assert!(c.received().is_empty());
+    assert_eq!(c.mgr.awaiting_key(), 8, "held messages are capped");
+    let requests = |c: &Node| sent_of_type(c, KEY_REQUEST_TYPE).len();
+    assert_eq!(requests(&c), 4, "the window's budget");
+    pump(&[&b, &c], 999);
+    assert_eq!(requests(&c), 4, "nothing more within the window");
+    // Each later window asks again for held senders only, within the budget.
+    pump(&[&b, &c], 1_000);
+    assert_eq!(requests(&c), 8);
+    pump(&[&b, &c], 2_000);
+    assert_eq!(requests(&c), 12);
+    let wanted: std::collections::BTreeSet<Vec<u8>> = sent_of_type(&c, KEY_REQUEST_TYPE)
+        .into_iter()
+        .map(|(_, m)| m.payload)
+        .collect();
+    assert!(wanted.len() <= 8, "only held senders are asked for");
+    // Held messages expire; nothing is asked for after that.
+    pump(&[&b, &c], 60_000);
+    assert_eq!(c.mgr.awaiting_key(), 0);
+    let after = requests(&c);
+    pump(&[&b, &c], 70_000);
+    assert_eq!(requests(&c), after);
 }
