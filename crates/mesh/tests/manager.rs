@@ -1043,3 +1043,40 @@ fn flood_from_unknown_senders_is_bounded_and_requests_are_rate_limited() {
     pump(&[&b, &c], 70_000);
     assert_eq!(requests(&c), after);
 }
+
+#[test]
+fn one_request_per_unknown_sender_and_replies_within_the_budget() {
+    let (b, c) = wired_pair();
+    let stranger = Identity::from_secret_bytes(&[77; 32]);
+    for n in 0..50 {
+        from_stranger(&stranger, &b, &c, "many", n);
+    }
+    pump(&[&b, &c], 0);
+    assert_eq!(c.mgr.awaiting_key(), 50);
+    assert_eq!(sent_of_type(&c, KEY_REQUEST_TYPE).len(), 1);
+
+    // Requests for C's own key from 100 strangers (unverifiable, answered anyway).
+    for n in 0..100_u8 {
+        let s = Identity::from_secret_bytes(&[n.wrapping_add(100); 32]);
+        let mut req = b
+            .mgr
+            .new_message(
+                KEY_REQUEST_TYPE,
+                c.pid().as_bytes().to_vec(),
+                Some(c.pid()),
+                0,
+                [n; 16],
+            )
+            .unwrap();
+        req.sender = s.peer_id();
+        s.sign_message(&mut req).unwrap();
+        b.t[&Wired].inject(c.pid(), req);
+    }
+    pump(&[&b, &c], 0);
+    let replies = sent_of_type(&c, KEY_REPLY_TYPE);
+    let budget = KeyDiscoveryConfig::default().reply_budget as usize;
+    assert_eq!(replies.len(), budget, "the window's reply budget");
+    for (_, r) in &replies {
+        assert_eq!(r.payload[32..], c.id.public_key().as_bytes()[..]);
+    }
+}
