@@ -1080,3 +1080,47 @@ fn one_request_per_unknown_sender_and_replies_within_the_budget() {
         assert_eq!(r.payload[32..], c.id.public_key().as_bytes()[..]);
     }
 }
+
+#[test]
+fn keys_are_found_along_a_longer_line_through_relays_that_do_not_know_them() {
+    // A - B - C - D, each node knowing only its neighbours' keys: C learns A's key
+    // from B, D learns it from C; the ACK needs D's key at B and A, which C gives.
+    let dirs: Vec<Arc<Directory>> = (0..4).map(|_| Arc::new(Directory::default())).collect();
+    let nodes: Vec<Node> = (0..4)
+        .map(|i| Node::new(41 + i as u8, &dirs[i], &[Wired]))
+        .collect();
+    for i in 0..3 {
+        let (l, r) = (&nodes[i], &nodes[i + 1]);
+        dirs[i]
+            .0
+            .lock()
+            .unwrap()
+            .insert(r.pid(), *r.id.public_key());
+        dirs[i + 1]
+            .0
+            .lock()
+            .unwrap()
+            .insert(l.pid(), *l.id.public_key());
+        connect(l, r, Wired);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    pump(&all, 0);
+    let (a, d) = (&nodes[0], &nodes[3]);
+    let m = a.msg(d, "far away", 0, 1);
+    block_on(a.mgr.send(d.pid(), m.clone(), Priority::Normal, 0)).unwrap();
+    pump(&all, 0);
+    let got = d.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, m.id);
+    assert_eq!(got[0].hop_count, 2);
+    assert!(a.has(|e| *e
+        == MeshEvent::Acked {
+            id: m.id,
+            by: d.pid()
+        }));
+    for n in &nodes {
+        assert_eq!(n.mgr.awaiting_key(), 0);
+    }
+    // B verifies what it relays: it learnt D's key (from C) to pass D's ACK on.
+    assert_eq!(nodes[1].mgr.public_key(&d.pid()), Some(*d.id.public_key()));
+}
