@@ -15,7 +15,7 @@ use ecomesh_wire::encode_message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::error::WiredError;
 use crate::link::{Link, LinkConfig, LinkEvent};
@@ -78,7 +78,9 @@ struct State {
     generation: u64,
     active: bool,
     local_addr: Option<SocketAddr>,
-    accept_task: Option<AbortHandle>,
+    /// The accept loop; `stop` aborts it and waits until it ended, so the
+    /// listening socket is closed (and its port free again) when `stop` returns.
+    accept_task: Option<JoinHandle<()>>,
     links: HashMap<u64, AbortHandle>,
     peers: HashMap<PeerId, PeerEntry>,
     dials: HashMap<SocketAddr, DialEntry>,
@@ -685,7 +687,7 @@ impl TransportAdapter for WiredTransport {
             st.local_addr = Some(local);
             let generation = st.generation;
             let task = tokio::spawn(accept_loop(self.inner.clone(), generation, listener));
-            st.accept_task = Some(task.abort_handle());
+            st.accept_task = Some(task);
             let addrs: Vec<SocketAddr> = st.dials.keys().copied().collect();
             for a in addrs {
                 let task = tokio::spawn(dial_loop(self.inner.clone(), generation, a, None));
@@ -700,14 +702,15 @@ impl TransportAdapter for WiredTransport {
 
     fn stop(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
-            let lost: Vec<PeerId> = {
+            let (lost, accept) = {
                 let mut st = lock(&self.inner.state);
                 if !st.active {
                     return Ok(());
                 }
                 st.active = false;
                 st.generation += 1;
-                if let Some(t) = st.accept_task.take() {
+                let accept = st.accept_task.take();
+                if let Some(t) = &accept {
                     t.abort();
                 }
                 for (_, t) in st.links.drain() {
@@ -718,8 +721,14 @@ impl TransportAdapter for WiredTransport {
                         t.abort();
                     }
                 }
-                st.peers.drain().map(|(p, _)| p).collect()
+                let lost: Vec<PeerId> = st.peers.drain().map(|(p, _)| p).collect();
+                (lost, accept)
             };
+            // An abort takes effect when the runtime next drops the task: wait for
+            // it, or a `start` right after this could find the port still bound.
+            if let Some(t) = accept {
+                let _ = t.await;
+            }
             for p in lost {
                 self.inner.listeners.emit(&TransportEvent::PeerLost(p));
             }
