@@ -184,7 +184,13 @@ impl Subscriptions {
 
 impl Drop for Subscriptions {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        {
+            // Set under the lock: the delivery thread checks `stop` and then waits
+            // with the lock held, so a notify sent between the two would be lost
+            // and the join below would wait forever.
+            let _shared = lock(&self.state.0);
+            self.stop.store(true, Ordering::SeqCst);
+        }
         self.state.1.notify_all();
         if let Some(handle) = lock(&self.thread).take()
             && handle.thread().id() != std::thread::current().id()
