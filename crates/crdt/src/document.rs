@@ -187,9 +187,22 @@ pub type DocumentDelta = DocumentCrdt;
 ///
 /// Every operation returns its [`DocumentDelta`] and leaves the state unchanged
 /// when it fails. Timestamps passed to operations should come from the replica's
-/// [`Hlc`](crate::Hlc), fed with [`max_timestamp`](DocumentCrdt::max_timestamp) of
-/// every state merged in, so they are unique and later than anything seen; an
-/// older timestamp still converges but may lose to writes it should have beaten.
+/// [`Hlc::send_after`](crate::Hlc::send_after) with this document's
+/// [`max_timestamp`](DocumentCrdt::max_timestamp) as the floor (and the clock
+/// fed with the `max_timestamp` of every state merged in), so they are unique
+/// and later than anything the replica saw of the document; an older timestamp
+/// still converges but may lose to writes it should have beaten.
+///
+/// # Wrong clocks
+/// Merging is safe whatever the timestamps say, so no state is refused for its
+/// timestamps and replicas converge however wrong their writers' clocks are.
+/// What a wrong clock changes is who wins last-writer-wins conflicts: **a
+/// device whose clock runs ahead wins LWW conflicts against concurrent writes
+/// for as long as its lead lasts, and one whose clock runs behind loses them;
+/// a write made after seeing a value always beats it**, because its timestamp
+/// is issued above the document's `max_timestamp` (the floor) even when that
+/// lies beyond the local clock's drift bound. The same holds for a delete
+/// after seeing the writes it hides.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct DocumentCrdt {
     fields: BTreeMap<String, Field>,

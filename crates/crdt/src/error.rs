@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// Everything that can go wrong in this crate: a clock refusing a timestamp, a
+/// Everything that can go wrong in this crate: a clock at the end of its range, a
 /// counter that would overflow, parts that do not form a valid state, or a DAG
 /// insertion that would break the graph.
 ///
@@ -10,16 +10,6 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
-    /// A remote timestamp is further ahead of local physical time than the clock's
-    /// maximum drift allows; the clock did not move.
-    ClockDrift {
-        /// Physical milliseconds of the remote timestamp.
-        remote_ms: u64,
-        /// Local physical time when it was received.
-        local_ms: u64,
-        /// The largest lead the clock accepts.
-        max_drift_ms: u64,
-    },
     /// The clock's physical component would pass `u64::MAX` milliseconds.
     ClockOverflow,
     /// A counter (vector-clock entry or PN-Counter total) would pass `u64::MAX`.
@@ -53,14 +43,6 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::ClockDrift {
-                remote_ms,
-                local_ms,
-                max_drift_ms,
-            } => write!(
-                f,
-                "remote timestamp {remote_ms} ms is more than {max_drift_ms} ms ahead of local time {local_ms} ms"
-            ),
             Error::ClockOverflow => f.write_str("hybrid logical clock overflow"),
             Error::CounterOverflow => f.write_str("counter overflow"),
             Error::InvalidParts { what, reason } => write!(f, "invalid {what} parts: {reason}"),

@@ -62,11 +62,18 @@ impl PhysicalClock for ManualClock {
 /// - every timestamp it issues ([`send`](Hlc::send), [`receive`](Hlc::receive))
 ///   is strictly greater than every timestamp it issued before, even if the
 ///   physical clock goes backwards;
-/// - a timestamp issued by `receive(remote)` is strictly greater than `remote`;
+/// - a timestamp issued by `receive(remote)` is strictly greater than `remote`
+///   whenever `remote` is at most [`max_drift_ms`](Hlc::max_drift_ms) ahead of
+///   the local physical time;
 /// - its physical component is never behind the physical clock's reading;
-/// - a remote timestamp more than [`max_drift_ms`](Hlc::max_drift_ms) ahead of
-///   the local physical time is refused with [`Error::ClockDrift`] and the
-///   clock does not move, so one bad peer cannot drag it into the future.
+/// - **a remote timestamp is never refused for being far ahead**: `receive`
+///   takes it into account only up to `now + max_drift_ms` (it is clamped), so
+///   a peer whose clock runs hours ahead cannot drag this clock, and with it
+///   every later local write, into the future. The clock only passes that
+///   bound when it was already beyond it (its own physical clock went back);
+/// - [`send_after`](Hlc::send_after) issues a timestamp greater than a given
+///   floor (the latest write a local edit supersedes) even when that floor is
+///   beyond the drift bound, without moving the clock beyond the bound.
 ///
 /// When the logical counter would pass `u32::MAX` it carries into the physical
 /// component: the clock moves to `(physical_ms + 1, 0)`, still monotonic and
@@ -80,7 +87,8 @@ pub struct Hlc {
 }
 
 impl Hlc {
-    /// The default maximum lead of a remote timestamp over local time: 60 s.
+    /// The default bound on how far a received timestamp may move the clock
+    /// ahead of local physical time: 60 s.
     pub const DEFAULT_MAX_DRIFT_MS: u64 = 60_000;
 
     /// A fresh clock for `peer` that has issued nothing (its last timestamp is
@@ -116,7 +124,8 @@ impl Hlc {
         self.last
     }
 
-    /// The largest lead, in ms, a remote timestamp may have over local physical time.
+    /// How far ahead of local physical time, in ms, a received timestamp may
+    /// move this clock (timestamps further ahead are clamped to that bound).
     pub const fn max_drift_ms(&self) -> u64 {
         self.max_drift_ms
     }
@@ -139,11 +148,60 @@ impl Hlc {
         Ok(self.issue(next))
     }
 
+    /// A local event that supersedes `floor` (for example a write to a field
+    /// whose current value carries timestamp `floor`), reading `clock` once.
+    ///
+    /// See [`send_after_at`](Hlc::send_after_at).
+    pub fn send_after<C: PhysicalClock + ?Sized>(
+        &mut self,
+        floor: Option<&HlcTimestamp>,
+        clock: &C,
+    ) -> Result<HlcTimestamp, Error> {
+        self.send_after_at(floor, clock.now_ms())
+    }
+
+    /// [`send`](Hlc::send), but the result is also strictly greater than `floor`.
+    ///
+    /// When `send` would give a timestamp at or below `floor` (the floor came
+    /// from a peer whose clock runs ahead), the result is the successor of
+    /// `floor` issued as this clock's peer. The clock itself follows the result
+    /// only when it is within [`max_drift_ms`](Hlc::max_drift_ms) of `now_ms`:
+    /// a floor far in the future orders this one event after it without
+    /// dragging every later timestamp there. So the result is greater than
+    /// `floor` and than every timestamp issued before by `send`/`receive`, but
+    /// a later `send` may be smaller than a result beyond the bound; callers
+    /// pass the floor of everything the event supersedes, which keeps the
+    /// order where it matters.
+    ///
+    /// Fails with [`Error::ClockOverflow`] (clock unchanged) when the successor
+    /// of `floor` or the next timestamp does not exist.
+    pub fn send_after_at(
+        &mut self,
+        floor: Option<&HlcTimestamp>,
+        now_ms: u64,
+    ) -> Result<HlcTimestamp, Error> {
+        let mut probe = self.clone();
+        let next = probe.send_at(now_ms)?;
+        let Some(floor) = floor.filter(|f| **f >= next) else {
+            *self = probe;
+            return Ok(next);
+        };
+        let (physical_ms, logical) = carry(floor.physical_ms, floor.logical)?;
+        let ts = HlcTimestamp::new(physical_ms, logical, self.last.peer);
+        *self = probe;
+        if physical_ms <= self.bound(now_ms) {
+            self.last = ts;
+        }
+        Ok(ts)
+    }
+
     /// Timestamps the receipt of `remote`, reading `clock` once.
     ///
-    /// The result is greater than both `remote` and every timestamp issued before.
-    /// Fails with [`Error::ClockDrift`] (clock unchanged) when `remote` is more
-    /// than the maximum drift ahead of local physical time.
+    /// The result is greater than every timestamp issued before and than
+    /// `remote` clamped to `now + max_drift_ms`: a remote further ahead moves
+    /// the clock to that bound only (see the type's promises). Never fails for
+    /// drift; fails with [`Error::ClockOverflow`] (clock unchanged) only when
+    /// the clock itself is at the end of its range.
     pub fn receive<C: PhysicalClock + ?Sized>(
         &mut self,
         remote: &HlcTimestamp,
@@ -158,13 +216,13 @@ impl Hlc {
         remote: &HlcTimestamp,
         now_ms: u64,
     ) -> Result<HlcTimestamp, Error> {
-        if remote.physical_ms.saturating_sub(now_ms) > self.max_drift_ms {
-            return Err(Error::ClockDrift {
-                remote_ms: remote.physical_ms,
-                local_ms: now_ms,
-                max_drift_ms: self.max_drift_ms,
-            });
-        }
+        let bound = self.bound(now_ms);
+        let remote = if remote.physical_ms > bound {
+            // Far ahead: count it as the bound itself, never beyond.
+            HlcTimestamp::new(bound, 0, remote.peer)
+        } else {
+            *remote
+        };
         let last = self.last;
         let physical = last.physical_ms.max(remote.physical_ms).max(now_ms);
         let next = if physical == last.physical_ms && physical == remote.physical_ms {
@@ -177,6 +235,11 @@ impl Hlc {
             (physical, 0)
         };
         Ok(self.issue(next))
+    }
+
+    /// The furthest a received timestamp may move the clock: `now + max_drift`.
+    const fn bound(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_add(self.max_drift_ms)
     }
 
     fn issue(&mut self, (physical_ms, logical): (u64, u32)) -> HlcTimestamp {
@@ -260,26 +323,73 @@ mod tests {
     }
 
     #[test]
-    fn remote_too_far_ahead_is_refused_and_clock_does_not_move() {
+    fn remote_too_far_ahead_is_clamped_to_the_drift_bound() {
         let mut hlc = Hlc::new(peer(1)).with_max_drift(1_000);
         hlc.send_at(5_000).unwrap();
-        let before = hlc.clone();
-        let r = HlcTimestamp::new(6_001, 0, peer(2));
-        assert_eq!(
-            hlc.receive_at(&r, 5_000),
-            Err(Error::ClockDrift {
-                remote_ms: 6_001,
-                local_ms: 5_000,
-                max_drift_ms: 1_000
-            })
-        );
-        assert_eq!(hlc, before);
-        // Exactly at the limit is accepted.
-        let r = HlcTimestamp::new(6_000, 0, peer(2));
+        // Two hours ahead: taken into account only up to now + drift.
+        let r = HlcTimestamp::new(5_000 + 7_200_000, 3, peer(2));
         assert_eq!(
             hlc.receive_at(&r, 5_000).unwrap(),
             HlcTimestamp::new(6_000, 1, peer(1))
         );
+        // The next local event follows the clock, not the far-future remote.
+        assert_eq!(
+            hlc.send_at(5_001).unwrap(),
+            HlcTimestamp::new(6_000, 2, peer(1))
+        );
+        // Exactly at the limit is taken as it is.
+        let mut hlc = Hlc::new(peer(1)).with_max_drift(1_000);
+        let r = HlcTimestamp::new(6_000, 4, peer(2));
+        assert_eq!(
+            hlc.receive_at(&r, 5_000).unwrap(),
+            HlcTimestamp::new(6_000, 5, peer(1))
+        );
+        // A remote at u64::MAX cannot overflow the clock.
+        let r = HlcTimestamp::new(u64::MAX, u32::MAX, peer(2));
+        assert_eq!(
+            hlc.receive_at(&r, 5_000).unwrap(),
+            HlcTimestamp::new(6_000, 6, peer(1))
+        );
+    }
+
+    #[test]
+    fn send_after_beats_a_far_future_floor_without_dragging_the_clock() {
+        let mut hlc = Hlc::new(peer(1)).with_max_drift(1_000);
+        // No floor, or a floor in the past: an ordinary send.
+        assert_eq!(
+            hlc.send_after_at(None, 100).unwrap(),
+            HlcTimestamp::new(100, 0, peer(1))
+        );
+        let old = HlcTimestamp::new(50, 9, peer(2));
+        assert_eq!(
+            hlc.send_after_at(Some(&old), 100).unwrap(),
+            HlcTimestamp::new(100, 1, peer(1))
+        );
+        // A floor within the bound: the clock follows it.
+        let near = HlcTimestamp::new(600, 4, peer(2));
+        assert_eq!(
+            hlc.send_after_at(Some(&near), 100).unwrap(),
+            HlcTimestamp::new(600, 5, peer(1))
+        );
+        assert_eq!(hlc.last(), HlcTimestamp::new(600, 5, peer(1)));
+        // A floor two hours ahead: the event beats it, the clock stays put.
+        let far = HlcTimestamp::new(7_200_000, 4, peer(2));
+        let ts = hlc.send_after_at(Some(&far), 100).unwrap();
+        assert_eq!(ts, HlcTimestamp::new(7_200_000, 5, peer(1)));
+        assert!(ts > far);
+        assert_eq!(hlc.last(), HlcTimestamp::new(600, 6, peer(1)));
+        assert_eq!(
+            hlc.send_at(100).unwrap(),
+            HlcTimestamp::new(600, 7, peer(1))
+        );
+        // No successor: refused, clock unchanged.
+        let before = hlc.clone();
+        let end = HlcTimestamp::new(u64::MAX, u32::MAX, peer(2));
+        assert_eq!(
+            hlc.send_after_at(Some(&end), 100),
+            Err(Error::ClockOverflow)
+        );
+        assert_eq!(hlc, before);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Conflict-free replicated data types for ecomesh (seed 5.3, 5.4, 7.3).
 //!
 //! - [`Hlc`]: the hybrid logical clock issuing [`HlcTimestamp`]s, monotonic per
-//!   peer, refusing remote timestamps too far in the future.
+//!   peer, never refusing a remote timestamp: one too far in the future is
+//!   clamped, so a peer with a wrong clock cannot drag this one along.
 //! - [`VectorClock`]: causality between replicas (before / after / equal / concurrent).
 //! - [`LwwRegister`], [`GSet`], [`OrSet`], [`PnCounter`]: the seed's CRDTs.
 //! - [`DocumentCrdt`]: a document as a map of LWW / counter / set fields with a

@@ -1,5 +1,7 @@
 //! Hybrid logical clock properties: monotonic whatever the physical clock does,
-//! a received timestamp is beaten, and a remote too far ahead is refused.
+//! a received timestamp is beaten (up to the drift bound), a remote however far
+//! ahead never fails nor drags the clock past the bound, and a write after a
+//! far-future floor is ordered after it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,17 +18,35 @@ enum Event {
     Send(i64),
     /// Receive a remote timestamp at this physical offset from local time.
     Receive(i64, u32, ecomesh_types::PeerId),
+    /// A local event after a floor at this physical offset from local time.
+    SendAfter(i64, u32, ecomesh_types::PeerId),
+}
+
+/// Clock offsets a device may have: a few ms to a day, either way.
+fn arb_skew() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        -200_000_i64..200_000,
+        Just(5 * 60_000),
+        Just(-5 * 60_000),
+        Just(2 * 3_600_000),
+        Just(-2 * 3_600_000),
+        Just(86_400_000),
+        Just(-86_400_000),
+        any::<i64>(),
+    ]
 }
 
 fn arb_event() -> impl Strategy<Value = Event> {
     prop_oneof![
         (-50_i64..100).prop_map(Event::Send),
         (
-            -200_000_i64..200_000,
+            arb_skew(),
             prop_oneof![0..4_u32, Just(u32::MAX), Just(u32::MAX - 1), any::<u32>()],
             arb_peer()
         )
             .prop_map(|(o, l, p)| Event::Receive(o, l, p)),
+        (arb_skew(), prop_oneof![0..4_u32, any::<u32>()], arb_peer())
+            .prop_map(|(o, l, p)| Event::SendAfter(o, l, p)),
         (
             prop_oneof![Just(-1_i64), Just(0), Just(1), -3_i64..3],
             prop_oneof![Just(u32::MAX), any::<u32>()],
@@ -46,7 +66,7 @@ fn offset(now: u64, by: i64) -> u64 {
 
 proptest! {
     #[test]
-    fn prop_hlc_is_monotonic_beats_received_and_refuses_drift(
+    fn prop_hlc_is_monotonic_beats_received_and_clamps_drift(
         start in 0..10_000_000_u64,
         max_drift in prop_oneof![Just(Hlc::DEFAULT_MAX_DRIFT_MS), 0..150_000_u64],
         events in proptest::collection::vec(arb_event(), 1..60),
@@ -67,23 +87,47 @@ proptest! {
                 }
                 Event::Receive(dt, logical, peer) => {
                     let remote = HlcTimestamp::new(offset(now, dt), logical, peer);
-                    let result = hlc.receive_at(&remote, now);
-                    if remote.physical_ms > now.saturating_add(max_drift) {
-                        let refused = matches!(result, Err(Error::ClockDrift { .. }));
-                        prop_assert!(refused);
-                        prop_assert_eq!(&hlc, &before);
-                    } else {
-                        let ts = result.unwrap();
-                        prop_assert!(ts > before.last());
+                    let bound = now.saturating_add(max_drift);
+                    // Never refused, whatever the remote's clock says.
+                    let ts = hlc.receive_at(&remote, now).unwrap();
+                    prop_assert!(ts > before.last());
+                    prop_assert!(ts.physical_ms >= now);
+                    prop_assert_eq!(ts.peer, me);
+                    prop_assert_eq!(hlc.last(), ts);
+                    if remote.physical_ms <= bound {
                         prop_assert!(ts > remote);
-                        prop_assert!(ts.physical_ms >= now);
-                        prop_assert_eq!(ts.peer, me);
                         // Without a carry, the physical part is the max of the three.
                         if ts.logical != 0 || ts.physical_ms == now {
                             prop_assert_eq!(
                                 ts.physical_ms,
                                 before.last().physical_ms.max(remote.physical_ms).max(now)
                             );
+                        }
+                    } else {
+                        // Not dragged past the bound (a carry adds at most 1 ms).
+                        let limit = before.last().physical_ms.max(bound);
+                        prop_assert!(ts.physical_ms <= limit.saturating_add(1));
+                    }
+                }
+                Event::SendAfter(dt, logical, peer) => {
+                    let floor = HlcTimestamp::new(offset(now, dt), logical, peer);
+                    let bound = now.saturating_add(max_drift);
+                    match hlc.send_after_at(Some(&floor), now) {
+                        Ok(ts) => {
+                            prop_assert!(ts > floor);
+                            prop_assert!(ts > before.last());
+                            prop_assert!(ts.physical_ms >= now);
+                            prop_assert_eq!(ts.peer, me);
+                            // The clock never goes past the bound because of a floor.
+                            let limit = before.last().physical_ms.max(bound);
+                            prop_assert!(hlc.last().physical_ms <= limit.saturating_add(1));
+                            prop_assert!(hlc.last() > before.last());
+                        }
+                        Err(e) => {
+                            // Only a floor at the very end of the range has no successor.
+                            prop_assert_eq!(e, Error::ClockOverflow);
+                            prop_assert_eq!(floor.physical_ms, u64::MAX);
+                            prop_assert_eq!(&hlc, &before);
                         }
                     }
                 }

@@ -70,7 +70,10 @@ impl PhysicalClock for SystemClock {
 pub struct StoreConfig {
     /// Durability of writes.
     pub flush: FlushPolicy,
-    /// How far ahead of local time a remote version's timestamp may be.
+    /// How far ahead of local time a remote version's timestamp may move the
+    /// store's clock. A version further ahead is still merged (and keeps its
+    /// own timestamp); it only does not drag the clock, so later local writes
+    /// to other documents keep timestamps near local time.
     pub max_drift_ms: u64,
     /// Snapshots a subscription may have pending before the oldest are skipped.
     pub subscription_buffer: usize,
@@ -445,8 +448,10 @@ impl<B: Backend> Store<B> {
     }
 
     /// A fresh hybrid-logical-clock timestamp from the store's clock (the
-    /// server timestamp of seed 6). It is later than every timestamp the store
-    /// issued or merged before.
+    /// server timestamp of seed 6). It is later than every timestamp the clock
+    /// issued before and than every merged timestamp up to
+    /// [`StoreConfig::max_drift_ms`] ahead of local time (further ones are not
+    /// followed; see [`apply_remote`](Store::apply_remote)).
     pub fn now(&self) -> HlcTimestamp {
         let mut writer = lock(&self.writer);
         let clock = self.config.clock.clone();
@@ -972,7 +977,10 @@ impl<B: Backend> Store<B> {
         let mut changes = Vec::with_capacity(ops.len());
         for op in ops {
             let mut record = self.read_state(&txn, &op.collection, &op.id)?;
-            let ts = hlc.send(self.config.clock.as_ref())?;
+            // After everything this document holds, even a version from a peer
+            // whose clock runs far ahead: the write supersedes what it saw.
+            let floor = record.state.max_timestamp();
+            let ts = hlc.send_after(floor.as_ref(), self.config.clock.as_ref())?;
             let delta = match op.kind {
                 OpKind::Set {
                     fields,
@@ -1022,11 +1030,18 @@ impl<B: Backend> Store<B> {
     /// Merges a version received from a peer: the entry point replication calls.
     ///
     /// Checks, in order: the node decodes strictly; its signature, author and
-    /// timestamps are consistent ([`VersionNode::verify`]); its timestamp is not
-    /// too far ahead of local time ([`StoreError::Clock`]); every parent is
+    /// timestamps are consistent ([`VersionNode::verify`]); every parent is
     /// present ([`StoreError::MissingParents`] lists the ones to fetch first).
     /// Then the delta merges into the document's CRDT state, the heads advance,
     /// indexes and the Merkle index follow, and subscribers are told.
+    ///
+    /// **A version is never refused for its timestamp**, however far ahead of
+    /// (or behind) local time its author's clock was: merging is safe at any
+    /// time. A timestamp beyond [`StoreConfig::max_drift_ms`] moves the store's
+    /// clock only to that bound, and the version keeps its timestamp, so it
+    /// wins last-writer-wins conflicts against concurrent writes until the other
+    /// clocks pass it; a local write made after it still beats it (see
+    /// [`DocumentCrdt`]'s "Wrong clocks").
     pub fn apply_remote(&self, bytes: &[u8]) -> Result<ApplyOutcome, StoreError> {
         let cid = codec::cid_of_bytes(bytes);
         let node =
@@ -1429,9 +1444,7 @@ impl From<TypesError> for StoreError {
 impl From<ecomesh_crdt::Error> for StoreError {
     fn from(e: ecomesh_crdt::Error) -> Self {
         match e {
-            ecomesh_crdt::Error::ClockDrift { .. } | ecomesh_crdt::Error::ClockOverflow => {
-                StoreError::Clock(e.to_string())
-            }
+            ecomesh_crdt::Error::ClockOverflow => StoreError::Clock(e.to_string()),
             other => StoreError::InvalidArgument(other.to_string()),
         }
     }

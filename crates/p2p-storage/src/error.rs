@@ -66,7 +66,8 @@ pub enum StoreError {
     /// A version CID the store does not have.
     #[error("unknown version {0:?}")]
     UnknownVersion(ContentId),
-    /// The hybrid logical clock refused a timestamp (too far ahead) or overflowed.
+    /// The hybrid logical clock reached the end of its range (a timestamp is
+    /// never refused for being far ahead).
     #[error("clock: {0}")]
     Clock(String),
     /// A record could not be encoded.

@@ -74,9 +74,11 @@ impl<B: Backend> ReconcileStore for Store<B> {
             Ok(ApplyOutcome::Applied { .. }) => Ok(ApplyResult::Applied),
             Ok(ApplyOutcome::AlreadyPresent(_)) => Ok(ApplyResult::AlreadyPresent),
             Err(StoreError::MissingParents(missing)) => Ok(ApplyResult::MissingParents(missing)),
+            // A timestamp is never the sender's fault: a clock error here is
+            // this node's own clock at the end of its range, not invalid data,
+            // so it is not charged to the peer.
             Err(
                 e @ (StoreError::InvalidVersion { .. }
-                | StoreError::Clock(_)
                 | StoreError::InvalidArgument(_)
                 | StoreError::Encode(_)),
             ) => Ok(ApplyResult::Invalid(e.to_string())),

@@ -4,6 +4,7 @@
 mod common;
 
 use common::fields;
+use ecomesh_crdt::PhysicalClock;
 use ecomesh_p2p_storage::{ApplyOutcome, MemoryStore, StoreError, VersionNode};
 use ecomesh_types::{SetOptions, Value};
 
@@ -203,21 +204,102 @@ fn remote_versions_are_verified() {
     assert!(b.apply_remote(&[0xA1, 0x61]).is_err());
 }
 
+/// B's clock runs two hours ahead (the issue's `faketime -f '+2h'`): its
+/// versions are merged, not refused; A's clock is not dragged two hours ahead
+/// (its writes elsewhere keep timestamps near its own time); B's far-future
+/// write wins against A's concurrent one (the LWW trade-off), but a write A
+/// makes after seeing B's value, and a delete after seeing it, beat it on both.
 #[test]
-fn remote_timestamps_too_far_ahead_are_refused() {
-    let clock_a = common::clock();
+fn remote_versions_from_a_clock_far_ahead_are_merged_and_superseded_by_later_writes() {
+    const TWO_HOURS: u64 = 2 * 3_600_000;
+    let (clock_a, clock_b) = (common::clock(), common::clock());
+    clock_b.advance(TWO_HOURS);
     let a = MemoryStore::in_memory(common::identity(1), common::config(&clock_a)).unwrap();
-    let b = common::memory(2);
-    clock_a.advance(10 * 60 * 1000);
-    let w = a
-        .set("c", "d", fields(&[("x", 1.into())]), SetOptions::REPLACE)
+    let b = MemoryStore::in_memory(common::identity(2), common::config(&clock_b)).unwrap();
+    let local = common::clock().now_ms();
+
+    // Concurrent writes of the same field: B's (two hours ahead) wins on both.
+    a.set(
+        "c",
+        "d",
+        fields(&[("x", "from A".into())]),
+        SetOptions::MERGE,
+    )
+    .unwrap();
+    b.set(
+        "c",
+        "d",
+        fields(&[("x", "from B".into())]),
+        SetOptions::MERGE,
+    )
+    .unwrap();
+    sync(&a, &b);
+    sync(&b, &a);
+    for s in [&a, &b] {
+        let doc = s.get("c", "d").unwrap().unwrap();
+        assert_eq!(doc.fields.get("x"), Some(&Value::from("from B")));
+    }
+    assert_eq!(a.heads("c", "d").unwrap(), b.heads("c", "d").unwrap());
+
+    // A's clock moved at most the drift bound: a write to another document
+    // is stamped near A's own time, not two hours ahead.
+    let other = a
+        .set(
+            "c",
+            "other",
+            fields(&[("y", 1.into())]),
+            SetOptions::REPLACE,
+        )
         .unwrap();
-    let bytes = a
-        .version_bytes(w.version.as_ref().unwrap())
-        .unwrap()
+    let ts = other.timestamp.unwrap();
+    assert!(
+        ts.physical_ms <= local + 60_001,
+        "A's clock was dragged: {ts:?}"
+    );
+
+    // A edits the field after seeing B's value: A's edit wins everywhere.
+    let edit = a
+        .update("c", "d", fields(&[("x", "A saw B".into())]))
         .unwrap();
-    assert!(matches!(b.apply_remote(&bytes), Err(StoreError::Clock(_))));
+    assert!(edit.timestamp.unwrap().physical_ms >= local + TWO_HOURS);
+    sync(&a, &b);
+    for s in [&a, &b] {
+        let doc = s.get("c", "d").unwrap().unwrap();
+        assert_eq!(doc.fields.get("x"), Some(&Value::from("A saw B")));
+    }
+    // And A's clock is still near its own time afterwards.
+    let later = a.now();
+    assert!(
+        later.physical_ms <= local + 60_001,
+        "A's clock was dragged: {later:?}"
+    );
+
+    // A delete after seeing B's writes hides them on both.
+    b.update("c", "d", fields(&[("z", 3.into())])).unwrap();
+    sync(&b, &a);
+    a.delete("c", "d").unwrap();
+    copy_doc(&a, &b, "c", "d");
+    assert_eq!(a.get("c", "d").unwrap(), None);
     assert_eq!(b.get("c", "d").unwrap(), None);
+}
+
+/// A clock far behind: its versions merge, and its write after seeing a
+/// value wins even though its clock is a day behind the value's writer.
+#[test]
+fn a_clock_far_behind_still_supersedes_what_it_saw() {
+    let (clock_a, clock_b) = (common::clock(), common::clock());
+    clock_b.set(clock_b.now_ms() - 86_400_000);
+    let a = MemoryStore::in_memory(common::identity(1), common::config(&clock_a)).unwrap();
+    let b = MemoryStore::in_memory(common::identity(2), common::config(&clock_b)).unwrap();
+    a.set("c", "d", fields(&[("x", 1.into())]), SetOptions::REPLACE)
+        .unwrap();
+    sync(&a, &b);
+    b.update("c", "d", fields(&[("x", 2.into())])).unwrap();
+    sync(&b, &a);
+    for s in [&a, &b] {
+        let doc = s.get("c", "d").unwrap().unwrap();
+        assert_eq!(doc.fields.get("x"), Some(&Value::Integer(2)));
+    }
 }
 
 #[test]
