@@ -533,6 +533,36 @@ fn unacked_message_expires_with_its_ttl() {
     assert!(b.received().is_empty());
 }
 
+/// A peer whose clock runs two hours behind: its messages, straight from it,
+/// look expired by this node's clock (a 120 s TTL) but are delivered, and
+/// its acknowledgement comes back.
+#[test]
+fn direct_messages_from_a_clock_far_behind_are_not_expired() {
+    const TWO_HOURS: u64 = 2 * 3600 * 1000;
+    let (behind, b) = wired_pair();
+    let mut m = behind.msg(&b, "from the past", 0, 1);
+    m.ttl_secs = 120;
+    block_on(behind.mgr.send(b.pid(), m.clone(), Priority::Normal, 0)).unwrap();
+    block_on(b.mgr.process(TWO_HOURS));
+    assert_eq!(b.received(), vec![m.clone()]);
+    block_on(behind.mgr.process(1));
+    assert!(behind.has(|e| *e
+        == MeshEvent::Acked {
+            id: m.id,
+            by: b.pid()
+        }));
+    // The other way round: B (ahead) to the node behind.
+    let mut back = b.msg(&behind, "from the future", TWO_HOURS, 2);
+    back.ttl_secs = 120;
+    block_on(
+        b.mgr
+            .send(behind.pid(), back.clone(), Priority::Normal, TWO_HOURS),
+    )
+    .unwrap();
+    block_on(behind.mgr.process(2));
+    assert_eq!(behind.received(), vec![back]);
+}
+
 #[test]
 fn buffer_survives_a_restart() {
     let dir = Arc::new(Directory::default());
