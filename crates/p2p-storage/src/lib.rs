@@ -33,6 +33,7 @@ pub mod kv;
 mod p2p;
 mod reconcile;
 mod records;
+mod skew;
 mod subs;
 pub mod trie;
 mod txn;
@@ -48,3 +49,4 @@ pub use p2p::{
     PUSH_TYPE, RandomSource, ReplicatedView, SINCE_TYPE,
 };
 pub use records::{StateRecord, VERSION_SIGNATURE_DOMAIN, VersionNode};
+pub use skew::{ClockReport, OwnClock, PeerClock};

@@ -22,7 +22,13 @@
 //! `ecomesh/push`, `ecomesh/fetch` and `ecomesh/fetched` types, with a short TTL
 //! (they are not worth storing and forwarding for days: anti-entropy catches up).
 //! A peer that sends a version failing verification, or a frame that does not
-//! decode, is charged an integrity failure in the mesh's reputation table.
+//! decode, is charged an integrity failure in the mesh's reputation table. A
+//! version is never refused for its timestamp, so a peer whose clock is wrong
+//! replicates normally and is not charged; the adapter estimates each peer's
+//! clock offset from the send times of its messages and reports it
+//! ([`P2PStorageAdapter::clock_report`], logged once per peer when it exceeds
+//! [`P2PConfig::clock_tolerance_ms`]), with a verdict on this node's own clock
+//! when most peers disagree with it the same way.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
@@ -48,6 +54,7 @@ use ecomesh_wire::Limits;
 
 use crate::Store;
 use crate::kv::Backend;
+use crate::skew::{ClockReport, ClockSkew};
 
 /// Mesh message type of anti-entropy frames.
 pub const AE_TYPE: &str = "ecomesh/ae";
@@ -246,6 +253,11 @@ pub struct P2PConfig {
     pub reach: ReachPolicy,
     /// How this node relates to a peer (own device, family, ...), for reach.
     pub trust: Arc<dyn Fn(&PeerId) -> Trust + Send + Sync>,
+    /// A peer whose clock is estimated to be further than this from this
+    /// node's, in milliseconds, is reported as skewed (see
+    /// [`P2PStorageAdapter::clock_report`]). Reporting only: replication does
+    /// not depend on clocks.
+    pub clock_tolerance_ms: u64,
 }
 
 impl Default for P2PConfig {
@@ -265,6 +277,7 @@ impl Default for P2PConfig {
             local_prefix: "_".to_owned(),
             reach: ReachPolicy::new(Reach::Commons),
             trust: Arc::new(|_: &PeerId| Trust::Stranger),
+            clock_tolerance_ms: 60_000,
         }
     }
 }
@@ -443,6 +456,8 @@ struct Driver<B: Backend> {
     /// Delta requests awaiting their page: peer -> when asked.
     since_asked: BTreeMap<PeerId, u64>,
     stats: P2PStats,
+    /// Peers' clock offsets, from the send times of their messages.
+    clocks: ClockSkew,
 }
 
 /// The store replicated over a [`MultiTransportManager`] (see the module docs).
@@ -638,6 +653,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             }
         }));
         let stream: SharedStream = Arc::default();
+        let clocks = ClockSkew::new(config.clock_tolerance_ms);
         let view = Arc::new(ReplicatedView {
             store: store.clone(),
             local_prefix: config.local_prefix.clone(),
@@ -663,6 +679,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
                 last_sync: BTreeMap::new(),
                 since_asked: BTreeMap::new(),
                 stats: P2PStats::default(),
+                clocks,
             }),
             waker: Mutex::new(None),
             random: Mutex::new(None),
@@ -757,6 +774,15 @@ impl<B: Backend> P2PStorageAdapter<B> {
         let mut s = lock(&self.driver).stats.clone();
         s.dropped_events = lock(&self.inbox).1;
         s
+    }
+
+    /// How far each peer's clock is from this node's, estimated from the send
+    /// times of the messages it sent straight here, and whether this node's
+    /// own clock looks wrong (ahead of or behind most of its peers). A skewed
+    /// peer replicates normally; the report says why its writes win (clock
+    /// ahead) or lose (behind) last-writer-wins conflicts with concurrent ones.
+    pub fn clock_report(&self) -> ClockReport {
+        lock(&self.driver).clocks.report()
     }
 
     /// Anti-entropy sessions in progress.
@@ -1321,7 +1347,11 @@ impl<B: Backend> P2PStorageAdapter<B> {
                         d.last_sync.remove(&p);
                         d.since_asked.remove(&p);
                     }
-                    MeshEvent::Message { message, .. } => {
+                    MeshEvent::Message { message, from, .. } => {
+                        // Straight from its sender: its send time tells its clock.
+                        if message.hop_count == 0 && message.sender == from {
+                            d.clocks.observe(from, message.timestamp_ms, now_ms);
+                        }
                         self.on_message(&mut d, message, now_ms);
                     }
                     MeshEvent::Acked { id, by } => {

@@ -10,6 +10,12 @@
 //!   `Ok`) in a replicated collection is present on every node;
 //! - no write in a local collection (`_private`) ever leaves its node.
 //!
+//! Clocks: in every odd seed each node's clock is off true time by an offset
+//! drawn from 0, ±5 min, ±2 h and ±1 day, and halfway through one node's clock
+//! jumps backwards (by 2 h or a day); replicas must converge all the same.
+//! `wrong_clocks_converge_and_are_reported` runs six nodes with each of the
+//! six offsets and checks the clock reports too.
+//!
 //! `ECOMESH_SIM_SEEDS` (default 40), `ECOMESH_SIM_NODES` (default 3),
 //! `ECOMESH_SIM_STEPS` (default 60) and `ECOMESH_SIM_SEED` (run one seed)
 //! tune it; `cargo xtask sim --seeds N --nodes M` sets them. A failing seed
@@ -20,7 +26,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 
@@ -29,7 +35,7 @@ use ecomesh_mesh::ack::PendingAcks;
 use ecomesh_mesh::buffer::StoreBuffer;
 use ecomesh_mesh::{MeshConfig, MultiTransportManager};
 use ecomesh_p2p_storage::kv::MemoryBackend;
-use ecomesh_p2p_storage::{P2PConfig, P2PStats, P2PStorageAdapter, Store, StoreConfig};
+use ecomesh_p2p_storage::{OwnClock, P2PConfig, P2PStats, P2PStorageAdapter, Store, StoreConfig};
 use ecomesh_replication::queue::SyncQueue;
 use ecomesh_replication::stream::DurableStream;
 use ecomesh_types::{
@@ -256,8 +262,27 @@ struct SimNode {
     queue_dir: Option<tempfile::TempDir>,
     /// A durable stream's directory (delta sync), kept across crashes.
     stream_dir: Option<tempfile::TempDir>,
+    /// This node's clock minus true time, in ms (changed to make it jump).
+    offset: Arc<AtomicI64>,
     live: Option<Live>,
 }
+
+impl SimNode {
+    /// This node's clock reading at true time `now`.
+    fn clock_at(&self, now: u64) -> u64 {
+        now.saturating_add_signed(self.offset.load(Ordering::SeqCst))
+    }
+}
+
+/// The clock offsets of the issue: ±5 min, ±2 h, ±1 day.
+const OFFSETS: [i64; 6] = [
+    5 * 60_000,
+    -5 * 60_000,
+    2 * 3_600_000,
+    -2 * 3_600_000,
+    86_400_000,
+    -86_400_000,
+];
 
 struct Sim {
     net: SharedNet,
@@ -291,6 +316,7 @@ impl Sim {
                     // One seed in four keeps streams, so delta sync runs beside
                     // anti-entropy through partitions and crashes.
                     stream_dir: seed.is_multiple_of(4).then(|| tempfile::tempdir().unwrap()),
+                    offset: Arc::new(AtomicI64::new(0)),
                     live: None,
                 }
             })
@@ -344,8 +370,12 @@ impl Sim {
     fn start(&mut self, i: usize) {
         let clock = self.clock.clone();
         let node = &mut self.nodes[i];
-        let config =
-            StoreConfig::default().with_clock(Arc::new(move || clock.load(Ordering::SeqCst)));
+        let offset = node.offset.clone();
+        let config = StoreConfig::default().with_clock(Arc::new(move || {
+            clock
+                .load(Ordering::SeqCst)
+                .saturating_add_signed(offset.load(Ordering::SeqCst))
+        }));
         let store = Arc::new(
             Store::with_backend(node.backend.clone(), node.identity.clone(), config).unwrap(),
         );
@@ -408,6 +438,7 @@ impl Sim {
         let now = self.now();
         let mut work = deliver(&self.net);
         for node in &mut self.nodes {
+            let now = node.clock_at(now);
             if let Some(l) = &node.live {
                 work += block_on(l.mesh.process(now));
                 work += block_on(l.p2p.process(now));
@@ -465,11 +496,58 @@ struct Params {
     steps: usize,
 }
 
-/// One schedule; `Err` describes the violated property.
+/// One schedule, wrong clocks in odd seeds; `Err` describes the violated property.
 fn run(seed: u64, p: &Params) -> Result<String, String> {
+    // Odd seeds: wrong clocks (drawn from their own RNG, so the schedule of
+    // writes and faults stays that of the seed).
+    let plan = (seed % 2 == 1).then(|| {
+        let mut r = Rng(seed ^ 0xc10c);
+        let offsets = (0..p.nodes)
+            .map(|_| {
+                let k = r.below(OFFSETS.len() as u64 + 1) as usize;
+                OFFSETS.get(k).copied().unwrap_or(0)
+            })
+            .collect();
+        let jumper = r.below(p.nodes as u64) as usize;
+        let back = if r.chance(500) {
+            2 * 3_600_000
+        } else {
+            86_400_000
+        };
+        ClockPlan {
+            offsets,
+            jump: (jumper, back),
+        }
+    });
+    schedule(seed, p, plan.as_ref()).map(|(_, summary)| summary)
+}
+
+/// Wrong clocks for a schedule: each node's offset from true time, and one
+/// node whose clock jumps back by so many ms halfway through.
+struct ClockPlan {
+    offsets: Vec<i64>,
+    jump: (usize, i64),
+}
+
+/// One schedule; `Err` describes the violated property.
+fn schedule(seed: u64, p: &Params, clocks: Option<&ClockPlan>) -> Result<(Sim, String), String> {
     let mut sim = Sim::new(seed, p.nodes);
     let n = p.nodes;
-    for _ in 0..p.steps {
+    if let Some(plan) = clocks {
+        for (node, off) in sim.nodes.iter().zip(&plan.offsets) {
+            node.offset.store(*off, Ordering::SeqCst);
+        }
+    }
+    for step in 0..p.steps {
+        if step == p.steps / 2
+            && let Some(ClockPlan {
+                jump: (i, back), ..
+            }) = clocks
+        {
+            // One node's clock jumps backwards mid-run (NTP fixing it, a
+            // battery swap...).
+            sim.nodes[*i].offset.fetch_sub(*back, Ordering::SeqCst);
+        }
         match sim.rng.below(100) {
             0..=44 => sim.write(),
             45..=52 => {
@@ -592,12 +670,13 @@ fn run(seed: u64, p: &Params) -> Result<String, String> {
             }
         }
     }
-    Ok(format!(
+    let summary = format!(
         "{} writes ({} local), converged at +{} ms",
         sim.acked.len() + sim.private.len(),
         sim.private.len(),
         sim.now() - 1_800_000_000_000
-    ))
+    );
+    Ok((sim, summary))
 }
 
 /// Every version in a node's stream, read page by page.
@@ -656,6 +735,81 @@ fn simulated_networks_converge_after_healing() {
         seeds.len(),
         p.nodes,
         p.steps,
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failing seeds: {failures:?}");
+}
+
+/// Six nodes whose clocks are +5 min, -5 min, +2 h, -2 h, +1 day and -1 day
+/// off, the first jumping back a day halfway: every acknowledged write reaches
+/// every node (checked by `schedule`), and once every pair has resynced every
+/// node reports the other nodes' offsets as they are (never more, at most a
+/// few seconds less: the time a message is in flight), skewed beyond the 60 s
+/// tolerance.
+#[test]
+fn wrong_clocks_converge_and_are_reported() {
+    let p = Params {
+        nodes: OFFSETS.len(),
+        steps: env("ECOMESH_SIM_STEPS", 60) as usize,
+    };
+    let base = env("ECOMESH_SIM_BASE", 0);
+    let seeds = base..base + env("ECOMESH_SIM_CLOCK_SEEDS", 10);
+    let plan = ClockPlan {
+        offsets: OFFSETS.to_vec(),
+        jump: (0, 86_400_000),
+    };
+    let mut failures = Vec::new();
+    for seed in seeds.clone() {
+        let mut sim = match schedule(seed, &p, Some(&plan)) {
+            Ok((sim, _)) => sim,
+            Err(why) => {
+                eprintln!("seed {seed} FAILED: {why}");
+                failures.push(seed);
+                continue;
+            }
+        };
+        // Past a resync interval, so every pair has exchanged fresh messages
+        // (convergence may have come through other nodes, or from messages
+        // held during a partition and sent late).
+        run_for(&mut sim, 3 * 60_000);
+        let offset = |i: usize| sim.nodes[i].offset.load(Ordering::SeqCst);
+        // The day-ahead and day-behind nodes learn that their own clocks look wrong.
+        let own = |i: usize| sim.nodes[i].live.as_ref().unwrap().p2p.clock_report().own;
+        if !matches!(own(4), OwnClock::Ahead { by_ms } if by_ms > 3_600_000)
+            || !matches!(own(5), OwnClock::Behind { by_ms } if by_ms > 3_600_000)
+        {
+            eprintln!(
+                "seed {seed}: own clocks judged {:?} and {:?}",
+                own(4),
+                own(5)
+            );
+            failures.push(seed);
+        }
+        // The node that jumped is left out: its older samples may still count.
+        for i in 1..p.nodes {
+            let report = sim.nodes[i].live.as_ref().unwrap().p2p.clock_report();
+            for j in (1..p.nodes).filter(|j| *j != i) {
+                let peer = sim.nodes[j].identity.peer_id();
+                let truth = offset(j) - offset(i);
+                let Some(seen) = report.peers.iter().find(|c| c.peer == peer) else {
+                    eprintln!("seed {seed}: node {i} has no clock estimate for node {j}");
+                    failures.push(seed);
+                    continue;
+                };
+                if seen.skew_ms > truth || seen.skew_ms < truth - 5_000 || !seen.skewed {
+                    eprintln!(
+                        "seed {seed}: node {i} sees node {j} at {} ms (skewed: {}), truth {truth} ms",
+                        seen.skew_ms, seen.skewed
+                    );
+                    failures.push(seed);
+                }
+            }
+        }
+    }
+    eprintln!(
+        "wrong clocks: {} seeds x {} nodes, {} failed",
+        seeds.count(),
+        p.nodes,
         failures.len()
     );
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
