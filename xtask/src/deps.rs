@@ -66,6 +66,11 @@ const APT_PACKAGES: &[AptPackage] = &[
         probe: Probe::Command("ip"),
         why: "network tests run in namespaces they create (`ip netns`), e.g. the mDNS test",
     },
+    AptPackage {
+        package: "faketime",
+        probe: Probe::Command("faketime"),
+        why: "the node CLI test of a peer whose clock is 2 h off runs it under `faketime -f '+2h'`",
+    },
 ];
 
 /// A cargo subcommand and the crate that provides it.

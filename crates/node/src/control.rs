@@ -205,6 +205,30 @@ pub struct Status {
     pub stream_head: u64,
     /// Seconds since the node started.
     pub uptime_secs: u64,
+    /// Each peer's clock offset from this node's, as estimated from its messages.
+    #[serde(default)]
+    pub clocks: Vec<ClockRow>,
+    /// This node's own clock against its peers': `unknown` (fewer than two
+    /// peers to compare with), `ok`, or `ahead`/`behind` when more than half of
+    /// them (at least two) disagree with it the same way.
+    #[serde(default)]
+    pub own_clock: String,
+    /// How far off this node's clock looks, in ms (0 unless `own_clock` is
+    /// `ahead` or `behind`).
+    #[serde(default)]
+    pub own_clock_off_ms: u64,
+}
+
+/// A peer's clock as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockRow {
+    /// The peer.
+    pub peer_id: String,
+    /// Its clock minus this node's, in ms (positive: the peer's clock is ahead).
+    pub skew_ms: i64,
+    /// Whether the offset is beyond the tolerance (60 s): the peer's writes win
+    /// (ahead) or lose (behind) last-writer-wins conflicts with concurrent writes.
+    pub skewed: bool,
 }
 
 /// A blob.

@@ -23,7 +23,7 @@ use ecomesh_mesh::buffer::StoreBuffer;
 use ecomesh_mesh::{MAX_LEARNED_KEYS, MeshConfig, MeshEvent, MultiTransportManager, SendOutcome};
 use ecomesh_p2p_storage::blobs::{BlobService, BlobServiceConfig, BlobStore};
 use ecomesh_p2p_storage::kv::SledBackend;
-use ecomesh_p2p_storage::{P2PConfig, P2PStorageAdapter, SledStore, StoreConfig};
+use ecomesh_p2p_storage::{OwnClock, P2PConfig, P2PStorageAdapter, SledStore, StoreConfig};
 use ecomesh_replication::blob::{BlobId, ManifestLimits};
 use ecomesh_replication::queue::SyncQueue;
 use ecomesh_replication::stream::{DurableStream, EventKind, MAX_DELTA, Source};
@@ -42,8 +42,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
 use crate::control::{
-    BlobRow, ChangeRow, DocRow, InboxRow, MAX_REQUEST, MAX_TEXT, OutboxRow, PeerRow, Request,
-    Response, Status,
+    BlobRow, ChangeRow, ClockRow, DocRow, InboxRow, MAX_REQUEST, MAX_TEXT, OutboxRow, PeerRow,
+    Request, Response, Status,
 };
 use crate::paths::DataDir;
 
@@ -527,6 +527,7 @@ impl Node {
         let outbox = self.outbox()?;
         let delivered = outbox.iter().filter(|m| m.status == "delivered").count();
         let root = self.store.root_cid()?;
+        let clocks = self.p2p.clock_report();
         Ok(Status {
             peer_id: self.identity.peer_id().to_string(),
             data_dir: self.data.root().display().to_string(),
@@ -566,6 +567,26 @@ impl Node {
                 .unwrap_or_default(),
             uptime_secs: self.started.elapsed().as_secs(),
             stream_head: self.p2p.stream_head(),
+            clocks: clocks
+                .peers
+                .iter()
+                .map(|c| ClockRow {
+                    peer_id: c.peer.to_string(),
+                    skew_ms: c.skew_ms,
+                    skewed: c.skewed,
+                })
+                .collect(),
+            own_clock: match clocks.own {
+                OwnClock::Ahead { .. } => "ahead",
+                OwnClock::Behind { .. } => "behind",
+                OwnClock::Agrees => "ok",
+                _ => "unknown",
+            }
+            .to_owned(),
+            own_clock_off_ms: match clocks.own {
+                OwnClock::Ahead { by_ms } | OwnClock::Behind { by_ms } => by_ms,
+                _ => 0,
+            },
         })
     }
 

@@ -486,10 +486,37 @@ fn run(cli: Cli) -> Result<()> {
                 out(format!("replicated  {}", s.replicated_root));
                 out(format!("stream      {} versions", s.stream_head));
                 out(format!("uptime      {} s", s.uptime_secs));
+                for c in s.clocks.iter().filter(|c| c.skewed) {
+                    out(format!(
+                        "clock skew  peer {} is {} {} (its writes {} last-writer-wins conflicts)",
+                        c.peer_id,
+                        duration(c.skew_ms.unsigned_abs()),
+                        if c.skew_ms > 0 { "ahead" } else { "behind" },
+                        if c.skew_ms > 0 { "win" } else { "lose" },
+                    ));
+                }
+                match s.own_clock.as_str() {
+                    "ahead" | "behind" => out(format!(
+                        "own clock   looks wrong: {} {} of most peers",
+                        duration(s.own_clock_off_ms),
+                        s.own_clock
+                    )),
+                    other => out(format!("own clock   {other}")),
+                }
                 Ok(())
             }
             other => unexpected(&other),
         },
+    }
+}
+
+/// `7_200_000` -> `"2h 0m 0s"`.
+fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{}.{:03}s", s, ms % 1000),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m {}s", s / 3600, (s / 60) % 60, s % 60),
     }
 }
 

@@ -61,6 +61,9 @@ struct Node {
     log: PathBuf,
     child: Option<Child>,
     runs: u32,
+    /// The node runs under a wrapper (faketime) that forks it: signals go to
+    /// the wrapper's child, the node itself.
+    wrapped: bool,
 }
 
 impl Node {
@@ -74,6 +77,7 @@ impl Node {
                 data,
                 child: None,
                 runs: 0,
+                wrapped: false,
             },
             id,
         )
@@ -87,6 +91,12 @@ impl Node {
 
     /// [`start`](Self::start) with extra environment variables.
     fn start_with_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> String {
+        self.start_under(&[], extra, env)
+    }
+
+    /// [`start_with_env`](Self::start_with_env), the binary run by `wrapper`
+    /// (a command and its arguments, e.g. `faketime -f +2h`) when not empty.
+    fn start_under(&mut self, wrapper: &[&str], extra: &[&str], env: &[(&str, &str)]) -> String {
         self.runs += 1;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -94,7 +104,15 @@ impl Node {
             .open(&self.log)
             .unwrap();
         writeln!(&log, "---- run {} ----", self.runs).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ecomesh"))
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_ecomesh"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_ecomesh")),
+        };
+        let child = command
             .arg("--data")
             .arg(&self.data)
             .args(["node", "--no-mdns", "--keepalive", "1", "--redial-max", "1"])
@@ -106,14 +124,34 @@ impl Node {
             .spawn()
             .unwrap();
         self.child = Some(child);
+        self.wrapped = !wrapper.is_empty();
         let data = self.data.clone();
         wait_for("the node's control socket", || {
             try_json(&data, &["status"]).map(|s| s["listen"].as_str().unwrap_or("").to_owned())
         })
     }
 
+    /// The pid of the node process: the child, or the wrapper's child.
+    fn node_pid(&self, child: &Child) -> String {
+        let pid = child.id();
+        if !self.wrapped {
+            return pid.to_string();
+        }
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .next()
+            .unwrap_or_else(|| panic!("wrapper {pid} has no child"))
+            .to_owned()
+    }
+
     fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
+            if self.wrapped {
+                let pid = self.node_pid(&c);
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
             c.kill().unwrap();
             c.wait().unwrap();
         }
@@ -121,7 +159,7 @@ impl Node {
 
     fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let pid = c.id().to_string();
+            let pid = self.node_pid(&c);
             assert!(
                 Command::new("kill")
                     .args(["-TERM", &pid])
@@ -323,6 +361,125 @@ fn texts_are_delivered_and_survive_crashes_by_store_and_forward() {
     assert_eq!(a.status()["delivered"], 2);
     a.terminate();
     b.terminate();
+}
+
+/// The issue's experiment (issue 14): node B's clock runs two hours ahead
+/// (`faketime -f +2h`, the monotonic clock left real). Both documents reach
+/// both nodes, B is not charged for its timestamps, `status` names the skew on
+/// both sides, and A's edit after seeing B's far-future value wins on both.
+#[test]
+fn a_node_whose_clock_is_two_hours_ahead_converges_and_is_reported() {
+    const TWO_HOURS_MS: i64 = 2 * 3_600_000;
+    let have_faketime = Command::new("faketime")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !have_faketime {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "faketime is missing (install it with `cargo xtask deps`)"
+        );
+        eprintln!("SKIPPED: faketime is not installed (`cargo xtask deps` installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, ida) = Node::init(dir.path(), "a");
+    let (mut b, idb) = Node::init(dir.path(), "b");
+    let addr_a = a.start(&["--listen", "127.0.0.1:0"]);
+    b.start_under(
+        &["faketime", "-f", "+2h"],
+        &["--listen", "127.0.0.1:0", "--peer", &addr_a],
+        &[("FAKETIME_DONT_FAKE_MONOTONIC", "1")],
+    );
+    wait_for("a and b to see each other", || {
+        (a.peers() == [idb.clone()] && b.peers() == [ida.clone()]).then_some(())
+    });
+    // B's daemon really runs two hours ahead: its write carries its clock.
+    let w = ok_json(&b.data, &["doc", "put", "notes", "skew", r#"{"by":"B"}"#]);
+    assert!(w["version"].is_string());
+    let start = Instant::now();
+    ok_json(&a.data, &["doc", "put", "notes", "fromA", r#"{"by":"A"}"#]);
+    wait_for("both documents on both nodes", || {
+        [&a, &b]
+            .iter()
+            .all(|n| {
+                n.doc_fields("notes", "skew").is_some() && n.doc_fields("notes", "fromA").is_some()
+            })
+            .then_some(())
+    });
+    let converged = start.elapsed();
+    eprintln!(
+        "both documents on both nodes {} ms after the writes",
+        converged.as_millis()
+    );
+    assert_eq!(
+        a.doc_fields("notes", "skew").unwrap(),
+        serde_json::json!({"by": "B"})
+    );
+    assert_eq!(
+        b.doc_fields("notes", "fromA").unwrap(),
+        serde_json::json!({"by": "A"})
+    );
+
+    // Each side names the other's clock, about two hours off.
+    let skew_seen = |n: &Node, of: &str| {
+        n.status()["clocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["peer_id"] == of && c["skewed"] == true)
+            .map(|c| c["skew_ms"].as_i64().unwrap())
+    };
+    let at_a = wait_for("a to report b's clock", || skew_seen(&a, &idb));
+    let at_b = wait_for("b to report a's clock", || skew_seen(&b, &ida));
+    assert!(
+        (TWO_HOURS_MS - 60_000..=TWO_HOURS_MS + 1_000).contains(&at_a),
+        "a sees b's clock {at_a} ms off"
+    );
+    assert!(
+        (-TWO_HOURS_MS - 60_000..=-TWO_HOURS_MS + 1_000).contains(&at_b),
+        "b sees a's clock {at_b} ms off"
+    );
+    let text = ecomesh(&a.data, &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("clock skew  peer {idb} is 2h 0m"))
+            || text.contains(&format!("clock skew  peer {idb} is 1h 59m")),
+        "status text does not name the skew:\n{text}"
+    );
+
+    // A edits B's document after seeing it: A's edit wins on both, although
+    // B's version carries a timestamp two hours ahead of A's clock.
+    ok_json(
+        &a.data,
+        &[
+            "doc",
+            "put",
+            "notes",
+            "skew",
+            r#"{"by":"A after B"}"#,
+            "--merge",
+        ],
+    );
+    wait_for("a's later edit on both nodes", || {
+        [&a, &b]
+            .iter()
+            .all(|n| n.doc_fields("notes", "skew") == Some(serde_json::json!({"by": "A after B"})))
+            .then_some(())
+    });
+    a.terminate();
+    b.terminate();
+    // Nobody was charged for a timestamp.
+    for log in [&a.log, &b.log] {
+        let log = std::fs::read_to_string(log).unwrap();
+        assert!(
+            !log.contains("invalid replication data"),
+            "a peer was charged:\n{log}"
+        );
+        assert!(!log.contains("clock:"), "a clock error:\n{log}");
+    }
 }
 
 #[test]
