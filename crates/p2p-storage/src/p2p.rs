@@ -85,6 +85,22 @@ pub struct ReplicatedView<B: Backend> {
     relation: Option<Relation>,
     /// Where a version merged from the peer is positioned, when the node keeps a stream.
     stream: SharedStream,
+    /// Versions newly merged from peers, to be pushed on (see [`TakenIn`]).
+    taken_in: Arc<Mutex<TakenIn>>,
+}
+
+/// Most versions waiting to be pushed on; beyond it the rest of a burst (a
+/// long catch-up by anti-entropy) is left to a reconciliation with the peers.
+const MAX_TAKEN_IN: usize = 1024;
+
+/// Versions this node took in from peers (by push, fetch, delta sync or
+/// anti-entropy) since the driver last looked, each with the peer it came
+/// from, so the driver pushes them on to the peers that may lack them.
+#[derive(Default)]
+struct TakenIn {
+    versions: VecDeque<(ContentId, PeerId)>,
+    /// More arrived than [`MAX_TAKEN_IN`] could hold.
+    overflowed: bool,
 }
 
 impl<B: Backend> std::fmt::Debug for ReplicatedView<B> {
@@ -186,6 +202,13 @@ impl<B: Backend> ReconcileStore for ReplicatedView<B> {
                     && let Some(r) = &self.relation
                 {
                     record_in_stream(&self.stream, bytes, Source::Remote(r.peer));
+                    let mut t = lock(&self.taken_in);
+                    if t.versions.len() < MAX_TAKEN_IN {
+                        t.versions
+                            .push_back((crate::codec::cid_of_bytes(bytes), r.peer));
+                    } else {
+                        t.overflowed = true;
+                    }
                 }
                 Ok(result)
             }
@@ -306,8 +329,11 @@ pub struct P2PStats {
     pub versions_merged: u64,
     /// Versions or frames refused from peers (charged to them).
     pub rejected: u64,
-    /// Versions pushed to peers.
+    /// Versions pushed to peers (one per partner).
     pub versions_pushed: u64,
+    /// Of those, pushes of versions taken in from a peer and passed on to
+    /// another (relays along a chain of replicas).
+    pub versions_relayed: u64,
     /// Mesh events dropped because the inbox was full.
     pub dropped_events: u64,
     /// Versions sent to peers in answer to "changes since position N".
@@ -660,6 +686,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             reach: Arc::new(config.reach.clone()),
             relation: None,
             stream: stream.clone(),
+            taken_in: Arc::default(),
         });
         P2PStorageAdapter {
             store,
@@ -821,6 +848,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             reach: self.view.reach.clone(),
             relation: Some(Relation::new(peer, (self.config.trust)(&peer))),
             stream: self.stream.clone(),
+            taken_in: self.view.taken_in.clone(),
         })
     }
 
@@ -1009,7 +1037,44 @@ impl<B: Backend> P2PStorageAdapter<B> {
             record_in_stream(&self.stream, &bytes, Source::Local);
         }
         let seq = self.enqueue(cid, tombstone);
-        self.push_version(d, cid, seq, &BTreeSet::new(), None);
+        self.push_version(d, cid, seq, &BTreeSet::new(), None, &BTreeSet::new());
+    }
+
+    /// Pushes on the versions taken in from peers since the last call: each
+    /// to its partners among the connected peers, except the peer it came
+    /// from and its author, which hold it. A version is taken in (newly
+    /// stored) once, so this node pushes it on once, to each partner at most
+    /// once. When more arrived than could be remembered (a long catch-up),
+    /// this node reconciles with its other peers instead.
+    fn relay_taken_in(&self, d: &mut Driver<B>) {
+        let (versions, overflowed) = {
+            let mut t = lock(&self.view.taken_in);
+            (
+                std::mem::take(&mut t.versions),
+                std::mem::take(&mut t.overflowed),
+            )
+        };
+        for (cid, from) in versions {
+            let mut skip = BTreeSet::from([from]);
+            if let Ok(Some(bytes)) = self.store.version_bytes(&cid)
+                && let Ok(node) = ecomesh_wire::decode::<crate::VersionNode>(&bytes)
+            {
+                skip.insert(node.timestamp.peer);
+            }
+            let sent = self.push_version(d, &cid, None, &BTreeSet::new(), None, &skip);
+            d.stats.versions_relayed += sent as u64;
+        }
+        if overflowed {
+            tracing::debug!(
+                "more versions taken in than remembered; reconciling with every peer instead"
+            );
+            let peers: Vec<PeerId> = self.mesh.peers().iter().map(|p| p.peer_id).collect();
+            for p in peers {
+                if !d.sessions.get(&p).is_some_and(AeSession::active) {
+                    self.start_session(d, p);
+                }
+            }
+        }
     }
 
     fn enqueue(&self, cid: &ContentId, tombstone: bool) -> Option<u64> {
@@ -1042,7 +1107,8 @@ impl<B: Backend> P2PStorageAdapter<B> {
     }
 
     /// Pushes version `cid` to partners that have not acknowledged it yet
-    /// (only to `only` when given).
+    /// (only to `only` when given), never to the peers in `skip` (known to
+    /// hold it already). Returns how many pushes were queued.
     fn push_version(
         &self,
         d: &mut Driver<B>,
@@ -1050,17 +1116,18 @@ impl<B: Backend> P2PStorageAdapter<B> {
         seq: Option<u64>,
         acked: &BTreeSet<PeerId>,
         only: Option<PeerId>,
-    ) {
+        skip: &BTreeSet<PeerId>,
+    ) -> usize {
         let bytes = match self.view.version_bytes(cid) {
             Ok(Some(b)) => b,
-            Ok(None) => return, // gone, or a local collection
+            Ok(None) => return 0, // gone, or a local collection
             Err(e) => {
                 tracing::error!(error = %e, "version written but unreadable");
-                return;
+                return 0;
             }
         };
         let Some((collection, id)) = ReplicatedView::<B>::document_of(&bytes) else {
-            return;
+            return 0;
         };
         // Partners by the replication policy (proximity, diversity, reputation,
         // pins), among the connected peers the document's reach admits.
@@ -1068,7 +1135,11 @@ impl<B: Backend> P2PStorageAdapter<B> {
             .mesh
             .peers()
             .iter()
-            .filter(|p| !acked.contains(&p.peer_id) && only.is_none_or(|o| o == p.peer_id))
+            .filter(|p| {
+                !acked.contains(&p.peer_id)
+                    && !skip.contains(&p.peer_id)
+                    && only.is_none_or(|o| o == p.peer_id)
+            })
             .filter(|p| self.view_for(p.peer_id).document_visible(&collection, &id))
             .map(Candidate::from_peer_info)
             .collect();
@@ -1079,7 +1150,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
         let factor = self.config.replication.factor_for(&collection);
         let missing = (factor as usize).saturating_sub(acked.len());
         if missing == 0 {
-            return;
+            return 0;
         }
         let chosen = select_partners(
             u32::try_from(missing).unwrap_or(factor),
@@ -1089,6 +1160,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             &candidates,
             &self.config.pins,
         );
+        let sent = chosen.partners.len();
         for p in chosen.partners {
             d.stats.versions_pushed += 1;
             d.outbox.push_back(Outgoing {
@@ -1098,6 +1170,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
                 seq,
             });
         }
+        sent
     }
 
     /// Asks `peer` for its changes after the position this node last read,
@@ -1384,6 +1457,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
                     self.start_session(&mut d, p);
                 }
             }
+            self.relay_taken_in(&mut d);
             let mut expired = Vec::new();
             for (id, f) in &mut d.fetches {
                 match f.deadline_ms {
@@ -1494,7 +1568,14 @@ impl<B: Backend> P2PStorageAdapter<B> {
                 continue;
             };
             if !item.acked_by.contains(&peer) {
-                self.push_version(d, version, Some(item.seq), &item.acked_by, Some(peer));
+                self.push_version(
+                    d,
+                    version,
+                    Some(item.seq),
+                    &item.acked_by,
+                    Some(peer),
+                    &BTreeSet::new(),
+                );
             }
         }
     }
