@@ -7,6 +7,10 @@
 //!   and return at once; each new version node is pushed in the background
 //!   to up to the collection's replication factor of connected partners,
 //!   chosen by [`select_partners`] among the peers the document's reach admits.
+//! - A version newly taken in from a peer (push, fetch, delta page or
+//!   anti-entropy) is pushed on the same way to partners other than the peer
+//!   it came from and its author, so changes cross a chain of replicas hop by
+//!   hop in both directions instead of waiting for anti-entropy at each hop.
 //! - Queries and subscriptions are local; subscriptions fire when remote
 //!   versions merge, because merging goes through the store.
 //! - On every new connection, and again every `resync_interval_ms`, the peer

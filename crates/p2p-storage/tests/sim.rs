@@ -1138,8 +1138,18 @@ fn a_reconnecting_peer_catches_up_from_its_stream_position() {
 /// anti-entropy sessions are over before the writes.
 #[test]
 fn a_write_crosses_a_line_of_replicas_in_both_directions_within_seconds() {
+    line_of_replicas(31, false);
+}
+
+/// The same with a sync queue and a stream on every node, as the node binary runs.
+#[test]
+fn a_write_crosses_a_line_of_replicas_with_queues_and_streams() {
+    line_of_replicas(32, true);
+}
+
+fn line_of_replicas(seed: u64, durable: bool) {
     const N: usize = 8;
-    let mut sim = Sim::new(31, N);
+    let mut sim = Sim::new(seed, N);
     {
         let mut n = sim.net.lock().unwrap();
         n.loss = 0;
@@ -1149,6 +1159,10 @@ fn a_write_crosses_a_line_of_replicas_in_both_directions_within_seconds() {
     }
     for i in 0..N {
         sim.crash(i);
+        if durable {
+            sim.nodes[i].queue_dir = Some(tempfile::tempdir().unwrap());
+            sim.nodes[i].stream_dir = Some(tempfile::tempdir().unwrap());
+        }
     }
     for i in 0..N {
         sim.start(i);
@@ -1190,7 +1204,7 @@ fn a_write_crosses_a_line_of_replicas_in_both_directions_within_seconds() {
         }
         times.push((writer, sim.now() - start));
     }
-    eprintln!("write on node -> on all {N} nodes after (ms): {times:?}");
+    eprintln!("durable {durable}: write on node -> on all {N} nodes after (ms): {times:?}");
     let pushed: u64 = sim
         .nodes
         .iter()
