@@ -784,7 +784,7 @@ fn a_change_crosses_a_line_of_six_nodes_in_both_directions_within_seconds() {
         };
         prev = Some(addr);
     }
-    for i in 0..N {
+    for (i, node) in nodes.iter().enumerate() {
         let mut want: Vec<String> = [i.checked_sub(1), (i + 1 < N).then_some(i + 1)]
             .into_iter()
             .flatten()
@@ -792,7 +792,7 @@ fn a_change_crosses_a_line_of_six_nodes_in_both_directions_within_seconds() {
             .collect();
         want.sort();
         wait_for(&format!("node {i} to see its neighbours"), || {
-            let mut got = nodes[i].peers();
+            let mut got = node.peers();
             got.sort();
             (got == want).then_some(())
         });
