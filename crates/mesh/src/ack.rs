@@ -93,6 +93,12 @@ impl PendingAcks {
         }
     }
 
+    /// Stops waiting for `id` (it was refused or evicted, and is held nowhere
+    /// in the mesh); true if it was waiting.
+    pub fn forget(&mut self, id: &MessageId) -> bool {
+        self.pending.remove(id).is_some()
+    }
+
     /// True while `id` is waiting for its ACK.
     pub fn is_pending(&self, id: &MessageId) -> bool {
         self.pending.contains_key(id)

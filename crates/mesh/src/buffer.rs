@@ -7,6 +7,14 @@
 //! (so eviction is deterministic). The message being inserted takes part: if
 //! it ranks lowest it is refused ([`MeshError::BufferFull`]).
 //!
+//! [`StoreBuffer::insert_keeping`] marks some entries as kept (the manager keeps
+//! the messages this node originated and still waits to see acknowledged): a
+//! kept entry is evicted only for a newcomer of strictly higher priority, and
+//! never for one of equal or lower priority, so accepted messages of the same
+//! priority never push each other out; a newcomer that finds no room is refused
+//! with [`MeshError::BufferFull`], which names the bounds. Every id evicted is
+//! returned to the caller, who reports it.
+//!
 //! Persistence: [`StoreBuffer::save`] writes the whole buffer atomically (temp
 //! file, fsync, rename, fsync of the directory); [`StoreBuffer::load`] decodes it
 //! strictly under the buffer's bounds and returns typed errors for any corrupt
@@ -144,6 +152,22 @@ impl StoreBuffer {
         now_ms: u64,
         reputation: &dyn Fn(&PeerId) -> f64,
     ) -> Result<Vec<MessageId>, MeshError> {
+        self.insert_keeping(message, priority, now_ms, reputation, &|_| false)
+    }
+
+    /// Like [`insert`](Self::insert), but an entry for which `kept` is true is
+    /// evicted only to make room for a newcomer of strictly higher priority.
+    /// When the message cannot get room it is refused with
+    /// [`MeshError::BufferFull`] and nothing held is evicted. Every evicted id is
+    /// returned (none is dropped without the caller hearing of it).
+    pub fn insert_keeping(
+        &mut self,
+        message: NetworkMessage,
+        priority: Priority,
+        now_ms: u64,
+        reputation: &dyn Fn(&PeerId) -> f64,
+        kept: &dyn Fn(&MessageId) -> bool,
+    ) -> Result<Vec<MessageId>, MeshError> {
         let id = message.id;
         if message.is_expired(now_ms) {
             return Err(MeshError::Expired(id));
@@ -165,9 +189,18 @@ impl StoreBuffer {
         self.bytes += size;
         self.entries.push(Entry { message, priority });
         let newcomer = self.entries.len() - 1;
+        // Kept entries of equal or higher priority than the newcomer are not
+        // candidates; the newcomer itself always is.
+        let code = priority_code(priority);
+        let mut chosen: Vec<usize> = (0..newcomer)
+            .filter(|&i| {
+                let e = &self.entries[i];
+                kept(&e.message.id) && priority_code(e.priority) <= code
+            })
+            .collect();
+        let protected = chosen.len();
         // Choose victims worst-first without touching the buffer, so a refused
         // newcomer costs nobody else their place.
-        let mut chosen: Vec<usize> = Vec::new();
         let (mut count, mut bytes) = (self.entries.len(), self.bytes);
         while count > self.config.max_messages || bytes > self.config.max_bytes {
             let Some(worst) = self.worst(now_ms, reputation, &chosen) else {
@@ -176,12 +209,17 @@ impl StoreBuffer {
             if worst == newcomer {
                 self.entries.pop();
                 self.bytes -= size;
-                return Err(MeshError::BufferFull(id));
+                return Err(MeshError::BufferFull {
+                    id,
+                    max_messages: self.config.max_messages,
+                    max_bytes: self.config.max_bytes,
+                });
             }
             chosen.push(worst);
             count -= 1;
             bytes -= accounted_size(&self.entries[worst].message);
         }
+        let mut chosen = chosen.split_off(protected);
         chosen.sort_unstable();
         let mut evicted = Vec::with_capacity(chosen.len());
         for i in chosen.into_iter().rev() {
@@ -478,9 +516,57 @@ mod tests {
         assert_eq!(ev, vec![MessageId([1; 16])]);
         // A newcomer that ranks lowest is refused and evicts nobody.
         let r = b.insert(msg(4, 9, 0, 100, 0), Priority::Low, 0, &neutral);
-        assert!(matches!(r, Err(MeshError::BufferFull(_))));
+        assert!(matches!(
+            r,
+            Err(MeshError::BufferFull {
+                max_messages: 2,
+                ..
+            })
+        ));
         assert_eq!(b.len(), 2);
         assert!(b.contains(&MessageId([2; 16])) && b.contains(&MessageId([3; 16])));
+    }
+
+    #[test]
+    fn kept_entries_are_never_evicted_for_an_equal_priority_newcomer() {
+        let kept_ids = [MessageId([1; 16]), MessageId([2; 16]), MessageId([5; 16])];
+        let kept = |id: &MessageId| kept_ids.contains(id);
+        let mut b = StoreBuffer::new(cfg(3, usize::MAX));
+        // A relayed copy (not kept), and two kept messages with shorter TTLs.
+        b.insert_keeping(msg(3, 9, 0, 100, 0), Priority::Normal, 0, &neutral, &kept)
+            .unwrap();
+        b.insert_keeping(msg(1, 9, 0, 10, 0), Priority::Normal, 0, &neutral, &kept)
+            .unwrap();
+        b.insert_keeping(msg(2, 9, 0, 10, 0), Priority::Normal, 0, &neutral, &kept)
+            .unwrap();
+        // A kept newcomer evicts the relayed copy, not the kept messages that
+        // rank lower by TTL.
+        let ev = b
+            .insert_keeping(msg(5, 9, 0, 500, 0), Priority::Normal, 0, &neutral, &kept)
+            .unwrap();
+        assert_eq!(ev, vec![MessageId([3; 16])]);
+        // Full of kept messages: the next one is refused with the bounds named,
+        // and nothing held moves.
+        let before = b.entries().to_vec();
+        let r = b.insert_keeping(msg(6, 9, 0, 900, 0), Priority::Normal, 0, &neutral, &kept);
+        match r {
+            Err(e @ MeshError::BufferFull { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("3 messages"), "{text}");
+            }
+            other => panic!("expected BufferFull, got {other:?}"),
+        }
+        let r = b.insert_keeping(msg(7, 9, 0, 900, 0), Priority::Low, 0, &neutral, &kept);
+        assert!(matches!(r, Err(MeshError::BufferFull { .. })));
+        assert_eq!(b.entries(), &before[..]);
+        // Only a strictly more urgent newcomer may take a kept message's place,
+        // and the evicted id is returned to be reported.
+        let ev = b
+            .insert_keeping(msg(8, 9, 0, 900, 0), Priority::High, 0, &neutral, &kept)
+            .unwrap();
+        assert_eq!(ev.len(), 1);
+        assert!(kept(&ev[0]));
+        assert_eq!(b.len(), 3);
     }
 
     #[test]
@@ -682,6 +768,34 @@ mod tests {
         #[test]
         fn prop_from_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
             let _ = StoreBuffer::from_bytes(&bytes, BufferConfig::default());
+        }
+
+        #[test]
+        fn prop_kept_entries_leave_only_for_more_urgent_ones(ops in proptest::collection::vec((0_u8..5, 0_usize..300, 1_u32..100, proptest::bool::ANY), 0..60)) {
+            let mut b = StoreBuffer::new(cfg(5, 1500));
+            let mut kept_ids: Vec<MessageId> = Vec::new();
+            for (i, (p, size, ttl, keep)) in ops.into_iter().enumerate() {
+                let mut m = msg(0, 9, 0, ttl, size);
+                m.id = MessageId([i as u8; 16]);
+                if keep {
+                    kept_ids.push(m.id);
+                }
+                let priority = Priority::ALL[usize::from(p)];
+                let before: Vec<Entry> = b.entries().to_vec();
+                let kept = |id: &MessageId| kept_ids.contains(id);
+                match b.insert_keeping(m, priority, 0, &neutral, &kept) {
+                    Ok(evicted) => {
+                        // Every entry that left was returned.
+                        proptest::prop_assert_eq!(b.len(), before.len() + 1 - evicted.len());
+                        for id in evicted {
+                            let e = before.iter().find(|e| e.message.id == id).unwrap();
+                            proptest::prop_assert!(!kept(&id) || priority_code(priority) < priority_code(e.priority));
+                        }
+                    }
+                    Err(_) => proptest::prop_assert_eq!(b.entries(), &before[..]),
+                }
+                proptest::prop_assert!(b.len() <= 5 && b.bytes() <= 1500);
+            }
         }
 
         #[test]

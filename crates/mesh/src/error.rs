@@ -53,9 +53,22 @@ pub enum MeshError {
         /// The message's recipient field.
         recipient: Option<PeerId>,
     },
-    /// The message was evicted at once because everything already buffered ranks higher.
-    #[error("message {0} was refused by the full buffer")]
-    BufferFull(MessageId),
+    /// The store-and-forward buffer is full and the message could not get room:
+    /// everything held ranks higher, or is kept (a message this node sent and
+    /// waits to see acknowledged, of equal or higher priority). Nothing was
+    /// stored, nothing held was evicted; the caller may offer it again later.
+    #[error(
+        "message {id} refused: the store-and-forward buffer is full \
+         (limit {max_messages} messages, {max_bytes} bytes)"
+    )]
+    BufferFull {
+        /// The message refused.
+        id: MessageId,
+        /// The buffer's bound on messages.
+        max_messages: usize,
+        /// The buffer's bound on accounted bytes.
+        max_bytes: usize,
+    },
     /// A key request or reply whose payload is malformed (wrong length, not a
     /// valid Ed25519 key).
     #[error("malformed key discovery message: {reason}")]

@@ -24,6 +24,15 @@
 //! flight); it is sent again whenever the recipient is discovered anew, and a
 //! recipient that sees it twice acknowledges again without delivering it again.
 //!
+//! Nothing this node originated leaves the buffer unreported: such a message
+//! (while it waits for its ACK) is evicted only for a more urgent message of
+//! this node, and then [`MeshEvent::Evicted`] says so and the message stops
+//! being tracked; a message that finds no room is refused by
+//! [`MultiTransportManager::send`] with [`MeshError::BufferFull`], which names
+//! the bounds, and is not tracked either. The owner (e.g. a durable outbox)
+//! offers it again later. Relayed copies of other nodes' messages are evicted
+//! by the buffer's order, with a log line; their origin keeps its own copy.
+//!
 //! Keys: the manager verifies with the keys transports announce under
 //! [`PeerInfo::PUBLIC_KEY`] (checked against the peer id), then with the
 //! directory it was given; [`MultiTransportManager::learned_keys`] and
@@ -134,6 +143,11 @@ pub enum MeshEvent {
     },
     /// A message this node sent expired without an ACK.
     Expired(MessageId),
+    /// A message this node sent, still unacknowledged, was evicted from the
+    /// store-and-forward buffer for a more urgent one of this node. The mesh
+    /// holds it no more and stops waiting for its ACK: offer it again with
+    /// [`MultiTransportManager::send`] when there is room, or give it up.
+    Evicted(MessageId),
     /// A message with an invalid signature, or a malformed or lying key
     /// request or reply, was dropped.
     Rejected {
@@ -420,6 +434,22 @@ impl MultiTransportManager {
         lock(&self.state).buffer.len()
     }
 
+    /// True when the store-and-forward buffer holds the message `id` (queued,
+    /// or sent and kept until its ACK).
+    pub fn is_buffered(&self, id: &MessageId) -> bool {
+        lock(&self.state).buffer.contains(id)
+    }
+
+    /// The ids of every message in the store-and-forward buffer.
+    pub fn buffered_ids(&self) -> BTreeSet<MessageId> {
+        lock(&self.state)
+            .buffer
+            .entries()
+            .iter()
+            .map(|e| e.message.id)
+            .collect()
+    }
+
     /// True while a message this node sent waits for its ACK.
     pub fn is_pending(&self, id: &MessageId) -> bool {
         lock(&self.state).pending.is_pending(id)
@@ -508,7 +538,13 @@ impl MultiTransportManager {
     /// the routing policy in order, falling back to the next on error; when all
     /// fail it is stored for later delivery and relay copies go to up to
     /// `relay_fanout` trusted connected peers. A message this node originated
-    /// waits for an ACK until its TTL.
+    /// waits for an ACK until its TTL, and is kept in the buffer meanwhile when
+    /// there is room (see the module docs for what happens when there is not).
+    ///
+    /// When the recipient is not reachable and the buffer has no room for the
+    /// message, it fails with [`MeshError::BufferFull`]: nothing is stored, no
+    /// ACK is waited for, and the message may be offered again later. Sending
+    /// a message again that the buffer already holds is harmless.
     pub async fn send(
         &self,
         peer: PeerId,
@@ -535,7 +571,13 @@ impl MultiTransportManager {
                 st.pending.track(&message);
             }
         }
-        self.forward(peer, message, priority, now_ms, &[]).await
+        let id = message.id;
+        let result = self.forward(peer, message, priority, now_ms, &[]).await;
+        if result.is_err() {
+            // Refused: held nowhere, so nothing is waited for.
+            lock(&self.state).pending.forget(&id);
+        }
+        result
     }
 
     /// Sends `message` on every transport's broadcast; returns how many
@@ -662,39 +704,36 @@ impl MultiTransportManager {
     ) -> Result<SendOutcome, MeshError> {
         let known = !self.peer_transports(&peer).is_empty();
         if let Some(ty) = self.deliver_direct(peer, &message, priority).await {
+            let mut evicted = Vec::new();
             let mut st = lock(&self.state);
             observe_locked(&mut st, peer, Observation::Available(true));
             if message.sender == self.identity.peer_id() && st.pending.is_pending(&message.id) {
                 // A link can die with the message still in flight: keep it until the
                 // ACK arrives, to be sent again when the peer is next discovered.
-                let st = &mut *st;
-                let rep = &st.reputation;
-                if let Err(e) = st
-                    .buffer
-                    .insert(message.clone(), priority, now_ms, &|p| rep.score(p))
-                {
-                    tracing::debug!(error = %e, "sent message not kept for retransmission");
+                match buffer_locked(&mut st, message.clone(), priority, now_ms) {
+                    Ok(own) => evicted = own,
+                    Err(e) => tracing::debug!(
+                        error = %e,
+                        "sent message not kept for retransmission; its owner offers it again if needed"
+                    ),
                 }
             }
+            drop(st);
+            self.report_evicted(evicted);
             return Ok(SendOutcome::Sent(ty));
         }
-        let relays: Vec<PeerId> = {
+        let (relays, evicted) = {
             let mut st = lock(&self.state);
             if known {
                 observe_locked(&mut st, peer, Observation::Available(false));
             }
-            let st = &mut *st;
-            let rep = &st.reputation;
-            let evicted = st
-                .buffer
-                .insert(message.clone(), priority, now_ms, &|p| rep.score(p))?;
-            if !evicted.is_empty() {
-                tracing::debug!(count = evicted.len(), "buffer full: messages evicted");
-            }
-            relay_candidates(st, self.config.relay_fanout, |p| {
+            let evicted = buffer_locked(&mut st, message.clone(), priority, now_ms)?;
+            let relays = relay_candidates(&st, self.config.relay_fanout, |p| {
                 *p != peer && *p != message.sender && !exclude.contains(p)
-            })
+            });
+            (relays, evicted)
         };
+        self.report_evicted(evicted);
         // The relay that forwards the copy onward increments its hop count.
         if !message.hops_exhausted() {
             for r in relays {
@@ -702,6 +741,13 @@ impl MultiTransportManager {
             }
         }
         Ok(SendOutcome::Queued)
+    }
+
+    /// Tells subscribers about messages of this node evicted from the buffer.
+    fn report_evicted(&self, evicted: Vec<MessageId>) {
+        for id in evicted {
+            self.listeners.emit(&MeshEvent::Evicted(id));
+        }
     }
 
     async fn on_message(
@@ -1117,8 +1163,15 @@ impl MultiTransportManager {
             self.listeners.emit(&MeshEvent::PeerDiscovered(m));
         }
         for e in queued {
+            let id = e.message.id;
             if let Err(err) = self.forward(peer, e.message, e.priority, now_ms, &[]).await {
-                tracing::debug!(error = %err, "buffered message dropped");
+                // Its place was taken meanwhile: report it if it is this node's.
+                if lock(&self.state).pending.forget(&id) {
+                    tracing::info!(%id, error = %err, "own buffered message lost its place; reported to its owner");
+                    self.report_evicted(vec![id]);
+                } else {
+                    tracing::info!(%id, error = %err, "relayed buffered message dropped");
+                }
             }
         }
     }
@@ -1143,6 +1196,36 @@ impl MultiTransportManager {
             self.listeners.emit(&MeshEvent::PeerLost(peer));
         }
     }
+}
+
+/// Stores `message` in the buffer, keeping the messages this node waits to see
+/// acknowledged (see [`StoreBuffer::insert_keeping`]). Evicted relayed copies
+/// are logged; evicted messages of this node stop being tracked and their ids
+/// are returned, to be reported as [`MeshEvent::Evicted`].
+fn buffer_locked(
+    st: &mut State,
+    message: NetworkMessage,
+    priority: Priority,
+    now_ms: u64,
+) -> Result<Vec<MessageId>, MeshError> {
+    let evicted = {
+        let rep = &st.reputation;
+        let pending = &st.pending;
+        st.buffer
+            .insert_keeping(message, priority, now_ms, &|p| rep.score(p), &|id| {
+                pending.is_pending(id)
+            })?
+    };
+    let mut own = Vec::new();
+    for id in evicted {
+        if st.pending.forget(&id) {
+            tracing::info!(%id, "buffer full: own message evicted for a more urgent one; reported to its owner");
+            own.push(id);
+        } else {
+            tracing::info!(%id, "buffer full: relayed message evicted");
+        }
+    }
+    Ok(own)
 }
 
 fn learn_locked(st: &mut State, key: PublicKey) -> bool {

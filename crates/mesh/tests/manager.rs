@@ -1154,3 +1154,103 @@ fn keys_are_found_along_a_longer_line_through_relays_that_do_not_know_them() {
     // B verifies what it relays: it learnt D's key (from C) to pass D's ACK on.
     assert_eq!(nodes[1].mgr.public_key(&d.pid()), Some(*d.id.public_key()));
 }
+
+/// Issue 15: more messages than the buffer holds, the recipient away. None is
+/// evicted silently: the buffer keeps what it accepted, refuses the rest with
+/// a typed error naming its bound (and stops tracking them), and a message
+/// pushed out by a more urgent one of the same node is reported.
+#[test]
+fn a_full_buffer_refuses_own_messages_instead_of_evicting_them_silently() {
+    let dir = Arc::new(Directory::default());
+    let config = MeshConfig {
+        buffer: BufferConfig {
+            max_messages: 5,
+            ..BufferConfig::default()
+        },
+        ..MeshConfig::default()
+    };
+    let a = Node::with_config(1, &dir, &[Wired], config);
+    let b = Node::new(2, &dir, &[Wired]);
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    for n in 0..8_u8 {
+        let m = a.msg(&b, &format!("text {n}"), u64::from(n), n + 1);
+        match block_on(
+            a.mgr
+                .send(b.pid(), m.clone(), Priority::Normal, u64::from(n)),
+        ) {
+            Ok(SendOutcome::Queued) => accepted.push(m),
+            Err(ecomesh_mesh::MeshError::BufferFull {
+                id, max_messages, ..
+            }) => {
+                assert_eq!((id, max_messages), (m.id, 5));
+                assert!(!a.mgr.is_pending(&m.id), "a refused message is not tracked");
+                refused.push(m);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        (accepted.len(), refused.len()),
+        (5, 3),
+        "the first five kept"
+    );
+    assert!(accepted.iter().all(|m| a.mgr.is_buffered(&m.id)));
+    assert!(!a.has(|e| matches!(e, MeshEvent::Evicted(_))));
+    // A relayed copy from someone else cannot push them out either.
+    let c = Node::new(3, &dir, &[Wired]);
+    connect(&a, &c, Wired);
+    pump(&[&a, &c], 10);
+    let relay = c.msg(&b, "via a", 10, 40);
+    c.t[&Wired].inject(a.pid(), relay.clone());
+    pump(&[&a, &c], 10);
+    assert!(!a.mgr.is_buffered(&relay.id), "refused, not swapped in");
+    assert_eq!(a.mgr.buffered_ids().len(), 5);
+    // A more urgent message of the node does take a place, and says whose.
+    let urgent = a.msg(&b, "urgent", 11, 50);
+    assert_eq!(
+        block_on(a.mgr.send(b.pid(), urgent.clone(), Priority::High, 11)).unwrap(),
+        SendOutcome::Queued
+    );
+    let evicted: Vec<_> = a
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            MeshEvent::Evicted(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evicted.len(), 1);
+    assert!(!a.mgr.is_pending(&evicted[0]) && !a.mgr.is_buffered(&evicted[0]));
+    // B appears: the buffer drains; then the owner offers the rest again and
+    // every message arrives exactly once.
+    connect(&a, &b, Wired);
+    pump(&[&a, &b, &c], 20);
+    let mut again: Vec<NetworkMessage> = refused;
+    again.extend(accepted.iter().filter(|m| m.id == evicted[0]).cloned());
+    for m in &again {
+        assert!(matches!(
+            block_on(a.mgr.send(b.pid(), m.clone(), Priority::Normal, 21)).unwrap(),
+            SendOutcome::Sent(Wired)
+        ));
+    }
+    pump(&[&a, &b, &c], 22);
+    let mut got: Vec<_> = b.received().iter().map(|m| m.id).collect();
+    let mut want: Vec<_> = accepted.iter().chain(&again).map(|m| m.id).collect();
+    want.push(urgent.id);
+    want.sort();
+    want.dedup();
+    got.sort();
+    assert_eq!(got, want, "all nine, once each");
+    let acked = a
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, MeshEvent::Acked { .. }))
+        .count();
+    assert_eq!(acked, 9);
+    assert_eq!(a.mgr.buffered(), 0);
+}

@@ -189,6 +189,10 @@ pub struct Status {
     pub peers: usize,
     /// Messages in the store-and-forward buffer (queued, or sent and not yet acknowledged).
     pub buffered: usize,
+    /// Texts accepted into the outbox that wait there for room in the
+    /// store-and-forward buffer (or for their recipient to reappear).
+    #[serde(default)]
+    pub waiting: usize,
     /// Local writes not yet acknowledged by as many partners as their replication factor.
     pub sync_pending: usize,
     /// Messages received.

@@ -7,7 +7,19 @@
 //! the outbox before it is handed to the mesh, and the mesh's buffer and
 //! pending ACKs are saved after every send and every batch of transport
 //! events, so a crash of the sender loses no queued message either.
+//!
+//! The outbox is the source of truth for texts: a `pending` row is a text the
+//! node accepted and has not seen acknowledged. The mesh's store-and-forward
+//! buffer draws from it: on every tick, each pending text the mesh does not
+//! hold (not buffered, and not in flight to a reachable recipient) is offered
+//! to the mesh again, oldest first, until the buffer refuses for want of room
+//! ([`MeshError::BufferFull`]); across a restart the pending rows are read back
+//! and offered the same way. Nothing accepted is dropped: a text is refused up
+//! front only when the outbox already holds `outbox_max` pending texts (the
+//! error names the limit), and a pending text leaves that state only by its
+//! ACK (`delivered`) or its TTL (`expired`).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -19,8 +31,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use ecomesh_identity::sealed::{open_signed, seal_signed};
 use ecomesh_identity::{AccessPolicy, Identity, PublicKey};
 use ecomesh_mesh::ack::PendingAcks;
+use ecomesh_mesh::buffer::DEFAULT_MAX_MESSAGES;
 use ecomesh_mesh::buffer::StoreBuffer;
-use ecomesh_mesh::{MAX_LEARNED_KEYS, MeshConfig, MeshEvent, MultiTransportManager, SendOutcome};
+use ecomesh_mesh::{
+    MAX_LEARNED_KEYS, MeshConfig, MeshError, MeshEvent, MultiTransportManager, SendOutcome,
+};
 use ecomesh_p2p_storage::blobs::{BlobService, BlobServiceConfig, BlobStore};
 use ecomesh_p2p_storage::kv::SledBackend;
 use ecomesh_p2p_storage::{OwnClock, P2PConfig, P2PStorageAdapter, SledStore, StoreConfig};
@@ -34,7 +49,7 @@ use ecomesh_transport_internet::{
 use ecomesh_transport_lora::{LoraConfig, LoraTransport};
 use ecomesh_transport_wired::{LinkConfig, MdnsDiscovery, WiredConfig, WiredTransport};
 use ecomesh_types::{
-    Map, NetworkMessage, PeerId, Priority, SetOptions, StorageAdapter, Subscription,
+    Map, MessageId, NetworkMessage, PeerId, Priority, SetOptions, StorageAdapter, Subscription,
     TransportAdapter, Value,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -64,6 +79,12 @@ const PROVIDER_LOOKUP: Duration = Duration::from_secs(20);
 const BLOB_GET_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the node garbage-collects blob pieces (seed 5.2 rule).
 const BLOB_GC_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The default bound on pending (accepted, undelivered) texts in the outbox.
+pub const DEFAULT_OUTBOX_MAX: usize = 10_000;
+/// Entries of the pending-ACK file read at start beyond the buffer and outbox
+/// bounds (other services' messages wait for ACKs too).
+const PENDING_LOAD_SLACK: usize = 65_536;
 
 /// The default port of the internet transport (TCP and QUIC).
 pub const DEFAULT_INTERNET_PORT: u16 = 7734;
@@ -209,6 +230,11 @@ pub struct NodeOptions {
     pub keepalive: Duration,
     /// Longest delay between redials of a lost peer.
     pub redial_max: Duration,
+    /// Most messages the mesh's store-and-forward buffer holds.
+    pub buffer_messages: usize,
+    /// Most pending (accepted, undelivered) texts in the outbox; `send` is
+    /// refused beyond it with an error naming the limit.
+    pub outbox_max: usize,
 }
 
 impl Default for NodeOptions {
@@ -228,6 +254,8 @@ impl Default for NodeOptions {
             policy: AccessPolicy::Open,
             keepalive: Duration::from_secs(15),
             redial_max: Duration::from_secs(30),
+            buffer_messages: DEFAULT_MAX_MESSAGES,
+            outbox_max: DEFAULT_OUTBOX_MAX,
         }
     }
 }
@@ -344,6 +372,19 @@ struct Node {
     saved_keys: AtomicUsize,
     persist_lock: Mutex<()>,
     wake: Notify,
+    /// The outbox's pending texts: id -> (recipient, sent_ms).
+    outbox_pending: Mutex<BTreeMap<MessageId, (PeerId, u64)>>,
+    /// Most entries of `outbox_pending` before `send` refuses.
+    outbox_max: usize,
+    /// Serialises offering outbox texts to the mesh.
+    feed_lock: tokio::sync::Mutex<()>,
+}
+
+/// A pending outbox text the mesh does not hold, to be offered again.
+struct Waiting {
+    id: MessageId,
+    to: PeerId,
+    sent_ms: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -390,11 +431,15 @@ impl Node {
             }
             MeshEvent::Acked { id, by } => {
                 tracing::info!(%id, %by, "delivered");
-                self.mark(&id.to_string(), "delivered");
+                self.mark(id, "delivered");
             }
             MeshEvent::Expired(id) => {
                 tracing::warn!(%id, "expired without delivery");
-                self.mark(&id.to_string(), "expired");
+                self.mark(id, "expired");
+            }
+            MeshEvent::Evicted(id) if self.pending_outbox().contains_key(id) => {
+                tracing::info!(%id, "text evicted from the mesh buffer; it waits in the outbox");
+                self.wake.notify_one();
             }
             MeshEvent::PeerDiscovered(p) => tracing::info!(peer = %p.peer_id, "peer reachable"),
             MeshEvent::PeerLost(p) => tracing::info!(peer = %p, "peer unreachable"),
@@ -429,7 +474,17 @@ impl Node {
         Ok(())
     }
 
-    fn mark(&self, id: &str, status: &str) {
+    fn pending_outbox(&self) -> std::sync::MutexGuard<'_, BTreeMap<MessageId, (PeerId, u64)>> {
+        self.outbox_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the status of outbox text `id` (`delivered` or `expired`); it is
+    /// pending no more.
+    fn mark(&self, id: &MessageId, status: &str) {
+        self.pending_outbox().remove(id);
+        let id = &id.to_string();
         let mut f = Map::new();
         f.insert("status".into(), Value::Text(status.into()));
         match self.store.get(OUTBOX, id) {
@@ -555,6 +610,7 @@ impl Node {
                 .collect(),
             peers: self.mesh.peers().len(),
             buffered: self.mesh.buffered(),
+            waiting: self.waiting(None).len(),
             sync_pending: self.p2p.queued(),
             inbox: self.store.scan_collection(INBOX)?.len(),
             delivered,
@@ -842,6 +898,17 @@ impl Node {
                  wait until it appears in `ecomesh peers` once (then it may go offline)"
             )
         })?;
+        // One offer at a time, so texts to one recipient enter the mesh in order.
+        let _feeding = self.feed_lock.lock().await;
+        let held = self.pending_outbox().len();
+        if held >= self.outbox_max {
+            bail!(
+                "refused, nothing queued: the outbox holds {held} undelivered texts, its limit \
+                 (--outbox-max {}); wait until some are delivered or expire (`ecomesh outbox`), \
+                 or raise the limit",
+                self.outbox_max
+            );
+        }
         let sealed = seal_signed(&self.identity, &key, text.as_bytes())?;
         let now = now_ms();
         let mut random = [0u8; 16];
@@ -849,26 +916,135 @@ impl Node {
         let message = self
             .mesh
             .new_message(TEXT_TYPE, sealed, Some(to), now, random)?;
-        let id = message.id.to_string();
+        let mid = message.id;
+        let id = mid.to_string();
         let mut f = Map::new();
         f.insert("to".into(), Value::Text(to.to_string()));
         f.insert("text".into(), Value::Text(text));
         f.insert("sent_ms".into(), ms(now));
         f.insert("status".into(), Value::Text("pending".into()));
         self.store.set(OUTBOX, &id, f, SetOptions::default())?;
-        let outcome = self.mesh.send(to, message, Priority::Normal, now).await;
+        self.pending_outbox().insert(mid, (to, now));
+        // Older texts to the same recipient that wait for room go first.
+        let behind = self.waiting(Some(to)).iter().any(|w| w.id != mid);
+        let outcome = if behind {
+            Ok(SendOutcome::Queued)
+        } else {
+            self.mesh.send(to, message, Priority::Normal, now).await
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(MeshError::BufferFull { max_messages, .. }) => {
+                tracing::info!(%id, %to, max_messages,
+                    "the mesh buffer is full; the text waits in the outbox until it has room");
+                SendOutcome::Queued
+            }
+            Err(e) => {
+                // Refused up front: it is queued nowhere, so it leaves the outbox.
+                self.pending_outbox().remove(&mid);
+                if let Err(d) = self.store.delete(OUTBOX, &id) {
+                    tracing::error!(%id, error = %d, "refused text not removed from the outbox");
+                }
+                return Err(anyhow!(e).context("refused, nothing queued"));
+            }
+        };
         self.persist();
         self.wake.notify_one();
-        let (outcome, transport) = match outcome? {
+        let (outcome, transport) = match outcome {
             SendOutcome::Sent(t) => ("sent", Some(t.to_string())),
             SendOutcome::Queued => ("queued", None),
         };
-        tracing::info!(%id, %to, outcome, "message sent");
+        tracing::info!(%id, %to, outcome, "message accepted");
         Ok(Response::Sent {
             id,
             outcome: outcome.into(),
             transport,
         })
+    }
+
+    /// The pending outbox texts the mesh does not hold (neither buffered nor
+    /// waiting for an ACK from a reachable recipient), oldest first; only those
+    /// to `to` when given.
+    fn waiting(&self, to: Option<PeerId>) -> Vec<Waiting> {
+        let held = self.mesh.buffered_ids();
+        let pending: Vec<(MessageId, PeerId, u64)> = self
+            .pending_outbox()
+            .iter()
+            .filter(|(_, (p, _))| to.is_none_or(|t| t == *p))
+            .map(|(id, (p, sent))| (*id, *p, *sent))
+            .collect();
+        let mut out: Vec<Waiting> = pending
+            .into_iter()
+            .filter(|(id, p, _)| {
+                let tracked = self.mesh.is_pending(id);
+                !(tracked && (held.contains(id) || !self.mesh.peer_transports(p).is_empty()))
+            })
+            .map(|(id, to, sent_ms)| Waiting { id, to, sent_ms })
+            .collect();
+        out.sort_by_key(|w| (w.sent_ms, w.id));
+        out
+    }
+
+    /// The signed, sealed message of outbox text `w`, with its original id and
+    /// timestamp (so its TTL still counts from when it was accepted); `None`
+    /// when the row is gone.
+    fn rebuild(&self, w: &Waiting) -> Result<Option<NetworkMessage>> {
+        let Some(doc) = self.store.get(OUTBOX, &w.id.to_string())? else {
+            return Ok(None);
+        };
+        let body = text(doc.fields.get("text"));
+        let key = self
+            .mesh
+            .public_key(&w.to)
+            .ok_or_else(|| anyhow!("no key known for {}", w.to))?;
+        let sealed = seal_signed(&self.identity, &key, body.as_bytes())?;
+        Ok(Some(self.mesh.new_message(
+            TEXT_TYPE,
+            sealed,
+            Some(w.to),
+            w.sent_ms,
+            *w.id.as_bytes(),
+        )?))
+    }
+
+    /// Offers the pending texts the mesh does not hold to it again, oldest
+    /// first: those to reachable peers are sent, the others buffered while
+    /// the buffer has room. Texts past their TTL are marked expired.
+    async fn feed_outbox(&self) {
+        let _feeding = self.feed_lock.lock().await;
+        let now = now_ms();
+        let ttl_ms = u64::from(NetworkMessage::DEFAULT_TTL_SECS) * 1000;
+        let mut full = false;
+        for w in self.waiting(None) {
+            if w.sent_ms.saturating_add(ttl_ms) <= now {
+                tracing::warn!(id = %w.id, to = %w.to, "expired without delivery");
+                self.mark(&w.id, "expired");
+                continue;
+            }
+            if full && self.mesh.peer_transports(&w.to).is_empty() {
+                continue;
+            }
+            let message = match self.rebuild(&w) {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    self.pending_outbox().remove(&w.id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(id = %w.id, error = %e, "outbox text not offered again yet");
+                    continue;
+                }
+            };
+            match self.mesh.send(w.to, message, Priority::Normal, now).await {
+                Ok(outcome) => {
+                    tracing::debug!(id = %w.id, ?outcome, "outbox text offered again");
+                    self.dirty.store(true, Ordering::SeqCst);
+                }
+                Err(MeshError::BufferFull { .. }) => full = true,
+                Err(MeshError::Expired(_)) => self.mark(&w.id, "expired"),
+                Err(e) => tracing::warn!(id = %w.id, error = %e, "outbox text not offered again"),
+            }
+        }
     }
 }
 
@@ -905,6 +1081,26 @@ async fn serve_connection(node: Arc<Node>, stream: UnixStream) {
     if let Err(e) = wr.write_all(&out).await {
         tracing::debug!(error = %e, "control client went away");
     }
+}
+
+/// The outbox's pending texts: id -> (recipient, sent_ms).
+fn pending_texts(store: &SledStore) -> Result<BTreeMap<MessageId, (PeerId, u64)>> {
+    let mut out = BTreeMap::new();
+    for d in store.scan_collection(OUTBOX)? {
+        if text(d.fields.get("status")) != "pending" {
+            continue;
+        }
+        match (
+            d.id.parse::<MessageId>(),
+            text(d.fields.get("to")).parse::<PeerId>(),
+        ) {
+            (Ok(id), Ok(to)) => {
+                out.insert(id, (to, int(d.fields.get("sent_ms"))));
+            }
+            _ => tracing::error!(id = %d.id, "unreadable outbox row; not offered again"),
+        }
+    }
+    Ok(out)
 }
 
 /// Binds the control socket, replacing a stale one; refuses when a node answers on it.
@@ -945,7 +1141,8 @@ pub async fn run(
     let control = bind_control(&socket)?;
     let store = SledStore::open(&data.store(), identity.clone(), StoreConfig::default())
         .with_context(|| format!("opening the store in {}", data.store().display()))?;
-    let config = MeshConfig::default();
+    let mut config = MeshConfig::default();
+    config.buffer.max_messages = options.buffer_messages;
     let buffer = match StoreBuffer::load(&data.buffer(), config.buffer) {
         Ok(b) => b,
         Err(e) => {
@@ -953,7 +1150,12 @@ pub async fn run(
             StoreBuffer::new(config.buffer)
         }
     };
-    let pending = match PendingAcks::load(&data.pending(), config.buffer.max_messages) {
+    let pending_bound = config
+        .buffer
+        .max_messages
+        .saturating_add(options.outbox_max)
+        .saturating_add(PENDING_LOAD_SLACK);
+    let pending = match PendingAcks::load(&data.pending(), pending_bound) {
         Ok(p) => p,
         Err(e) => {
             quarantine(&data.pending(), &e);
@@ -1060,6 +1262,13 @@ pub async fn run(
         }
         None => None,
     };
+    let outbox_pending = pending_texts(&store)?;
+    if !outbox_pending.is_empty() {
+        tracing::info!(
+            count = outbox_pending.len(),
+            "pending texts in the outbox; offered to the mesh again"
+        );
+    }
     let store = Arc::new(store);
     let p2p_config = P2PConfig::default();
     let blob_store = BlobStore::open(
@@ -1099,6 +1308,9 @@ pub async fn run(
         saved_keys: AtomicUsize::new(known.len()),
         persist_lock: Mutex::new(()),
         wake: Notify::new(),
+        outbox_pending: Mutex::new(outbox_pending),
+        outbox_max: options.outbox_max,
+        feed_lock: tokio::sync::Mutex::new(()),
     });
     let weak = Arc::downgrade(&node);
     let _mesh_sub: Subscription = node.mesh.subscribe(Arc::new(move |ev: &MeshEvent| {
@@ -1214,6 +1426,7 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let handled = node.mesh.process(now_ms()).await;
+        node.feed_outbox().await;
         node.p2p.process(now_ms()).await;
         node.blobs.process(now_ms()).await;
         if Instant::now() >= next_gc {

@@ -95,6 +95,12 @@ enum Command {
         /// Longest wait, in seconds, between redials of a lost peer.
         #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
         redial_max: u64,
+        /// Most undelivered texts the outbox accepts; `send` is refused beyond it.
+        #[arg(long, value_name = "N", default_value_t = daemon::DEFAULT_OUTBOX_MAX, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+        outbox_max: usize,
+        /// Most messages in the store-and-forward buffer (tests use a small one).
+        #[arg(long, hide = true, value_name = "N", default_value_t = ecomesh_mesh::buffer::DEFAULT_MAX_MESSAGES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+        buffer_messages: usize,
     },
     /// List the peers reachable now.
     Peers,
@@ -237,6 +243,8 @@ fn run(cli: Cli) -> Result<()> {
             block,
             keepalive,
             redial_max,
+            outbox_max,
+            buffer_messages,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -269,6 +277,8 @@ fn run(cli: Cli) -> Result<()> {
                 policy,
                 keepalive: Duration::from_secs(keepalive),
                 redial_max: Duration::from_secs(redial_max),
+                buffer_messages,
+                outbox_max,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -476,6 +486,10 @@ fn run(cli: Cli) -> Result<()> {
                 out(format!("transports  {}", s.transports.join(",")));
                 out(format!("peers       {}", s.peers));
                 out(format!("buffered    {}", s.buffered));
+                out(format!(
+                    "waiting     {} (in the outbox, for buffer room)",
+                    s.waiting
+                ));
                 out(format!("to sync     {}", s.sync_pending));
                 out(format!("inbox       {}", s.inbox));
                 out(format!(

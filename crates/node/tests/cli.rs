@@ -829,3 +829,101 @@ fn a_change_crosses_a_line_of_six_nodes_in_both_directions_within_seconds() {
         n.terminate();
     }
 }
+
+/// Issue 15: with B away, A accepts more texts than its mesh buffer holds
+/// (20 here, 1000 by default), is killed and restarted in the middle, and
+/// accepts more. Nothing accepted is lost: every text reaches B exactly once
+/// and A's outbox shows each delivered; past the outbox limit, `send` is
+/// refused up front with the limit named.
+#[test]
+fn more_texts_than_the_buffer_holds_all_arrive_across_a_sender_restart() {
+    const TEXTS: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, ida) = Node::init(dir.path(), "a");
+    let (mut b, idb) = Node::init(dir.path(), "b");
+    let small = ["--buffer-messages", "20", "--outbox-max", "50"];
+    let mut args = vec!["--listen", "127.0.0.1:0"];
+    args.extend(small);
+    let addr_a = a.start(&args);
+    b.start(&["--listen", "127.0.0.1:0", "--peer", &addr_a]);
+    wait_for("a and b to see each other", || {
+        (a.peers() == [idb.clone()] && b.peers() == [ida.clone()]).then_some(())
+    });
+    b.kill9();
+    wait_for("a to lose b", || a.peers().is_empty().then_some(()));
+
+    let send = |a: &Node, n: usize| {
+        let r = ok_json(&a.data, &["send", &idb, &format!("text {n}")]);
+        assert_eq!(r["outcome"], "queued", "text {n}: {r}");
+    };
+    for n in 0..30 {
+        send(&a, n);
+    }
+    // The buffer is full (of texts, and perhaps a replication message); the
+    // texts it has no room for wait in the outbox.
+    let s = a.status();
+    assert_eq!(s["buffered"], 20, "{s}");
+    let waiting = s["waiting"].as_u64().unwrap();
+    assert!((10..=30).contains(&waiting), "{s}");
+    assert_eq!(s["undelivered"], 30, "{s}");
+    a.kill9();
+    let mut args = vec!["--listen", addr_a.as_str()];
+    args.extend(small);
+    a.start(&args);
+    let s = a.status();
+    assert_eq!(
+        (&s["buffered"], &s["waiting"]),
+        (&Value::from(20), &Value::from(waiting)),
+        "all 30 still queued after SIGKILL: {s}"
+    );
+    for n in 30..TEXTS {
+        send(&a, n);
+    }
+    // The outbox is at its limit: the next text is refused, not dropped later.
+    let o = ecomesh(&a.data, &["send", &idb, "one too many"]);
+    assert!(!o.status.success(), "a send past the outbox limit fails");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("refused") && e.contains("--outbox-max 50"),
+        "{e}"
+    );
+    let outbox = ok_json(&a.data, &["outbox"]);
+    let rows = outbox.as_array().unwrap();
+    assert_eq!(rows.len(), TEXTS);
+    assert!(rows.iter().all(|r| r["status"] == "pending"));
+    assert_eq!(
+        a.status()["waiting"].as_u64().unwrap(),
+        waiting + 20,
+        "the 20 texts sent after the restart wait too"
+    );
+
+    // B comes back: every accepted text arrives, once.
+    b.start(&["--listen", "127.0.0.1:0", "--peer", &addr_a]);
+    wait_for("every text acknowledged in a's outbox", || {
+        ok_json(&a.data, &["outbox"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "delivered")
+            .then_some(())
+    });
+    let mut got: Vec<String> = b
+        .inbox_texts()
+        .into_iter()
+        .map(|(from, text)| {
+            assert_eq!(from, ida);
+            text
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = (0..TEXTS).map(|n| format!("text {n}")).collect();
+    want.sort();
+    assert_eq!(got, want, "each accepted text exactly once");
+    wait_for("a's buffer and outbox queue to drain", || {
+        let s = a.status();
+        (s["buffered"] == 0 && s["waiting"] == 0).then_some(())
+    });
+    assert_eq!(a.status()["delivered"], TEXTS);
+    a.terminate();
+    b.terminate();
+}
