@@ -2,12 +2,16 @@
 //! turning our frames into `ToRadio` packets and `FromRadio` packets into frames.
 
 use crate::engine::Transmit;
+#[cfg(doc)]
+use crate::proto::ROUTING_ERROR_NONE;
 use crate::proto::{
     Data, FromRadio, FromRadioVariant, Heartbeat, MeshPacket, PRIORITY_BACKGROUND,
-    PRIORITY_DEFAULT, PRIORITY_RELIABLE, PRIVATE_APP, ToRadio, ToRadioVariant,
+    PRIORITY_DEFAULT, PRIORITY_RELIABLE, PRIVATE_APP, ROUTING_APP, Routing, ToRadio,
+    ToRadioVariant,
 };
 use crate::serial::{Decoded, FrameDecoder, encode_to_radio};
 use ecomesh_types::Priority;
+use prost::Message as _;
 
 /// What the radio told us.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,6 +32,16 @@ pub enum ClientEvent {
         payload: Vec<u8>,
         /// Hops the firmware relayed it (`hop_start - hop_limit`).
         hops: u8,
+    },
+    /// The firmware's verdict on one of our `want_ack` packets (a `ROUTING_APP` packet
+    /// whose `request_id` names it): acknowledged by its destination
+    /// (`error_reason` [`ROUTING_ERROR_NONE`]) or given up (any other `Routing.Error`,
+    /// typically `MAX_RETRANSMIT`).
+    Routing {
+        /// The packet id [`RadioClient::packet`] returned.
+        request_id: u32,
+        /// `Routing.Error`.
+        error_reason: i32,
     },
     /// The radio rebooted: the config handshake starts over.
     Rebooted,
@@ -109,8 +123,9 @@ impl RadioClient {
         self.last_write.saturating_add(self.heartbeat_ms)
     }
 
-    /// The serial bytes that send `t`.
-    pub fn packet(&mut self, t: &Transmit, now: u64) -> Vec<u8> {
+    /// The serial bytes that send `t`, with the packet id they carry (a later
+    /// [`ClientEvent::Routing`] names it when `t.want_ack` is set).
+    pub fn packet(&mut self, t: &Transmit, now: u64) -> (u32, Vec<u8>) {
         self.last_write = now;
         self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
         let priority = match t.priority {
@@ -118,13 +133,15 @@ impl RadioClient {
             Priority::Normal => PRIORITY_DEFAULT,
             _ => PRIORITY_BACKGROUND,
         };
-        encode_to_radio(&ToRadio {
+        let id = self.next_packet_id;
+        let bytes = encode_to_radio(&ToRadio {
             payload_variant: Some(ToRadioVariant::Packet(MeshPacket {
                 to: t.to,
                 decoded: Some(Data {
                     portnum: PRIVATE_APP,
                     payload: t.payload.clone(),
                     want_response: false,
+                    request_id: 0,
                 }),
                 id: self.next_packet_id,
                 hop_limit: u32::from(t.hop_limit),
@@ -132,7 +149,8 @@ impl RadioClient {
                 priority,
                 ..Default::default()
             })),
-        })
+        });
+        (id, bytes)
     }
 
     /// Feeds bytes read from the serial line.
@@ -155,6 +173,19 @@ impl RadioClient {
                     }
                     Some(FromRadioVariant::Packet(p)) => {
                         let Some(data) = p.decoded else { continue };
+                        if data.portnum == ROUTING_APP {
+                            // Acks come from the destination, failures from our own radio.
+                            if data.request_id != 0 && Some(p.to) == self.my_node {
+                                match Routing::decode(data.payload.as_slice()) {
+                                    Ok(r) => out.push(ClientEvent::Routing {
+                                        request_id: data.request_id,
+                                        error_reason: r.error_reason,
+                                    }),
+                                    Err(_) => out.push(ClientEvent::Dropped("undecodable routing")),
+                                }
+                            }
+                            continue;
+                        }
                         if data.portnum != PRIVATE_APP || Some(p.from) == self.my_node {
                             continue;
                         }
@@ -214,6 +245,7 @@ mod tests {
                     portnum: port,
                     payload: vec![0xE1],
                     want_response: false,
+                    request_id: 0,
                 }),
                 hop_start,
                 hop_limit,
@@ -239,5 +271,69 @@ mod tests {
         );
         assert!(c.poll_heartbeat(999).is_none());
         assert_eq!(c.poll_heartbeat(1000).unwrap(), [0x94, 0xC3, 0, 2, 0x3A, 0]);
+    }
+
+    #[test]
+    fn routing_acks_and_failures_name_our_packets() {
+        let mut c = RadioClient::new(1000, 7);
+        c.start(0);
+        let mut line = fr(FromRadioVariant::MyInfo(MyNodeInfo { my_node_num: 5 }));
+        line.extend(fr(FromRadioVariant::ConfigCompleteId(7)));
+        c.receive(&line);
+        let t = Transmit {
+            to: 9,
+            payload: vec![1, 2],
+            want_ack: true,
+            hop_limit: 0,
+            priority: Priority::Normal,
+            ticket: Some(1),
+        };
+        let (id, _) = c.packet(&t, 0);
+        let (id2, _) = c.packet(&t, 0);
+        assert_ne!(id, id2, "every packet gets its own id");
+        let routing = |from, to, request_id, payload: Vec<u8>| {
+            fr(FromRadioVariant::Packet(MeshPacket {
+                from,
+                to,
+                decoded: Some(Data {
+                    portnum: ROUTING_APP,
+                    payload,
+                    want_response: false,
+                    request_id,
+                }),
+                ..Default::default()
+            }))
+        };
+        let nak = Routing {
+            error_reason: crate::proto::ROUTING_ERROR_MAX_RETRANSMIT,
+        }
+        .encode_to_vec();
+        let ev = c.receive(
+            &[
+                // The destination's ack, our radio's own failure report.
+                routing(9, 5, id, Routing { error_reason: 0 }.encode_to_vec()),
+                routing(5, 5, id2, nak.clone()),
+                // Someone else's ack, and one naming no packet: not ours.
+                routing(9, 6, id, nak.clone()),
+                routing(9, 5, 0, nak),
+                // Garbage where the Routing message should be.
+                routing(9, 5, id, vec![0xFF, 0xFF, 0xFF]),
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            ev,
+            vec![
+                ClientEvent::Routing {
+                    request_id: id,
+                    error_reason: 0
+                },
+                ClientEvent::Routing {
+                    request_id: id2,
+                    error_reason: 5
+                },
+                ClientEvent::Dropped("undecodable routing"),
+            ]
+        );
     }
 }

@@ -76,8 +76,17 @@ pub struct EngineConfig {
     /// Meshtastic `hop_limit` of our packets (0: the firmware does not rebroadcast them;
     /// ecomesh relays by itself).
     pub meshtastic_hop_limit: u8,
-    /// Meshtastic `want_ack` on unicast packets (the firmware then retransmits lost ones).
+    /// Meshtastic `want_ack` on unicast packets (the firmware then retransmits lost ones
+    /// and reports each packet's fate, which per-hop store-and-forward relies on).
     pub want_ack: bool,
+    /// Times a data frame (message, fragment, notification, grant) that the radio reports
+    /// undelivered to the next hop, or does not report on within
+    /// [`hop_ack_timeout_ms`](Self::hop_ack_timeout_ms), is sent again (through the best
+    /// next hop at that time) before it is held for a new route. Needs `want_ack`.
+    pub hop_retries: u8,
+    /// How long after a tracked frame went to the radio its verdict (acknowledged, or given
+    /// up after the firmware's retransmissions) may take before the frame counts as lost.
+    pub hop_ack_timeout_ms: u64,
     /// Open sessions with neighbours heard in beacons without being asked.
     pub auto_connect: bool,
     /// Least time between two announces we send on request, ms.
@@ -113,6 +122,9 @@ impl Default for EngineConfig {
             held_timeout_ms: 600_000,
             meshtastic_hop_limit: 0,
             want_ack: true,
+            hop_retries: 4,
+            // Meshtastic's three retransmissions of a long-range packet take tens of seconds.
+            hop_ack_timeout_ms: 90_000,
             auto_connect: true,
             announce_min_interval_ms: 2_000,
             max_neighbours: 64,
@@ -144,6 +156,7 @@ impl EngineConfig {
             handshake_timeout_ms: 15_000,
             handshake_retry_ms: 1_000,
             announce_min_interval_ms: 300,
+            hop_ack_timeout_ms: radio.max_packet_airtime_ms() * 20 + 2_000,
             ..EngineConfig::default()
         }
     }
@@ -162,6 +175,9 @@ pub struct Transmit {
     pub hop_limit: u8,
     /// Our priority.
     pub priority: Priority,
+    /// Set on data frames the engine keeps until the next hop has them: report the radio's
+    /// verdict on this packet with [`Engine::handle_hop_result`].
+    pub ticket: Option<u64>,
 }
 
 /// What the engine reports.
@@ -266,6 +282,21 @@ struct Held {
     until: u64,
 }
 
+/// A data frame handed to the radio whose arrival at the next hop is not yet confirmed.
+struct InFlight {
+    header: RouteHeader,
+    body: Body,
+    /// The neighbour it came from (our own id for frames we originated).
+    from: PeerId,
+    /// The neighbour it was sent to.
+    via: PeerId,
+    priority: Priority,
+    /// Sends so far beyond the first.
+    attempts: u8,
+    /// When its verdict is overdue; set once the frame went to the radio.
+    deadline: Option<u64>,
+}
+
 const SEEN_PRESENCE: u8 = 1;
 const SEEN_SEALED: u8 = 2;
 
@@ -288,6 +319,10 @@ pub struct Engine {
     seen: SeenSet<(ShortId, u32, u8)>,
     reasm: Reassembler,
     held: VecDeque<Held>,
+    inflight: HashMap<u64, InFlight>,
+    next_ticket: u64,
+    /// The latest time any call passed in.
+    last_now: u64,
     sched: Scheduler<Transmit>,
     events: VecDeque<EngineEvent>,
     seq: u16,
@@ -350,6 +385,9 @@ impl Engine {
             seen: SeenSet::new(config.seen_capacity),
             reasm: Reassembler::new(config.reassembly),
             held: VecDeque::new(),
+            inflight: HashMap::new(),
+            next_ticket: 0,
+            last_now: now,
             sched: Scheduler::new(config.scheduler, duty, xorshift(&mut rng)),
             events: VecDeque::new(),
             seq: start as u16,
@@ -432,7 +470,67 @@ impl Engine {
 
     /// The next packet to hand to the radio at `now`.
     pub fn poll_transmit(&mut self, now: u64) -> Option<Transmit> {
-        self.sched.poll(now).map(|q| q.item)
+        self.last_now = self.last_now.max(now);
+        let t = self.sched.poll(now)?.item;
+        if let Some(f) = t.ticket.and_then(|k| self.inflight.get_mut(&k)) {
+            f.deadline = Some(now.saturating_add(self.config.hop_ack_timeout_ms));
+        }
+        Some(t)
+    }
+
+    /// Data frames handed to the radio or waiting for it whose arrival at the next hop is
+    /// not confirmed yet.
+    pub fn unconfirmed(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Frames held for a next hop (store-and-forward).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The radio's verdict on the packet of [`Transmit::ticket`] `ticket`: `delivered`
+    /// when the next hop acknowledged it. An undelivered frame is sent again through the
+    /// best next hop (at most [`EngineConfig::hop_retries`] times), then held until a
+    /// route appears. Unknown tickets (already settled or timed out) are ignored.
+    pub fn handle_hop_result(&mut self, ticket: u64, delivered: bool, now: u64) {
+        self.last_now = self.last_now.max(now);
+        let Some(f) = self.inflight.remove(&ticket) else {
+            return;
+        };
+        if !delivered {
+            self.retry(f, now);
+        }
+    }
+
+    fn retry(&mut self, f: InFlight, now: u64) {
+        if f.attempts >= self.config.hop_retries {
+            tracing::warn!(
+                dest = ?f.header.dest,
+                seq = f.header.seq,
+                attempts = f.attempts + 1,
+                "lora frame not confirmed by any next hop; held for a new route"
+            );
+            self.hold(f.header, f.body, f.from, now);
+            return;
+        }
+        tracing::debug!(dest = ?f.header.dest, seq = f.header.seq, "lora frame lost on a hop; sending again");
+        let attempts = f.attempts + 1;
+        // The best next hop now; else the same neighbour again (a flooded copy goes back
+        // to the neighbour it was for, so retries never multiply copies); else as new.
+        let via = self
+            .next_hop(&f.header.dest, Some(&f.from), now)
+            .or_else(|| Some(f.via).filter(|v| self.is_up(v) && *v != f.from));
+        match via {
+            Some(via) => {
+                if let Err(e) =
+                    self.send_tracked(&via, f.header, f.body, f.from, f.priority, attempts)
+                {
+                    tracing::debug!(error = %e, "resend failed");
+                }
+            }
+            None => self.route(f.header, f.body, f.from, f.priority, attempts, now),
+        }
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) or
@@ -451,6 +549,11 @@ impl Engine {
         if let Some(h) = self.held.front() {
             d = d.min(h.until);
         }
+        for f in self.inflight.values() {
+            if let Some(t) = f.deadline {
+                d = d.min(t);
+            }
+        }
         if let Some(s) = self.sched.next_deadline(now) {
             d = d.min(s);
         }
@@ -458,6 +561,16 @@ impl Engine {
     }
 
     fn enqueue(&mut self, to: u32, payload: Vec<u8>, priority: Priority) -> Result<(), LoraError> {
+        self.enqueue_ticket(to, payload, priority, None)
+    }
+
+    fn enqueue_ticket(
+        &mut self,
+        to: u32,
+        payload: Vec<u8>,
+        priority: Priority,
+        ticket: Option<u64>,
+    ) -> Result<(), LoraError> {
         let airtime_ms = self.config.radio.packet_airtime_ms(payload.len());
         let want_ack = self.config.want_ack && to != BROADCAST;
         let item = Transmit {
@@ -466,14 +579,29 @@ impl Engine {
             want_ack,
             hop_limit: self.config.meshtastic_hop_limit,
             priority,
+            ticket,
         };
-        self.sched
+        let evicted = self
+            .sched
             .push(Queued {
                 item,
                 airtime_ms,
                 priority,
             })
-            .map_err(|_| LoraError::QueueFull)
+            .map_err(|_| LoraError::QueueFull)?;
+        if let Some(victim) = evicted {
+            // A more urgent packet took its place: a tracked frame waits in the held
+            // queue instead of vanishing.
+            tracing::debug!(
+                to = victim.item.to,
+                "queued packet displaced by a more urgent one"
+            );
+            if let Some(f) = victim.item.ticket.and_then(|k| self.inflight.remove(&k)) {
+                let now = self.last_now;
+                self.hold(f.header, f.body, f.from, now);
+            }
+        }
+        Ok(())
     }
 
     fn broadcast_frame(&mut self, f: &Frame, priority: Priority) {
@@ -520,6 +648,7 @@ impl Engine {
     /// Runs timers: beacons, handshake retries and timeouts, neighbour timeouts,
     /// reassembly and store-and-forward expiry.
     pub fn handle_timeout(&mut self, now: u64) {
+        self.last_now = self.last_now.max(now);
         if now >= self.next_beacon {
             if self
                 .beacons_sent
@@ -604,8 +733,19 @@ impl Engine {
         }
         self.wanted.retain(|_, (_, until)| *until > now);
         self.reasm.expire(now);
-        while self.held.front().is_some_and(|h| h.until <= now) {
-            self.held.pop_front();
+        while let Some(h) = self.held.pop_front_if(|h| h.until <= now) {
+            tracing::warn!(dest = ?h.header.dest, seq = h.header.seq, "held lora frame expired without a route");
+        }
+        let overdue: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| f.deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in overdue {
+            if let Some(f) = self.inflight.remove(&k) {
+                self.retry(f, now);
+            }
         }
     }
 
@@ -639,6 +779,7 @@ impl Engine {
         radio_hops: u8,
         now: u64,
     ) -> Result<(), LoraError> {
+        self.last_now = self.last_now.max(now);
         match Frame::decode(payload, &self.key)? {
             Frame::Presence(p) => {
                 self.on_presence(p, from_node, radio_hops, now);
@@ -1200,53 +1341,110 @@ impl Engine {
     }
 
     fn forward(&mut self, h: RouteHeader, body: Body, from: PeerId, now: u64) {
+        self.route(h, body, from, Priority::Normal, 0, now);
+    }
+
+    /// Sends a data frame on toward `h.dest` (`from`: the neighbour it came from, or our
+    /// own id), tracked until the next hop has it; with no route, floods it to the other
+    /// neighbours (TTL and the seen-sets bound that), or holds it until one appears.
+    fn route(
+        &mut self,
+        h: RouteHeader,
+        body: Body,
+        from: PeerId,
+        priority: Priority,
+        attempts: u8,
+        now: u64,
+    ) {
         if let Some(via) = self.next_hop(&h.dest, Some(&from), now) {
-            if let Err(e) = self.send_inner(&via, &h, &body, Priority::Normal) {
+            if let Err(e) = self.send_tracked(&via, h, body, from, priority, attempts) {
                 tracing::debug!(error = %e, "forward failed");
             }
             return;
         }
-        // No route: flood to the other neighbours (TTL and the seen-sets bound it), or
-        // hold the frame until a neighbour appears.
+        // Only neighbours that proved they hold the session: one still in its handshake
+        // may not be able to decrypt the frame, while its radio acknowledges it.
         let others: Vec<PeerId> = self
-            .neighbours
-            .keys()
-            .filter(|p| **p != from)
-            .copied()
+            .up_neighbours()
+            .into_iter()
+            .filter(|p| *p != from)
             .collect();
         if others.is_empty() {
-            if self.held.len() >= self.config.held_capacity {
-                self.held.pop_front();
-            }
-            self.held.push_back(Held {
-                header: h,
-                body,
-                from,
-                until: now + self.config.held_timeout_ms,
-            });
+            self.hold(h, body, from, now);
             return;
         }
         for via in others {
-            let _ = self.send_inner(&via, &h, &body, Priority::Low);
+            let _ = self.send_tracked(&via, h, body.clone(), from, Priority::Low, attempts);
         }
+    }
+
+    /// Keeps a frame until a next hop appears, bounded by count (the oldest goes, with a
+    /// warning) and time.
+    fn hold(&mut self, header: RouteHeader, body: Body, from: PeerId, now: u64) {
+        if self.held.len() >= self.config.held_capacity
+            && let Some(old) = self.held.pop_front()
+        {
+            tracing::warn!(dest = ?old.header.dest, seq = old.header.seq, "held lora frame dropped: the held queue is full");
+        }
+        self.held.push_back(Held {
+            header,
+            body,
+            from,
+            until: now + self.config.held_timeout_ms,
+        });
     }
 
     fn flush_held(&mut self, now: u64) {
         let held: Vec<Held> = self.held.drain(..).collect();
         for h in held {
             if h.until <= now {
+                tracing::warn!(dest = ?h.header.dest, seq = h.header.seq, "held lora frame expired without a route");
                 continue;
             }
-            match self.next_hop(&h.header.dest, Some(&h.from), now) {
-                Some(via) => {
-                    let _ = self.send_inner(&via, &h.header, &h.body, Priority::Normal);
-                }
-                None if self.up_neighbours().iter().any(|p| *p != h.from) => {
-                    self.forward(h.header, h.body, h.from, now);
-                }
-                None => self.held.push_back(h),
+            let has_next = self.next_hop(&h.header.dest, Some(&h.from), now).is_some()
+                || self.up_neighbours().iter().any(|p| *p != h.from);
+            if has_next {
+                self.route(h.header, h.body, h.from, Priority::Normal, 0, now);
+            } else {
+                self.held.push_back(h);
             }
         }
+    }
+
+    /// [`send_inner`](Self::send_inner) for a data frame the engine keeps until the radio
+    /// confirms the next hop has it (when `want_ack` lets the radio say so).
+    fn send_tracked(
+        &mut self,
+        via: &PeerId,
+        header: RouteHeader,
+        body: Body,
+        from: PeerId,
+        priority: Priority,
+        attempts: u8,
+    ) -> Result<(), LoraError> {
+        let (to, frame) = self.seal(via, &header, &body)?;
+        if !self.config.want_ack || to == BROADCAST {
+            return self.enqueue(to, frame, priority);
+        }
+        self.next_ticket = self.next_ticket.wrapping_add(1);
+        let ticket = self.next_ticket;
+        self.inflight.insert(
+            ticket,
+            InFlight {
+                header,
+                body,
+                from,
+                via: *via,
+                priority,
+                attempts,
+                deadline: None,
+            },
+        );
+        let r = self.enqueue_ticket(to, frame, priority, Some(ticket));
+        if r.is_err() {
+            self.inflight.remove(&ticket);
+        }
+        r
     }
 
     fn send_inner(
@@ -1256,6 +1454,17 @@ impl Engine {
         body: &Body,
         priority: Priority,
     ) -> Result<(), LoraError> {
+        let (to, frame) = self.seal(via, h, body)?;
+        self.enqueue(to, frame, priority)
+    }
+
+    /// Encrypts a frame for neighbour `via`: its node number and the frame bytes.
+    fn seal(
+        &mut self,
+        via: &PeerId,
+        h: &RouteHeader,
+        body: &Body,
+    ) -> Result<(u32, Vec<u8>), LoraError> {
         let plain = encode_inner(h, body);
         let n = self
             .neighbours
@@ -1276,8 +1485,7 @@ impl Engine {
             ciphertext: ct.to_vec(),
         }
         .encode(&self.key);
-        let to = n.node.unwrap_or(BROADCAST);
-        self.enqueue(to, frame, priority)
+        Ok((n.node.unwrap_or(BROADCAST), frame))
     }
 
     fn is_up(&self, peer: &PeerId) -> bool {
@@ -1333,6 +1541,7 @@ impl Engine {
         now: u64,
     ) -> Result<(), LoraError> {
         self.check_message(message, priority)?;
+        self.last_now = self.last_now.max(now);
         let via = self
             .route_to(&peer, now)
             .ok_or(LoraError::Unreachable(peer))?;
@@ -1363,6 +1572,7 @@ impl Engine {
                 })
                 .collect()
         };
+        let me = self.me;
         for body in bodies {
             let h = RouteHeader {
                 ttl: self.config.ttl,
@@ -1371,7 +1581,7 @@ impl Engine {
                 dest,
                 seq: self.next_seq(),
             };
-            self.send_inner(&via, &h, &body, priority)?;
+            self.send_tracked(&via, h, body, me, priority, 0)?;
         }
         Ok(())
     }
@@ -1415,7 +1625,8 @@ impl Engine {
             dest: short_id(&peer),
             seq: self.next_seq(),
         };
-        self.send_inner(&via, &h, &body, priority)
+        let me = self.me;
+        self.send_tracked(&via, h, body, me, priority, 0)
     }
 
     /// Starts a session with `peer` (asking for its key first if unknown). Returns true
@@ -1477,390 +1688,4 @@ fn xorshift(x: &mut u64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::frame::{NotificationHeader, PermissionGrant};
-    use ecomesh_types::{MessageId, Signature};
-
-    pub(crate) fn fast_config() -> EngineConfig {
-        let radio = LoraParams::SHORT_TURBO;
-        EngineConfig {
-            radio,
-            duty: DutyBudget {
-                permille: 1000,
-                window_ms: 3_600_000,
-            },
-            duty_guard_ms: radio.max_packet_airtime_ms(),
-            scheduler: SchedulerConfig {
-                slot_ms: 20,
-                max_backoff_slots: 2,
-                queue_limit: 512,
-            },
-            handshake_retry_ms: 2_000,
-            handshake_timeout_ms: 20_000,
-            ..EngineConfig::default()
-        }
-    }
-
-    /// Engines on a lossless simulated channel with a link graph, in virtual time.
-    pub(crate) struct Net {
-        pub(crate) nodes: Vec<Engine>,
-        pub(crate) links: HashSet<(usize, usize)>,
-        pub(crate) now: u64,
-        pub(crate) events: Vec<Vec<EngineEvent>>,
-        pub(crate) on_air: Vec<(usize, Vec<u8>)>,
-    }
-
-    impl Net {
-        pub(crate) fn new(n: usize, config: EngineConfig) -> Net {
-            let nodes = (0..n)
-                .map(|i| {
-                    Engine::new(
-                        Identity::generate().unwrap(),
-                        Arc::new(AccessPolicy::Open),
-                        config.clone(),
-                        0,
-                        i as u64 * 7919 + 1,
-                    )
-                })
-                .collect();
-            Net {
-                nodes,
-                links: HashSet::new(),
-                now: 0,
-                events: vec![Vec::new(); n],
-                on_air: Vec::new(),
-            }
-        }
-
-        pub(crate) fn link(&mut self, a: usize, b: usize) {
-            self.links.insert((a, b));
-            self.links.insert((b, a));
-        }
-
-        fn node_num(i: usize) -> u32 {
-            100 + i as u32
-        }
-
-        /// Runs until `until` (virtual ms).
-        pub(crate) fn run(&mut self, until: u64) {
-            while self.now < until {
-                let next = self
-                    .nodes
-                    .iter_mut()
-                    .map(|n| n.next_deadline(0))
-                    .min()
-                    .unwrap_or(until)
-                    .max(self.now)
-                    .min(until);
-                self.now = next;
-                let now = self.now;
-                let mut sent = Vec::new();
-                for (i, n) in self.nodes.iter_mut().enumerate() {
-                    n.handle_timeout(now);
-                    while let Some(t) = n.poll_transmit(now) {
-                        sent.push((i, t));
-                    }
-                }
-                for (i, t) in sent {
-                    let payload = t.payload.clone();
-                    self.on_air.push((i, payload.clone()));
-                    for j in 0..self.nodes.len() {
-                        if self.links.contains(&(i, j))
-                            && (t.to == BROADCAST || t.to == Self::node_num(j))
-                        {
-                            let _ = self.nodes[j].handle_radio(Self::node_num(i), &payload, 0, now);
-                        }
-                    }
-                }
-                for (i, n) in self.nodes.iter_mut().enumerate() {
-                    while let Some(e) = n.poll_event() {
-                        self.events[i].push(e);
-                    }
-                }
-                if self.now < until && self.nodes.iter_mut().all(|n| n.next_deadline(now) > until) {
-                    self.now = until;
-                }
-            }
-        }
-
-        pub(crate) fn id(&self, i: usize) -> PeerId {
-            self.nodes[i].peer_id()
-        }
-    }
-
-    pub(crate) fn message(
-        sender: PeerId,
-        recipient: Option<PeerId>,
-        payload: Vec<u8>,
-    ) -> NetworkMessage {
-        NetworkMessage {
-            id: MessageId::new_v4([9; 16]),
-            message_type: "sync-event".into(),
-            payload,
-            sender,
-            recipient,
-            timestamp_ms: 1_790_000_000_000,
-            ttl_secs: NetworkMessage::DEFAULT_TTL_SECS,
-            hop_count: 0,
-            max_hops: NetworkMessage::DEFAULT_MAX_HOPS,
-            signature: Signature([0x5A; 64]),
-        }
-    }
-
-    fn up(net: &Net, i: usize, peer: PeerId) -> bool {
-        net.events[i]
-            .iter()
-            .any(|e| matches!(e, EngineEvent::PeerUp { peer: p, .. } if *p == peer))
-    }
-
-    fn got(net: &Net, i: usize) -> Vec<NetworkMessage> {
-        net.events[i]
-            .iter()
-            .filter_map(|e| match e {
-                EngineEvent::Message { message, .. } => Some(message.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn neighbours_connect_by_themselves_and_exchange_messages() {
-        let mut net = Net::new(2, fast_config());
-        net.link(0, 1);
-        net.run(10_000);
-        let (a, b) = (net.id(0), net.id(1));
-        assert!(up(&net, 0, b) && up(&net, 1, a));
-        let m = message(a, Some(b), vec![1; 40]);
-        net.nodes[0]
-            .send_message(b, &m, Priority::Normal, net.now)
-            .unwrap();
-        let big = message(a, Some(b), vec![2; 1000]);
-        net.nodes[0]
-            .send_message(b, &big, Priority::Normal, net.now)
-            .unwrap();
-        net.run(20_000);
-        assert_eq!(got(&net, 1), vec![m, big]);
-        // Bulk and oversize are refused with typed errors.
-        assert!(matches!(
-            net.nodes[0].send_message(b, &message(a, None, vec![0; 10]), Priority::Bulk, net.now),
-            Err(LoraError::BulkRefused)
-        ));
-        assert!(matches!(
-            net.nodes[0].send_message(
-                b,
-                &message(a, None, vec![0; 1500]),
-                Priority::Normal,
-                net.now
-            ),
-            Err(LoraError::TooLarge { max: 1536, .. })
-        ));
-    }
-
-    #[test]
-    fn the_largest_accepted_message_always_fits_the_fragment_cap() {
-        // Every optional field present: the compact form is at its largest relative to
-        // the full encoding that `max_message_size` limits.
-        let (s, r) = (
-            PeerId::from_digest([0xFF; 32]),
-            PeerId::from_digest([0xEE; 32]),
-        );
-        let cap = FRAGMENT_CAPACITY * usize::from(ReassemblyLimits::default().max_fragments);
-        for type_len in [1, 20, 200] {
-            let mut m = message(s, Some(r), Vec::new());
-            m.message_type = "t".repeat(type_len);
-            m.ttl_secs = u32::MAX;
-            m.hop_count = 200;
-            m.max_hops = 255;
-            m.timestamp_ms = u64::MAX;
-            let base = encode_message(&m).len();
-            let mut len = 1536 - base;
-            while encode_message(&NetworkMessage {
-                payload: vec![0; len],
-                ..m.clone()
-            })
-            .len()
-                > 1536
-            {
-                len -= 1;
-            }
-            m.payload = vec![0; len];
-            assert!(encode_message_compact(&m).len() <= cap, "type {type_len}");
-        }
-    }
-
-    #[test]
-    fn five_node_line_delivers_over_four_hops() {
-        let mut net = Net::new(5, fast_config());
-        for i in 0..4 {
-            net.link(i, i + 1);
-        }
-        // Sessions form, then beacons flood routes across the line.
-        net.run(100_000);
-        let (a, e) = (net.id(0), net.id(4));
-        assert!(
-            net.nodes[0].reachable(&e, net.now),
-            "routes: {:?}",
-            net.nodes[0].routes(net.now)
-        );
-        let m = message(a, Some(e), vec![3; 500]);
-        net.nodes[0]
-            .send_message(e, &m, Priority::Normal, net.now)
-            .unwrap();
-        net.run(120_000);
-        let at_e: Vec<_> = net.events[4]
-            .iter()
-            .filter_map(|ev| match ev {
-                EngineEvent::Message {
-                    message,
-                    hops,
-                    from,
-                } => Some((message.clone(), *hops, *from)),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(at_e, vec![(m, 3, net.id(3))]);
-        // Nobody else got it as its destination.
-        for i in 1..4 {
-            assert!(got(&net, i).is_empty());
-        }
-    }
-
-    #[test]
-    fn tampered_and_replayed_frames_are_rejected() {
-        let mut net = Net::new(2, fast_config());
-        net.link(0, 1);
-        net.run(10_000);
-        let (a, b) = (net.id(0), net.id(1));
-        let start = net.on_air.len();
-        net.nodes[0]
-            .send_compact(
-                b,
-                Body::Notification(NotificationHeader {
-                    collection: 1,
-                    document: 2,
-                    change: 3,
-                    at_secs: 4,
-                }),
-                Priority::High,
-                net.now,
-            )
-            .unwrap();
-        net.run(12_000);
-        let sealed: Vec<Vec<u8>> = net.on_air[start..]
-            .iter()
-            .filter(|(i, p)| *i == 0 && p[0] == crate::frame::K_SEALED)
-            .map(|(_, p)| p.clone())
-            .collect();
-        assert_eq!(sealed.len(), 1);
-        let frame = &sealed[0];
-        assert!(matches!(
-            net.events[1].last(),
-            Some(EngineEvent::Compact {
-                body: Body::Notification(_),
-                ..
-            })
-        ));
-        // Replay of the exact frame.
-        assert!(matches!(
-            net.nodes[1].handle_radio(100, frame, 0, net.now),
-            Err(LoraError::Rejected("replayed"))
-        ));
-        // Any flipped bit.
-        for i in 0..frame.len() {
-            let mut t = frame.clone();
-            t[i] ^= 0x10;
-            assert!(
-                net.nodes[1].handle_radio(100, &t, 0, net.now).is_err(),
-                "byte {i}"
-            );
-        }
-        // A truncated tag.
-        assert!(
-            net.nodes[1]
-                .handle_radio(100, &frame[..frame.len() - 1], 0, net.now)
-                .is_err()
-        );
-        let _ = a;
-    }
-
-    #[test]
-    fn frame_sizes_meet_the_seed_budgets() {
-        let mut net = Net::new(2, fast_config());
-        net.link(0, 1);
-        net.run(10_000);
-        let b = net.id(1);
-        let presence = net
-            .on_air
-            .iter()
-            .find(|(_, p)| p[0] == crate::frame::K_PRESENCE)
-            .map(|(_, p)| p.len())
-            .unwrap();
-        assert!(presence <= 32, "presence {presence}");
-        let start = net.on_air.len();
-        net.nodes[0]
-            .send_compact(
-                b,
-                Body::Notification(NotificationHeader {
-                    collection: u32::MAX,
-                    document: u64::MAX,
-                    change: 255,
-                    at_secs: u32::MAX,
-                }),
-                Priority::High,
-                net.now,
-            )
-            .unwrap();
-        net.nodes[0]
-            .send_compact(
-                b,
-                Body::Grant(PermissionGrant {
-                    grantee: b,
-                    resource: u64::MAX,
-                    actions: 255,
-                    expires_secs: u32::MAX,
-                }),
-                Priority::High,
-                net.now,
-            )
-            .unwrap();
-        net.run(12_000);
-        let sizes: Vec<usize> = net.on_air[start..]
-            .iter()
-            .filter(|(i, p)| *i == 0 && p[0] == crate::frame::K_SEALED)
-            .map(|(_, p)| p.len())
-            .collect();
-        assert_eq!(sizes.len(), 2);
-        assert!(sizes[0] <= 64, "notification {}", sizes[0]);
-        assert!(sizes[1] <= 96, "grant {}", sizes[1]);
-        // Every frame fits one Meshtastic payload.
-        assert!(net.on_air.iter().all(|(_, p)| p.len() <= MAX_APP_PAYLOAD));
-    }
-
-    #[test]
-    fn close_restart_and_policy() {
-        let mut net = Net::new(2, fast_config());
-        net.link(0, 1);
-        net.run(10_000);
-        let (a, b) = (net.id(0), net.id(1));
-        net.nodes[0].disconnect(b);
-        net.run(12_000);
-        assert!(net.events[1].contains(&EngineEvent::PeerDown(a)));
-        assert!(net.events[0].contains(&EngineEvent::PeerDown(b)));
-        net.run(80_000);
-        assert!(
-            net.nodes[0].neighbours().is_empty() && net.nodes[1].neighbours().is_empty(),
-            "no automatic reconnect after a close"
-        );
-        assert!(!net.nodes[1].connect(a, net.now).unwrap());
-        net.run(90_000);
-        assert_eq!(net.nodes[1].neighbours().len(), 1);
-        // A node blocking the other never establishes a session with it.
-        let mut net = Net::new(2, fast_config());
-        let b = net.id(1);
-        net.nodes[0].policy = Arc::new(AccessPolicy::block([b]));
-        net.link(0, 1);
-        net.run(60_000);
-        assert!(net.nodes[0].neighbours().is_empty() && net.nodes[1].neighbours().is_empty());
-    }
-}
+mod tests;

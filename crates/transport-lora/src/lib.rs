@@ -7,7 +7,19 @@
 //! heartbeats, and `MeshPacket`s whose `Data` uses the private application port (256).
 //! Our own frames ([`frame`]) travel as that payload (at most 233 bytes); ecomesh does its
 //! own multi-hop routing, so packets go out with `hop_limit` 0 by default and unicast
-//! frames with `want_ack` (the firmware retransmits lost ones).
+//! frames with `want_ack`: the firmware retransmits lost ones and tells the client each
+//! packet's fate (a `ROUTING_APP` acknowledgement, or `MAX_RETRANSMIT` when it gave up).
+//!
+//! # Store-and-forward at each hop
+//! A data frame (message, fragment, notification, grant) stays with the engine until the
+//! radio reports that the next hop received it. When the radio gives up (collisions on a
+//! busy or hidden-terminal channel exhaust the firmware's three retransmissions), or
+//! reports nothing within `hop_ack_timeout_ms`, the engine re-encrypts the frame and
+//! sends it again through the best next hop at that moment, up to `hop_retries` times;
+//! after that it holds the frame until a route appears. Duplicates (an acknowledgement
+//! lost after the frame arrived) are dropped by the receivers' seen-sets. So a message
+//! that `send` accepted is not lost to collisions on one hop while the next hop stays
+//! reachable.
 //!
 //! # Layers
 //! - [`serial`]: sans-io framing with resynchronisation after garbage (fuzzed).

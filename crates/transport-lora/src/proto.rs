@@ -10,13 +10,20 @@
 //! | `ToRadio` | `packet` (1), `want_config_id` (3), `disconnect` (4), `heartbeat` (7) |
 //! | `FromRadio` | `id` (1), `packet` (2), `my_info` (3), `node_info` (4), `config_complete_id` (7), `rebooted` (8) |
 //! | `MeshPacket` | `from` (1, fixed32), `to` (2, fixed32), `channel` (3), `decoded` (4), `id` (6, fixed32), `rx_time` (7, fixed32), `rx_snr` (8, float), `hop_limit` (9), `want_ack` (10), `priority` (11), `rx_rssi` (12), `hop_start` (15) |
-//! | `Data` | `portnum` (1), `payload` (2), `want_response` (3) |
+//! | `Data` | `portnum` (1), `payload` (2), `want_response` (3), `request_id` (6, fixed32) |
+//! | `Routing` | `error_reason` (3) |
 //! | `MyNodeInfo` | `my_node_num` (1) |
 //! | `NodeInfo` | `num` (1), `user` (2) |
 //! | `User` | `id` (1), `long_name` (2), `short_name` (3) |
 
 /// `PortNum.PRIVATE_APP`: the port Meshtastic reserves for private applications.
 pub const PRIVATE_APP: i32 = 256;
+/// `PortNum.ROUTING_APP`: acknowledgements and delivery failures of `want_ack` packets.
+pub const ROUTING_APP: i32 = 5;
+/// `Routing.Error.NONE`: the packet was acknowledged by its destination.
+pub const ROUTING_ERROR_NONE: i32 = 0;
+/// `Routing.Error.MAX_RETRANSMIT`: the firmware gave up after its retransmissions.
+pub const ROUTING_ERROR_MAX_RETRANSMIT: i32 = 5;
 /// `PortNum.TEXT_MESSAGE_APP` (used only to recognise foreign traffic in tests).
 pub const TEXT_MESSAGE_APP: i32 = 1;
 /// The broadcast node number (`to` of a packet for every node).
@@ -40,6 +47,19 @@ pub struct Data {
     /// Ask the recipient to reply in kind.
     #[prost(bool, tag = "3")]
     pub want_response: bool,
+    /// On a `ROUTING_APP` packet: the id of the packet it acknowledges or reports as failed.
+    #[prost(fixed32, tag = "6")]
+    pub request_id: u32,
+}
+
+/// `meshtastic.Routing`: the payload of a `ROUTING_APP` packet. Only the error variant
+/// is declared (route requests and replies are skipped as unknown fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Routing {
+    /// `Routing.Error`: [`ROUTING_ERROR_NONE`] for an acknowledgement, otherwise why the
+    /// packet was not delivered.
+    #[prost(int32, tag = "3")]
+    pub error_reason: i32,
 }
 
 /// `meshtastic.MeshPacket`: a packet sent or received over the mesh.

@@ -191,14 +191,15 @@ impl<T> Scheduler<T> {
     }
 
     /// Queues `item`; when full, evicts the newest packet of a strictly less urgent
-    /// priority, or gives `item` back if there is none.
-    pub fn push(&mut self, item: Queued<T>) -> Result<(), Queued<T>> {
+    /// priority and returns it, or gives `item` back if there is none.
+    pub fn push(&mut self, item: Queued<T>) -> Result<Option<Queued<T>>, Queued<T>> {
+        let mut evicted = None;
         if self.len >= self.config.queue_limit {
             let r = rank(item.priority);
             let victim = (r + 1..5).rev().find(|i| !self.queues[*i].is_empty());
             match victim {
                 Some(v) => {
-                    self.queues[v].pop_back();
+                    evicted = self.queues[v].pop_back();
                     self.len -= 1;
                 }
                 None => return Err(item),
@@ -206,7 +207,7 @@ impl<T> Scheduler<T> {
         }
         self.queues[rank(item.priority)].push_back(item);
         self.len += 1;
-        Ok(())
+        Ok(evicted)
     }
 
     fn head(&self) -> Option<&Queued<T>> {
@@ -323,12 +324,18 @@ mod tests {
             })
             .is_err()
         );
-        s.push(Queued {
-            item: 3,
-            airtime_ms: 40,
-            priority: Priority::High,
-        })
-        .unwrap();
+        let evicted = s
+            .push(Queued {
+                item: 3,
+                airtime_ms: 40,
+                priority: Priority::High,
+            })
+            .unwrap();
+        assert_eq!(
+            evicted.map(|q| q.item),
+            Some(0),
+            "the Low packet is handed back"
+        );
         let mut sent = Vec::new();
         let mut now = 0;
         while let Some(d) = s.next_deadline(now) {

@@ -15,7 +15,11 @@
 //!   itself meanwhile) gets neither (hidden terminals, simultaneous starts);
 //! - the firmware's `want_ack` behaviour for unicast packets: a packet its destination did
 //!   not receive is retransmitted (up to [`SimConfig::retransmissions`] times), and those
-//!   retransmissions count as airtime too (the ack packets themselves are not modelled);
+//!   retransmissions count as airtime too; the sender's client is then told the packet's
+//!   fate as the firmware tells it, with a `ROUTING_APP` packet whose `request_id` names
+//!   the packet: `error_reason` NONE from the destination once it received it, or
+//!   MAX_RETRANSMIT from the sender's own node when the retransmissions ran out (the ack
+//!   packets themselves take no airtime and are never lost);
 //! - a log of every transmission ([`SimChannel::transmissions`]) with bytes and airtime.
 //!
 //! Packets reach the client with `hop_start = hop_limit` (the simulator never relays).
@@ -31,10 +35,11 @@ use serialport::{SerialPort, TTYPort};
 
 use crate::airtime::LoraParams;
 use crate::proto::{
-    BROADCAST, FromRadio, FromRadioVariant, MeshPacket, MyNodeInfo, NodeInfo, ToRadio,
-    ToRadioVariant, User,
+    BROADCAST, Data, FromRadio, FromRadioVariant, MeshPacket, MyNodeInfo, NodeInfo, ROUTING_APP,
+    ROUTING_ERROR_MAX_RETRANSMIT, ROUTING_ERROR_NONE, Routing, ToRadio, ToRadioVariant, User,
 };
 use crate::serial::{Decoded, FrameDecoder, encode_from_radio};
+use prost::Message as _;
 
 /// Settings of a simulated channel.
 #[derive(Clone, Debug)]
@@ -444,6 +449,24 @@ fn transmit(
     shared.wake.notify_all();
 }
 
+/// The firmware's report on a `want_ack` packet, as its client receives it.
+fn routing_packet(from: u32, to: u32, request_id: u32, error_reason: i32) -> FromRadio {
+    FromRadio {
+        id: 0,
+        payload_variant: Some(FromRadioVariant::Packet(MeshPacket {
+            from,
+            to,
+            decoded: Some(Data {
+                portnum: ROUTING_APP,
+                payload: Routing { error_reason }.encode_to_vec(),
+                want_response: false,
+                request_id,
+            }),
+            ..Default::default()
+        })),
+    }
+}
+
 fn air_loop(shared: &Arc<Shared>) {
     let mut st = lock(&shared.state);
     loop {
@@ -507,9 +530,17 @@ fn air_loop(shared: &Arc<Shared>) {
             delivered.push(r);
         }
         let mut retransmit = None;
-        if p.retries_left > 0 && !delivered.contains(&p.packet.to) {
-            retransmit = Some(p.packet.clone());
+        let mut verdict = None;
+        if p.packet.want_ack && p.packet.to != BROADCAST {
+            if delivered.contains(&p.packet.to) {
+                verdict = Some((p.packet.to, ROUTING_ERROR_NONE));
+            } else if p.retries_left > 0 {
+                retransmit = Some(p.packet.clone());
+            } else {
+                verdict = Some((p.node, ROUTING_ERROR_MAX_RETRANSMIT));
+            }
         }
+        let sender_port = verdict.and_then(|_| st.radios.get(&p.node).map(|x| x.port.clone()));
         if let Some(t) = st.log.get_mut(p.id) {
             t.delivered = delivered.clone();
         }
@@ -538,6 +569,12 @@ fn air_loop(shared: &Arc<Shared>) {
                     id: 0,
                     payload_variant: Some(FromRadioVariant::Packet(pkt)),
                 },
+            );
+        }
+        if let (Some((from, error_reason)), Some(port)) = (verdict, sender_port) {
+            write_to(
+                &port,
+                &routing_packet(from, p.node, p.packet.id, error_reason),
             );
         }
         if let Some(pkt) = retransmit {

@@ -1,7 +1,7 @@
 //! The tokio driver: a serial port to a Meshtastic radio, one task running the
 //! [`Engine`] and the [`RadioClient`], and the `TransportAdapter` implementation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +20,7 @@ use crate::client::{ClientEvent, RadioClient};
 use crate::engine::{Engine, EngineConfig, EngineEvent};
 use crate::error::LoraError;
 use crate::frame::{Body, ShortId};
+use crate::proto::ROUTING_ERROR_NONE;
 
 /// Settings of a [`LoraTransport`].
 #[derive(Clone, Debug)]
@@ -99,6 +100,10 @@ pub struct LoraStatus {
     pub airtime_used_ms: u64,
     /// Packets waiting for the channel.
     pub queued: usize,
+    /// Data frames whose arrival at the next hop the radio has not confirmed yet.
+    pub unconfirmed: usize,
+    /// Frames held for a next hop that is not there yet.
+    pub held: usize,
     /// Live routes: destination short id, next hop, hops.
     pub routes: Vec<(ShortId, PeerId, u8)>,
     /// Serial bytes that were not part of any frame.
@@ -222,6 +227,17 @@ impl LoraTransport {
     /// Sends with an explicit priority: `Critical` first, ..., and `Bulk` refused
     /// ([`LoraError::BulkRefused`] inside [`Error::Backend`]). `peer` may be a neighbour or
     /// a node the routing table reaches through one.
+    ///
+    /// What `Ok` promises: the message (each of its fragments) is queued for the radio
+    /// and then kept, hop by hop, until the radio reports that the next hop received it
+    /// (Meshtastic's `want_ack` acknowledgement). A frame the radio gives up on, or does
+    /// not report on in time, is sent again through the best next hop at that moment
+    /// (up to [`EngineConfig::hop_retries`] times), then held until a route appears
+    /// (bounded by `held_capacity` and `held_timeout_ms`, with a warning when one goes).
+    /// It does not promise end-to-end delivery: a relay that restarts loses what it
+    /// held, and a frame acknowledged by a radio whose node then changed its session
+    /// cannot be decrypted; the mesh above retries end to end until the destination
+    /// acknowledges.
     pub async fn send_with_priority(
         &self,
         peer: PeerId,
@@ -383,8 +399,14 @@ struct Driver {
     client: RadioClient,
     write: std::sync::mpsc::Sender<Vec<u8>>,
     waiters: Vec<(PeerId, u64, Ack)>,
+    /// Radio packet id -> engine ticket of the tracked frames on the radio, bounded (the
+    /// engine times out a frame whose verdict never comes).
+    tickets: VecDeque<(u32, u64)>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
+
+/// Radio packets whose verdict is awaited at once (the Meshtastic TX queue holds fewer).
+const MAX_TICKETS: usize = 256;
 
 impl Driver {
     fn write(&mut self, bytes: Vec<u8>) {
@@ -393,7 +415,13 @@ impl Driver {
 
     fn pump(&mut self, now: u64) {
         while let Some(t) = self.engine.poll_transmit(now) {
-            let bytes = self.client.packet(&t, now);
+            let (id, bytes) = self.client.packet(&t, now);
+            if let Some(ticket) = t.ticket {
+                if self.tickets.len() >= MAX_TICKETS {
+                    self.tickets.pop_front();
+                }
+                self.tickets.push_back((id, ticket));
+            }
             self.write(bytes);
         }
         if let Some(hb) = self.client.poll_heartbeat(now) {
@@ -500,6 +528,8 @@ impl Driver {
                     node: self.client.node(),
                     airtime_used_ms: self.engine.airtime_used_ms(now),
                     queued: self.engine.queued(),
+                    unconfirmed: self.engine.unconfirmed(),
+                    held: self.engine.held(),
                     routes: self.engine.routes(now),
                     serial_skipped: self.client.skipped(),
                 });
@@ -520,6 +550,19 @@ impl Driver {
                 } => {
                     if let Err(e) = self.engine.handle_radio(from, &payload, hops, now) {
                         tracing::debug!(from, error = %e, "frame refused");
+                    }
+                }
+                ClientEvent::Routing {
+                    request_id,
+                    error_reason,
+                } => {
+                    let i = self.tickets.iter().position(|(id, _)| *id == request_id);
+                    if let Some((_, ticket)) = i.and_then(|i| self.tickets.remove(i)) {
+                        let delivered = error_reason == ROUTING_ERROR_NONE;
+                        if !delivered {
+                            tracing::debug!(request_id, error_reason, "radio gave up on a packet");
+                        }
+                        self.engine.handle_hop_result(ticket, delivered, now);
                     }
                 }
                 ClientEvent::Rebooted => {
@@ -699,6 +742,7 @@ impl TransportAdapter for LoraTransport {
                 client,
                 write,
                 waiters: Vec::new(),
+                tickets: VecDeque::new(),
                 threads,
             };
             let task = tokio::spawn(run(driver, bytes, crx, stop));

@@ -200,6 +200,7 @@ fn packet_frame(from: u32, payload: Vec<u8>) -> Vec<u8> {
                 portnum: PRIVATE_APP,
                 payload,
                 want_response: false,
+                request_id: 0,
             }),
             ..Default::default()
         })),
