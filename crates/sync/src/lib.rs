@@ -15,7 +15,8 @@
 //! - `builder`, `node`: assembly, the driving task, shutdown;
 //! - `config`, `layout`: tunables with their defaults, the files on disk;
 //! - `persist`: the mesh's persisted state;
-//! - `docs`: documents (`node.collection("c").doc(id)`);
+//! - `docs`, `watch`: documents (`node.collection("c").doc(id)`), queries,
+//!   batches, history, and live snapshots with `has_pending_writes`;
 //! - `texts`: sealed texts and the durable outbox;
 //! - `blobs`, `routing`: large content and its location index;
 //! - `api`: status, peers, changes, texts, blobs, content answers.
@@ -35,6 +36,7 @@ mod node;
 mod persist;
 mod routing;
 mod texts;
+mod watch;
 
 pub use api::{Change, Changes, NodeStatus};
 pub use blobs::{BlobInfo, GcSummary};
@@ -47,9 +49,15 @@ pub use layout::DataLayout;
 pub use node::Node;
 pub use routing::{ContentRouting, RoutingError};
 pub use texts::{INBOX, InboxText, MAX_TEXT, OUTBOX, OutboxText, SentText, TEXT_TYPE, TextStatus};
+pub use watch::{DocSnapshot, QuerySnapshot, Watch};
 
+pub use ecomesh_crdt::FieldOp;
 pub use ecomesh_mesh::SendOutcome;
+pub use ecomesh_p2p_storage::VersionInfo;
 pub use ecomesh_p2p_storage::{ClockReport, OwnClock, PeerClock};
 pub use ecomesh_replication::blob::BlobId;
 pub use ecomesh_replication::stream::{EventKind, Source};
-pub use ecomesh_types::{Document, Map, PeerId, PeerInfo, SetOptions, Value, WriteResult};
+pub use ecomesh_types::{
+    BatchOperation, BatchResult, ContentId, Document, Map, PeerId, PeerInfo, Query, SetOptions,
+    Value, WriteResult,
+};

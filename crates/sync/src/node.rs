@@ -51,6 +51,7 @@ pub(crate) struct Inner {
     pub(crate) transports: Vec<Arc<dyn TransportAdapter>>,
     pub(crate) started: Instant,
     pub(crate) wake: Arc<Notify>,
+    pub(crate) writes: crate::watch::PendingWrites,
     stop: watch::Sender<bool>,
     driver: Mutex<Option<JoinHandle<()>>>,
     subscriptions: Mutex<Vec<Subscription>>,
@@ -115,6 +116,7 @@ impl Node {
             transports: b.transports,
             started: Instant::now(),
             wake,
+            writes: crate::watch::PendingWrites::default(),
             stop,
             driver: Mutex::new(None),
             subscriptions: Mutex::new(Vec::new()),
@@ -271,6 +273,7 @@ impl Inner {
         if handled > 0 || self.state.is_dirty() {
             self.state.persist();
         }
+        self.writes.refresh(self.p2p.queue());
     }
 }
 
