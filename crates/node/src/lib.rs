@@ -1,9 +1,9 @@
 //! The ecomesh node: the daemon behind `ecomesh node` and the pieces the CLI shares with it.
 //!
-//! - [`daemon`]: runs the sled store, the [`MultiTransportManager`](ecomesh_mesh::MultiTransportManager),
-//!   the wired transport with mDNS discovery, and the control socket; texts between nodes
-//!   are sealed end to end ([`ecomesh_identity::sealed::seal_signed`]) and travel as signed mesh
-//!   messages, by store-and-forward when the recipient is away.
+//! - [`daemon`]: starts the transports (wired with mDNS, internet, LoRa), hands them to an
+//!   embedded [`ecomesh_sync::Node`] (store, mesh, replication, blobs, sealed texts and their
+//!   outbox), and serves the control socket.
+//! - `serve`: answers control requests by calling the `Node` API.
 //! - [`control`]: the JSON-lines protocol on the local control socket, and its client.
 //! - [`paths`]: the data directory (XDG default) and the files in it.
 
@@ -12,3 +12,4 @@
 pub mod control;
 pub mod daemon;
 pub mod paths;
+mod serve;

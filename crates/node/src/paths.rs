@@ -44,37 +44,13 @@ impl DataDir {
 
     /// The identity key file.
     pub fn identity(&self) -> PathBuf {
-        self.root.join("identity.key")
+        self.layout().identity()
     }
 
-    /// The sled store directory.
-    pub fn store(&self) -> PathBuf {
-        self.root.join("store")
-    }
-
-    /// The persisted store-and-forward buffer.
-    pub fn buffer(&self) -> PathBuf {
-        self.root.join("mesh-buffer.bin")
-    }
-
-    /// The persisted set of messages waiting for an ACK.
-    pub fn pending(&self) -> PathBuf {
-        self.root.join("mesh-pending.bin")
-    }
-
-    /// The public keys of peers met so far.
-    pub fn known_keys(&self) -> PathBuf {
-        self.root.join("known-keys.bin")
-    }
-
-    /// The node's stream of positioned versions (a sled database).
-    pub fn stream(&self) -> PathBuf {
-        self.root.join("stream")
-    }
-
-    /// The durable sync queue (a sled database).
-    pub fn queue(&self) -> PathBuf {
-        self.root.join("queue")
+    /// The layout of the node's own files (store, queue, stream, mesh
+    /// state), as the embedded [`ecomesh_sync::Node`] keeps them.
+    pub fn layout(&self) -> ecomesh_sync::DataLayout {
+        ecomesh_sync::DataLayout::new(&self.root)
     }
 
     /// The control socket of the running node.

@@ -1584,6 +1584,41 @@ impl<B: Backend> P2PStorageAdapter<B> {
         }
     }
 
+    /// Applies field operations (counter increments, set additions and
+    /// removals, field removals) to a document, as a local write that is
+    /// queued and pushed like [`StorageAdapter::update`].
+    pub fn apply_ops(
+        &self,
+        collection: &str,
+        id: &str,
+        ops: Vec<(String, ecomesh_crdt::FieldOp)>,
+    ) -> Result<WriteResult, crate::StoreError> {
+        let w = self.store.apply_ops(collection, id, ops)?;
+        self.after_write(w.version.as_ref(), false);
+        Ok(w)
+    }
+
+    /// Writes, as a new local version, the content the document had at
+    /// version `cid` (see [`Store::restore`]); queued and pushed like any
+    /// local write.
+    pub fn restore(
+        &self,
+        collection: &str,
+        id: &str,
+        cid: &ContentId,
+    ) -> Result<WriteResult, crate::StoreError> {
+        let w = self.store.restore(collection, id, cid)?;
+        let tombstone = self.store.get(collection, id)?.is_none();
+        self.after_write(w.version.as_ref(), tombstone);
+        Ok(w)
+    }
+
+    /// The durable sync queue, when the adapter has one: its items are the
+    /// local versions not yet acknowledged by enough partners.
+    pub fn queue(&self) -> Option<&SyncQueue> {
+        self.queue.as_ref()
+    }
+
     fn after_write(&self, version: Option<&ContentId>, tombstone: bool) {
         let mut d = lock(&self.driver);
         self.new_version(&mut d, version, tombstone);

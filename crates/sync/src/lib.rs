@@ -1,0 +1,63 @@
+//! The embeddable ecomesh node that applications build on.
+//!
+//! [`Node::builder`] takes a data directory, an identity, transports (as
+//! `Arc<dyn TransportAdapter>`: this crate links no transport) and an
+//! optional [`ContentRouting`]; [`NodeBuilder::start`] opens the sled store,
+//! the durable sync queue and stream, the mesh manager with its persisted
+//! buffer, pending ACKs and learned keys, the `P2PStorageAdapter`, the blob
+//! service and the sealed-text outbox, and runs one task that drives them
+//! (on every transport event and every [`NodeConfig::tick`]), garbage-collects
+//! blobs and re-announces them every [`NodeConfig::blob_gc_interval`], and
+//! saves the mesh state after every change. [`Node::shutdown`] stops it
+//! cleanly.
+//!
+//! Modules, one purpose each:
+//! - `builder`, `node`: assembly, the driving task, shutdown;
+//! - `config`, `layout`: tunables with their defaults, the files on disk;
+//! - `persist`: the mesh's persisted state;
+//! - `docs`, `watch`: documents (`node.collection("c").doc(id)`), queries,
+//!   batches, history, and live snapshots with `has_pending_writes`;
+//! - `texts`: sealed texts and the durable outbox;
+//! - `blobs`, `routing`: large content and its location index;
+//! - `api`: status, peers, changes, texts, blobs, content answers.
+
+#![forbid(unsafe_code)]
+
+mod api;
+mod blobs;
+mod builder;
+mod clock;
+mod config;
+mod docs;
+mod error;
+mod fsutil;
+mod layout;
+mod node;
+mod persist;
+mod routing;
+mod texts;
+mod watch;
+
+pub use api::{Change, Changes, NodeStatus};
+pub use blobs::{BlobInfo, GcSummary};
+pub use builder::NodeBuilder;
+pub use config::{DEFAULT_OUTBOX_MAX, NodeConfig};
+pub use docs::{Collection, DocRef};
+pub use error::{Result, SyncError};
+pub use fsutil::write_atomic;
+pub use layout::DataLayout;
+pub use node::Node;
+pub use routing::{ContentRouting, RoutingError};
+pub use texts::{INBOX, InboxText, MAX_TEXT, OUTBOX, OutboxText, SentText, TEXT_TYPE, TextStatus};
+pub use watch::{DocSnapshot, QuerySnapshot, Watch};
+
+pub use ecomesh_crdt::FieldOp;
+pub use ecomesh_mesh::SendOutcome;
+pub use ecomesh_p2p_storage::VersionInfo;
+pub use ecomesh_p2p_storage::{ClockReport, OwnClock, PeerClock};
+pub use ecomesh_replication::blob::BlobId;
+pub use ecomesh_replication::stream::{EventKind, Source};
+pub use ecomesh_types::{
+    BatchOperation, BatchResult, ContentId, Document, Map, PeerId, PeerInfo, Query, SetOptions,
+    Value, WriteResult,
+};
