@@ -1,7 +1,7 @@
 //! The `ecomesh node` daemon: parses the options, starts the transports
 //! chosen with `--transports` (wired with mDNS, internet, LoRa), hands them
 //! to an embedded [`ecomesh_sync::Node`], and serves the control socket by
-//! calling the `Node` API ([`crate::serve`]).
+//! calling the `Node` API (the private `serve` module).
 //!
 //! Everything else (store, durable queue and stream, mesh manager and its
 //! persisted state, replication, blobs and their GC, the sealed-text protocol
