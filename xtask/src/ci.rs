@@ -22,6 +22,8 @@ Runs every check, in this order, stopping at the first failure and naming it:
   clippy       cargo clippy --workspace --all-targets --all-features -- -D warnings
   test         cargo nextest run --workspace --all-features (cargo test --workspace
                --all-features without cargo-nextest)
+  example      cargo run -p ecomesh-sync --example notes: two embedded nodes on
+               loopback (wired transport) sync a note; fails after 30 s
   lan-test     `cargo xtask lan-test`: 4 `ecomesh node`s in network namespaces (root)
   sim          `cargo xtask sim`: 1000 seeds of the network simulator at 3 nodes
   doctest      cargo test --doc --workspace --all-features (nextest skips doctests)
@@ -45,6 +47,7 @@ pub(crate) const STEPS: &[&str] = &[
     "deny",
     "clippy",
     "test",
+    "example",
     "lan-test",
     "sim",
     "doctest",
@@ -219,6 +222,9 @@ fn run_step(step: &str, metadata: &Metadata, nextest: bool, fuzz_seconds: u64) -
             .args(["test", "--workspace", "--all-features"])
             .env("ECOMESH_REQUIRE_INTEROP", "1")
             .run()?,
+        "example" => cargo()
+            .args(["run", "-p", "ecomesh-sync", "--example", "notes"])
+            .run()?,
         "lan-test" => crate::lan::run(metadata, 4, false)?,
         "sim" => crate::sim::run(
             root,
@@ -267,6 +273,19 @@ fn run_step(step: &str, metadata: &Metadata, nextest: bool, fuzz_seconds: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_step_is_in_the_help_in_run_order() {
+        let mut at = 0;
+        for step in STEPS {
+            let needle = format!("\n  {step} ");
+            let found = HELP[at..]
+                .find(&needle)
+                .unwrap_or_else(|| panic!("step `{step}` missing from HELP or out of order"));
+            at += found + needle.len();
+        }
+        assert!(STEPS.contains(&"example"));
+    }
 
     #[test]
     fn df_available_column_is_read_in_bytes() {

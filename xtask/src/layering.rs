@@ -5,7 +5,9 @@
 //! `<folder>: <folder> <folder> ...`, naming the crate folders (package
 //! `ecomesh-<folder>`) that the crate may name in `[dependencies]` and
 //! `[build-dependencies]`. `[dev-dependencies]` may also name `transport-tests` and
-//! any crate below the crate itself (the transitive closure of its list).
+//! any crate below the crate itself (the transitive closure of its list); the
+//! `sync` crate's `[dev-dependencies]` may also name `transport-*` crates, because
+//! its examples and tests run real transports as an embedding application does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path};
@@ -22,6 +24,19 @@ const FENCE: &str = "```layering";
 
 /// The crate every transport may use in its tests.
 const TRANSPORT_TESTS: &str = "transport-tests";
+
+/// The embeddable node, whose examples and tests link transports as an
+/// application does.
+const SYNC: &str = "sync";
+
+/// The folder prefix of every transport crate.
+const TRANSPORT_PREFIX: &str = "transport-";
+
+/// Whether `folder`'s `[dev-dependencies]` may name `dep` beyond what is below
+/// it: `transport-tests` for everyone, any `transport-*` for `sync`.
+fn dev_extra_allowed(folder: &str, dep: &str) -> bool {
+    dep == TRANSPORT_TESTS || (folder == SYNC && dep.starts_with(TRANSPORT_PREFIX))
+}
 
 /// The allowed dependencies of each crate folder, as the architecture document lists them.
 #[derive(Debug, Clone)]
@@ -177,7 +192,9 @@ impl Layering {
                 };
                 let ok = match dep.kind {
                     DepKind::Normal | DepKind::Build => allowed.contains(dep_folder),
-                    DepKind::Dev => dep_folder == TRANSPORT_TESTS || below.contains(dep_folder),
+                    DepKind::Dev => {
+                        dev_extra_allowed(folder, dep_folder) || below.contains(dep_folder)
+                    }
                 };
                 if !ok {
                     let list = if allowed.is_empty() {
@@ -187,7 +204,8 @@ impl Layering {
                     };
                     let dev_note = if dep.kind == DepKind::Dev {
                         format!(
-                            " (dev-dependencies may also name {TRANSPORT_TESTS} and any crate below {folder})"
+                            " (dev-dependencies may also name {TRANSPORT_TESTS} and any crate below \
+                             {folder}; only {SYNC}'s may name other {TRANSPORT_PREFIX}* crates)"
                         )
                     } else {
                         String::new()
@@ -400,6 +418,47 @@ mod tests {
             &[("ecomesh-crdt", DepKind::Normal)],
         )]);
         assert_eq!(l.check(&normal).len(), 1);
+    }
+
+    #[test]
+    fn only_sync_dev_dependencies_may_name_transports() {
+        let doc = "```layering\ntypes:\ntransport-wired: types\ntransport-tests: types\n\
+                   mesh: types\nsync: types mesh\n```\n";
+        let l = Layering::parse(doc).unwrap();
+        let sync_dev = metadata(vec![package(
+            "crates/sync",
+            "ecomesh-sync",
+            &[
+                ("ecomesh-transport-wired", DepKind::Dev),
+                ("ecomesh-transport-tests", DepKind::Dev),
+            ],
+        )]);
+        assert_eq!(l.check(&sync_dev), Vec::<String>::new());
+        // Not in sync's normal or build dependencies.
+        for kind in [DepKind::Normal, DepKind::Build] {
+            let m = metadata(vec![package(
+                "crates/sync",
+                "ecomesh-sync",
+                &[("ecomesh-transport-wired", kind)],
+            )]);
+            let problems = l.check(&m);
+            assert_eq!(problems.len(), 1, "{kind:?}: {problems:#?}");
+            assert!(problems[0].contains("ecomesh-sync depends on ecomesh-transport-wired"));
+        }
+        // Not in another crate's dev-dependencies.
+        let mesh_dev = metadata(vec![package(
+            "crates/mesh",
+            "ecomesh-mesh",
+            &[("ecomesh-transport-wired", DepKind::Dev)],
+        )]);
+        let problems = l.check(&mesh_dev);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0].contains("only sync's may name other transport-* crates"));
+        // The prefix must match whole: `transportless` is no transport.
+        assert!(!dev_extra_allowed("sync", "transportless"));
+        assert!(dev_extra_allowed("sync", "transport-lora"));
+        assert!(!dev_extra_allowed("mesh", "transport-lora"));
+        assert!(dev_extra_allowed("mesh", "transport-tests"));
     }
 
     #[test]

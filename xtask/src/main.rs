@@ -34,7 +34,8 @@ cargo xtask <COMMAND> [ARGS...]   (project automation for ecomesh)
 
 Commands:
   ci         every check CI runs: fmt, layering, dependency freedom, cargo-deny,
-             clippy, tests, doctests, docs, a short fuzz run; prints step timings
+             clippy, tests, the notes example, doctests, docs, a short fuzz run;
+             prints step timings
   deps       install what a fresh Debian machine lacks (cargo-deny, cargo-fuzz,
              cargo-nextest, apt packages), only what is missing
   proptest   run every `prop_*` test in release mode: --cases N (default 256)
@@ -56,7 +57,8 @@ cargo xtask layering
 Checks that every crate in crates/ is listed in the `layering` block of
 docs/architecture.md and that its ecomesh-* [dependencies] and
 [build-dependencies] are among those the block allows it; [dev-dependencies] may
-also name transport-tests and any crate below it. Reads
+also name transport-tests and any crate below it (and sync's any transport-*
+crate, for its examples and tests). Reads
 `cargo metadata --format-version 1 --no-deps`. Also part of `cargo xtask ci`.";
 
 fn main() -> ExitCode {

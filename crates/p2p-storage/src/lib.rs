@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod activity;
 mod adapter;
 pub mod blobs;
 mod codec;
@@ -38,6 +39,7 @@ mod subs;
 pub mod trie;
 mod txn;
 
+pub use activity::SyncActivity;
 pub use blobs::{BlobService, BlobServiceConfig, BlobStore, GcReport};
 pub use engine::{
     ApplyOutcome, FORMAT_VERSION, FlushPolicy, GcPolicy, IntegrityReport, MemoryStore, SledStore,

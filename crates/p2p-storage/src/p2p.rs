@@ -57,6 +57,7 @@ use ecomesh_types::{
 use ecomesh_wire::Limits;
 
 use crate::Store;
+use crate::activity::{ActivityLog, SyncActivity};
 use crate::kv::Backend;
 use crate::skew::{ClockReport, ClockSkew};
 
@@ -91,6 +92,8 @@ pub struct ReplicatedView<B: Backend> {
     stream: SharedStream,
     /// Versions newly merged from peers, to be pushed on (see [`TakenIn`]).
     taken_in: Arc<Mutex<TakenIn>>,
+    /// What replication did, for the owner to drain (see [`crate::activity`]).
+    activity: Arc<Mutex<ActivityLog>>,
 }
 
 /// Most versions waiting to be pushed on; beyond it the rest of a burst (a
@@ -200,11 +203,17 @@ impl<B: Backend> ReconcileStore for ReplicatedView<B> {
 
     fn apply_version(&self, bytes: &[u8]) -> Result<ApplyResult, ReplicationError> {
         match Self::document_of(bytes) {
-            Some((c, _)) if self.replicates(&c) => {
+            Some((c, id)) if self.replicates(&c) => {
+                // The heads before the merge tell whether it was concurrent.
+                let before = match &self.relation {
+                    Some(_) => Some(ReconcileStore::heads(&*self.store, &c, &id)?),
+                    None => None,
+                };
                 let result = ReconcileStore::apply_version(&*self.store, bytes)?;
                 if result == ApplyResult::Applied
                     && let Some(r) = &self.relation
                 {
+                    self.note_received(r.peer, bytes, c, id, before.unwrap_or_default());
                     record_in_stream(&self.stream, bytes, Source::Remote(r.peer));
                     let mut t = lock(&self.taken_in);
                     if t.versions.len() < MAX_TAKEN_IN {
@@ -221,6 +230,32 @@ impl<B: Backend> ReconcileStore for ReplicatedView<B> {
             ))),
             None => Ok(ApplyResult::Invalid("not a version node".into())),
         }
+    }
+}
+
+impl<B: Backend> ReplicatedView<B> {
+    /// Records that version `bytes` of `collection`/`id` was merged from
+    /// `peer`; `heads_before` are the document's heads before the merge.
+    fn note_received(
+        &self,
+        peer: PeerId,
+        bytes: &[u8],
+        collection: String,
+        id: String,
+        mut heads_before: Vec<ContentId>,
+    ) {
+        let parents = ecomesh_wire::decode::<crate::VersionNode>(bytes)
+            .map(|v| v.parents)
+            .unwrap_or_default();
+        heads_before.sort();
+        let concurrent = !heads_before.is_empty() && parents != heads_before;
+        lock(&self.activity).push(SyncActivity::Received {
+            peer,
+            version: crate::codec::cid_of_bytes(bytes),
+            collection,
+            id,
+            concurrent,
+        });
     }
 }
 
@@ -691,6 +726,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             relation: None,
             stream: stream.clone(),
             taken_in: Arc::default(),
+            activity: Arc::default(),
         });
         P2PStorageAdapter {
             store,
@@ -836,6 +872,15 @@ impl<B: Backend> P2PStorageAdapter<B> {
         self.view_for(peer).version_bytes(cid)
     }
 
+    /// What replication did since the last call, oldest first (see
+    /// [`SyncActivity`]), and how many entries were dropped because more
+    /// than [`MAX_ACTIVITY`](crate::activity::MAX_ACTIVITY) piled up
+    /// in between. An owner that never calls it loses nothing else: the queue
+    /// is bounded.
+    pub fn drain_activity(&self) -> (Vec<SyncActivity>, u64) {
+        lock(&self.view.activity).drain()
+    }
+
     /// Opens an anti-entropy session with `peer` now (normally done on connection).
     pub fn reconcile_with(&self, peer: PeerId) {
         let mut d = lock(&self.driver);
@@ -853,6 +898,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             relation: Some(Relation::new(peer, (self.config.trust)(&peer))),
             stream: self.stream.clone(),
             taken_in: self.view.taken_in.clone(),
+            activity: self.view.activity.clone(),
         })
     }
 
@@ -862,6 +908,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
         match session.start() {
             Ok(frames) => {
                 d.stats.sessions_started += 1;
+                lock(&self.view.activity).push(SyncActivity::SessionStarted { peer });
                 // Session ids start at a random point, so a restarted node's
                 // new sessions are not mistaken for its old ones.
                 if d.next_sid == 0 {
@@ -946,6 +993,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             // too, the one opened by the smaller id wins.
             Some((_, true, true)) if me < from => return,
             _ => {
+                lock(&self.view.activity).push(SyncActivity::SessionStarted { peer: from });
                 d.sessions.insert(
                     from,
                     AeSession {
@@ -1023,6 +1071,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
         }
         if !ae.active() {
             d.stats.sessions_done += 1;
+            lock(&self.view.activity).push(SyncActivity::SessionEnded { peer: from });
         }
         d.sessions.insert(from, ae);
     }
@@ -1165,7 +1214,14 @@ impl<B: Backend> P2PStorageAdapter<B> {
             &self.config.pins,
         );
         let sent = chosen.partners.len();
+        let mut activity = lock(&self.view.activity);
         for p in chosen.partners {
+            activity.push(SyncActivity::Sent {
+                peer: p,
+                version: cid.clone(),
+                collection: collection.clone(),
+                id: id.clone(),
+            });
             d.stats.versions_pushed += 1;
             d.outbox.push_back(Outgoing {
                 peer: p,

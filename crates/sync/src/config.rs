@@ -43,6 +43,10 @@ pub struct NodeConfig {
     pub mesh: MeshConfig,
     /// The store's tunables.
     pub store: StoreConfig,
+    /// Events buffered per [`Node::sync_events`](crate::Node::sync_events)
+    /// subscriber; one that falls further behind gets a `Lagged` item.
+    /// Default 1024.
+    pub sync_events_capacity: usize,
     /// Replication tunables (factors, reach, trust, anti-entropy period);
     /// the blob service uses the same factors, reach and trust.
     pub p2p: P2PConfig,
@@ -59,6 +63,7 @@ impl Default for NodeConfig {
             provider_settle_timeout: Duration::from_secs(5),
             blob_get_timeout: Duration::from_secs(120),
             outbox_max: DEFAULT_OUTBOX_MAX,
+            sync_events_capacity: 1024,
             pending_load_slack: 65_536,
             mesh,
             store: StoreConfig::default(),
@@ -99,6 +104,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("provider_settle_timeout", &self.provider_settle_timeout)
             .field("blob_get_timeout", &self.blob_get_timeout)
             .field("outbox_max", &self.outbox_max)
+            .field("sync_events_capacity", &self.sync_events_capacity)
             .field("pending_load_slack", &self.pending_load_slack)
             .field("mesh", &self.mesh)
             .finish_non_exhaustive()

@@ -19,7 +19,9 @@
 //!   batches, history, and live snapshots with `has_pending_writes`;
 //! - `texts`: sealed texts and the durable outbox;
 //! - `blobs`, `routing`: large content and its location index;
-//! - `api`: status, peers, changes, texts, blobs, content answers.
+//! - `api`: status, peers, changes, texts, blobs, content answers;
+//! - `events`: sync events (`sync_events`), per-peer and node sync states,
+//!   `force_sync`.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +32,7 @@ mod clock;
 mod config;
 mod docs;
 mod error;
+mod events;
 mod fsutil;
 mod layout;
 mod node;
@@ -44,6 +47,7 @@ pub use builder::NodeBuilder;
 pub use config::{DEFAULT_OUTBOX_MAX, NodeConfig};
 pub use docs::{Collection, DocRef};
 pub use error::{Result, SyncError};
+pub use events::{Operation, PeerSyncStatus, SyncEvent, SyncEvents, SyncState, VersionEvent};
 pub use fsutil::write_atomic;
 pub use layout::DataLayout;
 pub use node::Node;
@@ -59,5 +63,5 @@ pub use ecomesh_replication::blob::BlobId;
 pub use ecomesh_replication::stream::{EventKind, Source};
 pub use ecomesh_types::{
     BatchOperation, BatchResult, ContentId, Document, Map, PeerId, PeerInfo, Query, SetOptions,
-    Value, WriteResult,
+    TransportType, Value, WriteResult,
 };

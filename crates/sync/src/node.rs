@@ -52,6 +52,7 @@ pub(crate) struct Inner {
     pub(crate) started: Instant,
     pub(crate) wake: Arc<Notify>,
     pub(crate) writes: crate::watch::PendingWrites,
+    pub(crate) sync: Mutex<crate::events::SyncTracker>,
     stop: watch::Sender<bool>,
     driver: Mutex<Option<JoinHandle<()>>>,
     subscriptions: Mutex<Vec<Subscription>>,
@@ -103,6 +104,7 @@ impl Node {
             .with_queue(queue)
             .with_stream(stream);
         let (stop, stop_rx) = watch::channel(false);
+        let sync_capacity = config.sync_events_capacity;
         let inner = Arc::new(Inner {
             identity,
             layout,
@@ -117,6 +119,7 @@ impl Node {
             started: Instant::now(),
             wake,
             writes: crate::watch::PendingWrites::default(),
+            sync: Mutex::new(crate::events::SyncTracker::new(sync_capacity)),
             stop,
             driver: Mutex::new(None),
             subscriptions: Mutex::new(Vec::new()),
@@ -247,8 +250,14 @@ impl Inner {
                 tracing::info!(%id, "text evicted from the mesh buffer; it waits in the outbox");
                 self.wake.notify_one();
             }
-            MeshEvent::PeerDiscovered(p) => tracing::info!(peer = %p.peer_id, "peer reachable"),
-            MeshEvent::PeerLost(p) => tracing::info!(peer = %p, "peer unreachable"),
+            MeshEvent::PeerDiscovered(p) => {
+                tracing::info!(peer = %p.peer_id, "peer reachable");
+                lock(&self.sync).reachable(p.peer_id, true);
+            }
+            MeshEvent::PeerLost(p) => {
+                tracing::info!(peer = %p, "peer unreachable");
+                lock(&self.sync).reachable(*p, false);
+            }
             MeshEvent::Rejected { from, id } => {
                 tracing::warn!(%from, %id, "message with a bad signature rejected");
             }
@@ -265,6 +274,7 @@ impl Inner {
         let handled = self.mesh.process(now_ms()).await;
         self.texts.feed().await;
         self.p2p.process(now_ms()).await;
+        self.track_sync();
         self.blobs.service().process(now_ms()).await;
         if Instant::now() >= *next_gc {
             *next_gc = Instant::now() + self.config.blob_gc_interval;

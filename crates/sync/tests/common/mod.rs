@@ -20,6 +20,11 @@ use ecomesh_types::{
 #[derive(Default)]
 pub struct MemNet {
     members: Mutex<Vec<Weak<MemTransport>>>,
+    /// Message types whose sends "succeed" and are lost (a loss the
+    /// transports do not notice).
+    lossy: Mutex<Vec<String>>,
+    /// How many messages of each type were lost that way.
+    lost: Mutex<std::collections::BTreeMap<String, usize>>,
 }
 
 /// One node's transport on a [`MemNet`].
@@ -52,6 +57,16 @@ impl MemNet {
         });
         self.members.lock().unwrap().push(Arc::downgrade(&t));
         t
+    }
+
+    /// From now on, loses every message of these types (none: loses nothing).
+    pub fn lose(&self, types: &[&str]) {
+        *self.lossy.lock().unwrap() = types.iter().map(|t| (*t).to_owned()).collect();
+    }
+
+    /// How many messages of type `ty` were lost (see [`lose`](Self::lose)).
+    pub fn lost(&self, ty: &str) -> usize {
+        self.lost.lock().unwrap().get(ty).copied().unwrap_or(0)
     }
 
     /// Announces every member to every other one (after the nodes subscribed).
@@ -116,8 +131,24 @@ impl TransportAdapter for MemTransport {
             .into_iter()
             .find(|t| t.identity.peer_id() == peer);
         let from = self.identity.peer_id();
+        let lost = self
+            .net
+            .lossy
+            .lock()
+            .unwrap()
+            .contains(&message.message_type);
         Box::pin(async move {
             let to = to.ok_or(Error::Unreachable(peer))?;
+            if lost {
+                *self
+                    .net
+                    .lost
+                    .lock()
+                    .unwrap()
+                    .entry(message.message_type.clone())
+                    .or_default() += 1;
+                return Ok(());
+            }
             // Delivered on the runtime, never inside the sender's call.
             tokio::spawn(async move {
                 to.listeners
@@ -154,6 +185,12 @@ pub async fn mem_node(net: &Arc<MemNet>, dir: &Path) -> Node {
 
 /// Two nodes on one in-memory network, each seeing the other as a peer.
 pub async fn pair(a: &Path, b: &Path) -> (Node, Node) {
+    let (_, na, nb) = pair_on_net(a, b).await;
+    (na, nb)
+}
+
+/// [`pair`], also returning the network (to partition it).
+pub async fn pair_on_net(a: &Path, b: &Path) -> (Arc<MemNet>, Node, Node) {
     let net = MemNet::new();
     let na = mem_node(&net, a).await;
     let nb = mem_node(&net, b).await;
@@ -163,7 +200,7 @@ pub async fn pair(a: &Path, b: &Path) -> (Node, Node) {
         async move { !na.peers().is_empty() && !nb.peers().is_empty() }
     })
     .await;
-    (na, nb)
+    (net, na, nb)
 }
 
 /// Polls `cond` until it holds, panicking with `what` after `limit`.
