@@ -115,25 +115,30 @@ impl SledBackend {
     /// Opens (or creates) the sled database at `path`.
     ///
     /// `background_flush_ms` is sled's own flush interval (`None` disables it).
-    /// A database held by another process is [`StoreError::Locked`].
+    /// A database held by another process is [`StoreError::Locked`], after a
+    /// wait of up to [`SledBackend::LOCK_WAIT`]: sled releases its lock a moment
+    /// after the last handle is dropped, so a reopen in the same process right
+    /// after a close would otherwise fail.
     pub fn open(path: &Path, background_flush_ms: Option<u64>) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
-            .flush_every_ms(background_flush_ms)
-            .open()
-            .map_err(|err| match err {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("lock") =>
-                {
+            .flush_every_ms(background_flush_ms);
+        let db =
+            ecomesh_replication::queue::open_sled(&config, Self::LOCK_WAIT).map_err(|err| {
+                if ecomesh_replication::queue::is_lock_error(&err) {
                     StoreError::Locked {
                         path: path.to_path_buf(),
                     }
+                } else {
+                    StoreError::Backend(err.to_string())
                 }
-                other => StoreError::Backend(other.to_string()),
             })?;
         Ok(SledBackend { db })
     }
+
+    /// How long [`open`](Self::open) waits for a held lock before it reports
+    /// [`StoreError::Locked`].
+    pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 }
 
 fn sled_err(err: sled::Error) -> StoreError {

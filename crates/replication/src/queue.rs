@@ -399,26 +399,40 @@ fn storage(e: sled::Error) -> ReplicationError {
 
 /// Opens (creating if needed) the sled database in directory `dir`.
 ///
+/// A lock its own process is still releasing is waited for, up to
+/// [`REOPEN_WAIT`] (see [`open_sled`]).
+pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, ReplicationError> {
+    open_sled(&sled::Config::new().path(dir), REOPEN_WAIT).map_err(storage)
+}
+
+/// Opens the sled database `config` describes, waiting up to `wait` while its
+/// file lock is held.
+///
 /// sled releases its file lock only when its background flusher exits, a
 /// moment after the last handle is dropped, so a reopen in the same process
-/// right after a drop may find the lock still held: that case is retried for
-/// up to [`REOPEN_WAIT`] before it is an error.
-pub(crate) fn open_db(dir: &Path) -> Result<sled::Db, ReplicationError> {
-    let deadline = std::time::Instant::now() + REOPEN_WAIT;
+/// right after a drop may find the lock still held. A lock still held after
+/// `wait` (another process has the database open) is returned as sled's error:
+/// an I/O error of kind `WouldBlock` or naming the lock ([`is_lock_error`]).
+pub fn open_sled(
+    config: &sled::Config,
+    wait: std::time::Duration,
+) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + wait;
     loop {
-        match sled::open(dir) {
-            Ok(db) => return Ok(db),
-            // sled reports a held lock as an `Other` I/O error naming it.
-            Err(sled::Error::Io(e))
-                if (e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.to_string().contains("could not acquire lock"))
-                    && std::time::Instant::now() < deadline =>
-            {
+        match config.open() {
+            Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            Err(e) => return Err(storage(e)),
+            other => return other,
         }
     }
+}
+
+/// Whether `e` is sled's report of a database whose file lock is held.
+pub fn is_lock_error(e: &sled::Error) -> bool {
+    // sled reports a held lock as an I/O error naming it.
+    matches!(e, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"))
 }
 
 /// The durable sync queue over a sled tree.
