@@ -1,7 +1,10 @@
 //! The engine on a simulated channel in virtual time (`Net`), and its unit tests.
 
 use super::*;
+use crate::airtime::{DutyBudget, LoraParams};
+use crate::frag::ReassemblyLimits;
 use crate::frame::{NotificationHeader, PermissionGrant};
+use crate::sched::SchedulerConfig;
 use ecomesh_types::{MessageId, Signature};
 
 pub(crate) fn fast_config() -> EngineConfig {

@@ -1,0 +1,115 @@
+//! Delta sync over stream positions: asking a peer for its changes since the
+//! position last read (`ecomesh/since`), serving and merging pages (`ecomesh/delta`).
+
+use ecomesh_replication::merkle::ReconcileStore;
+use ecomesh_replication::stream::{MAX_DELTA, Position};
+use ecomesh_types::PeerId;
+
+use super::process::{Driver, Outgoing};
+use super::wire::{DeltaPage, encode_delta, encode_since};
+use super::{DELTA_TYPE, P2PStorageAdapter, SINCE_TYPE, lock};
+use crate::kv::Backend;
+
+impl<B: Backend> P2PStorageAdapter<B> {
+    /// Asks `peer` for its changes after the position this node last read,
+    /// unless a request is still awaiting its page.
+    pub(super) fn ask_since(&self, d: &mut Driver<B>, peer: PeerId) {
+        let Some(since) = lock(&self.stream)
+            .as_ref()
+            .map(|s| s.index().peer_position(&peer))
+        else {
+            return;
+        };
+        if d.since_asked
+            .get(&peer)
+            .is_some_and(|t| d.now_ms.saturating_sub(*t) < self.config.session_timeout_ms)
+        {
+            return;
+        }
+        d.since_asked.insert(peer, d.now_ms);
+        d.outbox.push_back(Outgoing {
+            peer,
+            ty: SINCE_TYPE,
+            payload: encode_since(since),
+            seq: None,
+        });
+    }
+
+    /// Answers a peer's "changes since": one page of this node's stream,
+    /// leaving out what the peer may not see, within `max_fetch_bytes`.
+    pub(super) fn serve_since(&self, d: &mut Driver<B>, from: PeerId, since: Position) {
+        let page = self.changes_since(since, MAX_DELTA);
+        let view = self.view_for(from);
+        let mut versions = Vec::new();
+        let mut total = 0usize;
+        let mut next = since;
+        let mut more = page.more;
+        for e in &page.entries {
+            match view.version_bytes(&e.id) {
+                Ok(Some(b)) => {
+                    if total + b.len() > self.config.max_fetch_bytes && !versions.is_empty() {
+                        more = true;
+                        break;
+                    }
+                    total += b.len();
+                    versions.push(b);
+                }
+                Ok(None) => {} // not for this peer, or collected since
+                Err(e) => {
+                    tracing::error!(error = %e, "stream: version unreadable");
+                    more = true;
+                    break;
+                }
+            }
+            next = e.position;
+        }
+        d.stats.delta_versions_sent += versions.len() as u64;
+        d.outbox.push_back(Outgoing {
+            peer: from,
+            ty: DELTA_TYPE,
+            payload: encode_delta(&DeltaPage {
+                next,
+                more,
+                versions,
+            }),
+            seq: None,
+        });
+    }
+
+    /// Merges a page of a peer's stream in order; records how far it was read
+    /// only when every version merged, and asks for the next page.
+    pub(super) fn on_delta(&self, d: &mut Driver<B>, from: PeerId, page: DeltaPage) {
+        if d.since_asked.remove(&from).is_none() {
+            return; // not asked for (or a duplicate): ignored
+        }
+        let mut complete = true;
+        for v in &page.versions {
+            let before = d.stats.versions_merged;
+            if !self.merge(d, from, v) {
+                complete = false;
+                break;
+            }
+            d.stats.delta_versions_merged += d.stats.versions_merged - before;
+        }
+        if !complete {
+            return; // anti-entropy (started by the gap) fills it in
+        }
+        let advanced = {
+            let mut guard = lock(&self.stream);
+            let Some(stream) = guard.as_mut() else {
+                return;
+            };
+            let known = stream.index().peer_position(&from);
+            match stream.observe_peer(from, page.next) {
+                Ok(now) => now > known,
+                Err(e) => {
+                    tracing::error!(error = %e, "stream: peer position not recorded");
+                    false
+                }
+            }
+        };
+        if page.more && advanced {
+            self.ask_since(d, from);
+        }
+    }
+}
