@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 
-use ecomesh_p2p_storage::{SyncActivity, VersionNode};
+use ecomesh_p2p_storage::{OwnClock, SyncActivity, VersionNode};
 use ecomesh_types::{ContentId, PeerId, TransportType};
 use futures::Stream;
 use tokio::sync::broadcast;
@@ -105,6 +105,21 @@ pub enum SyncEvent {
         /// The new state.
         to: SyncState,
     },
+    /// A peer's clock came to differ from this node's by more than the
+    /// tolerance (`skewed`), or came back within it. Its writes then win
+    /// (clock ahead) or lose (behind) last-writer-wins conflicts against
+    /// concurrent writes; nothing it sends is refused for its timestamps.
+    ClockSkew {
+        /// The peer.
+        peer: PeerId,
+        /// Estimated offset of its clock from this node's, ms (positive: ahead).
+        skew_ms: i64,
+        /// Whether the offset is beyond the tolerance.
+        skewed: bool,
+    },
+    /// The verdict on this node's own clock changed: most peers find it ahead
+    /// or behind theirs (it looks wrong), or it agrees again.
+    OwnClock(OwnClock),
     /// This subscriber fell behind and missed this many events.
     Lagged(u64),
 }
@@ -138,6 +153,9 @@ type Describe<'a> = dyn Fn(&ContentId, &PeerId) -> (Operation, Option<TransportT
 pub(crate) struct SyncTracker {
     peers: BTreeMap<PeerId, PeerEntry>,
     node: SyncState,
+    /// The peers last reported skewed, and the last own-clock verdict.
+    skewed: BTreeMap<PeerId, bool>,
+    own_clock: OwnClock,
     tx: broadcast::Sender<SyncEvent>,
 }
 
@@ -147,6 +165,8 @@ impl SyncTracker {
         SyncTracker {
             peers: BTreeMap::new(),
             node: SyncState::Offline,
+            skewed: BTreeMap::new(),
+            own_clock: OwnClock::Unknown,
             tx,
         }
     }
@@ -160,6 +180,43 @@ impl SyncTracker {
                 Err(broadcast::error::RecvError::Closed) => None,
             }
         }))
+    }
+
+    /// Compares the replication adapter's clock report with the last one and
+    /// emits a [`SyncEvent::ClockSkew`] for each peer that became skewed or
+    /// stopped being so, and a [`SyncEvent::OwnClock`] when the verdict on this
+    /// node's clock changed (once per change, not per message).
+    pub(crate) fn on_clocks(
+        &mut self,
+        peers: impl IntoIterator<Item = (PeerId, i64, bool)>,
+        own: OwnClock,
+    ) {
+        for (peer, skew_ms, skewed) in peers {
+            let before = self.skewed.get(&peer).copied().unwrap_or(false);
+            if before != skewed {
+                self.emit(SyncEvent::ClockSkew {
+                    peer,
+                    skew_ms,
+                    skewed,
+                });
+            }
+            if skewed {
+                self.skewed.insert(peer, true);
+            } else {
+                self.skewed.remove(&peer);
+            }
+        }
+        let same = matches!(
+            (self.own_clock, own),
+            (OwnClock::Unknown, OwnClock::Unknown)
+                | (OwnClock::Agrees, OwnClock::Agrees)
+                | (OwnClock::Ahead { .. }, OwnClock::Ahead { .. })
+                | (OwnClock::Behind { .. }, OwnClock::Behind { .. })
+        );
+        if !same {
+            self.emit(SyncEvent::OwnClock(own));
+        }
+        self.own_clock = own;
     }
 
     fn emit(&self, ev: SyncEvent) {
@@ -321,6 +378,11 @@ impl crate::node::Inner {
     /// Feeds the replication adapter's activity since the last pass to the
     /// state machines and the event channel.
     pub(crate) fn track_sync(&self) {
+        let clocks = self.p2p.clock_report();
+        lock(&self.sync).on_clocks(
+            clocks.peers.iter().map(|c| (c.peer, c.skew_ms, c.skewed)),
+            clocks.own,
+        );
         let (activity, dropped) = self.p2p.drain_activity();
         if activity.is_empty() && dropped == 0 {
             return;
@@ -422,6 +484,49 @@ mod tests {
 
     fn describe(_: &ContentId, _: &PeerId) -> (Operation, Option<TransportType>) {
         (Operation::Update, Some(TransportType::Wired))
+    }
+
+    #[tokio::test]
+    async fn clock_skew_is_reported_once_per_change() {
+        let mut t = SyncTracker::new(64);
+        let mut events = t.subscribe();
+        let two_h = 7_200_000;
+        // Within tolerance: nothing to say.
+        t.on_clocks([(peer(1), 500, false)], OwnClock::Unknown);
+        // Peer 1 two hours ahead, said once however often the report repeats.
+        t.on_clocks([(peer(1), two_h, true)], OwnClock::Unknown);
+        t.on_clocks([(peer(1), two_h + 40, true)], OwnClock::Unknown);
+        // Two peers find this clock behind: the own verdict changes once.
+        let own = OwnClock::Behind {
+            by_ms: two_h as u64,
+        };
+        t.on_clocks([(peer(1), two_h, true), (peer(2), two_h, true)], own);
+        t.on_clocks([(peer(1), two_h, true), (peer(2), two_h, true)], own);
+        // Peer 1's clock is fixed.
+        t.on_clocks([(peer(1), 20, false)], OwnClock::Agrees);
+        t.emit(SyncEvent::Lagged(0)); // end marker
+        let mut got = Vec::new();
+        while let Some(ev) = events.next().await {
+            if ev == SyncEvent::Lagged(0) {
+                break;
+            }
+            got.push(ev);
+        }
+        let skew = |b, skew_ms, skewed| SyncEvent::ClockSkew {
+            peer: peer(b),
+            skew_ms,
+            skewed,
+        };
+        assert_eq!(
+            got,
+            vec![
+                skew(1, two_h, true),
+                skew(2, two_h, true),
+                SyncEvent::OwnClock(own),
+                skew(1, 20, false),
+                SyncEvent::OwnClock(OwnClock::Agrees),
+            ]
+        );
     }
 
     #[tokio::test]
