@@ -25,6 +25,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod memnet;
+
+pub use memnet::{
+    Delivery, Fate, LinkModel, MemNetwork, MemTransport, SplitMix64, Topology, Traffic,
+};
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
