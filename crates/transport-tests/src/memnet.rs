@@ -196,6 +196,7 @@ struct State {
     default_link: LinkModel,
     link_models: BTreeMap<(PeerId, PeerId), LinkModel>,
     rng: SplitMix64,
+    ignore_disconnects: bool,
     log: Option<(usize, VecDeque<Traffic>)>,
 }
 
@@ -305,6 +306,7 @@ impl MemNetwork {
                 default_link: LinkModel::PERFECT,
                 link_models: BTreeMap::new(),
                 rng: SplitMix64(seed),
+                ignore_disconnects: false,
                 log: None,
             })),
         }
@@ -462,6 +464,13 @@ impl MemNetwork {
             Some(m) => s.link_models.insert((from, to), m),
             None => s.link_models.remove(&(from, to)),
         };
+    }
+
+    /// When `ignore` is true, `disconnect_from_peer` succeeds without cutting
+    /// the link (the peer stays listed and reachable; the caller's own block
+    /// list keeps it out), as the simulator's links always did.
+    pub fn ignore_disconnects(&self, ignore: bool) {
+        self.lock().ignore_disconnects = ignore;
     }
 
     /// Bounds the messages in flight (at least 1).
@@ -753,7 +762,10 @@ impl TransportAdapter for MemTransport {
     }
     fn disconnect_from_peer(&self, peer: PeerId) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
-            self.net.unlink(self.peer, peer, self.ty);
+            let ignore = self.net.lock().ignore_disconnects;
+            if !ignore {
+                self.net.unlink(self.peer, peer, self.ty);
+            }
             Ok(())
         })
     }
