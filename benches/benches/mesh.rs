@@ -2,7 +2,7 @@
 //! of what every message needs in the same run.
 //!
 //! - `manager_send_deliver_ack`: node A signs and sends a 256-byte message to B
-//!   over an in-memory transport; B verifies it, dedups, delivers it to a
+//!   over transport-tests' in-memory network; B verifies it, dedups, delivers it to a
 //!   subscriber and sends a signed ACK back; A verifies the ACK and clears the
 //!   pending entry. One iteration is one message.
 //! - `raw_sign_verify_x2`: the baseline, two signs and two verifies of the
@@ -13,87 +13,17 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ecomesh_identity::message::{KeyDirectory, verify_message};
 use ecomesh_identity::{Identity, PublicKey};
 use ecomesh_mesh::{MeshConfig, MeshEvent, MultiTransportManager, SendOutcome};
-use ecomesh_types::{
-    BoxFuture, Error, Listener, Listeners, NetworkMessage, PeerId, PeerInfo, Priority,
-    Subscription, TransportAdapter, TransportCapabilities, TransportEvent, TransportType,
-};
-
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
-
-/// An in-memory wired link end: `send` hands the message straight to the other end's listeners.
-struct Link {
-    owner: PeerId,
-    other: Mutex<Option<(PeerId, Weak<Link>)>>,
-    listeners: Listeners<TransportEvent>,
-}
-
-impl TransportAdapter for Link {
-    fn transport_type(&self) -> TransportType {
-        TransportType::Wired
-    }
-    fn capabilities(&self) -> TransportCapabilities {
-        TransportCapabilities::seed_defaults(TransportType::Wired)
-    }
-    fn start(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn stop(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn is_active(&self) -> bool {
-        true
-    }
-    fn peers(&self) -> Vec<PeerInfo> {
-        Vec::new()
-    }
-    fn connect_to_peer(&self, _: PeerId) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn disconnect_from_peer(&self, _: PeerId) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn send(&self, peer: PeerId, message: NetworkMessage) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            let other = self.other.lock().unwrap().clone();
-            match other {
-                Some((p, w)) if p == peer => {
-                    let remote = w.upgrade().ok_or(Error::Closed)?;
-                    remote.listeners.emit(&TransportEvent::Message {
-                        from: self.owner,
-                        message,
-                    });
-                    Ok(())
-                }
-                _ => Err(Error::Unreachable(peer)),
-            }
-        })
-    }
-    fn broadcast(&self, _: NetworkMessage) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn subscribe(&self, listener: Listener<TransportEvent>) -> Subscription {
-        self.listeners.subscribe(listener)
-    }
-}
+use ecomesh_transport_tests::MemNetwork;
+use ecomesh_transport_tests::memnet::block_on;
+use ecomesh_types::{NetworkMessage, PeerId, Priority, TransportAdapter, TransportType};
 
 struct Keys(BTreeMap<PeerId, PublicKey>);
 
@@ -113,32 +43,15 @@ fn bench_manager(c: &mut Criterion) {
     ])));
     let a = MultiTransportManager::new(ida.clone(), keys.clone(), MeshConfig::default());
     let b = MultiTransportManager::new(idb.clone(), keys, MeshConfig::default());
-    let la = Arc::new(Link {
-        owner: pa,
-        other: Mutex::new(None),
-        listeners: Listeners::new(),
-    });
-    let lb = Arc::new(Link {
-        owner: pb,
-        other: Mutex::new(None),
-        listeners: Listeners::new(),
-    });
-    *la.other.lock().unwrap() = Some((pb, Arc::downgrade(&lb)));
-    *lb.other.lock().unwrap() = Some((pa, Arc::downgrade(&la)));
+    // Sends are delivered before they return: one wire between A and B.
+    let net = MemNetwork::immediate();
+    let la = net.join(pa, TransportType::Wired);
+    let lb = net.join(pb, TransportType::Wired);
     a.add_transport(la.clone());
     b.add_transport(lb.clone());
-    la.listeners
-        .emit(&TransportEvent::PeerDiscovered(PeerInfo::new(
-            pb,
-            TransportType::Wired,
-            0,
-        )));
-    lb.listeners
-        .emit(&TransportEvent::PeerDiscovered(PeerInfo::new(
-            pa,
-            TransportType::Wired,
-            0,
-        )));
+    block_on(la.start()).unwrap();
+    block_on(lb.start()).unwrap();
+    net.link(pa, pb, TransportType::Wired);
     block_on(a.process(0));
     block_on(b.process(0));
     let delivered = Arc::new(AtomicU64::new(0));

@@ -1,12 +1,8 @@
-//! The manager over in-memory fake transports, on a fake clock.
+//! The manager over transport-tests' in-memory network, on a fake clock.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex};
 
 use ecomesh_identity::message::KeyDirectory;
 use ecomesh_identity::{Identity, PublicKey};
@@ -16,144 +12,65 @@ use ecomesh_mesh::keys::{KEY_REPLY_TYPE, KEY_REQUEST_TYPE, KeyDiscoveryConfig};
 use ecomesh_mesh::reputation::Observation;
 use ecomesh_mesh::topology::Topology;
 use ecomesh_mesh::{MeshConfig, MeshEvent, MultiTransportManager, SUPER_PEER_KEY, SendOutcome};
+use ecomesh_transport_tests::memnet::block_on;
+use ecomesh_transport_tests::{LinkModel, MemNetwork, MemTransport};
 use ecomesh_types::{
-    BoxFuture, Error, Listener, Listeners, NetworkMessage, PeerId, PeerInfo, Priority,
-    Subscription, TransportAdapter, TransportCapabilities, TransportEvent, TransportType, Value,
+    NetworkMessage, PeerId, PeerInfo, Priority, Subscription, TransportAdapter, TransportEvent,
+    TransportType, Value,
 };
 
 use TransportType::{Bluetooth, Wired};
 
 const DAY_MS: u64 = 24 * 3600 * 1000;
 
-/// Polls a future whose every await is immediately ready (the fakes never pend).
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
+thread_local! {
+    /// The network of the running test: libtest runs every test on a thread
+    /// of its own, so each test gets a fresh one. Sends are delivered before
+    /// they return, and only pairs `link`ed are linked.
+    static NET: MemNetwork = {
+        let net = MemNetwork::immediate();
+        net.record_traffic(1 << 16);
+        net
+    };
 }
 
-/// One node's end of an in-memory transport.
-struct Fake {
-    ty: TransportType,
-    owner: PeerId,
-    links: Mutex<BTreeMap<PeerId, Weak<Fake>>>,
-    listeners: Listeners<TransportEvent>,
-    fail: AtomicBool,
-    /// Sends report success but the bytes never arrive (a link dying with data in flight).
-    swallow: AtomicBool,
-    sent: Mutex<Vec<(PeerId, NetworkMessage)>>,
+fn net() -> MemNetwork {
+    NET.with(MemNetwork::clone)
 }
 
-impl Fake {
-    fn new(ty: TransportType, owner: PeerId) -> Arc<Fake> {
-        Arc::new(Fake {
-            ty,
-            owner,
-            links: Mutex::new(BTreeMap::new()),
-            listeners: Listeners::new(),
-            fail: AtomicBool::new(false),
-            swallow: AtomicBool::new(false),
-            sent: Mutex::new(Vec::new()),
-        })
-    }
+/// Hands `message` to `to` as if it came from this node, bypassing its manager.
+trait Inject {
+    fn inject(&self, to: PeerId, message: NetworkMessage);
+}
 
-    fn deliver(&self, to: PeerId, message: NetworkMessage) -> Result<(), Error> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
-        let remote = self.links.lock().unwrap().get(&to).and_then(Weak::upgrade);
-        let remote = remote.ok_or(Error::Unreachable(to))?;
-        self.sent.lock().unwrap().push((to, message.clone()));
-        if self.swallow.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        remote.listeners.emit(&TransportEvent::Message {
-            from: self.owner,
-            message,
-        });
-        Ok(())
-    }
-
-    /// Hands `message` to `to` as if it came from this node, bypassing its manager.
+impl Inject for MemTransport {
     fn inject(&self, to: PeerId, message: NetworkMessage) {
-        self.deliver(to, message).unwrap();
+        block_on(self.send(to, message)).unwrap();
     }
 }
 
-fn link(a: &Arc<Fake>, b: &Arc<Fake>) {
-    a.links.lock().unwrap().insert(b.owner, Arc::downgrade(b));
-    b.links.lock().unwrap().insert(a.owner, Arc::downgrade(a));
-    a.listeners
-        .emit(&TransportEvent::PeerDiscovered(PeerInfo::new(
-            b.owner, a.ty, 0,
-        )));
-    b.listeners
-        .emit(&TransportEvent::PeerDiscovered(PeerInfo::new(
-            a.owner, b.ty, 0,
-        )));
+/// Every message this endpoint sent (or had injected) that its link accepted.
+fn sent(t: &MemTransport) -> Vec<(PeerId, NetworkMessage)> {
+    net()
+        .traffic()
+        .into_iter()
+        .filter(|x| x.from == t.peer_id() && x.transport == t.transport_type())
+        .map(|x| (x.to, x.message))
+        .collect()
 }
 
-fn unlink(a: &Fake, b: PeerId) {
-    let remote = a.links.lock().unwrap().remove(&b).and_then(|w| w.upgrade());
-    a.listeners.emit(&TransportEvent::PeerLost(b));
-    if let Some(r) = remote {
-        r.links.lock().unwrap().remove(&a.owner);
-        r.listeners.emit(&TransportEvent::PeerLost(a.owner));
-    }
+/// While `on`, what `from` sends to `to` is reported sent but never arrives
+/// (a link dying with data in flight).
+fn swallow(from: &Node, to: &Node, on: bool) {
+    net().set_link(from.pid(), to.pid(), on.then_some(LinkModel::BLACK_HOLE));
 }
 
-impl TransportAdapter for Fake {
-    fn transport_type(&self) -> TransportType {
-        self.ty
-    }
-    fn capabilities(&self) -> TransportCapabilities {
-        TransportCapabilities::seed_defaults(self.ty)
-    }
-    fn start(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn stop(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn is_active(&self) -> bool {
-        true
-    }
-    fn peers(&self) -> Vec<PeerInfo> {
-        self.links
-            .lock()
-            .unwrap()
-            .keys()
-            .map(|p| PeerInfo::new(*p, self.ty, 0))
-            .collect()
-    }
-    fn connect_to_peer(&self, _peer: PeerId) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn disconnect_from_peer(&self, peer: PeerId) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            unlink(self, peer);
-            Ok(())
-        })
-    }
-    fn send(&self, peer: PeerId, message: NetworkMessage) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move { self.deliver(peer, message) })
-    }
-    fn broadcast(&self, message: NetworkMessage) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            let peers: Vec<PeerId> = self.links.lock().unwrap().keys().copied().collect();
-            for p in peers {
-                self.deliver(p, message.clone())?;
-            }
-            Ok(())
-        })
-    }
-    fn subscribe(&self, listener: Listener<TransportEvent>) -> Subscription {
-        self.listeners.subscribe(listener)
-    }
+fn link(a: &MemTransport, b: &MemTransport) {
+    net().link(a.peer_id(), b.peer_id(), a.transport_type());
+}
+
+fn unlink(a: &MemTransport, b: PeerId) {
+    net().unlink(a.peer_id(), b, a.transport_type());
 }
 
 /// The keys every node learnt from handshakes.
@@ -171,7 +88,7 @@ struct Node {
     mgr: MultiTransportManager,
     events: Arc<Mutex<Vec<MeshEvent>>>,
     _sub: Subscription,
-    t: BTreeMap<TransportType, Arc<Fake>>,
+    t: BTreeMap<TransportType, Arc<MemTransport>>,
     /// The directory the manager was given.
     dir: Arc<Directory>,
 }
@@ -220,8 +137,9 @@ impl Node {
         }));
         let mut t = BTreeMap::new();
         for ty in transports {
-            let f = Fake::new(*ty, id.peer_id());
+            let f = net().join(id.peer_id(), *ty);
             mgr.add_transport(f.clone());
+            block_on(f.start()).unwrap();
             t.insert(*ty, f);
         }
         Node {
@@ -342,7 +260,7 @@ fn fallback_to_next_transport_when_preferred_fails() {
     )
     .unwrap();
     assert_eq!(out, SendOutcome::Sent(Bluetooth));
-    a.t[&Bluetooth].fail.store(true, Ordering::SeqCst);
+    a.t[&Bluetooth].set_failing(true);
     let out = block_on(
         a.mgr
             .send(b.pid(), a.msg(&b, "again", 0, 2), Priority::Normal, 0),
@@ -350,7 +268,7 @@ fn fallback_to_next_transport_when_preferred_fails() {
     .unwrap();
     assert_eq!(out, SendOutcome::Sent(Wired));
     // Bulk prefers Wired over everything this pair shares.
-    a.t[&Bluetooth].fail.store(false, Ordering::SeqCst);
+    a.t[&Bluetooth].set_failing(false);
     let out = block_on(
         a.mgr
             .send(b.pid(), a.msg(&b, "bulk", 0, 3), Priority::Bulk, 0),
@@ -504,15 +422,12 @@ fn peer_below_threshold_is_disconnected_and_kept_out() {
     pump(&[&a, &b], 0);
     assert!(b.has(|e| *e == MeshEvent::Disconnected(a.pid())));
     assert!(b.mgr.peers().is_empty());
-    assert!(
-        b.t[&Wired].links.lock().unwrap().is_empty(),
-        "transport link closed"
-    );
+    assert!(b.t[&Wired].peers().is_empty(), "transport link closed");
     // Rediscovery is refused again.
     connect(&a, &b, Wired);
     pump(&[&a, &b], 0);
     assert!(b.mgr.peers().is_empty());
-    assert!(b.t[&Wired].links.lock().unwrap().is_empty());
+    assert!(b.t[&Wired].peers().is_empty());
 }
 
 #[test]
@@ -627,14 +542,7 @@ fn deprioritized_peer_gets_no_relay_copy() {
     pump(&[&a, &good, &poor], 0);
     assert_eq!(good.mgr.buffered(), 1);
     assert_eq!(poor.mgr.buffered(), 0);
-    assert!(
-        a.t[&Wired]
-            .sent
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|(to, _)| *to != poor.pid())
-    );
+    assert!(sent(&a.t[&Wired]).iter().all(|(to, _)| *to != poor.pid()));
 }
 
 #[test]
@@ -669,14 +577,10 @@ fn star_around_an_announced_super_peer_then_mesh_when_it_leaves() {
     let mut info = PeerInfo::new(s.pid(), Wired, 0);
     info.metadata
         .insert(SUPER_PEER_KEY.to_owned(), Value::Bool(true));
-    a.t[&Wired]
-        .listeners
-        .emit(&TransportEvent::PeerDiscovered(info));
+    a.t[&Wired].emit(&TransportEvent::PeerDiscovered(info));
     pump(&[&a], 0);
     assert_eq!(a.mgr.topology(), Topology::Star { center: s.pid() });
-    a.t[&Wired]
-        .listeners
-        .emit(&TransportEvent::PeerLost(s.pid()));
+    a.t[&Wired].emit(&TransportEvent::PeerLost(s.pid()));
     pump(&[&a], 0);
     assert_eq!(a.mgr.topology(), Topology::FullMesh);
 }
@@ -684,7 +588,7 @@ fn star_around_an_announced_super_peer_then_mesh_when_it_leaves() {
 #[test]
 fn message_lost_in_flight_is_sent_again_on_rediscovery_and_delivered_once() {
     let (a, b) = wired_pair();
-    a.t[&Wired].swallow.store(true, Ordering::SeqCst);
+    swallow(&a, &b, true);
     let m = a.msg(&b, "in flight", 0, 7);
     let out = block_on(a.mgr.send(b.pid(), m.clone(), Priority::Normal, 0)).unwrap();
     assert_eq!(out, SendOutcome::Sent(Wired));
@@ -692,7 +596,7 @@ fn message_lost_in_flight_is_sent_again_on_rediscovery_and_delivered_once() {
     assert!(b.received().is_empty(), "the link swallowed it");
     assert!(a.mgr.is_pending(&m.id));
     assert_eq!(a.mgr.buffered(), 1, "kept until acknowledged");
-    a.t[&Wired].swallow.store(false, Ordering::SeqCst);
+    swallow(&a, &b, false);
     unlink(&a.t[&Wired], b.pid());
     pump(&[&a, &b], 10);
     connect(&a, &b, Wired);
@@ -716,12 +620,12 @@ fn duplicate_after_a_lost_ack_is_acknowledged_again_not_redelivered() {
     let (a, b) = wired_pair();
     let m = a.msg(&b, "once", 0, 8);
     // B's ACK is lost on the way back.
-    b.t[&Wired].swallow.store(true, Ordering::SeqCst);
+    swallow(&b, &a, true);
     block_on(a.mgr.send(b.pid(), m.clone(), Priority::Normal, 0)).unwrap();
     pump(&[&a, &b], 0);
     assert_eq!(b.received().len(), 1);
     assert!(a.mgr.is_pending(&m.id));
-    b.t[&Wired].swallow.store(false, Ordering::SeqCst);
+    swallow(&b, &a, false);
     unlink(&a.t[&Wired], b.pid());
     pump(&[&a, &b], 10);
     connect(&a, &b, Wired);
@@ -745,15 +649,14 @@ fn keys_announced_by_transports_are_learned_and_checked() {
     let c = Node::new(13, &dir, &[Wired]);
     dir.0.lock().unwrap().clear();
     let (fa, fb) = (&a.t[&Wired], &b.t[&Wired]);
-    fa.links.lock().unwrap().insert(b.pid(), Arc::downgrade(fb));
-    fb.links.lock().unwrap().insert(a.pid(), Arc::downgrade(fa));
-    let announce = |f: &Fake, who: &Node, key: &PublicKey| {
+    net().link_silently(a.pid(), b.pid(), Wired);
+    let announce = |f: &MemTransport, who: &Node, key: &PublicKey| {
         let mut info = PeerInfo::new(who.pid(), Wired, 0);
         info.metadata.insert(
             PeerInfo::PUBLIC_KEY.to_owned(),
             Value::Bytes(key.to_bytes().to_vec()),
         );
-        f.listeners.emit(&TransportEvent::PeerDiscovered(info));
+        f.emit(&TransportEvent::PeerDiscovered(info));
     };
     // A lies about B's key (C's key): not learned.
     announce(fa, &b, c.id.public_key());
@@ -802,10 +705,7 @@ fn line(config: MeshConfig) -> (Node, Node, Node) {
 }
 
 fn sent_of_type(n: &Node, ty: &str) -> Vec<(PeerId, NetworkMessage)> {
-    n.t[&Wired]
-        .sent
-        .lock()
-        .unwrap()
+    sent(&n.t[&Wired])
         .iter()
         .filter(|(_, m)| m.message_type == ty)
         .cloned()
@@ -1007,9 +907,7 @@ fn held_messages_are_handled_when_the_key_is_learned_by_any_path() {
         PeerInfo::PUBLIC_KEY.to_owned(),
         Value::Bytes(other.public_key().to_bytes().to_vec()),
     );
-    c.t[&Wired]
-        .listeners
-        .emit(&TransportEvent::PeerDiscovered(info));
+    c.t[&Wired].emit(&TransportEvent::PeerDiscovered(info));
     pump(&[&b, &c], 2);
     assert_eq!(c.received(), vec![m]);
     assert_eq!(c.mgr.awaiting_key(), 0);

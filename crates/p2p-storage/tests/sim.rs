@@ -22,12 +22,9 @@
 //! prints the one-line command that reproduces it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
-use std::future::Future;
-use std::pin::pin;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use ecomesh_identity::{Identity, PublicKey};
@@ -38,224 +35,20 @@ use ecomesh_p2p_storage::kv::MemoryBackend;
 use ecomesh_p2p_storage::{OwnClock, P2PConfig, P2PStats, P2PStorageAdapter, Store, StoreConfig};
 use ecomesh_replication::queue::SyncQueue;
 use ecomesh_replication::stream::DurableStream;
+use ecomesh_transport_tests::memnet::block_on;
+use ecomesh_transport_tests::{LinkModel, MemNetwork, MemTransport, SplitMix64, Topology};
 use ecomesh_types::{
-    BoxFuture, ContentId, Error, Listener, Listeners, Map, NetworkMessage, PeerId, PeerInfo,
-    SetOptions, StorageAdapter, Subscription, TransportAdapter, TransportCapabilities,
-    TransportEvent, TransportType, Value,
+    ContentId, Map, PeerId, SetOptions, StorageAdapter, TransportAdapter, TransportType, Value,
 };
 
-/// Polls a future whose awaits are all ready (the simulated transport never pends).
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..1000 {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-    panic!("a simulated operation did not complete");
-}
-
-/// SplitMix64: small, seedable, good enough for schedules.
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-}
-
-struct Net {
-    now: u64,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64)>>,
-    in_flight: BTreeMap<u64, (usize, usize, NetworkMessage)>,
-    alive: Vec<bool>,
-    group: Vec<u8>,
-    transports: Vec<Weak<SimTransport>>,
-    ids: Vec<(PeerId, PublicKey)>,
-    rng: Rng,
-    loss: u64,
-    dup: u64,
-    max_latency: u64,
-    /// Only neighbours in index order are linked (a chain of replicas).
-    line: bool,
-}
-
-impl Net {
-    fn linked(&self, a: usize, b: usize) -> bool {
-        a != b
-            && self.alive[a]
-            && self.alive[b]
-            && self.group[a] == self.group[b]
-            && (!self.line || a.abs_diff(b) == 1)
-    }
-    fn index(&self, p: &PeerId) -> Option<usize> {
-        self.ids.iter().position(|(id, _)| id == p)
-    }
-    fn info(&self, i: usize) -> PeerInfo {
-        let (id, key) = self.ids[i];
-        let mut info = PeerInfo::new(id, TransportType::Wired, self.now);
-        info.metadata.insert(
-            PeerInfo::PUBLIC_KEY.to_owned(),
-            Value::Bytes(key.to_bytes().to_vec()),
-        );
-        info
-    }
-    fn links(&self) -> BTreeSet<(usize, usize)> {
-        let n = self.alive.len();
-        (0..n)
-            .flat_map(|a| (0..n).map(move |b| (a, b)))
-            .filter(|(a, b)| self.linked(*a, *b))
-            .collect()
-    }
-}
-
-type SharedNet = Arc<Mutex<Net>>;
-
-/// Applies a topology change and tells every transport what appeared and vanished.
-fn change(net: &SharedNet, f: impl FnOnce(&mut Net)) {
-    let events = {
-        let mut n = net.lock().unwrap();
-        let before = n.links();
-        f(&mut n);
-        let after = n.links();
-        let mut ev = Vec::new();
-        for (a, b) in before.difference(&after) {
-            ev.push((
-                n.transports[*a].clone(),
-                TransportEvent::PeerLost(n.ids[*b].0),
-            ));
-        }
-        for (a, b) in after.difference(&before) {
-            ev.push((
-                n.transports[*a].clone(),
-                TransportEvent::PeerDiscovered(n.info(*b)),
-            ));
-        }
-        ev
-    };
-    for (t, e) in events {
-        if let Some(t) = t.upgrade() {
-            t.listeners.emit(&e);
-        }
-    }
-}
-
-/// Delivers every message due by now, to nodes still linked with the sender.
-fn deliver(net: &SharedNet) -> usize {
-    let mut delivered = 0;
-    loop {
-        // Messages to or from a node that is down or cut off are lost.
-        let next = {
-            let mut n = net.lock().unwrap();
-            match n.queue.peek() {
-                Some(Reverse((at, _))) if *at <= n.now => {
-                    let Reverse((_, seq)) = n.queue.pop().unwrap();
-                    let (from, to, m) = n.in_flight.remove(&seq).unwrap();
-                    n.linked(from, to)
-                        .then(|| (n.transports[to].clone(), n.ids[from].0, m))
-                }
-                _ => return delivered,
-            }
-        };
-        if let Some((t, from, message)) = next
-            && let Some(t) = t.upgrade()
-        {
-            delivered += 1;
-            t.listeners.emit(&TransportEvent::Message { from, message });
-        }
-    }
-}
-
-struct SimTransport {
-    idx: usize,
-    net: SharedNet,
-    listeners: Listeners<TransportEvent>,
-}
-
-impl TransportAdapter for SimTransport {
-    fn transport_type(&self) -> TransportType {
-        TransportType::Wired
-    }
-    fn capabilities(&self) -> TransportCapabilities {
-        TransportCapabilities::seed_defaults(TransportType::Wired)
-    }
-    fn start(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn stop(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn is_active(&self) -> bool {
-        true
-    }
-    fn peers(&self) -> Vec<PeerInfo> {
-        let n = self.net.lock().unwrap();
-        (0..n.alive.len())
-            .filter(|b| n.linked(self.idx, *b))
-            .map(|b| n.info(b))
-            .collect()
-    }
-    fn connect_to_peer(&self, _peer: PeerId) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn disconnect_from_peer(&self, _peer: PeerId) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn send(&self, peer: PeerId, message: NetworkMessage) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            let mut n = self.net.lock().unwrap();
-            let to = n.index(&peer).ok_or(Error::Unreachable(peer))?;
-            if !n.linked(self.idx, to) {
-                return Err(Error::Unreachable(peer));
-            }
-            let n = &mut *n;
-            if n.rng.chance(n.loss) {
-                return Ok(());
-            }
-            let copies = if n.rng.chance(n.dup) { 2 } else { 1 };
-            for _ in 0..copies {
-                let latency = 1 + n.rng.below(n.max_latency);
-                let at = n.now + latency;
-                n.seq += 1;
-                let seq = n.seq;
-                n.queue.push(Reverse((at, seq)));
-                n.in_flight.insert(seq, (self.idx, to, message.clone()));
-            }
-            Ok(())
-        })
-    }
-    fn broadcast(&self, message: NetworkMessage) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            let peers: Vec<PeerId> = self.peers().into_iter().map(|p| p.peer_id).collect();
-            for p in peers {
-                self.send(p, message.clone()).await?;
-            }
-            Ok(())
-        })
-    }
-    fn subscribe(&self, listener: Listener<TransportEvent>) -> Subscription {
-        self.listeners.subscribe(listener)
-    }
-}
+/// The schedule's RNG (the network draws from its own, seeded from the same seed).
+use SplitMix64 as Rng;
 
 struct Live {
     store: Arc<Store<MemoryBackend>>,
     mesh: Arc<MultiTransportManager>,
     p2p: P2PStorageAdapter<MemoryBackend>,
-    _transport: Arc<SimTransport>,
+    transport: Arc<MemTransport>,
 }
 
 struct SimNode {
@@ -291,7 +84,7 @@ const OFFSETS: [i64; 6] = [
 ];
 
 struct Sim {
-    net: SharedNet,
+    net: MemNetwork,
     clock: Arc<AtomicU64>,
     nodes: Vec<SimNode>,
     rng: Rng,
@@ -310,7 +103,7 @@ impl Sim {
         let nodes: Vec<SimNode> = (0..n)
             .map(|i| {
                 let mut secret = [0u8; 32];
-                secret[..8].copy_from_slice(&rng.next().to_le_bytes());
+                secret[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
                 secret[8] = i as u8;
                 SimNode {
                     idx: i,
@@ -327,24 +120,15 @@ impl Sim {
                 }
             })
             .collect();
-        let net = Arc::new(Mutex::new(Net {
-            now: 1_800_000_000_000,
-            seq: 0,
-            queue: BinaryHeap::new(),
-            in_flight: BTreeMap::new(),
-            alive: vec![false; n],
-            group: vec![0; n],
-            transports: (0..n).map(|_| Weak::new()).collect(),
-            ids: nodes
-                .iter()
-                .map(|x| (x.identity.peer_id(), *x.identity.public_key()))
-                .collect(),
-            rng: Rng(seed ^ 0x5eed),
-            loss: 20 + rng.below(100),
-            dup: rng.below(50),
-            max_latency: 1 + rng.below(300),
-            line: false,
-        }));
+        let net = MemNetwork::new(seed ^ 0x5eed, 1_800_000_000_000);
+        // A peer the mesh disconnects stays linked; its block list keeps it out.
+        net.ignore_disconnects(true);
+        net.set_default_link(LinkModel {
+            loss_per_mille: 20 + rng.below(100),
+            dup_per_mille: rng.below(50),
+            latency_ms: 1,
+            jitter_ms: 1 + rng.below(300),
+        });
         let clock = Arc::new(AtomicU64::new(1_800_000_000_000));
         let mut sim = Sim {
             net,
@@ -362,16 +146,30 @@ impl Sim {
     }
 
     fn now(&self) -> u64 {
-        self.net.lock().unwrap().now
+        self.net.now()
     }
 
     fn advance(&mut self, ms: u64) {
-        let now = {
-            let mut n = self.net.lock().unwrap();
-            n.now += ms;
-            n.now
-        };
+        let now = self.net.advance(ms);
         self.clock.store(now, Ordering::SeqCst);
+    }
+
+    /// Changes the links' model (every pair shares it).
+    fn link_model(&self, f: impl FnOnce(&mut LinkModel)) {
+        let mut m = self.net.default_link();
+        f(&mut m);
+        self.net.set_default_link(m);
+    }
+
+    /// Puts node `i` in partition `groups[i]`, all at once.
+    fn partition(&self, groups: &[u8]) {
+        let ids: Vec<(PeerId, u32)> = self
+            .nodes
+            .iter()
+            .zip(groups)
+            .map(|(x, g)| (x.identity.peer_id(), u32::from(*g)))
+            .collect();
+        self.net.partition(ids);
     }
 
     fn start(&mut self, i: usize) {
@@ -405,12 +203,11 @@ impl Sim {
             buffer,
             pending,
         ));
-        let transport = Arc::new(SimTransport {
-            idx: i,
-            net: self.net.clone(),
-            listeners: Listeners::new(),
-        });
-        self.net.lock().unwrap().transports[i] = Arc::downgrade(&transport);
+        let transport = self.net.join_with_key(
+            node.identity.peer_id(),
+            TransportType::Wired,
+            *node.identity.public_key(),
+        );
         mesh.add_transport(transport.clone());
         let mut p2p = P2PStorageAdapter::new(store.clone(), mesh.clone(), self.config.clone());
         if let Some(dir) = &node.queue_dir {
@@ -419,31 +216,32 @@ impl Sim {
         if let Some(dir) = &node.stream_dir {
             p2p = p2p.with_stream(DurableStream::open(dir.path()).unwrap());
         }
-        let ids = Mutex::new(Rng(self.rng.next()));
+        let ids = Mutex::new(Rng(self.rng.next_u64()));
         p2p.set_random(Arc::new(move |b: &mut [u8; 16]| {
             let mut r = ids.lock().unwrap();
-            b[..8].copy_from_slice(&r.next().to_le_bytes());
-            b[8..].copy_from_slice(&r.next().to_le_bytes());
+            b[..8].copy_from_slice(&r.next_u64().to_le_bytes());
+            b[8..].copy_from_slice(&r.next_u64().to_le_bytes());
         }));
         node.live = Some(Live {
             store,
             mesh,
             p2p,
-            _transport: transport,
+            transport: transport.clone(),
         });
-        change(&self.net, |n| n.alive[i] = true);
+        block_on(transport.start()).unwrap();
     }
 
     fn crash(&mut self, i: usize) {
-        change(&self.net, |n| n.alive[i] = false);
-        self.nodes[i].live = None;
+        if let Some(l) = self.nodes[i].live.take() {
+            block_on(l.transport.stop()).unwrap();
+        }
     }
 
     /// Runs every live node's mesh and adapter once, saving the mesh state
     /// as the node binary does.
     fn process(&mut self) -> usize {
         let now = self.now();
-        let mut work = deliver(&self.net);
+        let mut work = self.net.deliver();
         for node in &mut self.nodes {
             let now = node.clock_at(now);
             if let Some(l) = &node.live {
@@ -559,9 +357,9 @@ fn schedule(seed: u64, p: &Params, clocks: Option<&ClockPlan>) -> Result<(Sim, S
             0..=44 => sim.write(),
             45..=52 => {
                 let groups: Vec<u8> = (0..n).map(|_| sim.rng.below(2) as u8).collect();
-                change(&sim.net, |net| net.group = groups);
+                sim.partition(&groups);
             }
-            53..=58 => change(&sim.net, |net| net.group = vec![0; n]),
+            53..=58 => sim.partition(&vec![0; n]),
             59..=62 => {
                 let i = sim.rng.below(n as u64) as usize;
                 let alive = sim.nodes.iter().filter(|x| x.live.is_some()).count();
@@ -582,7 +380,7 @@ fn schedule(seed: u64, p: &Params, clocks: Option<&ClockPlan>) -> Result<(Sim, S
         sim.process();
     }
     // Heal: one network, everyone up, and run until quiet and converged.
-    change(&sim.net, |net| net.group = vec![0; n]);
+    sim.partition(&vec![0; n]);
     for i in 0..n {
         if sim.nodes[i].live.is_none() {
             sim.start(i);
@@ -829,9 +627,10 @@ fn wrong_clocks_converge_and_are_reported() {
 fn queued_push_survives_a_crash_and_is_acknowledged() {
     let mut sim = Sim::new(7, 2);
     {
-        let mut n = sim.net.lock().unwrap();
-        n.loss = 0;
-        n.dup = 0;
+        sim.link_model(|m| {
+            m.loss_per_mille = 0;
+            m.dup_per_mille = 0;
+        });
     }
     sim.config.replication.set_factor("notes", 1).unwrap();
     for i in 0..2 {
@@ -839,7 +638,7 @@ fn queued_push_survives_a_crash_and_is_acknowledged() {
         sim.nodes[i].queue_dir = Some(tempfile::tempdir().unwrap());
         sim.start(i);
     }
-    change(&sim.net, |n| n.group = vec![0, 1]);
+    sim.partition(&[0, 1]);
     sim.advance(10);
     sim.process();
     let mut f = Map::new();
@@ -855,7 +654,7 @@ fn queued_push_survives_a_crash_and_is_acknowledged() {
         1,
         "still queued after the crash"
     );
-    change(&sim.net, |n| n.group = vec![0, 0]);
+    sim.partition(&[0, 0]);
     for _ in 0..40 {
         sim.advance(50);
         sim.process();
@@ -879,9 +678,10 @@ fn queued_push_survives_a_crash_and_is_acknowledged() {
 fn quiet_pair(seed: u64, config: P2PConfig) -> Sim {
     let mut sim = Sim::new(seed, 2);
     {
-        let mut n = sim.net.lock().unwrap();
-        n.loss = 0;
-        n.dup = 0;
+        sim.link_model(|m| {
+            m.loss_per_mille = 0;
+            m.dup_per_mille = 0;
+        });
     }
     sim.config = config;
     for i in 0..2 {
@@ -908,7 +708,7 @@ fn fields(k: &str, v: &str) -> Map {
 fn a_read_miss_fetches_the_document_from_peers_and_caches_it() {
     let mut sim = quiet_pair(11, P2PConfig::default());
     // Partitioned: node 1 writes a document node 0 has never seen.
-    change(&sim.net, |n| n.group = vec![0, 1]);
+    sim.partition(&[0, 1]);
     run_for(&mut sim, 200);
     let l1 = sim.nodes[1].live.as_ref().unwrap();
     block_on(
@@ -919,7 +719,7 @@ fn a_read_miss_fetches_the_document_from_peers_and_caches_it() {
     // Reconnect; the meshes learn of each other, and node 0 reads before its
     // adapter ran: the read misses locally, asks the peer, and the answer is
     // merged and served.
-    change(&sim.net, |n| n.group = vec![0, 0]);
+    sim.partition(&[0, 0]);
     let now = sim.now();
     for node in &sim.nodes {
         block_on(node.live.as_ref().unwrap().mesh.process(now));
@@ -939,13 +739,9 @@ fn a_read_miss_fetches_the_document_from_peers_and_caches_it() {
             }
             // The read borrows node 0's adapter, so step the network by hand
             // (Sim::process needs the whole simulator mutably).
-            let now = {
-                let mut n = sim.net.lock().unwrap();
-                n.now += 50;
-                n.now
-            };
+            let now = sim.net.advance(50);
             sim.clock.store(now, Ordering::SeqCst);
-            deliver(&sim.net);
+            sim.net.deliver();
             for node in &sim.nodes {
                 if let Some(l) = &node.live {
                     block_on(l.mesh.process(now));
@@ -1082,11 +878,11 @@ fn a_reconnecting_peer_catches_up_from_its_stream_position() {
         )
     };
 
-    change(&sim.net, |n| n.group = vec![0, 1]);
+    sim.partition(&[0, 1]);
     run_for(&mut sim, 200);
     write(&sim, 0..5);
     assert_eq!(live(&sim, 1).0, 5, "five local versions positioned");
-    change(&sim.net, |n| n.group = vec![0, 0]);
+    sim.partition(&[0, 0]);
     run_for(&mut sim, 3_000);
     let (head0, read0, _) = live(&sim, 0);
     let (_, _, stats1) = live(&sim, 1);
@@ -1109,13 +905,13 @@ fn a_reconnecting_peer_catches_up_from_its_stream_position() {
     );
 
     // Away again; two more writes; node 0 restarts meanwhile.
-    change(&sim.net, |n| n.group = vec![0, 1]);
+    sim.partition(&[0, 1]);
     run_for(&mut sim, 200);
     write(&sim, 5..7);
     sim.crash(0);
     sim.start(0);
     assert_eq!(live(&sim, 0).1, 5, "the read position survives a restart");
-    change(&sim.net, |n| n.group = vec![0, 0]);
+    sim.partition(&[0, 0]);
     run_for(&mut sim, 3_000);
     let (head0, read0, _) = live(&sim, 0);
     let (_, _, stats1) = live(&sim, 1);
@@ -1151,11 +947,12 @@ fn line_of_replicas(seed: u64, durable: bool) {
     const N: usize = 8;
     let mut sim = Sim::new(seed, N);
     {
-        let mut n = sim.net.lock().unwrap();
-        n.loss = 0;
-        n.dup = 0;
-        n.max_latency = 50;
-        n.line = true;
+        sim.link_model(|m| {
+            m.loss_per_mille = 0;
+            m.dup_per_mille = 0;
+            m.jitter_ms = 50;
+        });
+        sim.net.set_topology(Topology::Line);
     }
     for i in 0..N {
         sim.crash(i);

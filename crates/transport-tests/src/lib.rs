@@ -22,8 +22,19 @@
 //! Every wait is bounded by [`WAIT`] (or a multiple of it), so a broken transport fails
 //! the check instead of hanging the test; no check sleeps for a fixed time.
 //! The checks need a tokio runtime with the time and net drivers enabled.
+//!
+//! [`memnet`] is the one shared in-memory network ([`MemNetwork`] of
+//! [`MemTransport`] endpoints) that the mesh and storage tests, the simulator
+//! and the benches run on: virtual clock, seeded link models, partitions,
+//! restarts and a traffic log.
 
 #![forbid(unsafe_code)]
+
+pub mod memnet;
+
+pub use memnet::{
+    Delivery, Fate, LinkModel, MemNetwork, MemTransport, SplitMix64, Topology, Traffic,
+};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,8 +1,8 @@
 //! An in-memory network of blob nodes for the blob tests: each node is the
-//! real mesh manager and `BlobService` over a `MemoryBackend`, linked by an
-//! in-memory transport that delivers every message in order (no loss) to
-//! nodes that are up, on a virtual clock. A node can be stopped (its peers
-//! see it lost) and started again with the same backend. A node can also be
+//! real mesh manager and `BlobService` over a `MemoryBackend`, linked by
+//! transport-tests' `MemNetwork` with perfect links (every message in order,
+//! no loss) between nodes that are up, on its virtual clock. A node can be
+//! stopped (its peers see it lost) and started again with the same backend. A node can also be
 //! a "liar": a bare mesh that stores what is pushed to it but serves every
 //! piece with one bit flipped (correctly signed), to test that tampered
 //! pieces are refused and charged.
@@ -14,11 +14,8 @@
     missing_docs
 )]
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::future::Future;
-use std::pin::pin;
-use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use ecomesh_identity::{Identity, PublicKey};
 use ecomesh_mesh::{MeshConfig, MeshEvent, MultiTransportManager};
@@ -27,165 +24,9 @@ use ecomesh_p2p_storage::blobs::{
 };
 use ecomesh_p2p_storage::kv::MemoryBackend;
 use ecomesh_replication::shard::{ShardRequest, ShardResponse};
-use ecomesh_types::{
-    BoxFuture, Error, Listener, Listeners, NetworkMessage, PeerId, PeerInfo, Priority,
-    Subscription, TransportAdapter, TransportCapabilities, TransportEvent, TransportType, Value,
-};
-
-/// Polls a future whose awaits are all ready (the in-memory transport never pends).
-pub fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..1000 {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-    panic!("an in-memory operation did not complete");
-}
-
-struct Net {
-    alive: Vec<bool>,
-    ids: Vec<(PeerId, PublicKey)>,
-    transports: Vec<Weak<MemTransport>>,
-    queue: VecDeque<(usize, usize, NetworkMessage)>,
-    now: u64,
-}
-
-impl Net {
-    fn linked(&self, a: usize, b: usize) -> bool {
-        a != b && self.alive[a] && self.alive[b]
-    }
-    fn index(&self, p: &PeerId) -> Option<usize> {
-        self.ids.iter().position(|(id, _)| id == p)
-    }
-    fn info(&self, i: usize) -> PeerInfo {
-        let (id, key) = self.ids[i];
-        let mut info = PeerInfo::new(id, TransportType::Wired, self.now);
-        info.metadata.insert(
-            PeerInfo::PUBLIC_KEY.to_owned(),
-            Value::Bytes(key.to_bytes().to_vec()),
-        );
-        info
-    }
-    fn links(&self) -> BTreeSet<(usize, usize)> {
-        let n = self.alive.len();
-        (0..n)
-            .flat_map(|a| (0..n).map(move |b| (a, b)))
-            .filter(|(a, b)| self.linked(*a, *b))
-            .collect()
-    }
-}
-
-type SharedNet = Arc<Mutex<Net>>;
-
-fn change(net: &SharedNet, f: impl FnOnce(&mut Net)) {
-    let events = {
-        let mut n = net.lock().unwrap();
-        let before = n.links();
-        f(&mut n);
-        let after = n.links();
-        let mut ev = Vec::new();
-        for (a, b) in before.difference(&after) {
-            ev.push((
-                n.transports[*a].clone(),
-                TransportEvent::PeerLost(n.ids[*b].0),
-            ));
-        }
-        for (a, b) in after.difference(&before) {
-            ev.push((
-                n.transports[*a].clone(),
-                TransportEvent::PeerDiscovered(n.info(*b)),
-            ));
-        }
-        ev
-    };
-    for (t, e) in events {
-        if let Some(t) = t.upgrade() {
-            t.listeners.emit(&e);
-        }
-    }
-}
-
-fn deliver(net: &SharedNet) -> usize {
-    let mut delivered = 0;
-    loop {
-        let next = {
-            let mut n = net.lock().unwrap();
-            let Some((from, to, m)) = n.queue.pop_front() else {
-                return delivered;
-            };
-            n.linked(from, to)
-                .then(|| (n.transports[to].clone(), n.ids[from].0, m))
-        };
-        if let Some((t, from, message)) = next
-            && let Some(t) = t.upgrade()
-        {
-            delivered += 1;
-            t.listeners.emit(&TransportEvent::Message { from, message });
-        }
-    }
-}
-
-pub struct MemTransport {
-    idx: usize,
-    net: SharedNet,
-    listeners: Listeners<TransportEvent>,
-}
-
-impl TransportAdapter for MemTransport {
-    fn transport_type(&self) -> TransportType {
-        TransportType::Wired
-    }
-    fn capabilities(&self) -> TransportCapabilities {
-        TransportCapabilities::seed_defaults(TransportType::Wired)
-    }
-    fn start(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn stop(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn is_active(&self) -> bool {
-        true
-    }
-    fn peers(&self) -> Vec<PeerInfo> {
-        let n = self.net.lock().unwrap();
-        (0..n.alive.len())
-            .filter(|b| n.linked(self.idx, *b))
-            .map(|b| n.info(b))
-            .collect()
-    }
-    fn connect_to_peer(&self, _peer: PeerId) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn disconnect_from_peer(&self, _peer: PeerId) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn send(&self, peer: PeerId, message: NetworkMessage) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            let mut n = self.net.lock().unwrap();
-            let to = n.index(&peer).ok_or(Error::Unreachable(peer))?;
-            if !n.linked(self.idx, to) {
-                return Err(Error::Unreachable(peer));
-            }
-            n.queue.push_back((self.idx, to, message));
-            Ok(())
-        })
-    }
-    fn broadcast(&self, message: NetworkMessage) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            let peers: Vec<PeerId> = self.peers().into_iter().map(|p| p.peer_id).collect();
-            for p in peers {
-                self.send(p, message.clone()).await?;
-            }
-            Ok(())
-        })
-    }
-    fn subscribe(&self, listener: Listener<TransportEvent>) -> Subscription {
-        self.listeners.subscribe(listener)
-    }
-}
+pub use ecomesh_transport_tests::memnet::block_on;
+use ecomesh_transport_tests::{MemNetwork, MemTransport};
+use ecomesh_types::{PeerId, Priority, Subscription, TransportAdapter, TransportType};
 
 /// A node's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,7 +45,7 @@ pub struct Live {
     pub service: Option<BlobService<MemoryBackend>>,
     liar_inbox: Arc<Mutex<Vec<MeshEvent>>>,
     _liar_sub: Option<Subscription>,
-    _transport: Arc<MemTransport>,
+    transport: Arc<MemTransport>,
 }
 
 impl Live {
@@ -221,7 +62,7 @@ pub struct Node {
 }
 
 pub struct BlobNet {
-    net: SharedNet,
+    net: MemNetwork,
     pub nodes: Vec<Node>,
     pub config: BlobServiceConfig,
     counter: u64,
@@ -255,16 +96,9 @@ impl BlobNet {
                 live: None,
             })
             .collect();
-        let net = Arc::new(Mutex::new(Net {
-            alive: vec![false; nodes.len()],
-            ids: nodes
-                .iter()
-                .map(|n| (n.identity.peer_id(), *n.identity.public_key()))
-                .collect(),
-            transports: (0..nodes.len()).map(|_| Weak::new()).collect(),
-            queue: VecDeque::new(),
-            now: 1_800_000_000_000,
-        }));
+        let net = MemNetwork::new(0, 1_800_000_000_000);
+        // A peer a mesh disconnects stays linked; the mesh's block list keeps it out.
+        net.ignore_disconnects(true);
         let mut bn = BlobNet {
             net,
             nodes,
@@ -283,11 +117,11 @@ impl BlobNet {
     }
 
     pub fn now(&self) -> u64 {
-        self.net.lock().unwrap().now
+        self.net.now()
     }
 
     pub fn advance(&mut self, ms: u64) {
-        self.net.lock().unwrap().now += ms;
+        self.net.advance(ms);
     }
 
     pub fn peer(&self, i: usize) -> PeerId {
@@ -322,12 +156,11 @@ impl BlobNet {
             Arc::new(BTreeMap::<PeerId, PublicKey>::new()),
             MeshConfig::default(),
         ));
-        let transport = Arc::new(MemTransport {
-            idx: i,
-            net: self.net.clone(),
-            listeners: Listeners::new(),
-        });
-        self.net.lock().unwrap().transports[i] = Arc::downgrade(&transport);
+        let transport = self.net.join_with_key(
+            node.identity.peer_id(),
+            TransportType::Wired,
+            *node.identity.public_key(),
+        );
         mesh.add_transport(transport.clone());
         let store = Arc::new(
             BlobStore::open(
@@ -362,16 +195,17 @@ impl BlobNet {
             service,
             liar_inbox,
             _liar_sub: sub,
-            _transport: transport,
+            transport: transport.clone(),
         });
-        change(&self.net, |n| n.alive[i] = true);
+        block_on(transport.start()).unwrap();
         // Let every mesh learn of the new peer.
         self.settle();
     }
 
     pub fn stop(&mut self, i: usize) {
-        change(&self.net, |n| n.alive[i] = false);
-        self.nodes[i].live = None;
+        if let Some(l) = self.nodes[i].live.take() {
+            block_on(l.transport.stop()).unwrap();
+        }
         self.settle();
     }
 
@@ -394,7 +228,7 @@ impl BlobNet {
     /// logic). Returns the work done.
     pub fn step(&mut self) -> usize {
         let now = self.now();
-        let mut work = deliver(&self.net);
+        let mut work = self.net.deliver();
         let mut raw: Vec<(usize, PeerId, Vec<u8>, Priority)> = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let silent = node.role == Role::Silent;
@@ -420,7 +254,7 @@ impl BlobNet {
             self.send_raw(i, to, env, prio);
         }
         // Messages still on the wire are work to come.
-        work + self.net.lock().unwrap().queue.len()
+        work + self.net.in_flight()
     }
 
     fn busy(&self) -> bool {
