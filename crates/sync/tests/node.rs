@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ecomesh_sync::{Node, SetOptions, SyncError, TextStatus, Value};
 
-use common::{MemNet, fields, mem_node, pair, wait_until};
+use common::{fields, immediate_net, mem_node, pair, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documents_survive_a_restart() {
@@ -102,7 +102,7 @@ async fn b_has(doc: &ecomesh_sync::DocRef) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_text_to_an_unknown_peer_is_refused_and_nothing_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let node = mem_node(&MemNet::new(), dir.path()).await;
+    let node = mem_node(&immediate_net(), dir.path()).await;
     let stranger = ecomesh_identity::Identity::generate().unwrap().peer_id();
     let e = node.send_text(stranger, "x".into()).await.unwrap_err();
     assert!(

@@ -75,15 +75,15 @@ async fn versions_sent_and_received_are_events_and_concurrent_ones_conflict_then
     assert_eq!(got.transport, Some(TransportType::Wired));
 
     // Concurrent writes of one document while every push is lost.
-    net.lose(&[PUSH_TYPE]);
+    net.lose_types(&[PUSH_TYPE]);
     write(&a, "n2", "from a").await;
     write(&b, "n2", "from b").await;
     wait_until(LIMIT, "both pushes are lost", || {
         let net = net.clone();
-        async move { net.lost(PUSH_TYPE) >= 2 }
+        async move { net.lost_of_type(PUSH_TYPE) >= 2 }
     })
     .await;
-    net.lose(&[]);
+    net.lose_types(&[]);
     let started = a.force_sync(Some(pb)).unwrap();
     assert_eq!(started, vec![pb]);
 

@@ -198,6 +198,8 @@ struct State {
     rng: SplitMix64,
     ignore_disconnects: bool,
     log: Option<(usize, VecDeque<Traffic>)>,
+    /// Message types every send of which is lost, and how many were.
+    lost_types: BTreeMap<String, usize>,
 }
 
 impl State {
@@ -308,6 +310,7 @@ impl MemNetwork {
                 rng: SplitMix64(seed),
                 ignore_disconnects: false,
                 log: None,
+                lost_types: BTreeMap::new(),
             })),
         }
     }
@@ -473,6 +476,20 @@ impl MemNetwork {
         self.lock().ignore_disconnects = ignore;
     }
 
+    /// From now on, every send of a message of one of these types is lost
+    /// (`send` succeeds, the transports notice nothing), whatever the link
+    /// model, without a draw from the seeded generator; an empty list loses
+    /// none. The counts of [`MemNetwork::lost_of_type`] restart.
+    pub fn lose_types(&self, types: &[&str]) {
+        self.lock().lost_types = types.iter().map(|t| ((*t).to_owned(), 0)).collect();
+    }
+
+    /// How many messages of type `ty` were lost since
+    /// [`MemNetwork::lose_types`] named it (0 when it is not named).
+    pub fn lost_of_type(&self, ty: &str) -> usize {
+        self.lock().lost_types.get(ty).copied().unwrap_or(0)
+    }
+
     /// Bounds the messages in flight (at least 1).
     pub fn set_max_in_flight(&self, max: usize) {
         self.lock().max_in_flight = max.max(1);
@@ -604,7 +621,10 @@ impl MemNetwork {
                 .get(&(me.peer, peer))
                 .copied()
                 .unwrap_or(s.default_link);
-            let fate = if s.rng.chance(model.loss_per_mille) {
+            let fate = if let Some(n) = s.lost_types.get_mut(&message.message_type) {
+                *n += 1;
+                Fate::Lost
+            } else if s.rng.chance(model.loss_per_mille) {
                 Fate::Lost
             } else {
                 let copies: u8 = if s.rng.chance(model.dup_per_mille) {
@@ -918,6 +938,26 @@ mod tests {
         net.deliver();
         block_on(b2.stop()).unwrap();
         assert!(a.peers().is_empty());
+    }
+
+    #[test]
+    fn messages_of_a_lost_type_are_counted_and_others_pass() {
+        let net = MemNetwork::immediate();
+        let (a, _, _sa) = node(&net, 1);
+        let (b, seen, _sb) = node(&net, 2);
+        net.link(peer(1), peer(2), TransportType::Wired);
+        net.lose_types(&["t"]);
+        let mut other = msg(peer(2), 5);
+        other.message_type = "u".into();
+        block_on(b.send(peer(1), msg(peer(2), 1))).unwrap();
+        block_on(a.send(peer(2), msg(peer(1), 2))).unwrap();
+        block_on(a.send(peer(2), other)).unwrap();
+        assert_eq!(net.lost_of_type("t"), 2);
+        assert_eq!(payloads(&seen), vec![5]);
+        net.lose_types(&[]);
+        block_on(a.send(peer(2), msg(peer(1), 3))).unwrap();
+        assert_eq!(payloads(&seen), vec![5, 3]);
+        assert_eq!(net.lost_of_type("t"), 0);
     }
 
     #[test]
