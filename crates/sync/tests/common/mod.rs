@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: nodes on transport-tests' shared
 //! in-memory network (`MemNetwork`), and bounded waits.
 
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::print_stderr)]
 
 use std::future::Future;
 use std::path::Path;
@@ -101,4 +101,51 @@ pub fn fields(pairs: &[(&str, &str)]) -> Map {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), Value::Text((*v).to_owned())))
         .collect()
+}
+
+/// Moves a [`MemNetwork`]'s virtual clock with real time and delivers what
+/// is due, every `step` (for nodes that run on tokio's real time over a
+/// network with latency); stops when dropped.
+pub struct Pump {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Pump {
+    /// Starts pumping `net` every `step` on the current runtime.
+    pub fn start(net: &MemNetwork, step: Duration) -> Pump {
+        let net = net.clone();
+        let ms = u64::try_from(step.as_millis()).unwrap().max(1);
+        let task = tokio::spawn(async move {
+            let mut every = tokio::time::interval(step);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                net.advance(ms);
+                net.deliver();
+            }
+        });
+        Pump { task }
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The seed of a randomised test: `$var` when set, otherwise a fresh one;
+/// printed either way so that a failing run names it.
+pub fn seed(var: &str) -> u64 {
+    let seed = match std::env::var(var) {
+        Ok(s) => s.parse().unwrap_or_else(|_| panic!("{var} is a number")),
+        Err(_) => {
+            let d = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            d.as_secs().wrapping_mul(1_000_000_007) ^ u64::from(d.subsec_nanos())
+        }
+    };
+    eprintln!("seed {seed} (replay its network and scenario with {var}={seed})");
+    seed
 }
