@@ -215,7 +215,6 @@ fn out(line: impl std::fmt::Display) {
 
 fn run(cli: Cli) -> Result<()> {
     let data = DataDir::resolve(cli.data)?;
-    let ask = |req: Request| control::call(&data.checked_socket()?, &req);
     match cli.command {
         Command::Init => {
             let id = daemon::init(&data)?;
@@ -286,8 +285,16 @@ fn run(cli: Cli) -> Result<()> {
                 .context("starting the async runtime")?;
             rt.block_on(daemon::run(data, options, shutdown_signal()))
         }
+        other => control_command(other, &data, cli.json),
+    }
+}
+
+/// A command answered by the running node over its control socket.
+fn control_command(command: Command, data: &DataDir, json_out: bool) -> Result<()> {
+    let ask = |req: Request| control::call(&data.checked_socket()?, &req);
+    match command {
         Command::Peers => match ask(Request::Peers)? {
-            Response::Peers { peers } if cli.json => json(&peers),
+            Response::Peers { peers } if json_out => json(&peers),
             Response::Peers { peers } => {
                 if peers.is_empty() {
                     out("no peers reachable");
@@ -306,7 +313,7 @@ fn run(cli: Cli) -> Result<()> {
             other => unexpected(&other),
         },
         Command::Send { peer, text } => match ask(Request::Send { peer, text })? {
-            r @ Response::Sent { .. } if cli.json => json(&r),
+            r @ Response::Sent { .. } if json_out => json(&r),
             Response::Sent {
                 id,
                 outcome,
@@ -323,7 +330,7 @@ fn run(cli: Cli) -> Result<()> {
             other => unexpected(&other),
         },
         Command::Inbox => match ask(Request::Inbox)? {
-            Response::Inbox { messages } if cli.json => json(&messages),
+            Response::Inbox { messages } if json_out => json(&messages),
             Response::Inbox { messages } => {
                 if messages.is_empty() {
                     out("inbox empty");
@@ -336,7 +343,7 @@ fn run(cli: Cli) -> Result<()> {
             other => unexpected(&other),
         },
         Command::Outbox => match ask(Request::Outbox)? {
-            Response::Outbox { messages } if cli.json => json(&messages),
+            Response::Outbox { messages } if json_out => json(&messages),
             Response::Outbox { messages } => {
                 if messages.is_empty() {
                     out("outbox empty");
@@ -351,105 +358,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             other => unexpected(&other),
         },
-        Command::Doc(d) => {
-            let req = match d {
-                DocCommand::Put {
-                    collection,
-                    id,
-                    fields,
-                    merge,
-                } => Request::DocPut {
-                    collection,
-                    id,
-                    json: fields,
-                    merge,
-                },
-                DocCommand::Get { collection, id } => Request::DocGet { collection, id },
-                DocCommand::Delete { collection, id } => Request::DocDelete { collection, id },
-                DocCommand::List { collection } => Request::DocList { collection },
-            };
-            match ask(req)? {
-                r @ (Response::Written { .. } | Response::Documents { .. }) if cli.json => json(&r),
-                Response::Written { version, root_cid } => {
-                    out(format!("version {version}"));
-                    out(format!("root cid {root_cid}"));
-                    Ok(())
-                }
-                Response::Documents { documents } => {
-                    if documents.is_empty() {
-                        bail!("no such document");
-                    }
-                    for d in documents {
-                        out(format!("{}/{}  {}", d.collection, d.id, d.fields));
-                    }
-                    Ok(())
-                }
-                other => unexpected(&other),
-            }
-        }
-        Command::Blob(b) => {
-            let absolute = |p: PathBuf| -> Result<String> {
-                let p = if p.is_absolute() {
-                    p
-                } else {
-                    std::env::current_dir()?.join(p)
-                };
-                p.into_os_string()
-                    .into_string()
-                    .map_err(|p| anyhow::anyhow!("{} is not valid UTF-8", p.to_string_lossy()))
-            };
-            let req = match b {
-                BlobCommand::Put { file, collection } => Request::BlobPut {
-                    path: absolute(file)?,
-                    collection,
-                },
-                BlobCommand::Get { id, output } => Request::BlobGet {
-                    id,
-                    path: absolute(output)?,
-                },
-                BlobCommand::List => Request::BlobList,
-                BlobCommand::Gc => Request::BlobGc,
-            };
-            match ask(req)? {
-                r @ (Response::Blob(_) | Response::Blobs { .. } | Response::BlobGc { .. })
-                    if cli.json =>
-                {
-                    json(&r)
-                }
-                Response::Blob(b) => {
-                    out(format!(
-                        "{}  {} bytes  {}  {}/{} pieces held  ({})",
-                        b.id, b.len, b.encoding, b.held, b.pieces, b.collection
-                    ));
-                    Ok(())
-                }
-                Response::Blobs { blobs } => {
-                    if blobs.is_empty() {
-                        out("no blobs");
-                    }
-                    for b in blobs {
-                        out(format!(
-                            "{}  {} bytes  {}  {}/{} pieces held  ({})",
-                            b.id, b.len, b.encoding, b.held, b.pieces, b.collection
-                        ));
-                    }
-                    Ok(())
-                }
-                Response::BlobGc {
-                    deleted,
-                    freed_bytes,
-                    kept,
-                } => {
-                    out(format!(
-                        "deleted {deleted} pieces ({freed_bytes} bytes), kept {kept}"
-                    ));
-                    Ok(())
-                }
-                other => unexpected(&other),
-            }
-        }
+        Command::Doc(d) => doc_command(d, &ask, json_out),
+        Command::Blob(b) => blob_command(b, &ask, json_out),
         Command::Changes { since, limit } => match ask(Request::Changes { since, limit })? {
-            r @ Response::Changes { .. } if cli.json => json(&r),
+            r @ Response::Changes { .. } if json_out => json(&r),
             Response::Changes {
                 entries,
                 next,
@@ -471,56 +383,171 @@ fn run(cli: Cli) -> Result<()> {
             }
             other => unexpected(&other),
         },
-        Command::Status => match ask(Request::Status)? {
-            Response::Status(s) if cli.json => json(&s),
-            Response::Status(s) => {
-                out(format!("peer id     {}", s.peer_id));
-                out(format!("data        {}", s.data_dir));
-                out(format!(
-                    "listen      {}",
-                    s.listen.as_deref().unwrap_or("-")
-                ));
-                for a in &s.internet_listen {
-                    out(format!("internet    {a}"));
-                }
-                out(format!("transports  {}", s.transports.join(",")));
-                out(format!("peers       {}", s.peers));
-                out(format!("buffered    {}", s.buffered));
-                out(format!(
-                    "waiting     {} (in the outbox, for buffer room)",
-                    s.waiting
-                ));
-                out(format!("to sync     {}", s.sync_pending));
-                out(format!("inbox       {}", s.inbox));
-                out(format!(
-                    "delivered   {} (undelivered {})",
-                    s.delivered, s.undelivered
-                ));
-                out(format!("root cid    {}", s.root_cid));
-                out(format!("replicated  {}", s.replicated_root));
-                out(format!("stream      {} versions", s.stream_head));
-                out(format!("uptime      {} s", s.uptime_secs));
-                for c in s.clocks.iter().filter(|c| c.skewed) {
-                    out(format!(
-                        "clock skew  peer {} is {} {} (its writes {} last-writer-wins conflicts)",
-                        c.peer_id,
-                        duration(c.skew_ms.unsigned_abs()),
-                        if c.skew_ms > 0 { "ahead" } else { "behind" },
-                        if c.skew_ms > 0 { "win" } else { "lose" },
-                    ));
-                }
-                match s.own_clock.as_str() {
-                    "ahead" | "behind" => out(format!(
-                        "own clock   looks wrong: {} {} of most peers",
-                        duration(s.own_clock_off_ms),
-                        s.own_clock
-                    )),
-                    other => out(format!("own clock   {other}")),
-                }
-                Ok(())
-            }
-            other => unexpected(&other),
+        Command::Status => status_command(&ask, json_out),
+        Command::Init | Command::Node { .. } => {
+            bail!("init and node run here, not through the control socket")
+        }
+    }
+}
+
+/// `ecomesh doc ...`.
+fn doc_command(
+    d: DocCommand,
+    ask: &dyn Fn(Request) -> Result<Response>,
+    json_out: bool,
+) -> Result<()> {
+    let req = match d {
+        DocCommand::Put {
+            collection,
+            id,
+            fields,
+            merge,
+        } => Request::DocPut {
+            collection,
+            id,
+            json: fields,
+            merge,
         },
+        DocCommand::Get { collection, id } => Request::DocGet { collection, id },
+        DocCommand::Delete { collection, id } => Request::DocDelete { collection, id },
+        DocCommand::List { collection } => Request::DocList { collection },
+    };
+    match ask(req)? {
+        r @ (Response::Written { .. } | Response::Documents { .. }) if json_out => json(&r),
+        Response::Written { version, root_cid } => {
+            out(format!("version {version}"));
+            out(format!("root cid {root_cid}"));
+            Ok(())
+        }
+        Response::Documents { documents } => {
+            if documents.is_empty() {
+                bail!("no such document");
+            }
+            for d in documents {
+                out(format!("{}/{}  {}", d.collection, d.id, d.fields));
+            }
+            Ok(())
+        }
+        other => unexpected(&other),
+    }
+}
+
+/// `ecomesh blob ...`.
+fn blob_command(
+    b: BlobCommand,
+    ask: &dyn Fn(Request) -> Result<Response>,
+    json_out: bool,
+) -> Result<()> {
+    let absolute = |p: PathBuf| -> Result<String> {
+        let p = if p.is_absolute() {
+            p
+        } else {
+            std::env::current_dir()?.join(p)
+        };
+        p.into_os_string()
+            .into_string()
+            .map_err(|p| anyhow::anyhow!("{} is not valid UTF-8", p.to_string_lossy()))
+    };
+    let req = match b {
+        BlobCommand::Put { file, collection } => Request::BlobPut {
+            path: absolute(file)?,
+            collection,
+        },
+        BlobCommand::Get { id, output } => Request::BlobGet {
+            id,
+            path: absolute(output)?,
+        },
+        BlobCommand::List => Request::BlobList,
+        BlobCommand::Gc => Request::BlobGc,
+    };
+    match ask(req)? {
+        r @ (Response::Blob(_) | Response::Blobs { .. } | Response::BlobGc { .. }) if json_out => {
+            json(&r)
+        }
+        Response::Blob(b) => {
+            out(format!(
+                "{}  {} bytes  {}  {}/{} pieces held  ({})",
+                b.id, b.len, b.encoding, b.held, b.pieces, b.collection
+            ));
+            Ok(())
+        }
+        Response::Blobs { blobs } => {
+            if blobs.is_empty() {
+                out("no blobs");
+            }
+            for b in blobs {
+                out(format!(
+                    "{}  {} bytes  {}  {}/{} pieces held  ({})",
+                    b.id, b.len, b.encoding, b.held, b.pieces, b.collection
+                ));
+            }
+            Ok(())
+        }
+        Response::BlobGc {
+            deleted,
+            freed_bytes,
+            kept,
+        } => {
+            out(format!(
+                "deleted {deleted} pieces ({freed_bytes} bytes), kept {kept}"
+            ));
+            Ok(())
+        }
+        other => unexpected(&other),
+    }
+}
+
+/// `ecomesh status`.
+fn status_command(ask: &dyn Fn(Request) -> Result<Response>, json_out: bool) -> Result<()> {
+    match ask(Request::Status)? {
+        Response::Status(s) if json_out => json(&s),
+        Response::Status(s) => {
+            out(format!("peer id     {}", s.peer_id));
+            out(format!("data        {}", s.data_dir));
+            out(format!(
+                "listen      {}",
+                s.listen.as_deref().unwrap_or("-")
+            ));
+            for a in &s.internet_listen {
+                out(format!("internet    {a}"));
+            }
+            out(format!("transports  {}", s.transports.join(",")));
+            out(format!("peers       {}", s.peers));
+            out(format!("buffered    {}", s.buffered));
+            out(format!(
+                "waiting     {} (in the outbox, for buffer room)",
+                s.waiting
+            ));
+            out(format!("to sync     {}", s.sync_pending));
+            out(format!("inbox       {}", s.inbox));
+            out(format!(
+                "delivered   {} (undelivered {})",
+                s.delivered, s.undelivered
+            ));
+            out(format!("root cid    {}", s.root_cid));
+            out(format!("replicated  {}", s.replicated_root));
+            out(format!("stream      {} versions", s.stream_head));
+            out(format!("uptime      {} s", s.uptime_secs));
+            for c in s.clocks.iter().filter(|c| c.skewed) {
+                out(format!(
+                    "clock skew  peer {} is {} {} (its writes {} last-writer-wins conflicts)",
+                    c.peer_id,
+                    duration(c.skew_ms.unsigned_abs()),
+                    if c.skew_ms > 0 { "ahead" } else { "behind" },
+                    if c.skew_ms > 0 { "win" } else { "lose" },
+                ));
+            }
+            match s.own_clock.as_str() {
+                "ahead" | "behind" => out(format!(
+                    "own clock   looks wrong: {} {} of most peers",
+                    duration(s.own_clock_off_ms),
+                    s.own_clock
+                )),
+                other => out(format!("own clock   {other}")),
+            }
+            Ok(())
+        }
+        other => unexpected(&other),
     }
 }
 
