@@ -6,7 +6,7 @@
 //! - Writes, updates, deletes (tombstone versions) and batches commit locally
 //!   and return at once; each new version node is pushed in the background
 //!   to up to the collection's replication factor of connected partners,
-//!   chosen by [`select_partners`] among the peers the document's reach admits.
+//!   chosen by [`partners_in_reach`](ecomesh_replication::policy::partners_in_reach) among the peers the document's reach admits.
 //! - A version newly taken in from a peer (push, fetch, delta page or
 //!   anti-entropy) is pushed on the same way to partners other than the peer
 //!   it came from and its author, so changes cross a chain of replicas hop by

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use ecomesh_replication::merkle::ReconcileStore;
-use ecomesh_replication::policy::{Candidate, Origin, select_partners};
+use ecomesh_replication::policy::{Candidate, Origin, partners_in_reach};
 use ecomesh_replication::queue::SyncItem;
 use ecomesh_replication::stream::Source;
 use ecomesh_types::{ContentId, PeerId};
@@ -152,9 +152,14 @@ impl<B: Backend> P2PStorageAdapter<B> {
         only: Option<PeerId>,
         skip: &BTreeSet<PeerId>,
     ) -> usize {
+        let factor = self.config.replication.factor_for(collection);
+        let missing = (factor as usize).saturating_sub(acked.len());
+        if missing == 0 {
+            return 0;
+        }
         // Partners by the replication policy (proximity, diversity, reputation,
         // pins), among the connected peers the document's reach admits.
-        let candidates: Vec<Candidate> = self
+        let candidates = self
             .mesh
             .peers()
             .iter()
@@ -163,25 +168,20 @@ impl<B: Backend> P2PStorageAdapter<B> {
                     && !skip.contains(&p.peer_id)
                     && only.is_none_or(|o| o == p.peer_id)
             })
-            .filter(|p| self.view_for(p.peer_id).document_visible(collection, id))
             .map(Candidate::from_peer_info)
-            .collect();
+            .collect::<Vec<_>>();
         let origin = Origin {
             peer: self.store.peer_id(),
             network: None,
         };
-        let factor = self.config.replication.factor_for(collection);
-        let missing = (factor as usize).saturating_sub(acked.len());
-        if missing == 0 {
-            return 0;
-        }
-        let chosen = select_partners(
+        let chosen = partners_in_reach(
             u32::try_from(missing).unwrap_or(factor),
             collection,
             Some(id),
             &origin,
-            &candidates,
             &self.config.pins,
+            candidates,
+            |c| self.view_for(c.peer).document_visible(collection, id),
         );
         let sent = chosen.partners.len();
         let mut activity = lock(&self.view.activity);
