@@ -180,6 +180,88 @@ pub trait GcPolicy {
     fn may_collect(&self, collection: &str, id: &str, deleted_at: HlcTimestamp) -> bool;
 }
 
+/// A local write, as [`Store::write_local`] takes it: the operations of
+/// [`Store::set`], [`Store::update`], [`Store::delete`], [`Store::apply_ops`],
+/// [`Store::restore`] and [`Store::batch`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum LocalWrite {
+    /// See [`Store::set`].
+    Set {
+        /// The document's collection.
+        collection: String,
+        /// The document's id.
+        id: String,
+        /// Its new fields.
+        fields: Map,
+        /// Replace or merge.
+        options: SetOptions,
+    },
+    /// See [`Store::update`].
+    Update {
+        /// The document's collection.
+        collection: String,
+        /// The document's id.
+        id: String,
+        /// The fields to change.
+        fields: Map,
+    },
+    /// See [`Store::delete`].
+    Delete {
+        /// The document's collection.
+        collection: String,
+        /// The document's id.
+        id: String,
+    },
+    /// See [`Store::apply_ops`].
+    Apply {
+        /// The document's collection.
+        collection: String,
+        /// The document's id.
+        id: String,
+        /// The field operations.
+        ops: Vec<(String, FieldOp)>,
+    },
+    /// See [`Store::restore`].
+    Restore {
+        /// The document's collection.
+        collection: String,
+        /// The document's id.
+        id: String,
+        /// The version whose content is written again.
+        cid: ContentId,
+    },
+    /// See [`Store::batch`].
+    Batch(Vec<BatchOperation>),
+}
+
+/// A version node a local write stored (see [`Store::write_local`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct WrittenVersion {
+    /// Its CID (of `bytes`).
+    pub cid: ContentId,
+    /// Its canonical bytes, exactly as stored and hashed.
+    pub bytes: Vec<u8>,
+    /// The document's collection.
+    pub collection: String,
+    /// The document's id.
+    pub id: String,
+    /// The versions it follows: the document's heads before the write.
+    pub parents: Vec<ContentId>,
+    /// Its timestamp.
+    pub timestamp: HlcTimestamp,
+    /// True when the document is deleted after this version.
+    pub deleted: bool,
+}
+
+impl WrittenVersion {
+    /// What the [`StorageAdapter`](ecomesh_types::StorageAdapter) write methods return for it.
+    pub fn result(&self) -> WriteResult {
+        WriteResult::new(Some(self.cid.clone()), Some(self.timestamp))
+    }
+}
+
 enum OpKind {
     Set { fields: Map, merge: bool },
     Update(Map),
@@ -845,14 +927,12 @@ impl<B: Backend> Store<B> {
         fields: Map,
         options: SetOptions,
     ) -> Result<WriteResult, StoreError> {
-        self.write_one(
-            collection,
-            id,
-            OpKind::Set {
-                fields,
-                merge: options.merge,
-            },
-        )
+        self.write_one_result(LocalWrite::Set {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            fields,
+            options,
+        })
     }
 
     /// Changes fields of an existing document; [`StoreError::NotFound`] otherwise.
@@ -862,12 +942,19 @@ impl<B: Backend> Store<B> {
         id: &str,
         fields: Map,
     ) -> Result<WriteResult, StoreError> {
-        self.write_one(collection, id, OpKind::Update(fields))
+        self.write_one_result(LocalWrite::Update {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            fields,
+        })
     }
 
     /// Deletes a document by recording a tombstone version (seed 6); succeeds when absent.
     pub fn delete(&self, collection: &str, id: &str) -> Result<WriteResult, StoreError> {
-        self.write_one(collection, id, OpKind::Delete)
+        self.write_one_result(LocalWrite::Delete {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+        })
     }
 
     /// Applies field operations (counters, sets, removals) to a document.
@@ -877,7 +964,11 @@ impl<B: Backend> Store<B> {
         id: &str,
         ops: Vec<(String, FieldOp)>,
     ) -> Result<WriteResult, StoreError> {
-        self.write_one(collection, id, OpKind::Apply(ops))
+        self.write_one_result(LocalWrite::Apply {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            ops,
+        })
     }
 
     /// Writes, as a new version, the content the document had at version `cid`
@@ -888,6 +979,87 @@ impl<B: Backend> Store<B> {
         id: &str,
         cid: &ContentId,
     ) -> Result<WriteResult, StoreError> {
+        self.write_one_result(LocalWrite::Restore {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            cid: cid.clone(),
+        })
+    }
+
+    /// Applies several writes atomically: all commit or none does.
+    pub fn batch(&self, operations: Vec<BatchOperation>) -> Result<BatchResult, StoreError> {
+        let written = self.write_local(LocalWrite::Batch(operations))?;
+        Ok(BatchResult::new(
+            written.iter().map(WrittenVersion::result).collect(),
+        ))
+    }
+
+    /// Performs a local write and returns the version node it wrote for each
+    /// document, in the order of the operations (one for a single-document
+    /// write), with the bytes exactly as stored: what replication needs to
+    /// queue, position and push the versions without reading them back.
+    pub fn write_local(&self, write: LocalWrite) -> Result<Vec<WrittenVersion>, StoreError> {
+        let ops = match write {
+            LocalWrite::Set {
+                collection,
+                id,
+                fields,
+                options,
+            } => vec![Op {
+                collection,
+                id,
+                kind: OpKind::Set {
+                    fields,
+                    merge: options.merge,
+                },
+            }],
+            LocalWrite::Update {
+                collection,
+                id,
+                fields,
+            } => vec![Op {
+                collection,
+                id,
+                kind: OpKind::Update(fields),
+            }],
+            LocalWrite::Delete { collection, id } => vec![Op {
+                collection,
+                id,
+                kind: OpKind::Delete,
+            }],
+            LocalWrite::Apply {
+                collection,
+                id,
+                ops,
+            } => vec![Op {
+                collection,
+                id,
+                kind: OpKind::Apply(ops),
+            }],
+            LocalWrite::Restore {
+                collection,
+                id,
+                cid,
+            } => vec![self.restore_op(collection, id, &cid)?],
+            LocalWrite::Batch(operations) => Self::batch_ops(operations)?,
+        };
+        self.write(ops)
+    }
+
+    fn write_one_result(&self, write: LocalWrite) -> Result<WriteResult, StoreError> {
+        self.write_local(write)?
+            .pop()
+            .map(|w| w.result())
+            .ok_or_else(|| StoreError::InvalidArgument("empty write".into()))
+    }
+
+    /// The operation that writes again what `collection`/`id` showed at `cid`.
+    fn restore_op(
+        &self,
+        collection: String,
+        id: String,
+        cid: &ContentId,
+    ) -> Result<Op, StoreError> {
         let node = self
             .version(cid)?
             .ok_or_else(|| StoreError::UnknownVersion(cid.clone()))?;
@@ -904,12 +1076,15 @@ impl<B: Backend> Store<B> {
             },
             None => OpKind::Delete,
         };
-        self.write_one(collection, id, kind)
+        Ok(Op {
+            collection,
+            id,
+            kind,
+        })
     }
 
-    /// Applies several writes atomically: all commit or none does.
-    pub fn batch(&self, operations: Vec<BatchOperation>) -> Result<BatchResult, StoreError> {
-        let ops = operations
+    fn batch_ops(operations: Vec<BatchOperation>) -> Result<Vec<Op>, StoreError> {
+        operations
             .into_iter()
             .map(|op| {
                 let (collection, id) = op.target();
@@ -930,27 +1105,10 @@ impl<B: Backend> Store<B> {
                     kind,
                 })
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(BatchResult::new(self.write(ops)?))
+            .collect()
     }
 
-    fn write_one(
-        &self,
-        collection: &str,
-        id: &str,
-        kind: OpKind,
-    ) -> Result<WriteResult, StoreError> {
-        let mut results = self.write(vec![Op {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-            kind,
-        }])?;
-        results
-            .pop()
-            .ok_or_else(|| StoreError::InvalidArgument("empty write".into()))
-    }
-
-    fn write(&self, ops: Vec<Op>) -> Result<Vec<WriteResult>, StoreError> {
+    fn write(&self, ops: Vec<Op>) -> Result<Vec<WrittenVersion>, StoreError> {
         for op in &ops {
             validate_key(&op.collection, &op.id)?;
             match &op.kind {
@@ -1011,10 +1169,18 @@ impl<B: Backend> Store<B> {
                 delta,
             )?;
             let (bytes, cid) = node.encode()?;
-            txn.put(version_key(&cid), bytes);
-            record.heads = vec![cid.clone()];
+            txn.put(version_key(&cid), bytes.clone());
+            let parents = std::mem::replace(&mut record.heads, vec![cid.clone()]);
             changes.push(self.put_state(&mut txn, &op.collection, &op.id, &record)?);
-            results.push(WriteResult::new(Some(cid), Some(ts)));
+            results.push(WrittenVersion {
+                cid,
+                bytes,
+                collection: op.collection,
+                id: op.id,
+                parents,
+                timestamp: ts,
+                deleted: !record.state.exists(),
+            });
         }
         txn.put(
             keys::key(META, &[META_HLC]),

@@ -42,8 +42,8 @@ mod txn;
 pub use activity::SyncActivity;
 pub use blobs::{BlobService, BlobServiceConfig, BlobStore, GcReport};
 pub use engine::{
-    ApplyOutcome, FORMAT_VERSION, FlushPolicy, GcPolicy, IntegrityReport, MemoryStore, SledStore,
-    Store, StoreConfig, SystemClock, VersionInfo,
+    ApplyOutcome, FORMAT_VERSION, FlushPolicy, GcPolicy, IntegrityReport, LocalWrite, MemoryStore,
+    SledStore, Store, StoreConfig, SystemClock, VersionInfo, WrittenVersion,
 };
 pub use error::StoreError;
 pub use p2p::{

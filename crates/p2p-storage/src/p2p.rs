@@ -6,7 +6,7 @@
 //! - Writes, updates, deletes (tombstone versions) and batches commit locally
 //!   and return at once; each new version node is pushed in the background
 //!   to up to the collection's replication factor of connected partners,
-//!   chosen by [`select_partners`] among the peers the document's reach admits.
+//!   chosen by [`partners_in_reach`](ecomesh_replication::policy::partners_in_reach) among the peers the document's reach admits.
 //! - A version newly taken in from a peer (push, fetch, delta page or
 //!   anti-entropy) is pushed on the same way to partners other than the peer
 //!   it came from and its author, so changes cross a chain of replicas hop by
@@ -56,10 +56,10 @@ use ecomesh_types::{
     Map, PeerId, Query, QueryPage, SetOptions, StorageAdapter, Subscription, WriteResult,
 };
 
-use crate::Store;
 use crate::activity::SyncActivity;
 use crate::kv::Backend;
 use crate::skew::{ClockReport, ClockSkew};
+use crate::{LocalWrite, Store, WrittenVersion};
 
 pub use config::{P2PConfig, P2PStats};
 pub use view::ReplicatedView;
@@ -318,9 +318,12 @@ impl<B: Backend> P2PStorageAdapter<B> {
         id: &str,
         ops: Vec<(String, ecomesh_crdt::FieldOp)>,
     ) -> Result<WriteResult, crate::StoreError> {
-        let w = self.store.apply_ops(collection, id, ops)?;
-        self.after_write(w.version.as_ref(), false);
-        Ok(w)
+        let w = self.store.write_local(LocalWrite::Apply {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            ops,
+        })?;
+        Ok(self.after_write(w, |_| false))
     }
 
     /// Writes, as a new local version, the content the document had at
@@ -332,10 +335,12 @@ impl<B: Backend> P2PStorageAdapter<B> {
         id: &str,
         cid: &ContentId,
     ) -> Result<WriteResult, crate::StoreError> {
-        let w = self.store.restore(collection, id, cid)?;
-        let tombstone = self.store.get(collection, id)?.is_none();
-        self.after_write(w.version.as_ref(), tombstone);
-        Ok(w)
+        let w = self.store.write_local(LocalWrite::Restore {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            cid: cid.clone(),
+        })?;
+        Ok(self.after_write(w, |v| v.deleted))
     }
 
     /// The durable sync queue, when the adapter has one: its items are the
@@ -344,11 +349,33 @@ impl<B: Backend> P2PStorageAdapter<B> {
         self.queue.as_ref()
     }
 
-    fn after_write(&self, version: Option<&ContentId>, tombstone: bool) {
+    /// Queues and pushes the version a local single-document write returned
+    /// (`tombstone` tells whether to queue it as a tombstone); its result.
+    fn after_write(
+        &self,
+        written: Vec<WrittenVersion>,
+        tombstone: impl Fn(&WrittenVersion) -> bool,
+    ) -> WriteResult {
+        let results = self.after_writes(written, tombstone);
+        results
+            .into_iter()
+            .next_back()
+            .unwrap_or_else(|| WriteResult::new(None, None))
+    }
+
+    /// Queues and pushes the versions a local write returned; their results.
+    fn after_writes(
+        &self,
+        written: Vec<WrittenVersion>,
+        tombstone: impl Fn(&WrittenVersion) -> bool,
+    ) -> Vec<WriteResult> {
         let mut d = lock(&self.driver);
-        self.new_version(&mut d, version, tombstone);
+        for w in &written {
+            self.new_version(&mut d, w, tombstone(w));
+        }
         drop(d);
         self.wake();
+        written.iter().map(WrittenVersion::result).collect()
     }
 }
 
@@ -369,9 +396,13 @@ impl<B: Backend> StorageAdapter for P2PStorageAdapter<B> {
         options: SetOptions,
     ) -> BoxFuture<'a, Result<WriteResult, Error>> {
         Box::pin(async move {
-            let w = self.store.set(collection, id, fields, options)?;
-            self.after_write(w.version.as_ref(), false);
-            Ok(w)
+            let w = self.store.write_local(LocalWrite::Set {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+                fields,
+                options,
+            })?;
+            Ok(self.after_write(w, |_| false))
         })
     }
 
@@ -382,9 +413,12 @@ impl<B: Backend> StorageAdapter for P2PStorageAdapter<B> {
         fields: Map,
     ) -> BoxFuture<'a, Result<WriteResult, Error>> {
         Box::pin(async move {
-            let w = self.store.update(collection, id, fields)?;
-            self.after_write(w.version.as_ref(), false);
-            Ok(w)
+            let w = self.store.write_local(LocalWrite::Update {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+                fields,
+            })?;
+            Ok(self.after_write(w, |_| false))
         })
     }
 
@@ -394,9 +428,11 @@ impl<B: Backend> StorageAdapter for P2PStorageAdapter<B> {
         id: &'a str,
     ) -> BoxFuture<'a, Result<WriteResult, Error>> {
         Box::pin(async move {
-            let w = self.store.delete(collection, id)?;
-            self.after_write(w.version.as_ref(), true);
-            Ok(w)
+            let w = self.store.write_local(LocalWrite::Delete {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+            })?;
+            Ok(self.after_write(w, |_| true))
         })
     }
 
@@ -413,15 +449,10 @@ impl<B: Backend> StorageAdapter for P2PStorageAdapter<B> {
         operations: Vec<BatchOperation>,
     ) -> BoxFuture<'_, Result<BatchResult, Error>> {
         Box::pin(async move {
-            let r = self.store.batch(operations)?;
-            {
-                let mut d = lock(&self.driver);
-                for w in &r.results {
-                    self.new_version(&mut d, w.version.as_ref(), false);
-                }
-            }
-            self.wake();
-            Ok(r)
+            let w = self.store.write_local(LocalWrite::Batch(operations))?;
+            // As before this change, a delete in a batch is queued as a
+            // replicated version, not as a tombstone.
+            Ok(BatchResult::new(self.after_writes(w, |_| false)))
         })
     }
 

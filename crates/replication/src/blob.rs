@@ -36,6 +36,15 @@
 //! form as [`BlobId::to_text`]. `piece_len` is the blob length for `none`, the
 //! chunk size for `chunked` (the last chunk may be shorter) and the shard
 //! length for `rs-4-7`.
+//!
+//! # Shards on the wire
+//!
+//! [`shard`] (also `ecomesh_replication::shard`) is the sans-io shard
+//! protocol that moves these pieces between peers: requests and responses,
+//! the per-peer shard store trait, the server and the fetcher. All blob and
+//! shard logic that needs no store and no network lives under this module;
+//! storing blobs and driving the protocol over the mesh is
+//! `ecomesh_p2p_storage::blobs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -45,6 +54,8 @@ use ecomesh_types::{ContentId, Map, PeerId, Value};
 use ecomesh_wire::Limits;
 
 use crate::ReplicationError;
+
+pub mod shard;
 
 type Result<T, E = ReplicationError> = std::result::Result<T, E>;
 

@@ -15,7 +15,7 @@ pub mod merkle;
 pub mod policy;
 pub mod queue;
 pub mod reach;
-pub mod shard;
 pub mod stream;
 
+pub use blob::shard;
 pub use error::ReplicationError;

@@ -566,6 +566,48 @@ fn exclusion(c: &Candidate, origin: &Origin, placement: &Placement) -> Option<Ex
     None
 }
 
+/// Chooses up to `factor` replication partners for document (or blob) `id`
+/// of `collection`, or the whole collection when `None`, among `candidates`
+/// (typically the connected peers, as [`Candidate::from_peer_info`]) that
+/// the reach of the data admits: the one path by which this node picks who
+/// gets a copy, for document versions, blobs and shards, and
+/// [`ReplicationManager::partners_for`].
+///
+/// `admits` is the reach check: whether the candidate may receive the data
+/// (each caller knows its trust relations and what else hides data, such as
+/// collections local to the node); it is asked once per peer.
+///
+/// Promises: a peer listed more than once is judged by its first entry
+/// (later ones are [`Exclusion::Duplicate`]); a peer `admits` refuses is never
+/// a partner ([`Exclusion::OutOfReach`]); among the others every promise of
+/// [`select_partners`] holds, with `factor`, `origin` and `pins`. The result
+/// depends only on the inputs.
+pub fn partners_in_reach(
+    factor: u32,
+    collection: &str,
+    id: Option<&str>,
+    origin: &Origin,
+    pins: &PinSet,
+    candidates: impl IntoIterator<Item = Candidate>,
+    mut admits: impl FnMut(&Candidate) -> bool,
+) -> Selection {
+    let mut seen = BTreeSet::new();
+    let mut excluded = Vec::new();
+    let mut admitted = Vec::new();
+    for c in candidates {
+        if !seen.insert(c.peer) {
+            excluded.push((c.peer, Exclusion::Duplicate));
+        } else if admits(&c) {
+            admitted.push(c);
+        } else {
+            excluded.push((c.peer, Exclusion::OutOfReach));
+        }
+    }
+    let mut selection = select_partners(factor, collection, id, origin, &admitted, pins);
+    selection.excluded.extend(excluded);
+    selection
+}
+
 /// Chooses up to `factor` replication partners for document `id` (or the whole
 /// collection when `None`) of `collection`, by the rules in the module docs.
 ///
@@ -769,28 +811,24 @@ impl ReplicationManager {
         candidates: &[(Candidate, Trust)],
     ) -> Selection {
         let reach = self.reach.reach_of(collection, id);
-        let mut seen = BTreeSet::new();
-        let mut out_of_reach = Vec::new();
-        let mut admitted = Vec::with_capacity(candidates.len());
-        for (c, trust) in candidates {
-            if !seen.insert(c.peer) {
-                out_of_reach.push((c.peer, Exclusion::Duplicate));
-            } else if reach.admits(&Relation::new(c.peer, *trust)) {
-                admitted.push(c.clone());
-            } else {
-                out_of_reach.push((c.peer, Exclusion::OutOfReach));
-            }
+        // The trust of each peer's first entry: the entry it is judged by.
+        let mut trust: BTreeMap<PeerId, Trust> = BTreeMap::new();
+        for (c, t) in candidates {
+            trust.entry(c.peer).or_insert(*t);
         }
-        let mut selection = select_partners(
+        partners_in_reach(
             self.factor_for(collection),
             collection,
             id,
             &self.local,
-            &admitted,
             &self.pins,
-        );
-        selection.excluded.extend(out_of_reach);
-        selection
+            candidates.iter().map(|(c, _)| c.clone()),
+            |c| {
+                trust
+                    .get(&c.peer)
+                    .is_some_and(|t| reach.admits(&Relation::new(c.peer, *t)))
+            },
+        )
     }
 
     /// The queue item that replicates version `version` of a document with the

@@ -4,33 +4,46 @@
 use std::collections::BTreeSet;
 
 use ecomesh_replication::merkle::ReconcileStore;
-use ecomesh_replication::policy::{Candidate, Origin, select_partners};
+use ecomesh_replication::policy::{Candidate, Origin, partners_in_reach};
 use ecomesh_replication::queue::SyncItem;
 use ecomesh_replication::stream::Source;
 use ecomesh_types::{ContentId, PeerId};
 
 use super::process::{Driver, Outgoing};
 use super::session::AeSession;
-use super::view::record_in_stream;
+use super::view::record_version_in_stream;
 use super::{P2PStorageAdapter, PUSH_TYPE, ReplicatedView, lock};
+use crate::WrittenVersion;
 use crate::activity::SyncActivity;
 use crate::kv::Backend;
 
 impl<B: Backend> P2PStorageAdapter<B> {
-    /// Records a new local version in the sync queue (when there is one) and
-    /// pushes it to its partners.
-    pub(super) fn new_version(
-        &self,
-        d: &mut Driver<B>,
-        version: Option<&ContentId>,
-        tombstone: bool,
-    ) {
-        let Some(cid) = version else { return };
-        if let Ok(Some(bytes)) = self.store.version_bytes(cid) {
-            record_in_stream(&self.stream, &bytes, Source::Local);
+    /// Positions a new local version in the stream, records it in the sync
+    /// queue (when there is one) and pushes it to its partners, from what the
+    /// write returned: nothing is read back from the store. A version of a
+    /// collection local to this node is positioned only.
+    pub(super) fn new_version(&self, d: &mut Driver<B>, w: &WrittenVersion, tombstone: bool) {
+        record_version_in_stream(
+            &self.stream,
+            w.cid.clone(),
+            w.parents.clone(),
+            Source::Local,
+        );
+        if !self.view.document_visible(&w.collection, &w.id) {
+            return;
         }
-        let seq = self.enqueue(cid, tombstone);
-        self.push_version(d, cid, seq, &BTreeSet::new(), None, &BTreeSet::new());
+        let seq = self.enqueue(w, tombstone);
+        let doc = (w.collection.as_str(), w.id.as_str());
+        self.push_to_partners(
+            d,
+            &w.cid,
+            &w.bytes,
+            doc,
+            seq,
+            &BTreeSet::new(),
+            None,
+            &BTreeSet::new(),
+        );
     }
 
     /// Pushes on the versions taken in from peers since the last call: each
@@ -70,10 +83,10 @@ impl<B: Backend> P2PStorageAdapter<B> {
         }
     }
 
-    fn enqueue(&self, cid: &ContentId, tombstone: bool) -> Option<u64> {
+    fn enqueue(&self, w: &WrittenVersion, tombstone: bool) -> Option<u64> {
         let queue = self.queue.as_ref()?;
-        let bytes = self.view.version_bytes(cid).ok().flatten()?;
-        let (collection, id) = ReplicatedView::<B>::document_of(&bytes)?;
+        let (collection, id) = (w.collection.clone(), w.id.clone());
+        let cid = &w.cid;
         let factor = self.config.replication.factor_for(&collection);
         let item = if tombstone {
             SyncItem::Tombstone {
@@ -122,9 +135,31 @@ impl<B: Backend> P2PStorageAdapter<B> {
         let Some((collection, id)) = ReplicatedView::<B>::document_of(&bytes) else {
             return 0;
         };
+        self.push_to_partners(d, cid, &bytes, (&collection, &id), seq, acked, only, skip)
+    }
+
+    /// Pushes version `cid` (`bytes`, of document `doc`: collection and id) as
+    /// [`push_version`](Self::push_version) does, without reading it.
+    #[allow(clippy::too_many_arguments)]
+    fn push_to_partners(
+        &self,
+        d: &mut Driver<B>,
+        cid: &ContentId,
+        bytes: &[u8],
+        (collection, id): (&str, &str),
+        seq: Option<u64>,
+        acked: &BTreeSet<PeerId>,
+        only: Option<PeerId>,
+        skip: &BTreeSet<PeerId>,
+    ) -> usize {
+        let factor = self.config.replication.factor_for(collection);
+        let missing = (factor as usize).saturating_sub(acked.len());
+        if missing == 0 {
+            return 0;
+        }
         // Partners by the replication policy (proximity, diversity, reputation,
         // pins), among the connected peers the document's reach admits.
-        let candidates: Vec<Candidate> = self
+        let candidates = self
             .mesh
             .peers()
             .iter()
@@ -133,25 +168,20 @@ impl<B: Backend> P2PStorageAdapter<B> {
                     && !skip.contains(&p.peer_id)
                     && only.is_none_or(|o| o == p.peer_id)
             })
-            .filter(|p| self.view_for(p.peer_id).document_visible(&collection, &id))
             .map(Candidate::from_peer_info)
-            .collect();
+            .collect::<Vec<_>>();
         let origin = Origin {
             peer: self.store.peer_id(),
             network: None,
         };
-        let factor = self.config.replication.factor_for(&collection);
-        let missing = (factor as usize).saturating_sub(acked.len());
-        if missing == 0 {
-            return 0;
-        }
-        let chosen = select_partners(
+        let chosen = partners_in_reach(
             u32::try_from(missing).unwrap_or(factor),
-            &collection,
-            Some(&id),
+            collection,
+            Some(id),
             &origin,
-            &candidates,
             &self.config.pins,
+            candidates,
+            |c| self.view_for(c.peer).document_visible(collection, id),
         );
         let sent = chosen.partners.len();
         let mut activity = lock(&self.view.activity);
@@ -159,14 +189,14 @@ impl<B: Backend> P2PStorageAdapter<B> {
             activity.push(SyncActivity::Sent {
                 peer: p,
                 version: cid.clone(),
-                collection: collection.clone(),
-                id: id.clone(),
+                collection: collection.to_owned(),
+                id: id.to_owned(),
             });
             d.stats.versions_pushed += 1;
             d.outbox.push_back(Outgoing {
                 peer: p,
                 ty: PUSH_TYPE,
-                payload: bytes.clone(),
+                payload: bytes.to_vec(),
                 seq,
             });
         }

@@ -226,8 +226,34 @@ pub(super) fn record_in_stream(stream: &SharedStream, bytes: &[u8], source: Sour
     let Ok(node) = ecomesh_wire::decode::<crate::VersionNode>(bytes) else {
         return;
     };
-    let cid = crate::codec::cid_of_bytes(bytes);
-    if let Err(e) = stream.ingest(cid, node.parents, source) {
+    position_in(
+        stream,
+        crate::codec::cid_of_bytes(bytes),
+        node.parents,
+        source,
+    );
+}
+
+/// Positions version `cid` with `parents` (already in the store) in the
+/// node's stream, when it keeps one; a failure is logged, as in [`record_in_stream`].
+pub(super) fn record_version_in_stream(
+    stream: &SharedStream,
+    cid: ContentId,
+    parents: Vec<ContentId>,
+    source: Source,
+) {
+    if let Some(stream) = lock(stream).as_mut() {
+        position_in(stream, cid, parents, source);
+    }
+}
+
+fn position_in(
+    stream: &mut DurableStream,
+    cid: ContentId,
+    parents: Vec<ContentId>,
+    source: Source,
+) {
+    if let Err(e) = stream.ingest(cid, parents, source) {
         tracing::error!(error = %e, "stream: version not positioned");
     }
 }

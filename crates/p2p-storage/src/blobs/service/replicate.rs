@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ecomesh_replication::blob::{BlobId, Encoding, Manifest, TOTAL_SHARDS, place_shards};
-use ecomesh_replication::policy::{Candidate, MAX_FACTOR, Origin, select_partners};
+use ecomesh_replication::policy::{Candidate, MAX_FACTOR, Origin, partners_in_reach};
 use ecomesh_replication::shard::ShardRequest;
 use ecomesh_types::PeerId;
 #[cfg(doc)]
@@ -29,7 +29,7 @@ impl<B: Backend> BlobService<B> {
     /// replication policy (at most 2 shards per peer when 4 or more are
     /// eligible; with fewer, round-robin over those there are, logged).
     /// Otherwise every piece goes to the collection's factor of partners
-    /// chosen by [`select_partners`]. Each `PushAck` records its sender as a
+    /// chosen by [`partners_in_reach`]. Each `PushAck` records its sender as a
     /// confirmed replica of the piece.
     pub fn put_blob(
         &self,
@@ -63,7 +63,6 @@ impl<B: Backend> BlobService<B> {
             .mesh
             .peers()
             .iter()
-            .filter(|p| self.admits(&p.peer_id, &collection, blob))
             .map(Candidate::from_peer_info)
             .collect();
         let origin = Origin {
@@ -73,18 +72,17 @@ impl<B: Backend> BlobService<B> {
         let pins = self.store.pins();
         let factor = self.config.replication.factor_for(&collection);
         let pick = |factor: u32, without: &BTreeSet<PeerId>| {
-            let eligible: Vec<Candidate> = candidates
-                .iter()
-                .filter(|c| !without.contains(&c.peer))
-                .cloned()
-                .collect();
-            select_partners(
+            partners_in_reach(
                 factor,
                 &collection,
                 Some(&id_text),
                 &origin,
-                &eligible,
                 &pins,
+                candidates
+                    .iter()
+                    .filter(|c| !without.contains(&c.peer))
+                    .cloned(),
+                |c| self.admits(&c.peer, &collection, blob),
             )
             .partners
         };
