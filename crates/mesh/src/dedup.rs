@@ -4,7 +4,7 @@
 //! Bounded by count and by age: an id is forgotten once it is older than
 //! `max_age_ms` or when `capacity` newer ids have been recorded after it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use ecomesh_types::MessageId;
 
@@ -14,7 +14,7 @@ pub struct SeenSet {
     capacity: usize,
     max_age_ms: u64,
     order: VecDeque<(MessageId, u64)>,
-    set: HashSet<MessageId>,
+    set: BTreeSet<MessageId>,
 }
 
 impl SeenSet {
@@ -24,7 +24,7 @@ impl SeenSet {
             capacity: capacity.max(1),
             max_age_ms,
             order: VecDeque::new(),
-            set: HashSet::new(),
+            set: BTreeSet::new(),
         }
     }
 

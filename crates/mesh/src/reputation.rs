@@ -12,7 +12,7 @@
 //! Thresholds: below [`DEPRIORITIZE_BELOW`] (0.3) a peer is deprioritized (not
 //! used as a relay); below [`DISCONNECT_BELOW`] (0.1) it is disconnected.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use ecomesh_types::PeerId;
 
@@ -140,7 +140,7 @@ impl PeerRecord {
 /// Reputation of every peer this node has dealt with.
 #[derive(Clone, Debug, Default)]
 pub struct ReputationTable {
-    peers: HashMap<PeerId, PeerRecord>,
+    peers: BTreeMap<PeerId, PeerRecord>,
 }
 
 impl ReputationTable {

@@ -46,7 +46,7 @@
 mod dag;
 pub mod frame;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use ecomesh_types::{ContentId, PeerId};
 
@@ -194,7 +194,7 @@ pub struct Session<S: ReconcileStore> {
     inbox_bytes: usize,
     /// Versions waiting for parents: (CID, bytes, parents missing when last tried).
     pending: Vec<(ContentId, Vec<u8>, Vec<ContentId>)>,
-    requested: HashSet<ContentId>,
+    requested: BTreeSet<ContentId>,
 }
 
 impl<S: ReconcileStore> std::fmt::Debug for Session<S> {
@@ -212,7 +212,7 @@ impl<S: ReconcileStore> std::fmt::Debug for Session<S> {
 struct Reply {
     cols: BTreeMap<String, ColPart>,
     pushes: Vec<(ContentId, Vec<u8>)>,
-    pushed: HashSet<ContentId>,
+    pushed: BTreeSet<ContentId>,
     wants: Vec<ContentId>,
 }
 
@@ -257,7 +257,7 @@ impl<S: ReconcileStore> Session<S> {
             inbox: None,
             inbox_bytes: 0,
             pending: Vec::new(),
-            requested: HashSet::new(),
+            requested: BTreeSet::new(),
         }
     }
 
@@ -375,7 +375,7 @@ impl<S: ReconcileStore> Session<S> {
         let hello = message.flags & FLAG_HELLO != 0;
         if hello {
             self.stats.passes += 1;
-            let theirs: HashSet<&str> = message.cols.iter().map(|c| c.name.as_str()).collect();
+            let theirs: BTreeSet<&str> = message.cols.iter().map(|c| c.name.as_str()).collect();
             for name in self.store.collections()? {
                 if !theirs.contains(name.as_str()) {
                     self.push_all_under(&mut reply, &name, &[])?;
@@ -399,7 +399,7 @@ impl<S: ReconcileStore> Session<S> {
         for cid in &message.wants {
             self.push_version(&mut reply, cid)?;
         }
-        let waiting: HashSet<&ContentId> = self.pending.iter().map(|(c, _, _)| c).collect();
+        let waiting: BTreeSet<&ContentId> = self.pending.iter().map(|(c, _, _)| c).collect();
         let mut wants = Vec::new();
         for (_, _, missing) in &self.pending {
             for p in missing {
@@ -602,7 +602,7 @@ impl<S: ReconcileStore> Session<S> {
         theirs: &[EntrySummary],
     ) -> Result<(), ReplicationError> {
         let own = self.own_entries(collection, path)?;
-        let theirs: HashMap<Short, &Option<Vec<Short>>> =
+        let theirs: BTreeMap<Short, &Option<Vec<Short>>> =
             theirs.iter().map(|e| (e.key, &e.heads)).collect();
         for key in theirs.keys() {
             if !own.contains_key(key) {

@@ -29,7 +29,7 @@
 //! has not placed before it, unless a local version was created on unknown
 //! parents.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use ecomesh_types::{ContentId, PeerId};
 use ecomesh_wire::{Limits, Reader, Writer};
@@ -172,12 +172,12 @@ struct Outlier {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamIndex {
     log: Vec<StreamEntry>,
-    positions: HashMap<ContentId, Position>,
+    positions: BTreeMap<ContentId, Position>,
     outliers: BTreeMap<ContentId, Outlier>,
     /// Missing parent -> the outliers waiting for it.
-    waiting: HashMap<ContentId, BTreeSet<ContentId>>,
+    waiting: BTreeMap<ContentId, BTreeSet<ContentId>>,
     /// Ids named as a parent by some held version.
-    referenced: HashSet<ContentId>,
+    referenced: BTreeSet<ContentId>,
     peers: BTreeMap<PeerId, Position>,
 }
 
@@ -1215,7 +1215,7 @@ mod tests {
         fn prop_stream_order_and_positions(ops in arb_ops()) {
             let s = build(&ops);
             let d = s.changes_since(0, MAX_DELTA);
-            let mut placed = HashSet::new();
+            let mut placed = BTreeSet::new();
             for (i, e) in d.entries.iter().enumerate() {
                 prop_assert_eq!(e.position, i as u64 + 1);
                 prop_assert!(e.kind != EventKind::Outlier);
@@ -1228,7 +1228,7 @@ mod tests {
             for o in s.outliers() {
                 prop_assert!(!placed.contains(o));
             }
-            let seen: HashSet<_> = ops.iter().map(|(id, _, _)| cid(*id)).collect();
+            let seen: BTreeSet<_> = ops.iter().map(|(id, _, _)| cid(*id)).collect();
             prop_assert_eq!(placed.len() + s.outliers().count(), seen.len());
         }
 

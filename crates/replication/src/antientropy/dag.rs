@@ -1,6 +1,6 @@
 //! Walks of one document's version DAG through [`ReconcileStore`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use ecomesh_types::ContentId;
 
@@ -20,8 +20,8 @@ pub(crate) struct DocDag {
     pub(crate) heads: Vec<ContentId>,
     /// Breadth-first order from the heads.
     order: Vec<ContentId>,
-    parents: HashMap<ContentId, Vec<ContentId>>,
-    by_short: HashMap<Short, ContentId>,
+    parents: BTreeMap<ContentId, Vec<ContentId>>,
+    by_short: BTreeMap<Short, ContentId>,
 }
 
 impl DocDag {
@@ -77,7 +77,7 @@ impl DocDag {
     /// two replicas' histories part, so a peer that knows nothing newer still
     /// finds a common point and pushes only what lies above it.
     pub(crate) fn tail(&self) -> Vec<Short> {
-        let heads: HashSet<&ContentId> = self.heads.iter().collect();
+        let heads: BTreeSet<&ContentId> = self.heads.iter().collect();
         let rest: Vec<&ContentId> = self.order.iter().filter(|c| !heads.contains(c)).collect();
         let mut out: Vec<Short> = TAIL_POSITIONS
             .iter()
@@ -94,7 +94,7 @@ impl DocDag {
     /// The versions that are not ancestors (inclusive) of `known`, parents
     /// before children.
     pub(crate) fn missing_above(&self, known: &[ContentId]) -> Vec<ContentId> {
-        let mut below: HashSet<&ContentId> = HashSet::new();
+        let mut below: BTreeSet<&ContentId> = BTreeSet::new();
         let mut stack: Vec<&ContentId> = known.iter().collect();
         while let Some(c) = stack.pop() {
             if below.insert(c)
@@ -105,7 +105,7 @@ impl DocDag {
         }
         // Post-order: a version is emitted after all its parents in the set.
         let mut out = Vec::new();
-        let mut done: HashSet<&ContentId> = HashSet::new();
+        let mut done: BTreeSet<&ContentId> = BTreeSet::new();
         for start in self.order.iter().rev() {
             if below.contains(start) || done.contains(start) {
                 continue;
