@@ -90,8 +90,11 @@ impl Row {
     }
 }
 
+/// Measures one area's rows.
+pub type Area = fn(&Options) -> Vec<Row>;
+
 /// The areas in report order, by name.
-pub const AREAS: [(&str, fn(&Options) -> Vec<Row>); 6] = [
+pub const AREAS: [(&str, Area); 6] = [
     ("crdt", crdt::rows),
     ("lora", lora::rows),
     ("store", store::rows),
