@@ -56,11 +56,11 @@ fn main() -> ExitCode {
         compare::table(&rows)
     );
     println!("{report}");
-    if let Some(file) = write {
-        if let Err(e) = write_report(&file, &report) {
-            eprintln!("compare: {file}: {e}");
-            return ExitCode::from(2);
-        }
+    if let Some(file) = write
+        && let Err(e) = write_report(&file, &report)
+    {
+        eprintln!("compare: {file}: {e}");
+        return ExitCode::from(2);
     }
     let missed = rows.iter().filter(|r| !r.met()).count();
     if missed > 0 {
