@@ -1,10 +1,12 @@
 //! The LoRa transport's decoders of untrusted bytes: the Meshtastic serial framing (in
-//! arbitrary chunks, through the radio client), our frames and the sealed-frame plaintext.
+//! arbitrary chunks, through the radio client), our frames, the sealed-unit plaintext and
+//! the message envelope.
 //! Nothing may panic; the serial buffer stays bounded; whatever decodes as a frame or a
 //! plaintext re-encodes to exactly the input.
 #![no_main]
 
 use ecomesh_transport_lora::client::{ClientEvent, RadioClient};
+use ecomesh_transport_lora::envelope::{decode_envelope, encode_envelope};
 use ecomesh_transport_lora::frame::{Frame, NetworkKey, decode_inner, encode_inner};
 use ecomesh_transport_lora::serial::{FrameDecoder, MAX_FRAME_LEN};
 use libfuzzer_sys::fuzz_target;
@@ -28,5 +30,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok((h, body)) = decode_inner(data) {
         assert_eq!(encode_inner(&h, &body), data);
+    }
+    let dest = ecomesh_types::PeerId::from_digest([0xDD; 32]);
+    if let Ok(m) = decode_envelope(data, &dest) {
+        assert_eq!(encode_envelope(&m, &dest).ok().as_deref(), Some(data));
     }
 });

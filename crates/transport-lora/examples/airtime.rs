@@ -58,10 +58,16 @@ impl Line {
             }
             for (i, t) in sent {
                 self.air.push((i, t.payload.clone(), now));
+                let mut delivered = false;
                 for j in [i.wrapping_sub(1), i + 1] {
                     if j < n && (t.to == BROADCAST || t.to == 100 + j as u32) {
+                        delivered = true;
                         let _ = self.nodes[j].handle_radio(100 + i as u32, &t.payload, 0, now);
                     }
+                }
+                // The radio's acknowledgement from the next hop (no loss on this line).
+                if let Some(ticket) = t.ticket {
+                    self.nodes[i].handle_hop_result(ticket, delivered, now);
                 }
             }
             for e in &mut self.nodes {
@@ -224,8 +230,13 @@ fn main() {
     let t1 = *line.delivered.get(&delta.id).expect("delta delivered");
     let frames: Vec<&(usize, Vec<u8>, u64)> = line.air[mark..]
         .iter()
-        .filter(|(_, p, t)| p[0] == frame::K_SEALED && *t <= t1)
+        .filter(|(_, p, t)| (p[0] == frame::K_SEALED || p[0] == frame::K_SEALED_PART) && *t <= t1)
         .collect();
+    if std::env::var_os("AIRTIME_DEBUG").is_some() {
+        for f in &frames {
+            println!("{} {:x} {} {}", f.0, f.1[0], f.1.len(), f.2);
+        }
+    }
     let bytes: usize = frames.iter().map(|f| f.1.len()).sum();
     let phy: usize = frames.iter().map(|f| phy_len_of(f.1.len())).sum();
     let air: f64 = frames.iter().map(|f| ms(&params, f.1.len())).sum();

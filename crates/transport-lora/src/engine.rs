@@ -10,20 +10,22 @@ mod beacon;
 mod config;
 mod handshake;
 mod relay;
+mod units;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use ecomesh_identity::{AccessPolicy, Identity, PublicKey};
 use ecomesh_types::{NetworkMessage, PeerId, Priority};
-use ecomesh_wire::{encode_message, encode_message_compact};
+use ecomesh_wire::encode_message;
 
 use crate::airtime::MAX_APP_PAYLOAD;
+use crate::envelope::encode_envelope;
 use crate::error::LoraError;
-use crate::frag::{Reassembler, split};
+use crate::frag::Reassembler;
 use crate::frame::{
-    BLOOM_LEN, Body, Frame, NetworkKey, ROUTE_HEADER_LEN, RouteHeader, SEALED_HEADER_LEN, ShortId,
-    TAG_LEN, bloom_insert, short_id, types,
+    BLOOM_LEN, Body, Frame, INNER_HEADER_LEN, NetworkKey, PART_HEADER_LEN, RouteHeader,
+    SEALED_HEADER_LEN, ShortId, TAG_LEN, bloom_insert, short_id, types,
 };
 use crate::proto::BROADCAST;
 use crate::routing::{RoutingTable, SeenSet};
@@ -32,14 +34,24 @@ use crate::sched::{DutyCycle, Queued, Scheduler};
 pub use config::EngineConfig;
 
 use handshake::{KnownKey, Neighbour, Pending};
-use relay::{Held, InFlight};
+use relay::Held;
+use units::InFlight;
 
-/// Bytes a whole compact message may take to travel in one frame.
+/// Bytes a message's [`envelope`](crate::envelope) may take to travel in one frame (the
+/// unicast overhead is the sealed header, the routing header, the body kind and the tag).
 pub const SINGLE_FRAME_CAPACITY: usize =
-    MAX_APP_PAYLOAD - SEALED_HEADER_LEN - TAG_LEN - ROUTE_HEADER_LEN - 5;
-/// Bytes of a compact message per fragment.
-pub const FRAGMENT_CAPACITY: usize =
-    MAX_APP_PAYLOAD - SEALED_HEADER_LEN - TAG_LEN - ROUTE_HEADER_LEN - 12;
+    MAX_APP_PAYLOAD - SEALED_HEADER_LEN - TAG_LEN - INNER_HEADER_LEN;
+/// Bytes of a unit's ciphertext (and tag) each part of a multi-frame unit carries.
+pub const PART_CAPACITY: usize = MAX_APP_PAYLOAD - PART_HEADER_LEN;
+
+/// Envelope bytes a unit of at most `parts` frames can carry.
+pub const fn unit_envelope_capacity(parts: u8) -> usize {
+    if parts <= 1 {
+        SINGLE_FRAME_CAPACITY
+    } else {
+        parts as usize * PART_CAPACITY - TAG_LEN - INNER_HEADER_LEN
+    }
+}
 
 /// One packet for the radio.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,14 +150,17 @@ pub struct Engine {
     seen: SeenSet<(ShortId, u32, u8)>,
     reasm: Reassembler,
     held: VecDeque<Held>,
+    /// Sealed units sent and not yet confirmed by the next hop, by unit number.
     inflight: HashMap<u64, InFlight>,
-    next_ticket: u64,
+    next_unit: u64,
+    /// Numbers each session this engine establishes (a resent part must go out under the
+    /// session that sealed it).
+    next_session: u64,
     /// The latest time any call passed in.
     last_now: u64,
     sched: Scheduler<Transmit>,
     events: VecDeque<EngineEvent>,
     seq: u16,
-    group: u16,
     beacon_seq: u32,
     beacons_sent: u32,
     next_beacon: u64,
@@ -201,12 +216,12 @@ impl Engine {
             reasm: Reassembler::new(config.reassembly),
             held: VecDeque::new(),
             inflight: HashMap::new(),
-            next_ticket: 0,
+            next_unit: 0,
+            next_session: 0,
             last_now: now,
             sched: Scheduler::new(config.scheduler, duty, xorshift(&mut rng)),
             events: VecDeque::new(),
             seq: start as u16,
-            group: (start >> 16) as u16,
             beacon_seq: (start >> 32) as u32,
             beacons_sent: 0,
             next_beacon: now,
@@ -287,34 +302,37 @@ impl Engine {
     pub fn poll_transmit(&mut self, now: u64) -> Option<Transmit> {
         self.last_now = self.last_now.max(now);
         let t = self.sched.poll(now)?.item;
-        if let Some(f) = t.ticket.and_then(|k| self.inflight.get_mut(&k)) {
-            f.deadline = Some(now.saturating_add(self.config.hop_ack_timeout_ms));
+        let deadline = now.saturating_add(self.config.hop_ack_timeout_ms);
+        if let Some(p) = t.ticket.and_then(|k| self.part_mut(k)) {
+            p.deadline = Some(deadline);
         }
         Some(t)
     }
 
-    /// Data frames handed to the radio or waiting for it whose arrival at the next hop is
-    /// not confirmed yet.
+    /// Data frames (single frames and parts of units) handed to the radio or waiting for
+    /// it whose arrival at the next hop is not confirmed yet.
     pub fn unconfirmed(&self) -> usize {
-        self.inflight.len()
+        self.inflight.values().map(InFlight::unconfirmed).sum()
     }
 
-    /// Frames held for a next hop (store-and-forward).
+    /// Data units (a message, notification or grant) held for a next hop
+    /// (store-and-forward).
     pub fn held(&self) -> usize {
         self.held.len()
     }
 
     /// The radio's verdict on the packet of [`Transmit::ticket`] `ticket`: `delivered`
-    /// when the next hop acknowledged it. An undelivered frame is sent again through the
-    /// best next hop (at most [`EngineConfig::hop_retries`] times), then held until a
-    /// route appears. Unknown tickets (already settled or timed out) are ignored.
+    /// when the next hop acknowledged it. An undelivered frame is sent again (the same
+    /// bytes while the next hop and its session stay the best way; otherwise its whole
+    /// unit, sealed again for the best next hop), at most [`EngineConfig::hop_retries`]
+    /// times, then its unit is held until a route appears. Unknown tickets (already
+    /// settled or timed out) are ignored.
     pub fn handle_hop_result(&mut self, ticket: u64, delivered: bool, now: u64) {
         self.last_now = self.last_now.max(now);
-        let Some(f) = self.inflight.remove(&ticket) else {
-            return;
-        };
-        if !delivered {
-            self.retry(f, now);
+        if delivered {
+            self.part_delivered(ticket);
+        } else {
+            self.part_failed(ticket, now);
         }
     }
 
@@ -335,7 +353,7 @@ impl Engine {
             d = d.min(h.until);
         }
         for f in self.inflight.values() {
-            if let Some(t) = f.deadline {
+            if let Some(t) = f.next_deadline() {
                 d = d.min(t);
             }
         }
@@ -381,7 +399,7 @@ impl Engine {
                 to = victim.item.to,
                 "queued packet displaced by a more urgent one"
             );
-            if let Some(f) = victim.item.ticket.and_then(|k| self.inflight.remove(&k)) {
+            if let Some(f) = victim.item.ticket.and_then(|k| self.take_unit(k)) {
                 let now = self.last_now;
                 self.hold(f.header, f.body, f.from, now);
             }
@@ -442,7 +460,14 @@ impl Engine {
                 sid,
                 counter,
                 ciphertext,
-            } => self.on_sealed(sid, counter, &ciphertext, from_node, now),
+            } => self.on_sealed(sid, counter, false, &ciphertext, from_node, now),
+            Frame::SealedPart {
+                sid,
+                counter,
+                index,
+                count,
+                piece,
+            } => self.on_part(sid, counter, index, count, &piece, from_node, now),
         }
     }
 
@@ -454,6 +479,9 @@ impl Engine {
     ) -> Result<(), LoraError> {
         if priority == Priority::Bulk {
             return Err(LoraError::BulkRefused);
+        }
+        if message.message_type.len() > usize::from(u8::MAX) {
+            return Err(LoraError::Frame("message type over 255 bytes"));
         }
         let size = encode_message(message).len();
         let max = self.config.max_message_size;
@@ -477,45 +505,16 @@ impl Engine {
         let via = self
             .route_to(&peer, now)
             .ok_or(LoraError::Unreachable(peer))?;
-        let compact = encode_message_compact(message);
-        let dest = short_id(&peer);
-        let bodies: Vec<Body> = if compact.len() <= SINGLE_FRAME_CAPACITY {
-            vec![Body::Message(compact)]
-        } else {
-            let parts = split(
-                &compact,
-                FRAGMENT_CAPACITY,
-                self.config.reassembly.max_fragments,
-            )
-            .map_err(|_| LoraError::TooLarge {
-                size: encode_message(message).len(),
-                max: self.config.max_message_size,
-            })?;
-            self.group = self.group.wrapping_add(1);
-            let count = u8::try_from(parts.len()).map_err(|_| LoraError::Fragment("count"))?;
-            parts
-                .into_iter()
-                .enumerate()
-                .map(|(i, d)| Body::Fragment {
-                    group: self.group,
-                    index: u8::try_from(i).unwrap_or(u8::MAX),
-                    count,
-                    data: d.to_vec(),
-                })
-                .collect()
+        let envelope = encode_envelope(message, &peer)?;
+        let h = RouteHeader {
+            ttl: self.config.ttl,
+            hops: 0,
+            origin: self.my_short,
+            dest: short_id(&peer),
+            seq: self.next_seq(),
         };
         let me = self.me;
-        for body in bodies {
-            let h = RouteHeader {
-                ttl: self.config.ttl,
-                hops: 0,
-                origin: self.my_short,
-                dest,
-                seq: self.next_seq(),
-            };
-            self.send_tracked(&via, h, body, me, priority, 0)?;
-        }
-        Ok(())
+        self.send_tracked(&via, h, Body::Message(envelope), me, priority, 0)
     }
 
     /// Queues `message` for every neighbour.

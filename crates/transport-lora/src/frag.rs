@@ -1,7 +1,12 @@
-//! Fragmentation of control messages larger than one frame, with hard caps, and bounded
-//! reassembly (per origin and globally, with timeouts). Sans-io: time is passed in.
+//! Splitting of sealed units larger than one frame into parts, with hard caps, and
+//! bounded reassembly (per sender and globally, with timeouts). Sans-io: time is passed in.
+//!
+//! Reassembly happens at each hop, before the unit's one tag is checked, so what it holds
+//! is unauthenticated: it is bounded per sender (the oldest incomplete unit of a sender
+//! gives way to a new one), globally in bytes, and in time, and it ignores parts of units
+//! it completed recently (a part sent again because its acknowledgement was lost).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::error::LoraError;
 use crate::frame::ShortId;
@@ -22,6 +27,9 @@ pub fn split(data: &[u8], capacity: usize, max_fragments: u8) -> Result<Vec<&[u8
     Ok(data.chunks(capacity).collect())
 }
 
+/// Units completed recently, remembered so late duplicates of their parts are ignored.
+const RECENT: usize = 64;
+
 /// Limits of a [`Reassembler`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReassemblyLimits {
@@ -29,7 +37,7 @@ pub struct ReassemblyLimits {
     pub max_fragments: u8,
     /// Largest reassembled message, bytes.
     pub max_message: usize,
-    /// Incomplete messages held per origin.
+    /// Incomplete messages held per origin (a new one evicts that origin's oldest).
     pub per_origin: usize,
     /// Bytes held over all origins.
     pub global_bytes: usize,
@@ -41,9 +49,9 @@ impl Default for ReassemblyLimits {
     fn default() -> Self {
         ReassemblyLimits {
             max_fragments: 8,
-            max_message: 1536,
-            per_origin: 2,
-            global_bytes: 16 * 1536,
+            max_message: 2048,
+            per_origin: 4,
+            global_bytes: 16 * 2048,
             timeout_ms: 120_000,
         }
     }
@@ -61,7 +69,8 @@ struct Partial {
 #[derive(Debug)]
 pub struct Reassembler {
     limits: ReassemblyLimits,
-    partial: HashMap<(ShortId, u16), Partial>,
+    partial: HashMap<(ShortId, u32), Partial>,
+    recent: VecDeque<(ShortId, u32)>,
     bytes: usize,
 }
 
@@ -71,6 +80,7 @@ impl Reassembler {
         Reassembler {
             limits,
             partial: HashMap::new(),
+            recent: VecDeque::new(),
             bytes: 0,
         }
     }
@@ -99,11 +109,12 @@ impl Reassembler {
         self.bytes -= freed;
     }
 
-    /// Adds one fragment; returns the whole message once every fragment arrived.
+    /// Adds one fragment; returns the whole message once every fragment arrived. A
+    /// fragment of a group completed recently is ignored (`Ok(None)`).
     pub fn push(
         &mut self,
         origin: ShortId,
-        group: u16,
+        group: u32,
         index: u8,
         count: u8,
         data: &[u8],
@@ -114,12 +125,22 @@ impl Reassembler {
             return Err(LoraError::Fragment("bad index or count"));
         }
         let key = (origin, group);
+        if self.recent.contains(&key) {
+            return Ok(None);
+        }
         if !self.partial.contains_key(&key) {
             let from_origin = self.partial.keys().filter(|(o, _)| *o == origin).count();
-            if from_origin >= self.limits.per_origin {
-                return Err(LoraError::Fragment(
-                    "too many incomplete messages from this origin",
-                ));
+            if from_origin >= self.limits.per_origin.max(1) {
+                let oldest = self
+                    .partial
+                    .iter()
+                    .filter(|((o, _), _)| *o == origin)
+                    .min_by_key(|(_, p)| p.started)
+                    .map(|(k, _)| *k);
+                if let Some(p) = oldest.and_then(|k| self.partial.remove(&k)) {
+                    tracing::debug!("incomplete lora unit evicted by a newer one of its sender");
+                    self.bytes -= p.bytes;
+                }
             }
             self.partial.insert(
                 key,
@@ -162,6 +183,10 @@ impl Reassembler {
                 .remove(&key)
                 .ok_or(LoraError::Fragment("lost partial"))?;
             self.bytes -= p.bytes;
+            if self.recent.len() >= RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(key);
             let mut out = Vec::with_capacity(p.bytes);
             for part in p.parts.into_iter().flatten() {
                 out.extend_from_slice(&part);
@@ -196,8 +221,17 @@ mod tests {
         assert!(r.push([1; 4], 1, 0, 9, b"x", 0).is_err());
         assert!(r.push([1; 4], 1, 2, 2, b"x", 0).is_err());
         assert_eq!(r.push([1; 4], 1, 0, 2, &[0; 20], 0).unwrap(), None);
-        // A second incomplete message from the same origin is refused.
-        assert!(r.push([1; 4], 2, 0, 2, b"x", 0).is_err());
+        // A second incomplete message from the same origin evicts the first.
+        assert_eq!(r.push([1; 4], 2, 0, 2, b"x", 0).unwrap(), None);
+        assert_eq!((r.held_bytes(), r.held_messages()), (1, 1));
+        assert_eq!(
+            r.push([1; 4], 2, 1, 2, b"y", 0).unwrap(),
+            Some(b"xy".to_vec())
+        );
+        // A late duplicate of a completed message is ignored.
+        assert_eq!(r.push([1; 4], 2, 1, 2, b"y", 0).unwrap(), None);
+        assert_eq!(r.held_messages(), 0);
+        assert_eq!(r.push([1; 4], 1, 0, 2, &[0; 20], 0).unwrap(), None);
         // Over the message cap: dropped.
         assert!(r.push([1; 4], 1, 1, 2, &[0; 11], 0).is_err());
         assert_eq!(r.held_bytes(), 0);
@@ -222,7 +256,7 @@ mod tests {
             let mut out = None;
             for (k, i) in order.iter().enumerate() {
                 // Duplicates are ignored.
-                if k == 0 { let _ = r.push([9; 4], 3, u8::try_from(*i).unwrap(), n, parts[*i], 5); }
+                if k == 0 && let Some(m) = r.push([9; 4], 3, u8::try_from(*i).unwrap(), n, parts[*i], 5).unwrap() { out = Some(m); }
                 if let Some(m) = r.push([9; 4], 3, u8::try_from(*i).unwrap(), n, parts[*i], 5).unwrap() { out = Some(m); }
             }
             prop_assert_eq!(out, Some(data));

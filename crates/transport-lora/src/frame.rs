@@ -1,20 +1,23 @@
 //! The over-the-air frames ecomesh puts in a Meshtastic packet's `Data.payload`
 //! (at most [`MAX_APP_PAYLOAD`](crate::airtime::MAX_APP_PAYLOAD) = 233 bytes).
 //!
-//! Every frame starts with one kind byte (`0xE1..=0xE7`: the high nibble marks ecomesh
-//! traffic on the private port). Headers are fixed binary fields (each byte counts);
-//! bodies are compact CBOR with small integer keys (the `ecomesh-wire` CBOR writer/reader).
+//! Every frame starts with one kind byte (`0xE1..=0xE9`: the high nibble marks ecomesh
+//! traffic on the private port). Headers are fixed binary fields (each byte counts).
 //!
 //! | kind | frame | layout | authenticated by |
 //! |---|---|---|---|
 //! | `E1` | presence beacon | ttl/hops (1), origin (4), seq (4), CBOR `[types, bloom(8)]`, MAC (8) | network key, truncated BLAKE3 MAC |
 //! | `E2` | announce | public key (32), epoch (4), MAC (8) | network key; the key is self-certifying (PeerId = SHA-256 of it) |
 //! | `E7` | key request | from (4), to (4), MAC (8) | network key |
-//! | `E3`/`E4`/`E5` | Noise IK message 1/2/3 | from (4), to (4), Noise message | Noise IK itself |
+//! | `E3`/`E4`/`E5`/`E8` | Noise IK message 1/2/3, explicit 1 | from (4), to (4), Noise message | Noise IK itself |
 //! | `E6` | sealed | session id (2), counter (4), ChaCha20-Poly1305 ciphertext + tag (16) | the neighbour's Noise session |
+//! | `E9` | sealed part | session id (2), counter (low 16 bits) (2), index << 4 \| count (1), a piece of the ciphertext + tag | the whole unit's tag, checked once every part is in |
 //!
-//! The plaintext of a sealed frame is a routing header (ttl/hops (1), origin (4),
-//! destination (4), seq (2)) and a CBOR body `[kind, ...]` ([`Body`]).
+//! The plaintext of a sealed unit (one `E6` frame, or 2 to 15 `E9` parts whose pieces
+//! concatenate to one ciphertext under one nonce and one tag) is a routing header
+//! (ttl/hops (1), origin (4), destination (4), seq (2)), a body kind (1) and the body
+//! ([`Body`]): a message's [`envelope`](crate::envelope) to the end, a close flag (1),
+//! a CBOR map with small integer keys for notifications and grants, nothing for a hello.
 //! Short ids are the first 4 bytes of a PeerId.
 
 use ecomesh_types::PeerId;
@@ -38,6 +41,8 @@ pub const K_SEALED: u8 = 0xE6;
 pub const K_KEYREQ: u8 = 0xE7;
 /// Noise IK message 1 of an explicit connect (wins over an automatic one when two cross).
 pub const K_HS1_EXPLICIT: u8 = 0xE8;
+/// One part of a sealed unit too large for one frame.
+pub const K_SEALED_PART: u8 = 0xE9;
 
 /// Length of a broadcast frame's MAC.
 pub const MAC_LEN: usize = 8;
@@ -45,8 +50,14 @@ pub const MAC_LEN: usize = 8;
 pub const TAG_LEN: usize = 16;
 /// Sealed frame header: kind, session id, counter.
 pub const SEALED_HEADER_LEN: usize = 1 + 2 + 4;
+/// Sealed part header: kind, session id, low 16 bits of the counter, index and count.
+pub const PART_HEADER_LEN: usize = 1 + 2 + 2 + 1;
+/// Most parts of one sealed unit (the count is a 4-bit field).
+pub const MAX_PARTS: u8 = 15;
 /// Routing header inside a sealed frame.
 pub const ROUTE_HEADER_LEN: usize = 1 + 4 + 4 + 2;
+/// Routing header and body kind: the plaintext bytes of a unit before its body.
+pub const INNER_HEADER_LEN: usize = ROUTE_HEADER_LEN + 1;
 /// Bytes of a Bloom filter of collections in a beacon.
 pub const BLOOM_LEN: usize = 8;
 /// Hash functions of the Bloom filter.
@@ -165,6 +176,20 @@ pub enum Frame {
         /// Ciphertext and tag.
         ciphertext: Vec<u8>,
     },
+    /// One part of a sealed unit sent in several frames.
+    SealedPart {
+        /// The receiver's session id.
+        sid: u16,
+        /// The low 16 bits of the unit's Noise nonce (the receiver completes it from the
+        /// highest nonce it has accepted in the session).
+        counter: u16,
+        /// This part's index, from 0.
+        index: u8,
+        /// Parts of the unit, 2 to [`MAX_PARTS`].
+        count: u8,
+        /// This part's piece of the unit's ciphertext and tag.
+        piece: Vec<u8>,
+    },
 }
 
 fn err(reason: &'static str) -> LoraError {
@@ -241,6 +266,19 @@ impl Frame {
                 out.extend_from_slice(&sid.to_be_bytes());
                 out.extend_from_slice(&counter.to_be_bytes());
                 out.extend_from_slice(ciphertext);
+            }
+            Frame::SealedPart {
+                sid,
+                counter,
+                index,
+                count,
+                piece,
+            } => {
+                out.push(K_SEALED_PART);
+                out.extend_from_slice(&sid.to_be_bytes());
+                out.extend_from_slice(&counter.to_be_bytes());
+                out.push(((*index).min(15) << 4) | (*count).min(15));
+                out.extend_from_slice(piece);
             }
         }
         out
@@ -351,6 +389,28 @@ impl Frame {
                     ciphertext,
                 })
             }
+            K_SEALED_PART => {
+                let s = take(bytes, &mut at, 2)?;
+                let sid = u16::from_be_bytes([s[0], s[1]]);
+                let c = take(bytes, &mut at, 2)?;
+                let counter = u16::from_be_bytes([c[0], c[1]]);
+                let ic = take(bytes, &mut at, 1)?[0];
+                let (index, count) = (ic >> 4, ic & 0x0F);
+                if count < 2 || index >= count {
+                    return Err(err("sealed part index or count"));
+                }
+                let piece = bytes[at..].to_vec();
+                if piece.is_empty() {
+                    return Err(err("empty sealed part"));
+                }
+                Ok(Frame::SealedPart {
+                    sid,
+                    counter,
+                    index,
+                    count,
+                    piece,
+                })
+            }
             _ => Err(err("not an ecomesh frame")),
         }
     }
@@ -400,19 +460,9 @@ pub struct PermissionGrant {
 /// The body of a sealed frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
-    /// A whole NetworkMessage in the compact form of `ecomesh-wire`.
+    /// A NetworkMessage in its LoRa [`envelope`](crate::envelope) (relays carry the
+    /// bytes on without decoding them).
     Message(Vec<u8>),
-    /// One fragment of a compact NetworkMessage.
-    Fragment {
-        /// Fragment group (per origin).
-        group: u16,
-        /// Index, from 0.
-        index: u8,
-        /// Number of fragments.
-        count: u8,
-        /// The bytes.
-        data: Vec<u8>,
-    },
     /// The neighbour closes the session: `leaving` when it stops (it will come back and
     /// may be reconnected to), otherwise an explicit disconnect (do not reconnect by itself).
     Close {
@@ -428,48 +478,35 @@ pub enum Body {
     Hello,
 }
 
-const B_MESSAGE: u64 = 0;
-const B_FRAGMENT: u64 = 1;
-const B_CLOSE: u64 = 2;
-const B_NOTIFICATION: u64 = 3;
-const B_GRANT: u64 = 4;
-const B_HELLO: u64 = 5;
+const B_MESSAGE: u8 = 0;
+const B_CLOSE: u8 = 2;
+const B_NOTIFICATION: u8 = 3;
+const B_GRANT: u8 = 4;
+const B_HELLO: u8 = 5;
 
-/// Encodes a routing header and body (the plaintext of a sealed frame).
+/// Encodes a routing header and body (the plaintext of a sealed unit).
 pub fn encode_inner(h: &RouteHeader, body: &Body) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ROUTE_HEADER_LEN + 16);
+    let extra = match body {
+        Body::Message(m) => m.len(),
+        _ => 48,
+    };
+    let mut out = Vec::with_capacity(INNER_HEADER_LEN + extra);
     out.push((h.ttl.min(15) << 4) | h.hops.min(15));
     out.extend_from_slice(&h.origin);
     out.extend_from_slice(&h.dest);
     out.extend_from_slice(&h.seq.to_be_bytes());
-    let mut w = Writer::new();
     match body {
         Body::Message(m) => {
-            w.array(2);
-            w.uint(B_MESSAGE);
-            w.bytes(m);
-        }
-        Body::Fragment {
-            group,
-            index,
-            count,
-            data,
-        } => {
-            w.array(5);
-            w.uint(B_FRAGMENT);
-            w.uint(u64::from(*group));
-            w.uint(u64::from(*index));
-            w.uint(u64::from(*count));
-            w.bytes(data);
+            out.push(B_MESSAGE);
+            out.extend_from_slice(m);
         }
         Body::Close { leaving } => {
-            w.array(2);
-            w.uint(B_CLOSE);
-            w.bool(*leaving);
+            out.push(B_CLOSE);
+            out.push(u8::from(*leaving));
         }
         Body::Notification(n) => {
-            w.array(2);
-            w.uint(B_NOTIFICATION);
+            out.push(B_NOTIFICATION);
+            let mut w = Writer::new();
             w.map(4);
             w.uint(0);
             w.uint(u64::from(n.collection));
@@ -479,14 +516,12 @@ pub fn encode_inner(h: &RouteHeader, body: &Body) -> Vec<u8> {
             w.uint(u64::from(n.change));
             w.uint(3);
             w.uint(u64::from(n.at_secs));
+            out.extend_from_slice(&w.into_bytes());
         }
-        Body::Hello => {
-            w.array(1);
-            w.uint(B_HELLO);
-        }
+        Body::Hello => out.push(B_HELLO),
         Body::Grant(g) => {
-            w.array(2);
-            w.uint(B_GRANT);
+            out.push(B_GRANT);
+            let mut w = Writer::new();
             w.map(4);
             w.uint(0);
             w.bytes(g.grantee.as_bytes());
@@ -496,9 +531,9 @@ pub fn encode_inner(h: &RouteHeader, body: &Body) -> Vec<u8> {
             w.uint(u64::from(g.actions));
             w.uint(3);
             w.uint(u64::from(g.expires_secs));
+            out.extend_from_slice(&w.into_bytes());
         }
     }
-    out.extend_from_slice(&w.into_bytes());
     out
 }
 
@@ -518,8 +553,8 @@ fn arr8(b: &[u8], what: &'static str) -> Result<[u8; 8], LoraError> {
     b.try_into().map_err(|_| err(what))
 }
 
-/// Decodes the plaintext of a sealed frame. Strict: exact arity, keys in order, no
-/// trailing bytes.
+/// Decodes the plaintext of a sealed unit. Strict: exact lengths, CBOR keys in order, no
+/// trailing bytes (a message body runs to the end).
 pub fn decode_inner(bytes: &[u8]) -> Result<(RouteHeader, Body), LoraError> {
     let mut at = 0;
     let th = take(bytes, &mut at, 1)?[0];
@@ -534,27 +569,18 @@ pub fn decode_inner(bytes: &[u8]) -> Result<(RouteHeader, Body), LoraError> {
         dest,
         seq,
     };
-    let mut r = Reader::new(&bytes[at..], Limits::DEFAULT);
-    let n = r.read_array_len().map_err(|_| err("body"))?;
-    let kind = r.read_uint().map_err(|_| err("body kind"))?;
-    let body = match (kind, n) {
-        (B_MESSAGE, 2) => Body::Message(r.read_bytes().map_err(|_| err("message"))?.to_vec()),
-        (B_FRAGMENT, 5) => {
-            let group = small(&mut r, "fragment group")?;
-            let index = small(&mut r, "fragment index")?;
-            let count = small(&mut r, "fragment count")?;
-            let data = r.read_bytes().map_err(|_| err("fragment data"))?.to_vec();
-            Body::Fragment {
-                group,
-                index,
-                count,
-                data,
-            }
-        }
-        (B_CLOSE, 2) => Body::Close {
-            leaving: r.read_bool().map_err(|_| err("close flag"))?,
+    let kind = take(bytes, &mut at, 1)?[0];
+    let rest = &bytes[at..];
+    let body = match kind {
+        B_MESSAGE => Body::Message(rest.to_vec()),
+        B_CLOSE => match rest {
+            [0] => Body::Close { leaving: false },
+            [1] => Body::Close { leaving: true },
+            _ => return Err(err("close flag")),
         },
-        (B_NOTIFICATION, 2) => {
+        B_HELLO if rest.is_empty() => Body::Hello,
+        B_NOTIFICATION => {
+            let mut r = Reader::new(rest, Limits::DEFAULT);
             if r.read_map_len().map_err(|_| err("notification"))? != 4 {
                 return Err(err("notification arity"));
             }
@@ -569,6 +595,7 @@ pub fn decode_inner(bytes: &[u8]) -> Result<(RouteHeader, Body), LoraError> {
             let change = small(&mut r, "change")?;
             key(&mut r, 3)?;
             let at_secs = small(&mut r, "time")?;
+            r.finish().map_err(|_| err("trailing bytes"))?;
             Body::Notification(NotificationHeader {
                 collection,
                 document,
@@ -576,8 +603,8 @@ pub fn decode_inner(bytes: &[u8]) -> Result<(RouteHeader, Body), LoraError> {
                 at_secs,
             })
         }
-        (B_HELLO, 1) => Body::Hello,
-        (B_GRANT, 2) => {
+        B_GRANT => {
+            let mut r = Reader::new(rest, Limits::DEFAULT);
             if r.read_map_len().map_err(|_| err("grant"))? != 4 {
                 return Err(err("grant arity"));
             }
@@ -593,6 +620,7 @@ pub fn decode_inner(bytes: &[u8]) -> Result<(RouteHeader, Body), LoraError> {
             let actions = small(&mut r, "actions")?;
             key(&mut r, 3)?;
             let expires_secs = small(&mut r, "expiry")?;
+            r.finish().map_err(|_| err("trailing bytes"))?;
             Body::Grant(PermissionGrant {
                 grantee,
                 resource,
@@ -602,7 +630,6 @@ pub fn decode_inner(bytes: &[u8]) -> Result<(RouteHeader, Body), LoraError> {
         }
         _ => return Err(err("unknown body")),
     };
-    r.finish().map_err(|_| err("trailing bytes"))?;
     Ok((h, body))
 }
 
@@ -705,13 +732,9 @@ mod tests {
         };
         for body in [
             Body::Message(vec![1, 2, 3]),
-            Body::Fragment {
-                group: 7,
-                index: 1,
-                count: 3,
-                data: vec![9; 100],
-            },
+            Body::Message(Vec::new()),
             Body::Close { leaving: true },
+            Body::Close { leaving: false },
             Body::Hello,
             Body::Notification(NotificationHeader {
                 collection: u32::MAX,
@@ -744,6 +767,8 @@ mod tests {
                 Frame::Handshake { step: 2, explicit: false, from, to, noise: noise.clone() },
                 Frame::Handshake { step: 1, explicit: true, from, to, noise: noise.clone() },
                 Frame::Sealed { sid, counter, ciphertext: [noise.clone(), vec![0; 16]].concat() },
+                Frame::SealedPart { sid, counter: counter as u16, index: from[0] % 15, count: 15, piece: noise.clone() },
+                Frame::SealedPart { sid, counter: 0, index: 1, count: 2, piece: noise.clone() },
                 Frame::KeyRequest { from, to },
             ] {
                 prop_assert_eq!(Frame::decode(&f.encode(&key()), &key()).unwrap(), f);
@@ -751,11 +776,10 @@ mod tests {
         }
 
         #[test]
-        fn prop_inner_round_trip(origin in any::<[u8; 4]>(), seq in any::<u16>(), data in proptest::collection::vec(any::<u8>(), 0..200), group in any::<u16>(), index in any::<u8>(), count in any::<u8>()) {
+        fn prop_inner_round_trip(origin in any::<[u8; 4]>(), seq in any::<u16>(), data in proptest::collection::vec(any::<u8>(), 0..200)) {
             let h = RouteHeader { ttl: 3, hops: 1, origin, dest: origin, seq };
-            for body in [Body::Message(data.clone()), Body::Fragment { group, index, count, data: data.clone() }] {
-                prop_assert_eq!(decode_inner(&encode_inner(&h, &body)).unwrap(), (h, body));
-            }
+            let body = Body::Message(data);
+            prop_assert_eq!(decode_inner(&encode_inner(&h, &body)).unwrap(), (h, body));
         }
     }
 }

@@ -11,21 +11,24 @@
 //! packet's fate (a `ROUTING_APP` acknowledgement, or `MAX_RETRANSMIT` when it gave up).
 //!
 //! # Store-and-forward at each hop
-//! A data frame (message, fragment, notification, grant) stays with the engine until the
-//! radio reports that the next hop received it. When the radio gives up (collisions on a
-//! busy or hidden-terminal channel exhaust the firmware's three retransmissions), or
-//! reports nothing within `hop_ack_timeout_ms`, the engine re-encrypts the frame and
-//! sends it again through the best next hop at that moment, up to `hop_retries` times;
-//! after that it holds the frame until a route appears. Duplicates (an acknowledgement
-//! lost after the frame arrived) are dropped by the receivers' seen-sets. So a message
-//! that `send` accepted is not lost to collisions on one hop while the next hop stays
+//! A data unit (message, notification, grant: one sealed frame, or the parts of one
+//! sealed unit) stays with the engine until the radio reports that the next hop received
+//! every frame of it. When the radio gives up on a frame (collisions on a busy or
+//! hidden-terminal channel exhaust the firmware's three retransmissions), or reports
+//! nothing within `hop_ack_timeout_ms`, the engine sends that frame again (the same bytes
+//! while the same next hop and session are still the best way; otherwise the whole unit,
+//! sealed again for the best next hop), up to `hop_retries` times; after that it holds the
+//! unit until a route appears. Duplicates (an acknowledgement lost after the frame
+//! arrived) are dropped by the receivers' seen-sets and reassemblers. So a message that
+//! `send` accepted is not lost to collisions on one hop while the next hop stays
 //! reachable.
 //!
 //! # Layers
 //! - [`serial`]: sans-io framing with resynchronisation after garbage (fuzzed).
 //! - [`frame`]: the compact frames: fixed binary headers, CBOR bodies with small integer keys.
+//! - [`envelope`]: a `NetworkMessage` as a sealed message body carries it.
 //! - [`engine`]: the sans-io protocol engine: Noise IK sessions with neighbours, beacons,
-//!   key discovery, routing ([`routing`]), fragmentation ([`frag`]), store-and-forward,
+//!   key discovery, routing ([`routing`]), parts of units ([`frag`]), store-and-forward,
 //!   channel access ([`sched`], [`airtime`]).
 //! - [`LoraTransport`]: the tokio driver and [`TransportAdapter`](ecomesh_types::TransportAdapter).
 //! - `sim` (feature `sim`): Meshtastic devices simulated on pseudo-terminals sharing a
@@ -40,14 +43,23 @@
 //!   the responder's Ed25519 key from its announce; both identities are proven and checked
 //!   against the [`AccessPolicy`](ecomesh_identity::AccessPolicy) before the session
 //!   exists; the responder's first sealed frame confirms the session to the initiator).
-//!   Each frame then costs 23 bytes: kind (1), a 2-byte session id taken from the
-//!   handshake hash (which session to try; a collision only costs a failed decryption), a
-//!   4-byte counter (the low half of the 64-bit Noise nonce; the session is dropped and
-//!   renegotiated before it wraps) and the **full 16-byte ChaCha20-Poly1305 tag**. The
-//!   receiver keeps a 128-frame replay window, so loss and reordering are tolerated and
+//!   A unit that fits one frame then costs 23 bytes: kind (1), a 2-byte session id taken
+//!   from the handshake hash (which session to try; a collision only costs a failed
+//!   decryption), a 4-byte counter (the low half of the 64-bit Noise nonce; the session is
+//!   dropped and renegotiated before it wraps) and the **full 16-byte ChaCha20-Poly1305
+//!   tag**. A larger unit (a message up to `max_message_size`) is encrypted once, under
+//!   one nonce and one tag, and its ciphertext travels in 2 to 8 parts of 6 header bytes
+//!   (kind, session id, the nonce's low 16 bits, which the receiver completes from the
+//!   highest nonce it accepted, and index/count); the receiver reassembles the parts
+//!   (bounded per sender, globally and in time) and checks the one tag. A 1 KB delta so
+//!   costs 6 frames per hop within 1.2x of its frame floor, where a tag per frame cost 7
+//!   (1.44x). Parts are unauthenticated until the tag is checked: a forged part makes
+//!   the unit fail its tag and be dropped (like jamming, a denial of service; the mesh's
+//!   end-to-end acknowledgement and resend recover the message), never accepted. The
+//!   receiver keeps a 128-nonce replay window, so loss and reordering are tolerated and
 //!   replays, tampering and forgeries are rejected with the strength of the full tag. We
 //!   chose the full tag over a truncated one: it still fits every budget (notification
-//!   header 61 B of 64, permission grant 90 B of 96), and truncating Poly1305 would need
+//!   header 60 B of 64, permission grant 89 B of 96), and truncating Poly1305 would need
 //!   our own AEAD construction.
 //! - **Broadcast frames** (presence beacons, announces, key requests) carry an 8-byte
 //!   truncated keyed BLAKE3 MAC under a **network key** derived from a secret every node
@@ -62,16 +74,18 @@
 //!   which the MAC excludes, so a member could also stretch a beacon's reach.
 //! - **Multi-hop** frames are decrypted and re-encrypted at each hop under that hop's
 //!   session: per-hop authentication. A NetworkMessage keeps its Ed25519 signature end to
-//!   end (it travels in the compact form of `ecomesh-wire`, which keeps every field the
-//!   signature covers), so the destination's mesh still verifies the origin. The compact
+//!   end (it travels in the LoRa [`envelope`], which keeps every field the signature
+//!   covers and leaves out only the recipient when it is the destination itself), so the
+//!   destination's mesh still verifies the origin. The compact
 //!   notification and grant frames have no signature: their origin is vouched for by the
 //!   relays only — trust in them is trust in the network's members.
 //!
 //! # Payload strategy
 //! Messages whose full encoding exceeds `max_message_size` (1536 B by default, a 1 KB
 //! CRDT delta fits) or whose priority is `Bulk` are refused with typed errors; the mesh
-//! routes them over other transports. Larger control messages are split into at most 8
-//! fragments and reassembled under per-origin and global byte limits with timeouts.
+//! routes them over other transports. A unit larger than one frame is split into at most
+//! 8 parts and reassembled at each hop under per-sender and global byte limits with
+//! timeouts.
 //!
 //! # Channel access
 //! Transmissions start on slot boundaries after a random backoff (slotted ALOHA), under a
@@ -85,6 +99,7 @@
 pub mod airtime;
 pub mod client;
 pub mod engine;
+pub mod envelope;
 mod error;
 pub mod frag;
 pub mod frame;

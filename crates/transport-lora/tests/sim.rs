@@ -87,10 +87,11 @@ async fn five_node_line_delivers_over_four_hops() {
     // B, C and D each relayed sealed frames.
     let txs = chan.transmissions();
     for (_, r) in &nodes[1..4] {
-        assert!(
-            txs.iter()
-                .any(|t| t.node == r.node && t.payload.first() == Some(&frame::K_SEALED))
-        );
+        assert!(txs.iter().any(|t| t.node == r.node
+            && matches!(
+                t.payload.first(),
+                Some(&frame::K_SEALED | &frame::K_SEALED_PART)
+            )));
     }
     for (t, _) in &nodes {
         t.stop().await.unwrap();

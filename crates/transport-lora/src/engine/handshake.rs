@@ -18,6 +18,11 @@ pub(super) struct Neighbour {
     pub(super) session: Session,
     pub(super) tx_sid: u16,
     pub(super) rx_sid: u16,
+    /// The highest nonce a frame of this session was accepted with (completes the 16-bit
+    /// counters of sealed parts).
+    pub(super) rx_high: u64,
+    /// The engine's number for this session.
+    pub(super) session_no: u64,
     pub(super) epoch: Option<u32>,
     pub(super) node: Option<u32>,
     pub(super) last_heard: u64,
@@ -343,6 +348,7 @@ impl Engine {
             },
         );
         self.remember_node(node, peer);
+        self.next_session = self.next_session.wrapping_add(1);
         self.neighbours.insert(
             peer,
             Neighbour {
@@ -350,6 +356,8 @@ impl Engine {
                 session,
                 tx_sid,
                 rx_sid,
+                rx_high: 0,
+                session_no: self.next_session,
                 epoch,
                 node: Some(node),
                 last_heard: now,

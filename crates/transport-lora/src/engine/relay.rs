@@ -1,13 +1,12 @@
-//! Sealed data frames: decrypting, delivering, routing and forwarding them,
-//! per-hop tracking and retries, and store-and-forward holding.
+//! Sealed data units: decrypting, delivering, routing and forwarding them, and
+//! store-and-forward holding. Sealing, per-hop tracking and retries are in `units.rs`.
 
 use ecomesh_types::{PeerId, Priority};
-use ecomesh_wire::decode_message_compact;
 
 use super::{Engine, EngineEvent, SEEN_SEALED};
+use crate::envelope::decode_envelope;
 use crate::error::LoraError;
-use crate::frame::{Body, Frame, RouteHeader, ShortId, decode_inner, encode_inner, short_id};
-use crate::proto::BROADCAST;
+use crate::frame::{Body, RouteHeader, ShortId, decode_inner, short_id};
 
 /// A frame kept until a next hop appears or `until` passes (store-and-forward).
 pub(super) struct Held {
@@ -17,69 +16,34 @@ pub(super) struct Held {
     pub(super) until: u64,
 }
 
-/// A data frame handed to the radio whose arrival at the next hop is not yet confirmed.
-pub(super) struct InFlight {
-    pub(super) header: RouteHeader,
-    pub(super) body: Body,
-    /// The neighbour it came from (our own id for frames we originated).
-    pub(super) from: PeerId,
-    /// The neighbour it was sent to.
-    pub(super) via: PeerId,
-    pub(super) priority: Priority,
-    /// Sends so far beyond the first.
-    pub(super) attempts: u8,
-    /// When its verdict is overdue; set once the frame went to the radio.
-    pub(super) deadline: Option<u64>,
-}
-
 impl Engine {
-    pub(super) fn retry(&mut self, f: InFlight, now: u64) {
-        if f.attempts >= self.config.hop_retries {
-            tracing::warn!(
-                dest = ?f.header.dest,
-                seq = f.header.seq,
-                attempts = f.attempts + 1,
-                "lora frame not confirmed by any next hop; held for a new route"
-            );
-            self.hold(f.header, f.body, f.from, now);
-            return;
-        }
-        tracing::debug!(dest = ?f.header.dest, seq = f.header.seq, "lora frame lost on a hop; sending again");
-        let attempts = f.attempts + 1;
-        // The best next hop now; else the same neighbour again (a flooded copy goes back
-        // to the neighbour it was for, so retries never multiply copies); else as new.
-        let via = self
-            .next_hop(&f.header.dest, Some(&f.from), now)
-            .or_else(|| Some(f.via).filter(|v| self.is_up(v) && *v != f.from));
-        match via {
-            Some(via) => {
-                if let Err(e) =
-                    self.send_tracked(&via, f.header, f.body, f.from, f.priority, attempts)
-                {
-                    tracing::debug!(error = %e, "resend failed");
-                }
-            }
-            None => self.route(f.header, f.body, f.from, f.priority, attempts, now),
-        }
-    }
-
+    /// A sealed unit from node `node`: `counter` is the whole low half of the nonce, or
+    /// only its low 16 bits (`low16`, a unit sent in parts), completed from the highest
+    /// nonce each candidate session has accepted.
     pub(super) fn on_sealed(
         &mut self,
         sid: u16,
         counter: u32,
+        low16: bool,
         ct: &[u8],
         node: u32,
         now: u64,
     ) -> Result<(), LoraError> {
         let mut datagram = Vec::with_capacity(8 + ct.len());
-        datagram.extend_from_slice(&[0; 4]);
-        datagram.extend_from_slice(&counter.to_be_bytes());
-        datagram.extend_from_slice(ct);
         let mut found = None;
         let mut replay = false;
         for (peer, n) in self.neighbours.iter_mut().filter(|(_, n)| n.rx_sid == sid) {
+            let nonce = if low16 {
+                complete_counter(n.rx_high, counter as u16)
+            } else {
+                u64::from(counter)
+            };
+            datagram.clear();
+            datagram.extend_from_slice(&nonce.to_be_bytes());
+            datagram.extend_from_slice(ct);
             match n.session.decrypt(&datagram) {
                 Ok(plain) => {
+                    n.rx_high = n.rx_high.max(nonce);
                     found = Some((*peer, plain));
                     break;
                 }
@@ -108,7 +72,7 @@ impl Engine {
         self.routes
             .learn(h.origin, from, h.hops.saturating_add(1), now);
         if h.dest == self.my_short {
-            self.deliver(h, body, from, now);
+            self.deliver(h, body, from);
         } else if h.ttl > 0 {
             let fwd = RouteHeader {
                 ttl: h.ttl - 1,
@@ -120,22 +84,9 @@ impl Engine {
         Ok(())
     }
 
-    fn deliver(&mut self, h: RouteHeader, body: Body, from: PeerId, now: u64) {
+    fn deliver(&mut self, h: RouteHeader, body: Body, from: PeerId) {
         let bytes = match body {
             Body::Message(m) => m,
-            Body::Fragment {
-                group,
-                index,
-                count,
-                data,
-            } => match self.reasm.push(h.origin, group, index, count, &data, now) {
-                Ok(Some(m)) => m,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "fragment dropped");
-                    return;
-                }
-            },
             Body::Close { leaving } => {
                 if h.origin == short_id(&from) {
                     tracing::info!(peer = %from, leaving, "neighbour closed the session");
@@ -156,7 +107,7 @@ impl Engine {
                 return;
             }
         };
-        match decode_message_compact(&bytes) {
+        match decode_envelope(&bytes, &self.me) {
             Ok(message) => {
                 if short_id(&message.sender) != h.origin || !self.policy.allows(&message.sender) {
                     tracing::debug!(sender = %message.sender, "message dropped: origin mismatch or refused sender");
@@ -172,7 +123,12 @@ impl Engine {
         }
     }
 
-    fn next_hop(&self, dest: &ShortId, exclude: Option<&PeerId>, now: u64) -> Option<PeerId> {
+    pub(super) fn next_hop(
+        &self,
+        dest: &ShortId,
+        exclude: Option<&PeerId>,
+        now: u64,
+    ) -> Option<PeerId> {
         if let Some((p, _)) = self
             .neighbours
             .iter()
@@ -193,7 +149,7 @@ impl Engine {
     /// Sends a data frame on toward `h.dest` (`from`: the neighbour it came from, or our
     /// own id), tracked until the next hop has it; with no route, floods it to the other
     /// neighbours (TTL and the seen-sets bound that), or holds it until one appears.
-    fn route(
+    pub(super) fn route(
         &mut self,
         h: RouteHeader,
         body: Body,
@@ -257,83 +213,6 @@ impl Engine {
         }
     }
 
-    /// [`send_inner`](Self::send_inner) for a data frame the engine keeps until the radio
-    /// confirms the next hop has it (when `want_ack` lets the radio say so).
-    pub(super) fn send_tracked(
-        &mut self,
-        via: &PeerId,
-        header: RouteHeader,
-        body: Body,
-        from: PeerId,
-        priority: Priority,
-        attempts: u8,
-    ) -> Result<(), LoraError> {
-        let (to, frame) = self.seal(via, &header, &body)?;
-        if !self.config.want_ack || to == BROADCAST {
-            return self.enqueue(to, frame, priority);
-        }
-        self.next_ticket = self.next_ticket.wrapping_add(1);
-        let ticket = self.next_ticket;
-        self.inflight.insert(
-            ticket,
-            InFlight {
-                header,
-                body,
-                from,
-                via: *via,
-                priority,
-                attempts,
-                deadline: None,
-            },
-        );
-        let r = self.enqueue_ticket(to, frame, priority, Some(ticket));
-        if r.is_err() {
-            self.inflight.remove(&ticket);
-        }
-        r
-    }
-
-    pub(super) fn send_inner(
-        &mut self,
-        via: &PeerId,
-        h: &RouteHeader,
-        body: &Body,
-        priority: Priority,
-    ) -> Result<(), LoraError> {
-        let (to, frame) = self.seal(via, h, body)?;
-        self.enqueue(to, frame, priority)
-    }
-
-    /// Encrypts a frame for neighbour `via`: its node number and the frame bytes.
-    fn seal(
-        &mut self,
-        via: &PeerId,
-        h: &RouteHeader,
-        body: &Body,
-    ) -> Result<(u32, Vec<u8>), LoraError> {
-        let plain = encode_inner(h, body);
-        let n = self
-            .neighbours
-            .get_mut(via)
-            .ok_or(LoraError::Unreachable(*via))?;
-        let datagram = n.session.encrypt(&plain)?;
-        let (nonce, ct) = datagram.split_at(8);
-        if nonce[..4] != [0; 4] {
-            // 2^32 frames in one session: start over with a new handshake.
-            let p = *via;
-            self.drop_neighbour(&p);
-            return Err(LoraError::Rejected("session counter exhausted"));
-        }
-        let counter = u32::from_be_bytes([nonce[4], nonce[5], nonce[6], nonce[7]]);
-        let frame = Frame::Sealed {
-            sid: n.tx_sid,
-            counter,
-            ciphertext: ct.to_vec(),
-        }
-        .encode(&self.key);
-        Ok((n.node.unwrap_or(BROADCAST), frame))
-    }
-
     pub(super) fn route_to(&self, peer: &PeerId, now: u64) -> Option<PeerId> {
         if self.is_up(peer) {
             return Some(*peer);
@@ -353,16 +232,35 @@ impl Engine {
         while let Some(h) = self.held.pop_front_if(|h| h.until <= now) {
             tracing::warn!(dest = ?h.header.dest, seq = h.header.seq, "held lora frame expired without a route");
         }
-        let overdue: Vec<u64> = self
-            .inflight
-            .iter()
-            .filter(|(_, f)| f.deadline.is_some_and(|d| d <= now))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in overdue {
-            if let Some(f) = self.inflight.remove(&k) {
-                self.retry(f, now);
-            }
-        }
+        self.resend_overdue(now);
+    }
+}
+
+/// The nonce whose low 16 bits are `low` nearest to `high` (the highest nonce accepted):
+/// the session's replay window is far narrower than 2^15, so that is the sender's.
+pub(super) fn complete_counter(high: u64, low: u16) -> u64 {
+    let c = (high & !0xFFFF) | u64::from(low);
+    if c > high.saturating_add(0x8000) && c >= 0x10000 {
+        c - 0x10000
+    } else if c.saturating_add(0x8000) < high {
+        c.saturating_add(0x10000)
+    } else {
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::complete_counter;
+
+    #[test]
+    fn counters_complete_near_the_highest_accepted() {
+        assert_eq!(complete_counter(0, 0), 0);
+        assert_eq!(complete_counter(0, 5), 5);
+        assert_eq!(complete_counter(10, 3), 3);
+        assert_eq!(complete_counter(0xFFF0, 0x0002), 0x1_0002);
+        assert_eq!(complete_counter(0x1_0002, 0xFFF0), 0xFFF0);
+        assert_eq!(complete_counter(0x5_1234, 0x1300), 0x5_1300);
+        assert_eq!(complete_counter(0x5_1234, 0x1200), 0x5_1200);
     }
 }

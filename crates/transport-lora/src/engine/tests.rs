@@ -200,13 +200,13 @@ fn neighbours_connect_by_themselves_and_exchange_messages() {
 
 #[test]
 fn the_largest_accepted_message_always_fits_the_fragment_cap() {
-    // Every optional field present: the compact form is at its largest relative to
-    // the full encoding that `max_message_size` limits.
+    // Every optional field present: the envelope is at its largest relative to the
+    // full encoding that `max_message_size` limits.
     let (s, r) = (
         PeerId::from_digest([0xFF; 32]),
         PeerId::from_digest([0xEE; 32]),
     );
-    let cap = FRAGMENT_CAPACITY * usize::from(ReassemblyLimits::default().max_fragments);
+    let cap = unit_envelope_capacity(ReassemblyLimits::default().max_fragments);
     for type_len in [1, 20, 200] {
         let mut m = message(s, Some(r), Vec::new());
         m.message_type = "t".repeat(type_len);
@@ -226,7 +226,9 @@ fn the_largest_accepted_message_always_fits_the_fragment_cap() {
             len -= 1;
         }
         m.payload = vec![0; len];
-        assert!(encode_message_compact(&m).len() <= cap, "type {type_len}");
+        // Addressed to another node than the frame's destination: the recipient is written.
+        let envelope = encode_envelope(&m, &PeerId::from_digest([0xDD; 32])).unwrap();
+        assert!(envelope.len() <= cap, "type {type_len}");
     }
 }
 
@@ -299,7 +301,9 @@ fn a_frame_no_next_hop_takes_is_held_then_sent_when_a_route_appears() {
     config.hop_retries = 2;
     let mut net = Net::new(3, config);
     net.link(0, 1);
-    net.run(30_000);
+    // Just after B's second beacon (~30.3 s), so no beacon of B flushes the held frame
+    // again within the next 10 s.
+    net.run(31_000);
     let (a, b) = (net.id(0), net.id(1));
     // B's radio never gets it through: 1 + hop_retries sends, then held.
     net.lose.insert((0, 1), u32::MAX);
@@ -476,4 +480,55 @@ fn close_restart_and_policy() {
     net.link(0, 1);
     net.run(60_000);
     assert!(net.nodes[0].neighbours().is_empty() && net.nodes[1].neighbours().is_empty());
+}
+
+#[test]
+fn messages_either_side_of_the_one_frame_limit_all_arrive_in_order() {
+    let mut net = Net::new(2, fast_config());
+    net.link(0, 1);
+    net.run(10_000);
+    let (a, b) = (net.id(0), net.id(1));
+    // Envelope of 132 + payload bytes: the ciphertext crosses a sealed frame's capacity
+    // (226) and one part's (227) within this range.
+    let sent: Vec<NetworkMessage> = (40..=110)
+        .map(|n| {
+            let mut m = message(a, Some(b), vec![n as u8; n]);
+            m.id = MessageId::new_v4([n as u8; 16]);
+            m
+        })
+        .collect();
+    for m in &sent {
+        net.nodes[0]
+            .send_message(b, m, Priority::Normal, net.now)
+            .unwrap();
+    }
+    net.run(60_000);
+    assert_eq!(got(&net, 1), sent);
+    assert_eq!(net.nodes[0].unconfirmed(), 0);
+}
+
+#[test]
+fn a_one_kilobyte_delta_takes_six_frames_per_hop() {
+    let mut net = Net::new(3, fast_config());
+    net.link(0, 1);
+    net.link(1, 2);
+    net.run(60_000);
+    let (a, c) = (net.id(0), net.id(2));
+    let start = net.on_air.len();
+    let m = message(a, Some(c), vec![7; 1024]);
+    net.nodes[0]
+        .send_message(c, &m, Priority::Normal, net.now)
+        .unwrap();
+    net.run(net.now + 30_000);
+    assert_eq!(got(&net, 2), vec![m]);
+    for hop in 0..2 {
+        let parts: Vec<usize> = net.on_air[start..]
+            .iter()
+            .filter(|(i, p)| *i == hop && p[0] == crate::frame::K_SEALED_PART)
+            .map(|(_, p)| p.len())
+            .collect();
+        // 1024 B payload + 132 B envelope + 12 B inner header + 16 B tag, in parts of
+        // at most 233 bytes with a 6-byte header each.
+        assert_eq!(parts, vec![233, 233, 233, 233, 233, 55], "hop {hop}");
+    }
 }
