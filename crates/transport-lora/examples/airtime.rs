@@ -6,94 +6,22 @@
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use ecomesh_identity::{AccessPolicy, Identity};
 use ecomesh_transport_lora::airtime::{LoraParams, phy_len_of};
-use ecomesh_transport_lora::engine::{Engine, EngineConfig, EngineEvent};
+use ecomesh_transport_lora::engine::EngineConfig;
 use ecomesh_transport_lora::frame::{self, Body, NotificationHeader, PermissionGrant};
-use ecomesh_transport_lora::proto::BROADCAST;
-use ecomesh_types::{MessageId, NetworkMessage, PeerId, Priority};
-
-struct Line {
-    nodes: Vec<Engine>,
-    now: u64,
-    /// (sender index, payload, virtual time) of every transmission.
-    air: Vec<(usize, Vec<u8>, u64)>,
-    delivered: HashMap<MessageId, u64>,
-}
-
-impl Line {
-    fn new(n: usize, config: &EngineConfig) -> Line {
-        let nodes = (0..n)
-            .map(|i| {
-                Engine::new(
-                    Identity::generate().unwrap(),
-                    Arc::new(AccessPolicy::Open),
-                    config.clone(),
-                    0,
-                    i as u64 * 104_729 + 3,
-                )
-            })
-            .collect();
-        Line {
-            nodes,
-            now: 0,
-            air: Vec::new(),
-            delivered: HashMap::new(),
-        }
-    }
-
-    fn run(&mut self, until: u64) {
-        let n = self.nodes.len();
-        while self.now < until {
-            let now = self.now;
-            let mut sent = Vec::new();
-            for (i, e) in self.nodes.iter_mut().enumerate() {
-                e.handle_timeout(now);
-                while let Some(t) = e.poll_transmit(now) {
-                    sent.push((i, t));
-                }
-            }
-            for (i, t) in sent {
-                self.air.push((i, t.payload.clone(), now));
-                let mut delivered = false;
-                for j in [i.wrapping_sub(1), i + 1] {
-                    if j < n && (t.to == BROADCAST || t.to == 100 + j as u32) {
-                        delivered = true;
-                        let _ = self.nodes[j].handle_radio(100 + i as u32, &t.payload, 0, now);
-                    }
-                }
-                // The radio's acknowledgement from the next hop (no loss on this line).
-                if let Some(ticket) = t.ticket {
-                    self.nodes[i].handle_hop_result(ticket, delivered, now);
-                }
-            }
-            for e in &mut self.nodes {
-                while let Some(ev) = e.poll_event() {
-                    if let EngineEvent::Message { message, .. } = ev {
-                        self.delivered.entry(message.id).or_insert(now);
-                    }
-                }
-            }
-            let next = self
-                .nodes
-                .iter_mut()
-                .map(|e| e.next_deadline(now))
-                .min()
-                .unwrap_or(until);
-            self.now = next.max(now + 1).min(until);
-        }
-    }
-
-    fn id(&self, i: usize) -> PeerId {
-        self.nodes[i].peer_id()
-    }
-}
+use ecomesh_transport_lora::measure::{self, Line};
+use ecomesh_types::Priority;
 
 fn ms(params: &LoraParams, app_len: usize) -> f64 {
-    params.airtime_us(phy_len_of(app_len)) as f64 / 1000.0
+    measure::packet_ms(params, app_len)
+}
+
+/// The length of the first frame of `kind` node 0 sent after transmission `mark`.
+fn first_len(line: &Line, mark: usize, kind: u8) -> usize {
+    line.air[mark..]
+        .iter()
+        .find(|f| f.node == 0 && f.payload[0] == kind)
+        .map_or(0, |f| f.payload.len())
 }
 
 fn main() {
@@ -111,14 +39,9 @@ fn main() {
         ecomesh_transport_lora::airtime::MESHTASTIC_HEADER_LEN,
     );
 
-    let mut line = Line::new(5, &config);
     // Sessions and routes form in (virtual) minutes of beacons.
-    line.run(400_000);
+    let mut line = measure::formed_line(4, &config).expect("no route along the line");
     let (a, b, e) = (line.id(0), line.id(1), line.id(4));
-    assert!(
-        line.nodes[0].reachable(&e, line.now),
-        "no route along the line"
-    );
 
     // Single frames between neighbours.
     let mark = line.air.len();
@@ -136,12 +59,7 @@ fn main() {
         )
         .unwrap();
     line.run(line.now + 20_000);
-    let notif = line.air[mark..]
-        .iter()
-        .find(|(i, p, _)| *i == 0 && p[0] == frame::K_SEALED)
-        .unwrap()
-        .1
-        .len();
+    let notif = first_len(&line, mark, frame::K_SEALED);
     let mark = line.air.len();
     line.nodes[0]
         .send_compact(
@@ -157,34 +75,18 @@ fn main() {
         )
         .unwrap();
     line.run(line.now + 20_000);
-    let grant = line.air[mark..]
-        .iter()
-        .find(|(i, p, _)| *i == 0 && p[0] == frame::K_SEALED)
-        .unwrap()
-        .1
-        .len();
-    let presence = line
-        .air
-        .iter()
-        .find(|(_, p, _)| p[0] == frame::K_PRESENCE)
-        .unwrap()
-        .1
-        .len();
-    let announce = line
-        .air
-        .iter()
-        .find(|(_, p, _)| p[0] == frame::K_ANNOUNCE)
-        .unwrap()
-        .1
-        .len();
+    let grant = first_len(&line, mark, frame::K_SEALED);
+    let any_len = |kind: u8| {
+        line.air
+            .iter()
+            .find(|f| f.payload[0] == kind)
+            .map_or(0, |f| f.payload.len())
+    };
+    let presence = any_len(frame::K_PRESENCE);
+    let announce = any_len(frame::K_ANNOUNCE);
     let hs: Vec<usize> = [frame::K_HS1, frame::K_HS2, frame::K_HS3]
         .iter()
-        .map(|k| {
-            line.air
-                .iter()
-                .find(|(_, p, _)| p[0] == *k)
-                .map_or(0, |x| x.1.len())
-        })
+        .map(|k| any_len(*k))
         .collect();
 
     println!();
@@ -207,68 +109,44 @@ fn main() {
     }
 
     // A 1 KB CRDT delta as a signed NetworkMessage from A to E, 4 hops.
-    let delta = NetworkMessage {
-        id: MessageId::new_v4([7; 16]),
-        message_type: "sync-event".into(),
-        payload: vec![0x5A; 1024],
-        sender: a,
-        recipient: Some(e),
-        timestamp_ms: 1_790_000_000_000,
-        ttl_secs: NetworkMessage::DEFAULT_TTL_SECS,
-        hop_count: 0,
-        max_hops: NetworkMessage::DEFAULT_MAX_HOPS,
-        signature: ecomesh_types::Signature([0x11; 64]),
-    };
+    let delta = measure::delta_message(a, e, 1024);
     let compact = ecomesh_wire::encode_message_compact(&delta).len();
     let full = ecomesh_wire::encode_message(&delta).len();
-    let mark = line.air.len();
-    let t0 = line.now;
-    line.nodes[0]
-        .send_message(e, &delta, Priority::Normal, line.now)
-        .unwrap();
-    line.run(line.now + 600_000);
-    let t1 = *line.delivered.get(&delta.id).expect("delta delivered");
-    let frames: Vec<&(usize, Vec<u8>, u64)> = line.air[mark..]
-        .iter()
-        .filter(|(_, p, t)| (p[0] == frame::K_SEALED || p[0] == frame::K_SEALED_PART) && *t <= t1)
-        .collect();
-    if std::env::var_os("AIRTIME_DEBUG").is_some() {
-        for f in &frames {
-            println!("{} {:x} {} {}", f.0, f.1[0], f.1.len(), f.2);
-        }
-    }
-    let bytes: usize = frames.iter().map(|f| f.1.len()).sum();
-    let phy: usize = frames.iter().map(|f| phy_len_of(f.1.len())).sum();
-    let air: f64 = frames.iter().map(|f| ms(&params, f.1.len())).sum();
-    // Floor: the 1024 payload bytes alone, per hop, packed in full Meshtastic packets.
-    let floor_bytes = 1024 * 4;
+    let envelope = ecomesh_transport_lora::envelope::encode_envelope(&delta, &e)
+        .unwrap()
+        .len();
+    let r = measure::send_along(&mut line, &delta).expect("delta delivered");
     let per_hop_packets: Vec<usize> = (0..1024usize.div_ceil(233))
         .map(|i| (1024 - i * 233).min(233))
         .collect();
-    let floor_air: f64 = 4.0 * per_hop_packets.iter().map(|l| ms(&params, *l)).sum::<f64>();
     println!();
     println!(
-        "1 KB CRDT delta A->E over 4 hops (signed NetworkMessage: {full} B full encoding, {compact} B compact, {} frames per hop):",
-        frames.len() / 4
+        "1 KB CRDT delta A->E over 4 hops (signed NetworkMessage: {full} B full encoding, {compact} B compact, {envelope} B LoRa envelope; {} frames per hop, {:.1} B of overhead per frame):",
+        r.frames / r.hops,
+        r.overhead_per_frame(),
     );
     println!("| | payload B on air | PHY B on air | airtime s | ratio to floor (airtime) |");
     println!("|---|---|---|---|---|");
     println!(
-        "| ecomesh frames (4 hops) | {bytes} | {phy} | {:.2} | {:.2} |",
-        air / 1000.0,
-        air / floor_air
+        "| ecomesh frames (4 hops) | {} | {} | {:.2} | {:.2} |",
+        r.bytes,
+        r.phy_bytes,
+        r.airtime_ms / 1000.0,
+        r.ratio()
     );
     println!(
-        "| floor: 1024 B payload x 4 hops in full packets | {floor_bytes} | {} | {:.2} | 1.00 |",
+        "| floor: 1024 B payload x 4 hops in full packets | {} | {} | {:.2} | 1.00 |",
+        1024 * 4,
         4 * per_hop_packets
             .iter()
             .map(|l| phy_len_of(*l))
             .sum::<usize>(),
-        floor_air / 1000.0
+        r.floor_ms / 1000.0
     );
+    let air = r.airtime_ms;
     println!(
-        "delivery latency in this harness (no loss, no half-duplex or collisions, hops pipelined): {:.1} s; with one transmitter at a time on the channel at least the total airtime, {:.1} s; per-hop airtime {:.1} s = {:.1}% of the 10% band's hourly allowance ({:.0}% of the 1% bands')",
-        (t1 - t0) as f64 / 1000.0,
+        "delivery latency in this harness (no loss, no half-duplex or collisions; each hop forwards once it has the whole unit): {:.1} s; with one transmitter at a time on the channel at least the total airtime, {:.1} s; per-hop airtime {:.1} s = {:.1}% of the 10% band's hourly allowance ({:.0}% of the 1% bands')",
+        r.latency_ms as f64 / 1000.0,
         air / 1000.0,
         air / 4000.0,
         air / 4.0 / config.duty.allowance_ms() as f64 * 100.0,

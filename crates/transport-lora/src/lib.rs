@@ -103,6 +103,7 @@ pub mod envelope;
 mod error;
 pub mod frag;
 pub mod frame;
+pub mod measure;
 pub mod proto;
 pub mod routing;
 pub mod sched;
