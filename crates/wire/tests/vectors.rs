@@ -88,6 +88,9 @@ fn network_message_compact() {
 
 // ---- The vector file format (the same helper in every crate's `tests/vectors.rs`) ----
 
+/// Checks that some bytes decode to a case's input.
+type DecodeCheck = Box<dyn Fn(&[u8]) -> Result<(), String>>;
+
 /// One case: its input (as the file shows it), its exact bytes, its CID text (`-` for
 /// none), and a check that decoding some bytes gives back the input.
 struct Vector {
@@ -95,7 +98,7 @@ struct Vector {
     input: String,
     bytes: Vec<u8>,
     cid: String,
-    decodes: Box<dyn Fn(&[u8]) -> Result<(), String>>,
+    decodes: DecodeCheck,
 }
 
 impl Vector {
