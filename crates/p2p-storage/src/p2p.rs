@@ -40,6 +40,8 @@ mod fetch;
 mod process;
 mod push;
 mod session;
+#[cfg(test)]
+mod vectors;
 mod view;
 mod wire;
 
