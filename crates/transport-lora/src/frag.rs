@@ -4,7 +4,8 @@
 //! Reassembly happens at each hop, before the unit's one tag is checked, so what it holds
 //! is unauthenticated: it is bounded per sender (the oldest incomplete unit of a sender
 //! gives way to a new one), globally in bytes, and in time, and it ignores parts of units
-//! it completed recently (a part sent again because its acknowledgement was lost).
+//! that completed and authenticated recently (a part sent again because its
+//! acknowledgement was lost).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -109,8 +110,19 @@ impl Reassembler {
         self.bytes -= freed;
     }
 
+    /// Marks the message of `(origin, group)` as done (its caller authenticated it), so
+    /// fragments of it that arrive late are ignored. A message that failed its check is
+    /// not marked: the sender's copies of its fragments may still complete it.
+    pub fn finished(&mut self, origin: ShortId, group: u32) {
+        if self.recent.len() >= RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((origin, group));
+    }
+
     /// Adds one fragment; returns the whole message once every fragment arrived. A
-    /// fragment of a group completed recently is ignored (`Ok(None)`).
+    /// fragment of a message marked [`finished`](Self::finished) recently is ignored
+    /// (`Ok(None)`).
     pub fn push(
         &mut self,
         origin: ShortId,
@@ -183,10 +195,6 @@ impl Reassembler {
                 .remove(&key)
                 .ok_or(LoraError::Fragment("lost partial"))?;
             self.bytes -= p.bytes;
-            if self.recent.len() >= RECENT {
-                self.recent.pop_front();
-            }
-            self.recent.push_back(key);
             let mut out = Vec::with_capacity(p.bytes);
             for part in p.parts.into_iter().flatten() {
                 out.extend_from_slice(&part);
@@ -228,7 +236,8 @@ mod tests {
             r.push([1; 4], 2, 1, 2, b"y", 0).unwrap(),
             Some(b"xy".to_vec())
         );
-        // A late duplicate of a completed message is ignored.
+        r.finished([1; 4], 2);
+        // A late duplicate of a finished message is ignored.
         assert_eq!(r.push([1; 4], 2, 1, 2, b"y", 0).unwrap(), None);
         assert_eq!(r.held_messages(), 0);
         assert_eq!(r.push([1; 4], 1, 0, 2, &[0; 20], 0).unwrap(), None);

@@ -532,3 +532,47 @@ fn a_one_kilobyte_delta_takes_six_frames_per_hop() {
         assert_eq!(parts, vec![233, 233, 233, 233, 233, 55], "hop {hop}");
     }
 }
+
+#[test]
+fn a_unit_with_a_forged_part_is_dropped_and_later_units_still_arrive() {
+    let mut net = Net::new(2, fast_config());
+    net.link(0, 1);
+    net.run(10_000);
+    let (a, b) = (net.id(0), net.id(1));
+    // Capture a multi-part unit on its way, without letting B see it.
+    net.links.remove(&(0, 1));
+    let start = net.on_air.len();
+    let m = message(a, Some(b), vec![4; 600]);
+    net.nodes[0]
+        .send_message(b, &m, Priority::Normal, net.now)
+        .unwrap();
+    net.run(net.now + 1_000);
+    // The first send of each part (A's radio, finding no B, sends them again).
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    for (i, p) in &net.on_air[start..] {
+        if *i == 0 && p[0] == crate::frame::K_SEALED_PART && !parts.iter().any(|q| q[..6] == p[..6])
+        {
+            parts.push(p.clone());
+        }
+    }
+    assert!(parts.len() >= 3, "{} parts", parts.len());
+    // B gets every part, one with a flipped ciphertext bit: the unit fails its tag.
+    let mut results = Vec::new();
+    for (k, p) in parts.iter().enumerate() {
+        let mut p = p.clone();
+        if k == 1 {
+            p[10] ^= 1;
+        }
+        results.push(net.nodes[1].handle_radio(100, &p, 0, net.now));
+    }
+    assert!(results[..parts.len() - 1].iter().all(Result::is_ok));
+    assert!(matches!(results.last(), Some(Err(LoraError::Rejected(_)))));
+    assert!(got(&net, 1).is_empty());
+    // The link comes back: A's radio never confirmed the unit, so A sends its parts
+    // again (the same bytes, the unit that failed is not remembered as done) and B
+    // delivers the message once.
+    net.link(0, 1);
+    let until = net.now + 60_000;
+    net.run(until);
+    assert_eq!(got(&net, 1), vec![m]);
+}

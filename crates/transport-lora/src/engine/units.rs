@@ -350,7 +350,16 @@ impl Engine {
             .reasm
             .push(node.to_be_bytes(), group, index, count, piece, now)?
         {
-            Some(ct) => self.on_sealed(sid, u32::from(counter), true, &ct, node, now),
+            Some(ct) => {
+                let r = self.on_sealed(sid, u32::from(counter), true, &ct, node, now);
+                if !matches!(r, Err(LoraError::Rejected(_))) {
+                    // Authenticated: its late parts are duplicates. A unit that failed
+                    // its tag is not remembered, so the sender's own parts, sent again,
+                    // can still complete it.
+                    self.reasm.finished(node.to_be_bytes(), group);
+                }
+                r
+            }
             None => Ok(()),
         }
     }
