@@ -79,6 +79,7 @@ pub fn rows(options: &Options) -> Vec<Row> {
         let rate = |seconds: f64, bytes: usize| bytes as f64 / MIB / seconds;
         let (enc, dec) = cipher_rates(&data, time, rounds);
         let ceiling = enc.min(dec);
+        let (seal, open) = link_cpu_rates(&data, time, rounds);
         let mut n = 0_u64;
         let mut move_with = |pair: &mut Pair<dyn TransportAdapter>, window: usize| {
             let s = seconds_per_call(time, rounds, || {
@@ -130,6 +131,20 @@ pub fn rows(options: &Options) -> Vec<Row> {
             Target::Info,
         ));
         rows.push(row(
+            format!("wired link CPU, sender (sans-io), {label}"),
+            seal,
+            "encrypt-only",
+            enc,
+            Target::Info,
+        ));
+        rows.push(row(
+            format!("wired link CPU, receiver (sans-io), {label}"),
+            open,
+            "decrypt-only",
+            dec,
+            Target::Info,
+        ));
+        rows.push(row(
             format!("internet (QUIC), {label} messages"),
             i_quic,
             "wired link",
@@ -173,14 +188,15 @@ fn cipher_rates(data: &[u8], time: Duration, rounds: u32) -> (f64, f64) {
     let mut counter = 0_u64;
     let enc = seconds_per_call(time, rounds, || {
         counter += 1;
-        let tag = cipher.encrypt_in_place_detached(&nonce(counter), &[], black_box(&mut buf));
+        let tag =
+            cipher.encrypt_inout_detached(&nonce(counter), &[], black_box(&mut buf[..]).into());
         black_box(tag.is_ok());
     });
     // Decrypt-only of a genuine ciphertext: out of place from the sealed bytes (which
     // stay intact) into a second buffer, so every call authenticates and decrypts.
     let mut sealed = data.to_vec();
     let tag = cipher
-        .encrypt_in_place_detached(&nonce(0), &[], &mut sealed)
+        .encrypt_inout_detached(&nonce(0), &[], (&mut sealed[..]).into())
         .ok();
     let mut out = vec![0_u8; data.len()];
     let dec = seconds_per_call(time, rounds, || {
@@ -191,6 +207,51 @@ fn cipher_rates(data: &[u8], time: Duration, rounds: u32) -> (f64, f64) {
     });
     let bytes = data.len() as f64 / MIB;
     (bytes / enc, bytes / dec)
+}
+
+/// The wired link's own CPU work per message, without sockets or tasks (MiB/s of
+/// payload): the sender's `send_message` (encode, seal into the output), and the
+/// receiver's `receive` (copy in, as a socket read would, decrypt, reassemble, decode).
+/// The receiver's figure is the sender-and-receiver time less the sender's.
+#[allow(clippy::expect_used)]
+fn link_cpu_rates(data: &[u8], time: Duration, rounds: u32) -> (f64, f64) {
+    use ecomesh_transport_wired::{Link, LinkConfig};
+    let (ia, ib) = (
+        Identity::from_secret_bytes(&[1; 32]),
+        Identity::from_secret_bytes(&[2; 32]),
+    );
+    // A fresh established pair (the send-only figure leaves its receiver behind).
+    let pair = || {
+        let policy = Arc::new(AccessPolicy::Open);
+        let mut a = Link::initiator(ia.clone(), policy.clone(), None, LinkConfig::default(), 0)
+            .expect("initiator");
+        let mut b =
+            Link::responder(ib.clone(), policy, LinkConfig::default(), 0).expect("responder");
+        while a.has_output() || b.has_output() {
+            b.receive(&a.take_output(), 0).expect("handshake");
+            a.receive(&b.take_output(), 0).expect("handshake");
+        }
+        while a.poll_event().is_some() || b.poll_event().is_some() {}
+        (a, b)
+    };
+    let (mut a, _) = pair();
+    let msg = message(ia.peer_id(), ib.peer_id(), 1, data.to_vec());
+    let mut out = Vec::new();
+    let send = seconds_per_call(time, rounds, || {
+        out.clear();
+        a.send_message(&msg).expect("send");
+        a.swap_output(&mut out);
+    });
+    let (mut a, mut b) = pair();
+    let both = seconds_per_call(time, rounds, || {
+        out.clear();
+        a.send_message(&msg).expect("send");
+        a.swap_output(&mut out);
+        b.receive(&out, 0).expect("receive");
+        black_box(b.poll_event());
+    });
+    let bytes = data.len() as f64 / MIB;
+    (bytes / send, bytes / (both - send).max(f64::MIN_POSITIVE))
 }
 
 fn loopback() -> SocketAddr {

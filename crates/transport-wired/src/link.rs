@@ -400,10 +400,7 @@ impl Link {
             let session = hs.into_session()?;
             self.peer = Some(session.remote_peer_id());
             self.state = State::Open(Box::new(session));
-            let max = u32::try_from(self.config.max_message_size).unwrap_or(u32::MAX);
-            let mut hello = vec![HELLO, PROTOCOL_VERSION];
-            hello.extend_from_slice(&max.to_be_bytes());
-            self.write_record(&hello)?;
+            self.write_record(&hello_record(self.config.max_message_size))?;
         }
         Ok(())
     }
@@ -438,7 +435,7 @@ impl Link {
             return Err(WiredError::Malformed("record before HELLO"));
         }
         match kind {
-            PING if body.is_empty() => self.write_record(&[PONG]),
+            PING if body.is_empty() => self.write_record(&PONG_RECORD),
             PONG if body.is_empty() => Ok(()),
             _ => Err(WiredError::Malformed("unknown record")),
         }
@@ -463,7 +460,7 @@ impl Link {
         };
         let chunk_len = session.max_plaintext_len() - 1;
         let start = self.out.len();
-        if let Err(e) = seal_message(session, &mut bytes, chunk_len, &mut self.out) {
+        if let Err(e) = seal_message(session.as_mut(), &mut bytes, chunk_len, &mut self.out) {
             self.out.truncate(start);
             return self.fail(e);
         }
@@ -494,7 +491,32 @@ impl Link {
             return self.fail(WiredError::Timeout("keepalive"));
         }
         self.ping_sent_ms = Some(now_ms);
-        self.write_record(&[PING])
+        self.write_record(&PING_RECORD)
+    }
+}
+
+/// Where [`seal_message`] puts each record: the session (sealed frames) or, for the
+/// test vectors of the record layer, plain records.
+trait Sealer {
+    fn seal(&mut self, record: &[u8], out: &mut Vec<u8>) -> Result<(), WiredError>;
+}
+
+impl Sealer for Session {
+    fn seal(&mut self, record: &[u8], out: &mut Vec<u8>) -> Result<(), WiredError> {
+        seal_frame(self, record, out)
+    }
+}
+
+/// Frames plain records as `u16 length || record`.
+struct Plain;
+
+impl Sealer for Plain {
+    fn seal(&mut self, record: &[u8], out: &mut Vec<u8>) -> Result<(), WiredError> {
+        let len = u16::try_from(record.len())
+            .map_err(|_| WiredError::Malformed("record over 65535 bytes"))?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(record);
+        Ok(())
     }
 }
 
@@ -520,30 +542,66 @@ fn seal_frame(session: &mut Session, record: &[u8], out: &mut Vec<u8>) -> Result
 /// later record is the chunk with the byte before it temporarily replaced by the kind
 /// (and restored), so no record is copied before the cipher copies it into `out`.
 fn seal_message(
-    session: &mut Session,
+    sealer: &mut impl Sealer,
     bytes: &mut [u8],
     chunk_len: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), WiredError> {
+    let chunk_len = chunk_len.max(1);
     let first = bytes.len().min(FIRST_CHUNK);
     let total = bytes.len();
     let kind = |end: usize| if end == total { END } else { MORE };
     let mut record = [0_u8; FIRST_CHUNK + 1];
     record[0] = kind(first);
     record[1..=first].copy_from_slice(&bytes[..first]);
-    seal_frame(session, &record[..=first], out)?;
+    sealer.seal(&record[..=first], out)?;
     let mut at = first;
     while at < bytes.len() {
         let end = (at + chunk_len).min(bytes.len());
         let k = kind(end);
         let saved = std::mem::replace(&mut bytes[at - 1], k);
-        let r = seal_frame(session, &bytes[at - 1..end], out);
+        let r = sealer.seal(&bytes[at - 1..end], out);
         bytes[at - 1] = saved;
         r?;
         at = end;
     }
     Ok(())
 }
+
+/// The record layer without the cipher, for test vectors and tools: the records
+/// [`Link::send_message`] seals for `msg` when a record carries at most `chunk_len`
+/// body bytes (a link uses the session's maximum, 65518), each framed as
+/// `u16 big-endian length || record`. On the wire each record is one Noise transport
+/// message instead (the record encrypted, plus a 16-byte tag, and the frame length
+/// counts both).
+pub fn message_records(msg: &NetworkMessage, chunk_len: usize) -> Vec<u8> {
+    let mut bytes = encode_message(msg);
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    // Plain framing fails only on a record over 65535 bytes.
+    if seal_message(
+        &mut Plain,
+        &mut bytes,
+        chunk_len.min(MAX_MESSAGE_LEN - 1),
+        &mut out,
+    )
+    .is_err()
+    {
+        out.clear();
+    }
+    out
+}
+
+/// The HELLO record a link sends first: `0x00 || version || max_message_size (u32 BE)`.
+pub fn hello_record(max_message_size: usize) -> [u8; 6] {
+    let max = u32::try_from(max_message_size).unwrap_or(u32::MAX);
+    let [a, b, c, d] = max.to_be_bytes();
+    [HELLO, PROTOCOL_VERSION, a, b, c, d]
+}
+
+/// The keepalive records: `PING` (`0x03`) and its answer `PONG` (`0x04`), empty bodies.
+pub const PING_RECORD: [u8; 1] = [PING];
+/// See [`PING_RECORD`].
+pub const PONG_RECORD: [u8; 1] = [PONG];
 
 #[cfg(test)]
 mod tests {
