@@ -142,7 +142,7 @@ enum Records {
     Ping,
     Pong,
     /// `MORE`* `END` carrying one message.
-    Message(NetworkMessage),
+    Message(Box<NetworkMessage>),
 }
 
 /// Splits `u16 length || record` frames; panics on a malformed vector.
@@ -169,7 +169,9 @@ fn decode(bytes: &[u8]) -> Records {
                 assert_eq!(r[0], want, "record {i} kind");
                 message.extend_from_slice(&r[1..]);
             }
-            Records::Message(ecomesh_wire::decode_message(&message).expect("message decodes"))
+            Records::Message(Box::new(
+                ecomesh_wire::decode_message(&message).expect("message decodes"),
+            ))
         }
     }
 }
@@ -233,13 +235,13 @@ fn wired_records() {
             "message_signed_unicast",
             format!("chunk_len 65518 (a link's), {small:?}"),
             message_records(&small, 65_518),
-            Records::Message(small),
+            Records::Message(Box::new(small)),
         ),
         case(
             "message_unsigned_broadcast_empty_payload",
             format!("chunk_len 65518 (a link's), {broadcast:?}"),
             message_records(&broadcast, 65_518),
-            Records::Message(broadcast),
+            Records::Message(Box::new(broadcast)),
         ),
         case(
             "message_chunked",
@@ -251,7 +253,7 @@ fn wired_records() {
                 }
             ),
             message_records(&chunked, 128),
-            Records::Message(chunked),
+            Records::Message(Box::new(chunked)),
         ),
     ];
     check(
