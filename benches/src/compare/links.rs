@@ -92,6 +92,7 @@ pub fn rows(options: &Options) -> Vec<Row> {
             rate(s, TOTAL)
         };
         let w = move_with(&mut wired, 1);
+        let w8 = move_with(&mut wired, 8);
         let i_tcp = move_with(&mut tcp, 1);
         let i_tcp8 = move_with(&mut tcp, 8);
         let i_quic = move_with(&mut quic, 1);
@@ -118,6 +119,13 @@ pub fn rows(options: &Options) -> Vec<Row> {
             ceiling_what,
             ceiling,
             Target::AtLeast(0.9),
+        ));
+        rows.push(row(
+            format!("wired link, 8 sends in flight, {label}"),
+            w8,
+            ceiling_what,
+            ceiling,
+            Target::Info,
         ));
         rows.push(row(
             format!("internet (TCP), {label} messages"),
