@@ -7,8 +7,10 @@
 //!   links where the initiator already knows the responder's Ed25519 key (from discovery or
 //!   a directory): fewer and smaller handshake bytes.
 //!
-//! Both use snow's default (pure Rust) resolver: X25519 via curve25519-dalek,
-//! ChaCha20-Poly1305, BLAKE2s.
+//! Both use snow's ring-accelerated resolver (the workspace enables snow's
+//! `ring-accelerated` feature): ChaCha20-Poly1305 from ring (one fused pass over the
+//! bytes, about twice the throughput of the pure-Rust AEAD), X25519 via
+//! curve25519-dalek and BLAKE2s from snow's default resolver.
 //!
 //! # Identity binding
 //! The Noise static key of a node is the X25519 form of its Ed25519 identity (the

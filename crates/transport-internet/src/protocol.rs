@@ -168,11 +168,11 @@ fn check_size(size: usize, max: usize) -> Result<(), InternetError> {
 pub fn encode_request(req: &Request, max: usize) -> Result<Vec<u8>, InternetError> {
     let out = match req {
         Request::Message(msg) => {
-            let wire = ecomesh_wire::encode_message(msg);
-            check_size(wire.len() + 1, max)?;
-            let mut out = Vec::with_capacity(wire.len() + 1);
-            out.push(TAG_MESSAGE);
-            out.extend_from_slice(&wire);
+            // The tag goes in front of the encoding in place (the encoder reserves
+            // room to spare): no second buffer of the message's size.
+            let mut out = ecomesh_wire::encode_message(msg);
+            check_size(out.len() + 1, max)?;
+            out.insert(0, TAG_MESSAGE);
             out
         }
         Request::Hello => vec![TAG_HELLO],

@@ -15,14 +15,22 @@
 //!
 //! Any malformed input (bad frame, failed decryption, unknown record, oversize message,
 //! undecodable message, missing HELLO) is an error after which the link must be closed;
-//! nothing panics on input and buffers are bounded by the frame decoder capacity plus
-//! one maximal message.
+//! nothing panics on input and buffers are bounded: the receive buffer holds
+//! [`RECEIVE_BUFFER`] bytes, the reassembly at most one maximal message plus one record.
+//!
+//! # Copies
+//! A message is encoded once; each record is sealed from that encoding straight into
+//! the output buffer (the record's kind byte borrows the byte before its chunk, so no
+//! record is assembled apart), and the driver writes the output without copying it
+//! ([`Link::swap_output`]). Received bytes are read straight into the link's buffer
+//! ([`Link::read_buf`], [`Link::commit`]), and each record is decrypted straight onto the
+//! end of the reassembly, which is decoded once complete.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ecomesh_identity::noise::{
-    FRAME_HEADER_LEN, FrameDecoder, Handshake, MAX_MESSAGE_LEN, Session, SessionConfig, frame,
+    FRAME_HEADER_LEN, Handshake, MAX_MESSAGE_LEN, Session, SessionConfig, TAG_LEN, frame,
 };
 use ecomesh_identity::{AccessPolicy, Identity, PublicKey};
 use ecomesh_types::{NetworkMessage, PeerId};
@@ -38,6 +46,16 @@ const MORE: u8 = 0x01;
 const END: u8 = 0x02;
 const PING: u8 = 0x03;
 const PONG: u8 = 0x04;
+
+/// Size of the receive buffer: four maximal frames, so one read can take several.
+pub const RECEIVE_BUFFER: usize = 4 * (FRAME_HEADER_LEN + MAX_MESSAGE_LEN);
+/// Free space [`Link::read_buf`] always offers: one maximal frame.
+const MIN_READ: usize = FRAME_HEADER_LEN + MAX_MESSAGE_LEN;
+/// Bytes of a message sent in its first record, which is assembled apart (the others
+/// borrow the byte before their chunk for their kind byte).
+const FIRST_CHUNK: usize = 64;
+/// Reassembly capacity kept between messages; more is released after a message.
+const KEEP_REASSEMBLY: usize = 2 << 20;
 
 /// Timing and size parameters of a link, in milliseconds and bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,9 +102,15 @@ enum State {
 pub struct Link {
     config: LinkConfig,
     state: State,
-    decoder: FrameDecoder,
+    /// Received bytes: `rx[rx_start..rx_end]` is not yet processed (less than a frame
+    /// once [`Link::commit`] returned).
+    rx: Vec<u8>,
+    rx_start: usize,
+    rx_end: usize,
     out: Vec<u8>,
     events: VecDeque<LinkEvent>,
+    /// A placeholder byte, then the message bytes received so far; records are
+    /// decrypted onto its end (see `on_transport_frame`).
     reassembly: Vec<u8>,
     peer: Option<PeerId>,
     peer_max: Option<usize>,
@@ -137,10 +161,12 @@ impl Link {
         Link {
             config,
             state: State::Handshaking(Box::new(hs)),
-            decoder: FrameDecoder::new(),
+            rx: Vec::new(),
+            rx_start: 0,
+            rx_end: 0,
             out: Vec::new(),
             events: VecDeque::new(),
-            reassembly: Vec::new(),
+            reassembly: vec![0],
             peer: None,
             peer_max: None,
             started_ms: now_ms,
@@ -180,9 +206,25 @@ impl Link {
         std::mem::take(&mut self.out)
     }
 
+    /// Hands the pending output over without copying: swaps it with `buf`, which must
+    /// be empty (its capacity is kept for the next output). Bytes in a non-empty `buf`
+    /// would be lost, so then nothing happens and `false` is returned.
+    pub fn swap_output(&mut self, buf: &mut Vec<u8>) -> bool {
+        if !buf.is_empty() {
+            return false;
+        }
+        std::mem::swap(&mut self.out, buf);
+        true
+    }
+
     /// Whether output is pending.
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
+    }
+
+    /// Bytes of output pending.
+    pub fn output_len(&self) -> usize {
+        self.out.len()
     }
 
     /// The next event, in the order they happened.
@@ -195,26 +237,75 @@ impl Link {
         Err(e)
     }
 
-    /// Processes bytes read from the socket, in any chunking.
-    pub fn receive(&mut self, bytes: &[u8], now_ms: u64) -> Result<(), WiredError> {
+    /// Processes bytes read from the socket, in any chunking (copies them into the
+    /// receive buffer; a driver that can read into [`Link::read_buf`] saves that copy).
+    pub fn receive(&mut self, mut bytes: &[u8], now_ms: u64) -> Result<(), WiredError> {
+        if matches!(self.state, State::Failed) {
+            return Err(WiredError::Closed);
+        }
+        if bytes.is_empty() {
+            return self.commit(0, now_ms);
+        }
+        while !bytes.is_empty() {
+            let buf = self.read_buf();
+            let n = buf.len().min(bytes.len());
+            buf[..n].copy_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            self.commit(n, now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Free space at the end of the receive buffer, at least one maximal frame: read
+    /// from the socket into it, then call [`Link::commit`] with the count read.
+    pub fn read_buf(&mut self) -> &mut [u8] {
+        if self.rx.len() < RECEIVE_BUFFER {
+            self.rx.resize(RECEIVE_BUFFER, 0);
+        }
+        if self.rx_start == self.rx_end {
+            self.rx_start = 0;
+            self.rx_end = 0;
+        } else if RECEIVE_BUFFER - self.rx_end < MIN_READ {
+            // Less than one frame is pending after a commit: move it to the front.
+            self.rx.copy_within(self.rx_start..self.rx_end, 0);
+            self.rx_end -= self.rx_start;
+            self.rx_start = 0;
+        }
+        &mut self.rx[self.rx_end..]
+    }
+
+    /// Processes the first `n` bytes of the last [`Link::read_buf`] (`n` is capped to
+    /// its length).
+    pub fn commit(&mut self, n: usize, now_ms: u64) -> Result<(), WiredError> {
         if matches!(self.state, State::Failed) {
             return Err(WiredError::Closed);
         }
         self.last_rx_ms = now_ms;
         self.ping_sent_ms = None;
-        // After draining, less than one frame is buffered, so a chunk of one maximal
-        // frame always fits the decoder's two-frame capacity.
-        for chunk in bytes.chunks(FRAME_HEADER_LEN + MAX_MESSAGE_LEN) {
-            if let Err(e) = self.decoder.push(chunk) {
-                return self.fail(e.into());
-            }
-            while let Some(f) = self.decoder.next_frame() {
-                if let Err(e) = self.on_frame(&f) {
-                    return self.fail(e);
-                }
-            }
+        self.rx_end = (self.rx_end + n).min(self.rx.len());
+        let rx = std::mem::take(&mut self.rx);
+        let result = self.drain_frames(&rx);
+        self.rx = rx;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(e),
         }
-        Ok(())
+    }
+
+    /// Handles every complete frame of `rx[rx_start..rx_end]`.
+    fn drain_frames(&mut self, rx: &[u8]) -> Result<(), WiredError> {
+        loop {
+            let pending = &rx[self.rx_start..self.rx_end];
+            let Some(head) = pending.get(..FRAME_HEADER_LEN) else {
+                return Ok(());
+            };
+            let len = usize::from(u16::from_be_bytes([head[0], head[1]]));
+            let Some(f) = pending.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else {
+                return Ok(());
+            };
+            self.rx_start += FRAME_HEADER_LEN + len;
+            self.on_frame(f)?;
+        }
     }
 
     fn on_frame(&mut self, f: &[u8]) -> Result<(), WiredError> {
@@ -226,12 +317,72 @@ impl Link {
                 }
                 self.drive_handshake()
             }
-            State::Open(session) => {
-                let plain = session.decrypt(f)?;
-                self.on_record(&plain)
-            }
+            State::Open(_) => self.on_transport_frame(f),
             State::Failed => Err(WiredError::Closed),
         }
+    }
+
+    /// Decrypts a transport frame straight onto the end of the reassembly: the last
+    /// byte there (the placeholder, or the last byte received) is set aside, the
+    /// record `kind || body` lands over it, and it is put back over the kind byte, so
+    /// the body extends the message bytes without another copy.
+    fn on_transport_frame(&mut self, f: &[u8]) -> Result<(), WiredError> {
+        let State::Open(session) = &mut self.state else {
+            return Err(WiredError::Closed);
+        };
+        // Bound before decrypting: the message so far plus this record's body.
+        let size = (self.reassembly.len() - 1) + f.len().saturating_sub(TAG_LEN + 1);
+        if size > self.config.max_message_size {
+            return Err(WiredError::TooLarge {
+                size,
+                max: self.config.max_message_size,
+            });
+        }
+        let saved = self.reassembly.pop().unwrap_or(0);
+        let at = self.reassembly.len();
+        if let Err(e) = session.decrypt_into(f, &mut self.reassembly) {
+            self.reassembly.push(saved);
+            return Err(e.into());
+        }
+        let Some(&kind) = self.reassembly.get(at) else {
+            self.reassembly.push(saved);
+            return Err(WiredError::Malformed("empty record"));
+        };
+        self.reassembly[at] = saved;
+        if matches!(kind, MORE | END) && self.peer_max.is_some() {
+            if kind == END {
+                self.finish_message()?;
+            }
+            return Ok(());
+        }
+        // A control record: take its body off the reassembly.
+        let mut body = [0_u8; 8];
+        let len = self.reassembly.len() - (at + 1);
+        let short = body.get_mut(..len);
+        let result = match short {
+            Some(b) => {
+                b.copy_from_slice(&self.reassembly[at + 1..]);
+                Ok(len)
+            }
+            None => Err(WiredError::Malformed("control record too long")),
+        };
+        self.reassembly.truncate(at + 1);
+        let len = result?;
+        self.on_control(kind, &body[..len])
+    }
+
+    fn finish_message(&mut self) -> Result<(), WiredError> {
+        let limits = Limits {
+            max_len: self.config.max_message_size as u64,
+            ..Limits::DEFAULT
+        };
+        let decoded = decode_message_with(&self.reassembly[1..], &limits);
+        self.reassembly.truncate(1);
+        if self.reassembly.capacity() > KEEP_REASSEMBLY {
+            self.reassembly.shrink_to(KEEP_REASSEMBLY);
+        }
+        self.events.push_back(LinkEvent::Message(decoded?));
+        Ok(())
     }
 
     fn drive_handshake(&mut self) -> Result<(), WiredError> {
@@ -249,10 +400,7 @@ impl Link {
             let session = hs.into_session()?;
             self.peer = Some(session.remote_peer_id());
             self.state = State::Open(Box::new(session));
-            let max = u32::try_from(self.config.max_message_size).unwrap_or(u32::MAX);
-            let mut hello = vec![HELLO, PROTOCOL_VERSION];
-            hello.extend_from_slice(&max.to_be_bytes());
-            self.write_record(&hello)?;
+            self.write_record(&hello_record(self.config.max_message_size))?;
         }
         Ok(())
     }
@@ -261,15 +409,10 @@ impl Link {
         let State::Open(session) = &mut self.state else {
             return Err(WiredError::NotEstablished);
         };
-        let c = session.encrypt(record)?;
-        self.out.extend_from_slice(&frame(&c)?);
-        Ok(())
+        seal_frame(session, record, &mut self.out)
     }
 
-    fn on_record(&mut self, plain: &[u8]) -> Result<(), WiredError> {
-        let (&kind, body) = plain
-            .split_first()
-            .ok_or(WiredError::Malformed("empty record"))?;
+    fn on_control(&mut self, kind: u8, body: &[u8]) -> Result<(), WiredError> {
         if kind == HELLO {
             if self.peer_max.is_some() {
                 return Err(WiredError::Malformed("second HELLO"));
@@ -292,27 +435,7 @@ impl Link {
             return Err(WiredError::Malformed("record before HELLO"));
         }
         match kind {
-            MORE | END => {
-                let size = self.reassembly.len() + body.len();
-                if size > self.config.max_message_size {
-                    return Err(WiredError::TooLarge {
-                        size,
-                        max: self.config.max_message_size,
-                    });
-                }
-                self.reassembly.extend_from_slice(body);
-                if kind == END {
-                    let bytes = std::mem::take(&mut self.reassembly);
-                    let limits = Limits {
-                        max_len: self.config.max_message_size as u64,
-                        ..Limits::DEFAULT
-                    };
-                    let msg = decode_message_with(&bytes, &limits)?;
-                    self.events.push_back(LinkEvent::Message(msg));
-                }
-                Ok(())
-            }
-            PING if body.is_empty() => self.write_record(&[PONG]),
+            PING if body.is_empty() => self.write_record(&PONG_RECORD),
             PONG if body.is_empty() => Ok(()),
             _ => Err(WiredError::Malformed("unknown record")),
         }
@@ -324,7 +447,7 @@ impl Link {
         if !self.is_established() {
             return Err(WiredError::NotEstablished);
         }
-        let bytes = encode_message(msg);
+        let mut bytes = encode_message(msg);
         let max = self.send_limit();
         if bytes.len() > max {
             return Err(WiredError::TooLarge {
@@ -332,22 +455,14 @@ impl Link {
                 max,
             });
         }
-        let chunk_len = match &self.state {
-            State::Open(s) => s.max_plaintext_len() - 1,
-            _ => return Err(WiredError::NotEstablished),
+        let State::Open(session) = &mut self.state else {
+            return Err(WiredError::NotEstablished);
         };
-        let mut chunks = bytes.chunks(chunk_len).peekable();
-        if chunks.peek().is_none() {
-            return self.write_record(&[END]);
-        }
-        let mut record = Vec::with_capacity(chunk_len + 1);
-        while let Some(c) = chunks.next() {
-            record.clear();
-            record.push(if chunks.peek().is_some() { MORE } else { END });
-            record.extend_from_slice(c);
-            if let Err(e) = self.write_record(&record) {
-                return self.fail(e);
-            }
+        let chunk_len = session.max_plaintext_len() - 1;
+        let start = self.out.len();
+        if let Err(e) = seal_message(session.as_mut(), &mut bytes, chunk_len, &mut self.out) {
+            self.out.truncate(start);
+            return self.fail(e);
         }
         Ok(())
     }
@@ -376,9 +491,117 @@ impl Link {
             return self.fail(WiredError::Timeout("keepalive"));
         }
         self.ping_sent_ms = Some(now_ms);
-        self.write_record(&[PING])
+        self.write_record(&PING_RECORD)
     }
 }
+
+/// Where [`seal_message`] puts each record: the session (sealed frames) or, for the
+/// test vectors of the record layer, plain records.
+trait Sealer {
+    fn seal(&mut self, record: &[u8], out: &mut Vec<u8>) -> Result<(), WiredError>;
+}
+
+impl Sealer for Session {
+    fn seal(&mut self, record: &[u8], out: &mut Vec<u8>) -> Result<(), WiredError> {
+        seal_frame(self, record, out)
+    }
+}
+
+/// Frames plain records as `u16 length || record`.
+struct Plain;
+
+impl Sealer for Plain {
+    fn seal(&mut self, record: &[u8], out: &mut Vec<u8>) -> Result<(), WiredError> {
+        let len = u16::try_from(record.len())
+            .map_err(|_| WiredError::Malformed("record over 65535 bytes"))?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(record);
+        Ok(())
+    }
+}
+
+/// Appends one frame `u16 length || Noise message of record` to `out`.
+fn seal_frame(session: &mut Session, record: &[u8], out: &mut Vec<u8>) -> Result<(), WiredError> {
+    let head = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    if let Err(e) = session.encrypt_into(record, out) {
+        out.truncate(head);
+        return Err(e.into());
+    }
+    let len = out.len() - head - FRAME_HEADER_LEN;
+    let Ok(len) = u16::try_from(len) else {
+        out.truncate(head);
+        return Err(WiredError::Malformed("frame over 65535 bytes"));
+    };
+    out[head..head + FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// Seals the encoded message `bytes` as `MORE`/`END` records of at most `chunk_len`
+/// body bytes. The first [`FIRST_CHUNK`] bytes go in a record assembled apart; every
+/// later record is the chunk with the byte before it temporarily replaced by the kind
+/// (and restored), so no record is copied before the cipher copies it into `out`.
+fn seal_message(
+    sealer: &mut impl Sealer,
+    bytes: &mut [u8],
+    chunk_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), WiredError> {
+    let chunk_len = chunk_len.max(1);
+    let first = bytes.len().min(FIRST_CHUNK);
+    let total = bytes.len();
+    let kind = |end: usize| if end == total { END } else { MORE };
+    let mut record = [0_u8; FIRST_CHUNK + 1];
+    record[0] = kind(first);
+    record[1..=first].copy_from_slice(&bytes[..first]);
+    sealer.seal(&record[..=first], out)?;
+    let mut at = first;
+    while at < bytes.len() {
+        let end = (at + chunk_len).min(bytes.len());
+        let k = kind(end);
+        let saved = std::mem::replace(&mut bytes[at - 1], k);
+        let r = sealer.seal(&bytes[at - 1..end], out);
+        bytes[at - 1] = saved;
+        r?;
+        at = end;
+    }
+    Ok(())
+}
+
+/// The record layer without the cipher, for test vectors and tools: the records
+/// [`Link::send_message`] seals for `msg` when a record carries at most `chunk_len`
+/// body bytes (a link uses the session's maximum, 65518), each framed as
+/// `u16 big-endian length || record`. On the wire each record is one Noise transport
+/// message instead (the record encrypted, plus a 16-byte tag, and the frame length
+/// counts both).
+pub fn message_records(msg: &NetworkMessage, chunk_len: usize) -> Vec<u8> {
+    let mut bytes = encode_message(msg);
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    // Plain framing fails only on a record over 65535 bytes.
+    if seal_message(
+        &mut Plain,
+        &mut bytes,
+        chunk_len.min(MAX_MESSAGE_LEN - 1),
+        &mut out,
+    )
+    .is_err()
+    {
+        out.clear();
+    }
+    out
+}
+
+/// The HELLO record a link sends first: `0x00 || version || max_message_size (u32 BE)`.
+pub fn hello_record(max_message_size: usize) -> [u8; 6] {
+    let max = u32::try_from(max_message_size).unwrap_or(u32::MAX);
+    let [a, b, c, d] = max.to_be_bytes();
+    [HELLO, PROTOCOL_VERSION, a, b, c, d]
+}
+
+/// The keepalive records: `PING` (`0x03`) and its answer `PONG` (`0x04`), empty bodies.
+pub const PING_RECORD: [u8; 1] = [PING];
+/// See [`PING_RECORD`].
+pub const PONG_RECORD: [u8; 1] = [PONG];
 
 #[cfg(test)]
 mod tests {

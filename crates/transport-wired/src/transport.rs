@@ -22,7 +22,10 @@ use crate::link::{Link, LinkConfig, LinkEvent};
 
 /// Output buffered per link before the link stops taking new messages from its queue.
 const OUTPUT_HIGH_WATER: usize = 1 << 20;
-const READ_CHUNK: usize = 64 << 10;
+
+/// Bytes the full encoding of a `NetworkMessage` adds to its payload and type: keys,
+/// heads, ids, keys and signature come to about 240; this bound is generous.
+const ENCODING_OVERHEAD: usize = 512;
 
 /// Settings of a [`WiredTransport`].
 #[derive(Clone, Debug)]
@@ -210,9 +213,17 @@ impl Inner {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Refuses a message whose encoding is over the maximum. Encodes it only when its
+    /// size is in doubt (the encoding is the payload and type plus less than
+    /// [`ENCODING_OVERHEAD`] bytes); the link checks the exact size again when it
+    /// encodes the message.
     fn check_size(&self, msg: &NetworkMessage) -> Result<(), Error> {
-        let size = encode_message(msg).len();
         let max = self.config.link.max_message_size;
+        let bound = msg.payload.len() + msg.message_type.len() + ENCODING_OVERHEAD;
+        if bound <= max {
+            return Ok(());
+        }
+        let size = encode_message(msg).len();
         if size > max {
             return Err(Error::MessageTooLarge { size, max });
         }
@@ -339,9 +350,10 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Command>(inner.config.send_queue.max(1));
     let mut tx = Some(tx);
+    // The bytes being written, `out[pos..]`; the link seals into its own buffer
+    // meanwhile, and the two are swapped (not copied) when `out` is done.
     let mut out: Vec<u8> = Vec::new();
     let mut pos = 0usize;
-    let mut buf = vec![0u8; READ_CHUNK];
     let mut registered: Option<PeerId> = None;
     // Unregisters however the task ends, including when it is aborted.
     let mut guard = Unregister {
@@ -351,8 +363,10 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
     };
     let mut superseded = false;
     let result: Result<(), WiredError> = loop {
-        if link.has_output() {
-            out.extend_from_slice(&link.take_output());
+        if pos == out.len() {
+            out.clear();
+            pos = 0;
+            link.swap_output(&mut out);
         }
         let mut stop = None;
         while let Some(ev) = link.poll_event() {
@@ -395,25 +409,21 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
         let deadline = tokio::time::Instant::from_std(
             inner.epoch + Duration::from_millis(link.next_timeout()),
         );
-        let can_take = registered.is_some() && out.len() - pos < OUTPUT_HIGH_WATER;
+        let can_take =
+            registered.is_some() && out.len() - pos + link.output_len() < OUTPUT_HIGH_WATER;
         tokio::select! {
-            r = rd.read(&mut buf) => match r {
+            // Read straight into the link's receive buffer.
+            r = rd.read(link.read_buf()) => match r {
                 Ok(0) => break Err(WiredError::Closed),
                 Ok(n) => {
-                    if let Err(e) = link.receive(&buf[..n], inner.now_ms()) {
+                    if let Err(e) = link.commit(n, inner.now_ms()) {
                         break Err(e);
                     }
                 }
                 Err(e) => break Err(e.into()),
             },
             r = wr.write(&out[pos..]), if pos < out.len() => match r {
-                Ok(n) => {
-                    pos += n;
-                    if pos == out.len() {
-                        out.clear();
-                        pos = 0;
-                    }
-                }
+                Ok(n) => pos += n,
                 Err(e) => break Err(e.into()),
             },
             cmd = rx.recv(), if can_take => match cmd {

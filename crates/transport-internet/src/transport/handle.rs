@@ -26,6 +26,10 @@ use super::state::{Carry, Inner, State, lock};
 use super::swarm::{build_swarm, listen_all};
 use super::{GossipMessage, InternetConfig, InternetEvent, LookupStats, RequestHandler};
 
+/// Bytes the full encoding of a `NetworkMessage` adds to its payload and type (keys,
+/// heads, ids and signature: about 240); a generous bound.
+const ENCODING_OVERHEAD: usize = 512;
+
 /// Attempts to bind the previous addresses again at a restart.
 const REBIND_ATTEMPTS: u32 = 30;
 /// Pause between those attempts.
@@ -384,9 +388,16 @@ impl InternetTransport {
         Ok(())
     }
 
+    /// Refuses a message whose encoding is over the maximum. Encodes it only when its
+    /// size is in doubt (the encoding is the payload and type plus less than
+    /// [`ENCODING_OVERHEAD`] bytes): a second full encode of every message cost a
+    /// copy of its payload per send. `encode_request` checks the exact size again.
     fn check_size(&self, msg: &NetworkMessage) -> Result<(), Error> {
-        let size = ecomesh_wire::encode_message(msg).len();
         let max = self.inner.config.max_message_size;
+        if msg.payload.len() + msg.message_type.len() + ENCODING_OVERHEAD <= max {
+            return Ok(());
+        }
+        let size = ecomesh_wire::encode_message(msg).len();
         if size > max {
             return Err(Error::MessageTooLarge { size, max });
         }
