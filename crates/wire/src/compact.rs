@@ -13,8 +13,10 @@
 //!   context supplies (a version node's author, derived from its key) and
 //!   which therefore costs nothing;
 //! - timestamps are coded **relative to a base timestamp** (a version node's
-//!   own): the base itself is one byte, others an actor index, a zigzag
-//!   varint of the physical-time difference (wrapping, so every pair of times has one) and a varint logical counter;
+//!   own): the base itself is one byte, others an actor index (with a bit
+//!   saying whether a logical counter follows: it is almost always 0), a
+//!   zigzag varint of the physical-time difference (wrapping, so every pair
+//!   of times has one) and the counter when it is not 0;
 //! - integers are unsigned LEB128 varints.
 //!
 //! # Layout of a compact delta (any [`DocumentCrdt`])
@@ -29,7 +31,8 @@
 //! set     = n:varint (value live:tags removed:tags){n}
 //! tags    = n:varint ts{n}
 //! ts      = 0                             ; the base timestamp itself
-//!         | (actor+1):varint dt:zigzag logical:varint
+//!         | ((actor+1)*2 + l):varint dt:zigzag [logical:varint]
+//!                                         ; l = 1 when the counter is not 0
 //! str     = len:varint utf8
 //! value   = one canonical DAG-CBOR item
 //! ```
@@ -253,10 +256,13 @@ impl Enc<'_> {
             return;
         }
         let a = self.actors.of(&t.peer);
-        put_varint(&mut self.out, a + 1);
+        // Actor indexes are below the input length, so the shift cannot overflow.
+        put_varint(&mut self.out, ((a + 1) << 1) | u64::from(t.logical != 0));
         let dt = t.physical_ms.wrapping_sub(self.base.physical_ms) as i64;
         put_varint(&mut self.out, zigzag(dt));
-        put_varint(&mut self.out, u64::from(t.logical));
+        if t.logical != 0 {
+            put_varint(&mut self.out, u64::from(t.logical));
+        }
     }
 
     fn value(&mut self, v: &Value) -> Result<()> {
@@ -385,15 +391,22 @@ impl Dec<'_, '_> {
     }
 
     fn ts(&mut self) -> Result<HlcTimestamp> {
-        let a = self.c.varint()?;
-        if a == 0 {
+        let code = self.c.varint()?;
+        if code == 0 {
             return Ok(*self.base);
         }
-        let peer = self.actor(a - 1)?;
+        if code < 2 {
+            return Err(invalid("ts", "no actor"));
+        }
+        let peer = self.actor((code >> 1) - 1)?;
         let dt = unzigzag(self.c.varint()?);
         let physical = self.base.physical_ms.wrapping_add(dt as u64);
-        let logical = u32::try_from(self.c.varint()?)
-            .map_err(|_| invalid("ts", "logical counter out of range"))?;
+        let logical = if code & 1 == 1 {
+            u32::try_from(self.c.varint()?)
+                .map_err(|_| invalid("ts", "logical counter out of range"))?
+        } else {
+            0
+        };
         Ok(HlcTimestamp::new(physical, logical, peer))
     }
 
