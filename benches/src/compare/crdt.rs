@@ -445,6 +445,9 @@ mod anchors {
 /// The anchors compiled in: name and workload runner.
 type Runner = fn(Workload) -> Figures;
 
+/// Which figure a row reads.
+type Pick = fn(&Figures) -> usize;
+
 fn anchors() -> Vec<(&'static str, Runner)> {
     #[cfg(feature = "anchors")]
     {
@@ -484,7 +487,7 @@ pub fn rows(options: &Options) -> Vec<Row> {
         let (mine, canonical) = ecomesh(w, true);
         let figs: Vec<(&'static str, Figures)> =
             anchors.iter().map(|(n, run)| (*n, run(w))).collect();
-        let byte_rows: [(&str, fn(&Figures) -> usize); 3] = [
+        let byte_rows: [(&str, Pick); 3] = [
             ("update bytes", |f| f.updates),
             ("document bytes", |f| f.document),
             ("sync bytes", |f| f.sync),
