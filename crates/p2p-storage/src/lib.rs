@@ -50,5 +50,8 @@ pub use p2p::{
     AE_TYPE, DELTA_TYPE, FETCH_TYPE, FETCHED_TYPE, P2PConfig, P2PStats, P2PStorageAdapter,
     PUSH_TYPE, RandomSource, ReplicatedView, SINCE_TYPE,
 };
-pub use records::{StateRecord, VERSION_SIGNATURE_DOMAIN, VersionNode};
+pub use records::{
+    COMPACT_VERSION_FORMAT, COMPACT_VERSION_FORMAT_SENDER, StateRecord, VERSION_SIGNATURE_DOMAIN,
+    VersionNode, canonical_of_compact, compact_of_canonical,
+};
 pub use skew::{ClockReport, OwnClock, PeerClock};

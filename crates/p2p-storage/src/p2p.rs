@@ -71,15 +71,17 @@ use view::SharedStream;
 
 /// Mesh message type of anti-entropy frames.
 pub const AE_TYPE: &str = "ecomesh/ae";
-/// Mesh message type of a pushed version node (its exact bytes).
+/// Mesh message type of a pushed version node (its compact form,
+/// [`VersionNode::encode_compact`](crate::VersionNode::encode_compact)).
 pub const PUSH_TYPE: &str = "ecomesh/push";
 /// Mesh message type of a request for a document's versions.
 pub const FETCH_TYPE: &str = "ecomesh/fetch";
-/// Mesh message type of the answer to a fetch.
+/// Mesh message type of the answer to a fetch (version nodes in compact form).
 pub const FETCHED_TYPE: &str = "ecomesh/fetched";
 /// Mesh message type of a request for the sender's changes after a stream position.
 pub const SINCE_TYPE: &str = "ecomesh/since";
-/// Mesh message type of one page of changes, in stream order.
+/// Mesh message type of one page of changes, in stream order (version nodes
+/// in compact form).
 pub const DELTA_TYPE: &str = "ecomesh/delta";
 
 /// The store replicated over a [`MultiTransportManager`] (see the module docs).

@@ -3,6 +3,7 @@
 use ecomesh_crdt::{DocumentCrdt, DocumentDelta};
 use ecomesh_identity::{Identity, PublicKey, peer_id_of};
 use ecomesh_types::{ContentId, HlcTimestamp, PeerId, Value};
+use ecomesh_wire::compact::{Cursor, put_str, put_varint, read_delta_compact, write_delta_compact};
 use ecomesh_wire::{Canonical, Limits, Reader, WireError, Writer};
 use sha2::{Digest, Sha256};
 
@@ -224,6 +225,169 @@ impl VersionNode {
         }
         Ok(())
     }
+}
+
+/// First byte of the compact form of a version node that carries its author's key.
+pub const COMPACT_VERSION_FORMAT: u8 = 1;
+/// First byte of the compact form of a version node sent by its own author:
+/// the key is left out and the receiver takes the sender's (which verified
+/// the message it came in).
+pub const COMPACT_VERSION_FORMAT_SENDER: u8 = 2;
+
+/// The bytes a CIDv1 dag-cbor sha2-256 starts with (version, codec, hash, length).
+const CID_PREFIX: [u8; 4] = [0x01, 0x71, 0x12, 0x20];
+
+const COMPACT: &str = "compact VersionNode";
+
+fn compact_invalid(field: &'static str, reason: &'static str) -> WireError {
+    WireError::InvalidField {
+        context: COMPACT,
+        field,
+        reason,
+    }
+}
+
+impl VersionNode {
+    /// The compact wire form of the node, as versions travel between peers
+    /// (pushes, fetch answers, delta pages). It is not hashed or signed: the
+    /// receiver rebuilds the canonical bytes with [`decode_compact`](Self::decode_compact)
+    /// and [`encode`](Self::encode), recomputes the CID and checks the signature.
+    ///
+    /// ```text
+    /// node   = 0x01 collection:str id:str author:32 physical:varint logical:varint
+    ///          nparents:varint parent* signature:64 delta
+    ///        | 0x02 collection:str id:str physical:varint ...   ; author = the sender
+    /// parent = 0x00 sha256:32        ; CIDv1 dag-cbor sha2-256 (the store's own)
+    ///        | 0x01 cid:str          ; any other CID
+    /// delta  = the compact delta of `ecomesh_wire::compact`, relative to the
+    ///          node's timestamp, whose peer is the author's (derived from the key)
+    /// ```
+    ///
+    /// `sender` is the peer the bytes will come from: when it is the author,
+    /// the author's key is left out (form `0x02`, 32 bytes less) and the
+    /// receiver supplies the sender's key to [`decode_compact`](Self::decode_compact).
+    ///
+    /// Fails when the timestamp's peer is not the author's (such a node never
+    /// verifies, so it is never stored or sent).
+    pub fn encode_compact(&self, sender: Option<&PeerId>) -> Result<Vec<u8>, StoreError> {
+        let enc = |e: WireError| StoreError::Encode(e.to_string());
+        if self.timestamp.peer != self.author_peer() {
+            return Err(StoreError::Encode(
+                "timestamp peer is not the author".into(),
+            ));
+        }
+        let implied = sender == Some(&self.timestamp.peer);
+        let mut out = Vec::with_capacity(160 + self.collection.len() + self.id.len());
+        out.push(if implied {
+            COMPACT_VERSION_FORMAT_SENDER
+        } else {
+            COMPACT_VERSION_FORMAT
+        });
+        put_str(&mut out, self.collection.as_bytes());
+        put_str(&mut out, self.id.as_bytes());
+        if !implied {
+            out.extend_from_slice(&self.author);
+        }
+        put_varint(&mut out, self.timestamp.physical_ms);
+        put_varint(&mut out, u64::from(self.timestamp.logical));
+        put_varint(&mut out, self.parents.len() as u64);
+        for p in &self.parents {
+            match p.0.strip_prefix(&CID_PREFIX) {
+                Some(digest) if digest.len() == 32 => {
+                    out.push(0);
+                    out.extend_from_slice(digest);
+                }
+                _ => {
+                    out.push(1);
+                    put_str(&mut out, &p.0);
+                }
+            }
+        }
+        out.extend_from_slice(&self.signature);
+        write_delta_compact(&mut out, &self.delta, &self.timestamp, &Limits::DEFAULT)
+            .map_err(enc)?;
+        Ok(out)
+    }
+
+    /// Decodes [`encode_compact`](Self::encode_compact)'s form strictly (the
+    /// input must be exactly the encoding of what it holds for the same
+    /// sender) and boundedly. `sender_key` is the Ed25519 key of the peer the
+    /// bytes came from, needed by the form that leaves the author's key out.
+    /// The node is not verified: callers rebuild the canonical bytes and
+    /// check them as for any received node.
+    pub fn decode_compact(bytes: &[u8], sender_key: Option<&[u8; 32]>) -> Result<Self, WireError> {
+        let mut c = Cursor::new(bytes);
+        let implied = match c.byte()? {
+            COMPACT_VERSION_FORMAT => false,
+            COMPACT_VERSION_FORMAT_SENDER => true,
+            _ => return Err(compact_invalid("format", "unknown compact version format")),
+        };
+        let collection = c.text()?.to_owned();
+        let id = c.text()?.to_owned();
+        let author = if implied {
+            *sender_key.ok_or(compact_invalid("author", "the sender's key is not known"))?
+        } else {
+            c.array::<32>()?
+        };
+        let physical = c.varint()?;
+        let logical = u32::try_from(c.varint()?)
+            .map_err(|_| compact_invalid("ts", "logical counter out of range"))?;
+        let timestamp = HlcTimestamp::new(physical, logical, peer_id_of(&author));
+        let n = c.count()?;
+        let mut parents: Vec<ContentId> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let p = match c.byte()? {
+                0 => {
+                    let mut cid = CID_PREFIX.to_vec();
+                    cid.extend_from_slice(c.take(32)?);
+                    ContentId(cid)
+                }
+                1 => ContentId(c.str_bytes()?.to_vec()),
+                _ => return Err(compact_invalid("parents", "unknown parent form")),
+            };
+            if parents.last().is_some_and(|prev| prev >= &p) {
+                return Err(compact_invalid("parents", "links not sorted and unique"));
+            }
+            parents.push(p);
+        }
+        let signature = c.array::<64>()?;
+        let (delta, used) = read_delta_compact(c.rest(), &timestamp, &Limits::DEFAULT)?;
+        c.take(used)?;
+        c.finish()?;
+        let node = VersionNode {
+            collection,
+            id,
+            parents,
+            author,
+            timestamp,
+            delta,
+            signature,
+        };
+        let sender = sender_key.map(peer_id_of);
+        match node.encode_compact(sender.as_ref()) {
+            Ok(again) if again == bytes => Ok(node),
+            _ => Err(compact_invalid("*", "not the canonical compact encoding")),
+        }
+    }
+}
+
+/// The compact form of a version node given in canonical bytes, to be sent
+/// by `sender` (see [`VersionNode::encode_compact`]).
+pub fn compact_of_canonical(canonical: &[u8], sender: &PeerId) -> Result<Vec<u8>, StoreError> {
+    let node = ecomesh_wire::decode::<VersionNode>(canonical)
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+    node.encode_compact(Some(sender))
+}
+
+/// The canonical bytes of a version node given in compact form, received from
+/// the peer whose key is `sender_key` (strictly decoded; the node is not
+/// verified here).
+pub fn canonical_of_compact(
+    compact: &[u8],
+    sender_key: Option<&[u8; 32]>,
+) -> Result<Vec<u8>, WireError> {
+    let node = VersionNode::decode_compact(compact, sender_key)?;
+    ecomesh_wire::encode(&node)
 }
 
 impl Canonical for VersionNode {

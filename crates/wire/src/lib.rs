@@ -11,6 +11,9 @@
 //!   tools (see [`dag_json`]).
 //! - [`encode_message`] / [`encode_message_compact`]: [`NetworkMessage`](ecomesh_types::NetworkMessage)
 //!   in full DAG-CBOR and in a compact form for LoRa/BLE (see [`message`]).
+//! - [`encode_delta_compact`] / [`decode_delta_compact`]: the compact wire
+//!   form of CRDT deltas and states beside the canonical one (actor table,
+//!   timestamps relative to a base; see [`compact`]).
 //!
 //! # Decoders
 //!
@@ -36,6 +39,7 @@
 pub mod cbor;
 pub mod cid;
 pub mod codec;
+pub mod compact;
 pub mod dag_cbor;
 pub mod dag_json;
 mod error;
@@ -47,6 +51,9 @@ pub use crate::cid::{
     decode_verified, encode_block, from_content_id, link, parse_cid, to_content_id, verify,
 };
 pub use crate::codec::{Canonical, cid_of_canonical, decode, decode_with, encode, encode_with};
+pub use crate::compact::{
+    decode_delta_compact, decode_document_compact, encode_delta_compact, encode_document_compact,
+};
 pub use crate::dag_cbor::{from_dag_cbor, from_dag_cbor_with, to_dag_cbor, to_dag_cbor_with};
 pub use crate::dag_json::{
     from_dag_json, from_dag_json_bytes, from_dag_json_canonical, from_dag_json_with, to_dag_json,

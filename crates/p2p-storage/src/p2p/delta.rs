@@ -45,7 +45,10 @@ impl<B: Backend> P2PStorageAdapter<B> {
         let mut next = since;
         let mut more = page.more;
         for e in &page.entries {
-            match view.version_bytes(&e.id) {
+            // Versions travel in compact form; the peer rebuilds the canonical bytes.
+            match view.version_bytes(&e.id).map(|b| {
+                b.and_then(|b| crate::records::compact_of_canonical(&b, &self.mesh.peer_id()).ok())
+            }) {
                 Ok(Some(b)) => {
                     if total + b.len() > self.config.max_fetch_bytes && !versions.is_empty() {
                         more = true;
@@ -85,7 +88,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
         let mut complete = true;
         for v in &page.versions {
             let before = d.stats.versions_merged;
-            if !self.merge(d, from, v) {
+            if !self.merge_compact(d, from, v) {
                 complete = false;
                 break;
             }

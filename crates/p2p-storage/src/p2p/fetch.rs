@@ -123,6 +123,10 @@ impl<B: Backend> P2PStorageAdapter<B> {
                 let Ok(Some(b)) = self.view_for(from).version_bytes(&v.cid) else {
                     continue;
                 };
+                // Versions travel in compact form; the peer rebuilds the canonical bytes.
+                let Ok(b) = crate::records::compact_of_canonical(&b, &self.mesh.peer_id()) else {
+                    continue;
+                };
                 total += b.len();
                 if total > self.config.max_fetch_bytes {
                     break;
@@ -148,7 +152,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
         versions: Vec<Vec<u8>>,
     ) {
         for v in versions {
-            if !self.merge(d, from, &v) {
+            if !self.merge_compact(d, from, &v) {
                 break;
             }
         }

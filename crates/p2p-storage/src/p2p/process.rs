@@ -83,12 +83,35 @@ impl<B: Backend> P2PStorageAdapter<B> {
         }
     }
 
+    /// Merges a version that travelled in compact form (a push, a fetch
+    /// answer, a delta page): rebuilds its canonical bytes, which
+    /// [`merge`](Self::merge) checks (CID, signature, author, parents) like
+    /// any received version. Undecodable bytes count as invalid data.
+    pub(super) fn merge_compact(&self, d: &mut Driver<B>, from: PeerId, compact: &[u8]) -> bool {
+        // The mesh verified the message with the sender's key, so it knows it.
+        let key = self.mesh.public_key(&from).map(|k| k.to_bytes());
+        if key.is_none() && compact.first() == Some(&crate::records::COMPACT_VERSION_FORMAT_SENDER)
+        {
+            // Not the peer's fault (the key was forgotten since the message
+            // verified): anti-entropy brings the version in canonical form.
+            tracing::debug!(%from, "sender's key unknown; compact version not merged");
+            return false;
+        }
+        match crate::records::canonical_of_compact(compact, key.as_ref()) {
+            Ok(canonical) => self.merge(d, from, &canonical),
+            Err(e) => {
+                self.charge(d, from, &format_args!("malformed compact version: {e}"));
+                false
+            }
+        }
+    }
+
     fn on_message(&self, d: &mut Driver<B>, message: NetworkMessage, now_ms: u64) {
         let from = message.sender;
         match message.message_type.as_str() {
             AE_TYPE => self.on_envelope(d, from, &message.payload, now_ms),
             PUSH_TYPE => {
-                self.merge(d, from, &message.payload);
+                self.merge_compact(d, from, &message.payload);
             }
             FETCH_TYPE => match decode_fetch(&message.payload) {
                 Some((req, c, i)) => self.serve_fetch(d, from, req, &c, &i),

@@ -184,6 +184,17 @@ impl<B: Backend> P2PStorageAdapter<B> {
             |c| self.view_for(c.peer).document_visible(collection, id),
         );
         let sent = chosen.partners.len();
+        if sent == 0 {
+            return 0;
+        }
+        // Versions travel in compact form; the partner rebuilds the canonical bytes.
+        let payload = match crate::records::compact_of_canonical(bytes, &self.mesh.peer_id()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "stored version has no compact form");
+                return 0;
+            }
+        };
         let mut activity = lock(&self.view.activity);
         for p in chosen.partners {
             activity.push(SyncActivity::Sent {
@@ -196,7 +207,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             d.outbox.push_back(Outgoing {
                 peer: p,
                 ty: PUSH_TYPE,
-                payload: bytes.to_vec(),
+                payload: payload.clone(),
                 seq,
             });
         }
