@@ -1142,6 +1142,9 @@ impl<B: Backend> Store<B> {
         let mut changes = Vec::with_capacity(ops.len());
         for op in ops {
             let mut record = self.read_state(&txn, &op.collection, &op.id)?;
+            // What the document showed (its record is always this state's
+            // materialization), without reading and decoding that record.
+            let before = record.state.materialize();
             // After everything this document holds, even a version from a peer
             // whose clock runs far ahead: the write supersedes what it saw.
             let floor = record.state.max_timestamp();
@@ -1167,7 +1170,7 @@ impl<B: Backend> Store<B> {
                 OpKind::Delete => record.state.delete(ts)?,
                 OpKind::Apply(field_ops) => record.state.apply(field_ops, ts)?,
             };
-            let node = VersionNode::signed(
+            let (_, bytes, cid) = VersionNode::signed_encoded(
                 &self.identity,
                 &op.collection,
                 &op.id,
@@ -1175,7 +1178,6 @@ impl<B: Backend> Store<B> {
                 ts,
                 delta,
             )?;
-            let (bytes, cid) = node.encode()?;
             txn.put(version_key(&cid), bytes.clone());
             let parents = std::mem::replace(&mut record.heads, vec![cid.clone()]);
             changes.push(self.put_state(
@@ -1185,6 +1187,7 @@ impl<B: Backend> Store<B> {
                 &op.collection,
                 &op.id,
                 &record,
+                before,
             )?);
             results.push(WrittenVersion {
                 cid,
@@ -1254,6 +1257,7 @@ impl<B: Backend> Store<B> {
         let mut hlc = writer.hlc.clone();
         hlc.receive(&node.timestamp, self.config.clock.as_ref())?;
         let mut record = self.read_state(&txn, &node.collection, &node.id)?;
+        let before = record.state.materialize();
         record.state.merge(&node.delta);
         let parents: BTreeSet<&ContentId> = node.parents.iter().collect();
         record.heads.retain(|h| !parents.contains(h));
@@ -1268,6 +1272,7 @@ impl<B: Backend> Store<B> {
             &node.collection,
             &node.id,
             &record,
+            before,
         )?;
         txn.put(
             keys::key(META, &[META_HLC]),
@@ -1305,8 +1310,8 @@ impl<B: Backend> Store<B> {
         collection: &str,
         id: &str,
         record: &StateRecord,
+        before: Option<Map>,
     ) -> Result<Change, StoreError> {
-        let before = self.read_doc(txn, collection, id)?.map(|d| d.fields);
         let after = record.state.materialize();
         txn.put(
             state_key(collection, id),
@@ -1326,13 +1331,20 @@ impl<B: Backend> Store<B> {
         for k in new_keys.difference(&old_keys) {
             txn.put(k.clone(), Vec::new());
         }
-        match &after {
-            Some(fields) => txn.put(
-                keys::doc_key(collection, id),
-                codec::encode(&Value::Map(fields.clone()))?,
-            ),
-            None => txn.delete(keys::doc_key(collection, id)),
-        }
+        let after = match after {
+            Some(fields) => {
+                let value = Value::Map(fields);
+                txn.put(keys::doc_key(collection, id), codec::encode(&value)?);
+                match value {
+                    Value::Map(fields) => Some(fields),
+                    _ => None,
+                }
+            }
+            None => {
+                txn.delete(keys::doc_key(collection, id));
+                None
+            }
+        };
         work.upsert(
             txn,
             cache,
