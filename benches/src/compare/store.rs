@@ -10,12 +10,15 @@
 //! Both the store and raw sled run with their background flush off
 //! (`FlushPolicy::Manual`), so every figure is the write path, not `fsync`.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ecomesh_identity::Identity;
+use ecomesh_p2p_storage::kv::{Backend, ScanIter, SledBackend, WriteBatch};
 use ecomesh_p2p_storage::trie::Node;
 use ecomesh_p2p_storage::{
-    FlushPolicy, LocalWrite, SledStore, StoreConfig, VERSION_SIGNATURE_DOMAIN, VersionNode,
+    FlushPolicy, LocalWrite, Store, StoreConfig, StoreError, VERSION_SIGNATURE_DOMAIN, VersionNode,
 };
 use ecomesh_types::{BatchOperation, Map, SetOptions, Value};
 use sha2::{Digest, Sha256};
@@ -53,11 +56,83 @@ fn set_op(i: usize, fields: Map) -> BatchOperation {
     }
 }
 
-/// A store of `n` documents in collection `c`, flushed only when asked.
-fn populated(n: usize) -> (tempfile::TempDir, SledStore) {
+/// The store's sled backend, keeping a copy of every batch it applies while
+/// `recording` is on: the exact keys and values a write stored, to replay on
+/// raw sled.
+struct Recording {
+    inner: SledBackend,
+    recording: AtomicBool,
+    batches: Mutex<Vec<WriteBatch>>,
+}
+
+impl Recording {
+    fn take(&self) -> Vec<WriteBatch> {
+        std::mem::take(&mut *self.batches.lock().expect("not poisoned"))
+    }
+}
+
+impl Backend for Recording {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+
+    fn scan(&self, start: &[u8], end: Option<&[u8]>) -> ScanIter<'_> {
+        self.inner.scan(start, end)
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if self.recording.load(Ordering::Relaxed) {
+            self.batches
+                .lock()
+                .expect("not poisoned")
+                .push(batch.clone());
+        }
+        self.inner.apply(batch)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+}
+
+type BenchStore = Store<Recording>;
+
+/// Applies recorded batches to raw sled.
+fn replay(db: &sled::Db, batches: &[Vec<(sled::IVec, Option<sled::IVec>)>]) {
+    for batch in batches {
+        let mut b = sled::Batch::default();
+        for (k, v) in batch {
+            match v {
+                Some(v) => b.insert(k.clone(), v.clone()),
+                None => b.remove(k.clone()),
+            }
+        }
+        db.apply_batch(b).expect("raw batch");
+    }
+}
+
+fn ivecs(batches: Vec<WriteBatch>) -> Vec<Vec<(sled::IVec, Option<sled::IVec>)>> {
+    batches
+        .into_iter()
+        .map(|b| {
+            b.into_iter()
+                .map(|(k, v)| (sled::IVec::from(k), v.map(sled::IVec::from)))
+                .collect()
+        })
+        .collect()
+}
+
+/// A store of `n` documents in collection `c`, flushed only when asked, and
+/// raw sled holding the same keys and values.
+fn populated(n: usize) -> (tempfile::TempDir, BenchStore, tempfile::TempDir, sled::Db) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store = SledStore::open(
-        dir.path(),
+    let backend = Recording {
+        inner: SledBackend::open(dir.path(), None).expect("open sled"),
+        recording: AtomicBool::new(true),
+        batches: Mutex::new(Vec::new()),
+    };
+    let store = Store::with_backend(
+        backend,
         Identity::from_secret_bytes(&[1; 32]),
         StoreConfig::default().with_flush(FlushPolicy::Manual),
     )
@@ -70,7 +145,28 @@ fn populated(n: usize) -> (tempfile::TempDir, SledStore) {
         store.batch(ops).expect("populate");
         i += BATCH;
     }
-    (dir, store)
+    store.backend().recording.store(false, Ordering::Relaxed);
+    let (raw_dir, db) = raw_sled();
+    replay(&db, &ivecs(store.backend().take()));
+    (dir, store, raw_dir, db)
+}
+
+/// Records the batch of one call of `write`, then returns the seconds per
+/// replay of it on `db` (which holds what the store holds, so the replay
+/// rewrites the same keys with the same bytes).
+fn replay_seconds(
+    store: &BenchStore,
+    db: &sled::Db,
+    budget: Duration,
+    rounds: u32,
+    write: impl FnOnce(),
+) -> f64 {
+    store.backend().recording.store(true, Ordering::Relaxed);
+    write();
+    store.backend().recording.store(false, Ordering::Relaxed);
+    let batches = ivecs(store.backend().take());
+    replay(db, &batches);
+    seconds_per_call(budget, rounds, || replay(db, &batches))
 }
 
 /// Raw sled with its background flush off.
@@ -86,7 +182,7 @@ fn raw_sled() -> (tempfile::TempDir, sled::Db) {
 
 /// The stored bytes of the Merkle index nodes from the root to the bucket
 /// holding `id`: what a write of `id` re-hashes.
-fn merkle_path(store: &SledStore, collection: &str, id: &str) -> Vec<Vec<u8>> {
+fn merkle_path(store: &BenchStore, collection: &str, id: &str) -> Vec<Vec<u8>> {
     let key_hash: [u8; 32] = Sha256::digest(id.as_bytes()).into();
     let mut path = Vec::new();
     let mut out = Vec::new();
@@ -122,7 +218,7 @@ impl Floor {
     }
 }
 
-fn measure_floor(store: &SledStore, n: usize, budget: Duration, rounds: u32) -> Floor {
+fn measure_floor(store: &BenchStore, n: usize, budget: Duration, rounds: u32) -> Floor {
     let identity = Identity::from_secret_bytes(&[1; 32]);
     // A real version node of the benchmark document, as the store writes it.
     let probe = doc_id(n / 2);
@@ -180,7 +276,7 @@ pub fn rows(options: &Options) -> Vec<Row> {
     } else {
         (10_000, Duration::from_secs(3), 6)
     };
-    let (_dir, store) = populated(n);
+    let (_dir, store, _raw_dir, same) = populated(n);
     let floor = measure_floor(&store, n, budget, rounds);
 
     let mut i = 0;
@@ -210,6 +306,24 @@ pub fn rows(options: &Options) -> Vec<Row> {
         store.batch(ops).expect("batch");
     });
     let batch_docs_per_s = BATCH as f64 / batch;
+
+    // Raw sled writing exactly the keys and values each write stored.
+    let set_same = replay_seconds(&store, &same, budget, rounds, || {
+        store
+            .set("c", &doc_id(1), fields(1), SetOptions::REPLACE)
+            .expect("set");
+    });
+    let batch_same = replay_seconds(&store, &same, budget, rounds, || {
+        let ops = (0..BATCH)
+            .map(|k| {
+                let i = k * STRIDE % n;
+                let mut f = fields(i);
+                f.insert("amount".into(), Value::Integer(-1));
+                set_op(i, f)
+            })
+            .collect();
+        store.batch(ops).expect("batch");
+    });
 
     let (_raw_dir, db) = raw_sled();
     let values: Vec<Vec<u8>> = (0..n)
@@ -263,6 +377,15 @@ pub fn rows(options: &Options) -> Vec<Row> {
         share("raw sled insert of the document", floor.sled_insert),
         Row {
             goal: "3 store".into(),
+            what: format!("Store::set of a 4-field document, {docs}"),
+            value: set * us,
+            baseline: set_same * us,
+            baseline_what: "raw sled batch of exactly the keys and values the set stored".into(),
+            unit: "µs",
+            target: Target::Info,
+        },
+        Row {
+            goal: "3 store".into(),
             what: format!("Store::batch of {BATCH} sets, {docs}"),
             value: batch_docs_per_s,
             baseline: BATCH_GOAL,
@@ -276,6 +399,15 @@ pub fn rows(options: &Options) -> Vec<Row> {
             value: batch_docs_per_s,
             baseline: raw_docs_per_s,
             baseline_what: format!("raw sled batch of the {BATCH} documents' bytes"),
+            unit: "docs/s",
+            target: Target::Info,
+        },
+        Row {
+            goal: "3 store".into(),
+            what: format!("Store::batch of {BATCH} sets, {docs}"),
+            value: batch_docs_per_s,
+            baseline: BATCH as f64 / batch_same,
+            baseline_what: "raw sled batch of exactly the keys and values the batch stored".into(),
             unit: "docs/s",
             target: Target::Info,
         },
