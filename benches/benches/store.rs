@@ -6,17 +6,20 @@
 //! The store is opened with `FlushPolicy::Manual` and raw sled with its
 //! background flush off, so both sides measure the write path, not fsync.
 //! Ratios to read: `store/set` vs `raw_sled/insert` (what versioning, signing,
-//! indexes and the Merkle index cost per write), `store/get` vs `raw_sled/get`,
-//! and `query/indexed` vs `query/full_scan`.
+//! indexes and the Merkle index cost per write), `store/batch_1000` (one
+//! `Store::batch` of 1000 sets; throughput in documents) vs the same,
+//! `store/get` vs `raw_sled/get`, and `query/indexed` vs `query/full_scan`.
+//! The goal ratios against the write's floor are in the compare report
+//! (`compare --only store`).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::hint::black_box;
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ecomesh_identity::Identity;
 use ecomesh_p2p_storage::{FlushPolicy, SledStore, StoreConfig};
-use ecomesh_types::{FilterOp, Map, Query, SetOptions, Value};
+use ecomesh_types::{BatchOperation, FilterOp, Map, Query, SetOptions, Value};
 
 const SIZES: [usize; 2] = [10_000, 100_000];
 /// Documents per value of the indexed `bucket` field: an equality query returns 10.
@@ -94,6 +97,28 @@ fn store(c: &mut Criterion) {
                     .unwrap();
             })
         });
+        let mut round = 0_i64;
+        group.throughput(Throughput::Elements(1000));
+        group.bench_function("store/batch_1000", |b| {
+            b.iter(|| {
+                round += 1;
+                let ops = (0..1000)
+                    .map(|k| {
+                        i = (i + 7919) % n;
+                        let mut f = fields(i);
+                        f.insert("amount".into(), Value::Integer(round + k));
+                        BatchOperation::Set {
+                            collection: "c".into(),
+                            id: format!("doc{i:07}"),
+                            fields: f,
+                            merge: false,
+                        }
+                    })
+                    .collect();
+                store.batch(ops).unwrap();
+            })
+        });
+        group.throughput(Throughput::Elements(1));
         group.bench_function("store/get", |b| {
             b.iter(|| {
                 i = (i + 7919) % n;

@@ -120,10 +120,25 @@ impl VersionNode {
         identity: &Identity,
         collection: &str,
         id: &str,
-        mut parents: Vec<ContentId>,
+        parents: Vec<ContentId>,
         timestamp: HlcTimestamp,
         delta: DocumentDelta,
     ) -> Result<Self, StoreError> {
+        Self::signed_encoded(identity, collection, id, parents, timestamp, delta).map(|(n, _, _)| n)
+    }
+
+    /// Builds and signs a node and returns it with its canonical bytes and CID
+    /// (the bytes [`encode`](Self::encode) gives), encoding the delta once: the
+    /// signed map and the stored map differ only by the `"sig"` entry, which
+    /// sorts right after `"ts"`.
+    pub fn signed_encoded(
+        identity: &Identity,
+        collection: &str,
+        id: &str,
+        mut parents: Vec<ContentId>,
+        timestamp: HlcTimestamp,
+        delta: DocumentDelta,
+    ) -> Result<(Self, Vec<u8>, ContentId), StoreError> {
         parents.sort();
         parents.dedup();
         let mut node = VersionNode {
@@ -135,12 +150,34 @@ impl VersionNode {
             delta,
             signature: [0; 64],
         };
-        let payload = node.signing_bytes()?;
+        let enc = |e: WireError| StoreError::Encode(e.to_string());
+        let max = Limits::DEFAULT.effective_depth();
+        // The map's entries up to "ts", and from "delta" on, each written once.
+        let mut head = Writer::with_capacity(128);
+        head.map(6);
+        node.write_until_sig(&mut head, 0, max).map_err(enc)?;
+        let head = head.into_bytes();
+        let mut tail = Writer::with_capacity(256);
+        node.write_after_sig(&mut tail, 0, max).map_err(enc)?;
+        let tail = tail.into_bytes();
+        let mut signing = Vec::with_capacity(head.len() + tail.len());
+        signing.extend_from_slice(&head);
+        signing.extend_from_slice(&tail);
         node.signature = identity
-            .sign_with_domain(VERSION_SIGNATURE_DOMAIN, &payload)
+            .sign_with_domain(VERSION_SIGNATURE_DOMAIN, &signing)
             .map_err(|e| StoreError::Encode(e.to_string()))?
             .0;
-        Ok(node)
+        let mut sig = Writer::with_capacity(72);
+        key(&mut sig, "sig");
+        sig.bytes(&node.signature);
+        let sig = sig.into_bytes();
+        let mut bytes = signing;
+        // A map of 7 instead of 6 entries: the one-byte head 0xa6 becomes 0xa7.
+        bytes[0] = 0xa7;
+        bytes.splice(head.len()..head.len(), sig);
+        let cid = crate::codec::cid_of_bytes(&bytes);
+        debug_assert_eq!(node.encode().ok(), Some((bytes.clone(), cid.clone())));
+        Ok((node, bytes, cid))
     }
 
     /// The author's peer id.
@@ -156,14 +193,24 @@ impl VersionNode {
         max: usize,
     ) -> Result<(), WireError> {
         w.map(if with_sig { 7 } else { 6 });
-        key(w, "id");
-        w.text(&self.id);
-        key(w, "ts");
-        self.timestamp.write_to(w, depth + 1, max)?;
+        self.write_until_sig(w, depth, max)?;
         if with_sig {
             key(w, "sig");
             w.bytes(&self.signature);
         }
+        self.write_after_sig(w, depth, max)
+    }
+
+    /// The entries before `"sig"` in canonical key order: `"id"`, `"ts"`.
+    fn write_until_sig(&self, w: &mut Writer, depth: usize, max: usize) -> Result<(), WireError> {
+        key(w, "id");
+        w.text(&self.id);
+        key(w, "ts");
+        self.timestamp.write_to(w, depth + 1, max)
+    }
+
+    /// The entries after `"sig"`: `"delta"`, `"author"`, `"parents"`, `"collection"`.
+    fn write_after_sig(&self, w: &mut Writer, depth: usize, max: usize) -> Result<(), WireError> {
         key(w, "delta");
         self.delta.write_to(w, depth + 1, max)?;
         key(w, "author");

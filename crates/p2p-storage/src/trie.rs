@@ -12,9 +12,10 @@
 //! collection root CID commits to every entry and two stores find their
 //! differences by descending from the roots.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ecomesh_types::{ContentId, Map, Value};
+use ecomesh_wire::{Limits, Reader};
 use sha2::{Digest, Sha256};
 
 use crate::StoreError;
@@ -161,6 +162,152 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The node's canonical DAG-CBOR bytes: exactly
+    /// `to_dag_cbor(&self.to_value())`, written directly without building a
+    /// [`Value`].
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Node::Bucket(entries) => {
+                let mut out = Vec::with_capacity(8 + entries.len() * 48);
+                out.extend_from_slice(&[0xa1, 0x61, b'e']);
+                head(&mut out, MAJOR_ARRAY, entries.len() as u64);
+                for e in entries {
+                    out.push(0x82);
+                    head(&mut out, MAJOR_TEXT, e.id.len() as u64);
+                    out.extend_from_slice(e.id.as_bytes());
+                    head(&mut out, MAJOR_BYTES, 32);
+                    out.extend_from_slice(&e.value);
+                }
+                out
+            }
+            Node::Branch(children) => {
+                let mut out = Vec::with_capacity(4 + 16 * 48);
+                out.extend_from_slice(&[0xa1, 0x61, b'c', 0x90]);
+                for c in children.iter() {
+                    match c {
+                        None => out.push(0xf6),
+                        Some(c) => {
+                            out.push(0x82);
+                            // Tag 42 around 0x00 and the binary CID.
+                            out.extend_from_slice(&[0xd8, 42]);
+                            head(&mut out, MAJOR_BYTES, c.cid.0.len() as u64 + 1);
+                            out.push(0x00);
+                            out.extend_from_slice(&c.cid.0);
+                            head(&mut out, MAJOR_UINT, c.count.min(i64::MAX as u64));
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Decodes stored node bytes strictly, accepting exactly what
+    /// `Node::from_value(&from_dag_cbor(bytes)?)` accepts (stored bytes are
+    /// untrusted), without building a [`Value`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Node, String> {
+        let mut r = Reader::new(bytes, Limits::DEFAULT);
+        let node = Self::read(&mut r).map_err(|e| e.0)?;
+        r.finish().map_err(|e| e.to_string())?;
+        Ok(node)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Node, ReadError> {
+        if r.read_map_len()? != 1 {
+            return Err("trie node must have exactly one field".into());
+        }
+        match r.read_text()? {
+            "e" => {
+                let n = r.read_array_len()?;
+                // Each entry takes at least 36 bytes: no allocation beyond the input.
+                let mut out: Vec<Entry> = Vec::with_capacity(n.min(r.remaining() / 36));
+                for _ in 0..n {
+                    if r.read_array_len()? != 2 {
+                        return Err("bucket entry is not [text, bytes]".into());
+                    }
+                    let id = r.read_text()?;
+                    let value: [u8; 32] = r
+                        .read_bytes()?
+                        .try_into()
+                        .map_err(|_| ReadError::from("heads digest is not 32 bytes"))?;
+                    let entry = Entry::new(id, value);
+                    if out.last().is_some_and(|p| p.key_hash >= entry.key_hash) {
+                        return Err("bucket entries are not sorted by hash".into());
+                    }
+                    out.push(entry);
+                }
+                Ok(Node::Bucket(out))
+            }
+            "c" => {
+                if r.read_array_len()? != 16 {
+                    return Err("branch does not have 16 children".into());
+                }
+                let mut out: [Option<ChildRef>; 16] = Default::default();
+                for slot in &mut out {
+                    if r.read_null_or()? {
+                        continue;
+                    }
+                    if r.read_array_len()? != 2 {
+                        return Err("branch child is not [link, count > 0]".into());
+                    }
+                    let cid = ContentId(r.read_link()?.to_vec());
+                    let count = r.read_int()?;
+                    if count <= 0 {
+                        return Err("branch child is not [link, count > 0]".into());
+                    }
+                    *slot = Some(ChildRef {
+                        cid,
+                        count: count as u64,
+                    });
+                }
+                Ok(Node::Branch(Box::new(out)))
+            }
+            _ => Err("trie node has neither `e` nor `c`".into()),
+        }
+    }
+}
+
+/// Why node bytes did not decode: a CBOR error or a wrong shape.
+#[derive(Debug)]
+struct ReadError(String);
+
+impl From<&str> for ReadError {
+    fn from(s: &str) -> Self {
+        ReadError(s.to_owned())
+    }
+}
+
+impl From<ecomesh_wire::WireError> for ReadError {
+    fn from(e: ecomesh_wire::WireError) -> Self {
+        ReadError(e.to_string())
+    }
+}
+
+const MAJOR_UINT: u8 = 0;
+const MAJOR_BYTES: u8 = 2;
+const MAJOR_TEXT: u8 = 3;
+const MAJOR_ARRAY: u8 = 4;
+
+/// Appends a CBOR item head with the shortest argument (RFC 8949 4.2.1).
+fn head(out: &mut Vec<u8>, major: u8, arg: u64) {
+    let m = major << 5;
+    if arg < 24 {
+        out.push(m | arg as u8);
+    } else if arg <= u64::from(u8::MAX) {
+        out.extend_from_slice(&[m | 24, arg as u8]);
+    } else if arg <= u64::from(u16::MAX) {
+        out.push(m | 25);
+        out.extend_from_slice(&(arg as u16).to_be_bytes());
+    } else if arg <= u64::from(u32::MAX) {
+        out.push(m | 26);
+        out.extend_from_slice(&(arg as u32).to_be_bytes());
+    } else {
+        out.push(m | 27);
+        out.extend_from_slice(&arg.to_be_bytes());
+    }
+}
+
 fn nibble(hash: &[u8; 32], depth: usize) -> usize {
     let byte = hash[depth / 2];
     usize::from(if depth.is_multiple_of(2) {
@@ -178,7 +325,16 @@ pub(crate) fn node_key(collection: &str, path: &[u8]) -> Vec<u8> {
     k
 }
 
-/// Loads the node at `path`, or `None` when that part of the trie is empty.
+fn corrupt(collection: &str, path: &[u8], reason: String) -> StoreError {
+    StoreError::Corrupt {
+        collection: collection.to_owned(),
+        id: format!("merkle node at depth {}", path.len()),
+        reason,
+    }
+}
+
+/// Loads the node at `path` from the backend (through `txn`), or `None` when
+/// that part of the trie is empty.
 pub(crate) fn load(
     txn: &Txn<'_>,
     collection: &str,
@@ -187,157 +343,391 @@ pub(crate) fn load(
     let Some(bytes) = txn.get(&node_key(collection, path))? else {
         return Ok(None);
     };
-    let corrupt = |reason: String| StoreError::Corrupt {
-        collection: collection.to_owned(),
-        id: format!("merkle node at depth {}", path.len()),
-        reason,
-    };
-    let value = codec::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    Node::from_value(&value).map(Some).map_err(corrupt)
+    Node::from_bytes(&bytes)
+        .map(Some)
+        .map_err(|reason| corrupt(collection, path, reason))
 }
 
-fn store(
-    txn: &mut Txn<'_>,
-    collection: &str,
-    path: &[u8],
-    node: &Node,
-) -> Result<ChildRef, StoreError> {
-    let bytes = codec::encode(&node.to_value())?;
-    let cid = codec::cid_of_bytes(&bytes);
-    txn.put(node_key(collection, path), bytes);
-    Ok(ChildRef {
-        cid,
-        count: node.count(),
-    })
+/// Decoded trie nodes as committed, kept between writes so that a write does
+/// not read and decode the nodes on its path again; at most a fixed number of
+/// nodes, the least recently used dropped first.
+///
+/// It lives under the store's writer lock. A write takes the nodes it needs
+/// out of it into its [`Work`] and gives them back only after its batch
+/// committed ([`Work::release`]), so the cache never holds a node the backend
+/// does not.
+#[derive(Debug)]
+pub(crate) struct NodeCache {
+    nodes: HashMap<Vec<u8>, (Node, u64)>,
+    max: usize,
+    tick: u64,
 }
 
-/// Builds the canonical subtree for `entries` (sorted by hash) at `path`.
-fn build(
-    txn: &mut Txn<'_>,
-    collection: &str,
-    path: &mut Vec<u8>,
-    entries: Vec<Entry>,
-) -> Result<ChildRef, StoreError> {
-    if entries.len() <= BUCKET_MAX || path.len() >= MAX_DEPTH {
-        return store(txn, collection, path, &Node::Bucket(entries));
-    }
-    let depth = path.len();
-    let mut groups: BTreeMap<usize, Vec<Entry>> = BTreeMap::new();
-    for e in entries {
-        groups
-            .entry(nibble(&e.key_hash, depth))
-            .or_default()
-            .push(e);
-    }
-    let mut children: [Option<ChildRef>; 16] = Default::default();
-    for (n, group) in groups {
-        path.push(n as u8);
-        children[n] = Some(build(txn, collection, path, group)?);
-        path.pop();
-    }
-    store(txn, collection, path, &Node::Branch(Box::new(children)))
-}
-
-/// Inserts or replaces `entry`; returns the new root reference.
-pub(crate) fn upsert(
-    txn: &mut Txn<'_>,
-    collection: &str,
-    entry: Entry,
-) -> Result<ChildRef, StoreError> {
-    let mut path = Vec::new();
-    upsert_at(txn, collection, &mut path, entry)
-}
-
-fn upsert_at(
-    txn: &mut Txn<'_>,
-    collection: &str,
-    path: &mut Vec<u8>,
-    entry: Entry,
-) -> Result<ChildRef, StoreError> {
-    match load(txn, collection, path)? {
-        None => store(txn, collection, path, &Node::Bucket(vec![entry])),
-        Some(Node::Bucket(mut entries)) => {
-            match entries.binary_search_by(|e| e.key_hash.cmp(&entry.key_hash)) {
-                Ok(i) => entries[i] = entry,
-                Err(i) => entries.insert(i, entry),
-            }
-            build(txn, collection, path, entries)
-        }
-        Some(Node::Branch(mut children)) => {
-            let n = nibble(&entry.key_hash, path.len());
-            path.push(n as u8);
-            let child = upsert_at(txn, collection, path, entry)?;
-            path.pop();
-            children[n] = Some(child);
-            store(txn, collection, path, &Node::Branch(children))
+impl NodeCache {
+    /// An empty cache of at most `max` nodes (0 keeps none).
+    pub(crate) fn new(max: usize) -> Self {
+        NodeCache {
+            nodes: HashMap::new(),
+            max,
+            tick: 0,
         }
     }
-}
 
-/// Removes the entry with `key_hash`; returns the new root, `None` when the trie is empty.
-pub(crate) fn remove(
-    txn: &mut Txn<'_>,
-    collection: &str,
-    key_hash: &[u8; 32],
-) -> Result<Option<ChildRef>, StoreError> {
-    let mut path = Vec::new();
-    remove_at(txn, collection, &mut path, key_hash)
-}
+    fn take(&mut self, key: &[u8]) -> Option<Node> {
+        self.nodes.remove(key).map(|(n, _)| n)
+    }
 
-fn remove_at(
-    txn: &mut Txn<'_>,
-    collection: &str,
-    path: &mut Vec<u8>,
-    key_hash: &[u8; 32],
-) -> Result<Option<ChildRef>, StoreError> {
-    match load(txn, collection, path)? {
-        None => Ok(None),
-        Some(Node::Bucket(mut entries)) => {
-            if let Ok(i) = entries.binary_search_by(|e| e.key_hash.cmp(key_hash)) {
-                entries.remove(i);
-            }
-            if entries.is_empty() {
-                txn.delete(node_key(collection, path));
-                return Ok(None);
-            }
-            store(txn, collection, path, &Node::Bucket(entries)).map(Some)
+    fn put(&mut self, key: Vec<u8>, node: Node) {
+        if self.max == 0 {
+            return;
         }
-        Some(Node::Branch(mut children)) => {
-            let n = nibble(key_hash, path.len());
-            path.push(n as u8);
-            let child = remove_at(txn, collection, path, key_hash)?;
-            path.pop();
-            children[n] = child;
-            let total: u64 = children.iter().flatten().map(|c| c.count).sum();
-            if total as usize > BUCKET_MAX {
-                return store(txn, collection, path, &Node::Branch(children)).map(Some);
+        self.tick += 1;
+        self.nodes.insert(key, (node, self.tick));
+        if self.nodes.len() > self.max {
+            // Drop the least recently used quarter in one pass, so eviction
+            // costs O(1) amortized per insertion.
+            let keep = self.max - self.max / 4;
+            let mut ticks: Vec<u64> = self.nodes.values().map(|(_, t)| *t).collect();
+            let cut = ticks.len() - keep;
+            let (_, &mut threshold, _) = ticks.select_nth_unstable(cut);
+            self.nodes.retain(|_, (_, t)| *t >= threshold);
+        }
+    }
+
+    fn forget(&mut self, key: &[u8]) {
+        self.nodes.remove(key);
+    }
+
+    /// Nodes held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+/// One node a write has loaded or changed.
+#[derive(Debug)]
+struct Slot {
+    /// The node, `None` where that part of the trie is (now) empty.
+    node: Option<Node>,
+    /// Changed by this write, to be encoded and stored by [`Work::seal`].
+    dirty: bool,
+}
+
+/// The trie nodes one write (or one batch of writes) works on.
+///
+/// Changes stay decoded in memory, with entry counts kept current, and only
+/// [`seal`](Work::seal) encodes and hashes each changed node, once, deepest
+/// first: a batch of many documents rewrites the upper nodes it shares once,
+/// not once per document.
+#[derive(Debug, Default)]
+pub(crate) struct Work {
+    slots: HashMap<Vec<u8>, Slot>,
+    /// Changed paths, per collection.
+    dirty: BTreeMap<String, BTreeSet<Vec<u8>>>,
+}
+
+impl Work {
+    /// An empty working set.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes the node at `path` out of the working set (loading it from the
+    /// cache, else from the backend, the first time); the caller puts it back
+    /// with [`put`](Self::put) or [`restore`](Self::restore).
+    fn take(
+        &mut self,
+        txn: &Txn<'_>,
+        cache: &mut NodeCache,
+        collection: &str,
+        path: &[u8],
+    ) -> Result<Option<Node>, StoreError> {
+        let key = node_key(collection, path);
+        if let Some(slot) = self.slots.get_mut(&key) {
+            return Ok(slot.node.take());
+        }
+        let node = match cache.take(&key) {
+            Some(node) => Some(node),
+            None => load(txn, collection, path)?,
+        };
+        self.slots.insert(
+            key,
+            Slot {
+                node: None,
+                dirty: false,
+            },
+        );
+        Ok(node)
+    }
+
+    /// Puts back, unchanged, a node [`take`](Self::take) returned.
+    fn restore(&mut self, collection: &str, path: &[u8], node: Option<Node>) {
+        if let Some(slot) = self.slots.get_mut(&node_key(collection, path)) {
+            slot.node = node;
+        }
+    }
+
+    /// Sets the node at `path` and marks it changed.
+    fn put(&mut self, collection: &str, path: &[u8], node: Option<Node>) {
+        self.slots
+            .insert(node_key(collection, path), Slot { node, dirty: true });
+        match self.dirty.get_mut(collection) {
+            Some(paths) => {
+                paths.insert(path.to_vec());
             }
-            // Collapse: every child now holds at most BUCKET_MAX entries, so each is a bucket.
-            let mut entries = Vec::with_capacity(BUCKET_MAX);
-            for (i, child) in children.iter().enumerate() {
-                if child.is_none() {
-                    continue;
-                }
-                path.push(i as u8);
-                match load(txn, collection, path)? {
-                    Some(Node::Bucket(mut es)) => entries.append(&mut es),
-                    _ => {
-                        return Err(StoreError::Corrupt {
-                            collection: collection.to_owned(),
-                            id: format!("merkle node at depth {}", path.len()),
-                            reason: "expected a bucket below a collapsing branch".into(),
+            None => {
+                self.dirty
+                    .insert(collection.to_owned(), BTreeSet::from([path.to_vec()]));
+            }
+        }
+    }
+
+    /// Inserts or replaces `entry` in `collection`.
+    pub(crate) fn upsert(
+        &mut self,
+        txn: &Txn<'_>,
+        cache: &mut NodeCache,
+        collection: &str,
+        entry: Entry,
+    ) -> Result<(), StoreError> {
+        self.upsert_at(txn, cache, collection, &mut Vec::new(), entry)
+            .map(|_| ())
+    }
+
+    /// Returns true when the entry is new (the subtree grew by one).
+    fn upsert_at(
+        &mut self,
+        txn: &Txn<'_>,
+        cache: &mut NodeCache,
+        collection: &str,
+        path: &mut Vec<u8>,
+        entry: Entry,
+    ) -> Result<bool, StoreError> {
+        match self.take(txn, cache, collection, path)? {
+            None => {
+                self.put(collection, path, Some(Node::Bucket(vec![entry])));
+                Ok(true)
+            }
+            Some(Node::Bucket(mut entries)) => {
+                let added = match entries.binary_search_by(|e| e.key_hash.cmp(&entry.key_hash)) {
+                    Ok(i) => {
+                        entries[i] = entry;
+                        false
+                    }
+                    Err(i) => {
+                        entries.insert(i, entry);
+                        true
+                    }
+                };
+                self.build(collection, path, entries);
+                Ok(added)
+            }
+            Some(Node::Branch(mut children)) => {
+                let n = nibble(&entry.key_hash, path.len());
+                path.push(n as u8);
+                let result = self.upsert_at(txn, cache, collection, path, entry);
+                path.pop();
+                let added = match result {
+                    Ok(added) => added,
+                    Err(e) => {
+                        self.restore(collection, path, Some(Node::Branch(children)));
+                        return Err(e);
+                    }
+                };
+                match &mut children[n] {
+                    Some(child) => child.count += u64::from(added),
+                    // A new child: `seal` sets its CID.
+                    empty => {
+                        *empty = Some(ChildRef {
+                            cid: ContentId(Vec::new()),
+                            count: 1,
                         });
                     }
                 }
-                txn.delete(node_key(collection, path));
-                path.pop();
+                self.put(collection, path, Some(Node::Branch(children)));
+                Ok(added)
             }
-            entries.sort_by_key(|e| e.key_hash);
-            if entries.is_empty() {
-                txn.delete(node_key(collection, path));
-                return Ok(None);
+        }
+    }
+
+    /// Sets the canonical subtree of `entries` (sorted by hash) at `path`: a
+    /// bucket, or a branch over buckets when there are too many.
+    fn build(&mut self, collection: &str, path: &mut Vec<u8>, entries: Vec<Entry>) {
+        if entries.len() <= BUCKET_MAX || path.len() >= MAX_DEPTH {
+            self.put(collection, path, Some(Node::Bucket(entries)));
+            return;
+        }
+        let depth = path.len();
+        let mut groups: BTreeMap<usize, Vec<Entry>> = BTreeMap::new();
+        for e in entries {
+            groups
+                .entry(nibble(&e.key_hash, depth))
+                .or_default()
+                .push(e);
+        }
+        let mut children: [Option<ChildRef>; 16] = Default::default();
+        for (n, group) in groups {
+            children[n] = Some(ChildRef {
+                cid: ContentId(Vec::new()),
+                count: group.len() as u64,
+            });
+            path.push(n as u8);
+            self.build(collection, path, group);
+            path.pop();
+        }
+        self.put(collection, path, Some(Node::Branch(Box::new(children))));
+    }
+
+    /// Removes the entry with `key_hash` from `collection`, if it is there.
+    pub(crate) fn remove(
+        &mut self,
+        txn: &Txn<'_>,
+        cache: &mut NodeCache,
+        collection: &str,
+        key_hash: &[u8; 32],
+    ) -> Result<(), StoreError> {
+        self.remove_at(txn, cache, collection, &mut Vec::new(), key_hash)
+            .map(|_| ())
+    }
+
+    /// Returns true when an entry was removed.
+    fn remove_at(
+        &mut self,
+        txn: &Txn<'_>,
+        cache: &mut NodeCache,
+        collection: &str,
+        path: &mut Vec<u8>,
+        key_hash: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        let mut children = match self.take(txn, cache, collection, path)? {
+            None => return Ok(false),
+            Some(Node::Bucket(mut entries)) => {
+                let Ok(i) = entries.binary_search_by(|e| e.key_hash.cmp(key_hash)) else {
+                    self.restore(collection, path, Some(Node::Bucket(entries)));
+                    return Ok(false);
+                };
+                entries.remove(i);
+                let node = (!entries.is_empty()).then_some(Node::Bucket(entries));
+                self.put(collection, path, node);
+                return Ok(true);
             }
-            store(txn, collection, path, &Node::Bucket(entries)).map(Some)
+            Some(Node::Branch(children)) => children,
+        };
+        let n = nibble(key_hash, path.len());
+        let removed = if children[n].is_some() {
+            path.push(n as u8);
+            let removed = self.remove_at(txn, cache, collection, path, key_hash);
+            path.pop();
+            removed
+        } else {
+            Ok(false)
+        };
+        if !matches!(removed, Ok(true)) {
+            self.restore(collection, path, Some(Node::Branch(children)));
+            return removed;
+        }
+        if let Some(child) = &mut children[n] {
+            child.count -= 1;
+            if child.count == 0 {
+                children[n] = None;
+            }
+        }
+        let total: u64 = children.iter().flatten().map(|c| c.count).sum();
+        if total as usize > BUCKET_MAX {
+            self.put(collection, path, Some(Node::Branch(children)));
+            return Ok(true);
+        }
+        // Collapse: every child now holds at most BUCKET_MAX entries, so each is a bucket.
+        let mut entries = Vec::with_capacity(BUCKET_MAX);
+        for (i, child) in children.iter().enumerate() {
+            if child.is_none() {
+                continue;
+            }
+            path.push(i as u8);
+            match self.take(txn, cache, collection, path)? {
+                Some(Node::Bucket(mut es)) => entries.append(&mut es),
+                _ => {
+                    return Err(corrupt(
+                        collection,
+                        path,
+                        "expected a bucket below a collapsing branch".into(),
+                    ));
+                }
+            }
+            self.put(collection, path, None);
+            path.pop();
+        }
+        entries.sort_by_key(|e| e.key_hash);
+        let node = (!entries.is_empty()).then_some(Node::Bucket(entries));
+        self.put(collection, path, node);
+        Ok(true)
+    }
+
+    /// Encodes and hashes every changed node once, deepest first so that each
+    /// branch links its children's new CIDs, puts the nodes into `txn`
+    /// (deleting emptied ones) and returns each changed collection's new root
+    /// (`None` when the collection is now empty).
+    pub(crate) fn seal(
+        &mut self,
+        txn: &mut Txn<'_>,
+    ) -> Result<Vec<(String, Option<ChildRef>)>, StoreError> {
+        let mut roots = Vec::new();
+        for (collection, paths) in std::mem::take(&mut self.dirty) {
+            let mut order: Vec<Vec<u8>> = paths.into_iter().collect();
+            order.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            let mut root = None;
+            for path in order {
+                let key = node_key(&collection, &path);
+                let Some(slot) = self.slots.get_mut(&key) else {
+                    continue;
+                };
+                slot.dirty = false;
+                let sealed = match &slot.node {
+                    None => {
+                        txn.delete(key);
+                        None
+                    }
+                    Some(node) => {
+                        let bytes = node.to_bytes();
+                        let cid = codec::cid_of_bytes(&bytes);
+                        let count = node.count();
+                        txn.put(key, bytes);
+                        Some(ChildRef { cid, count })
+                    }
+                };
+                let Some((&n, parent)) = path.split_last() else {
+                    root = Some(sealed);
+                    continue;
+                };
+                // The parent is a changed branch (every change dirties the
+                // path above it) unless it collapsed into a bucket.
+                if let Some(Slot {
+                    node: Some(Node::Branch(children)),
+                    ..
+                }) = self.slots.get_mut(&node_key(&collection, parent))
+                    && let Some(child) = children.get_mut(usize::from(n))
+                    && child.is_some()
+                {
+                    *child = sealed;
+                }
+            }
+            let root =
+                root.ok_or_else(|| corrupt(&collection, &[], "a change without its root".into()))?;
+            roots.push((collection, root));
+        }
+        Ok(roots)
+    }
+
+    /// Gives the nodes back to `cache` as they now are in the backend. Call it
+    /// only once the transaction holding [`seal`](Self::seal)'s puts committed;
+    /// after a failed write, drop the working set instead.
+    pub(crate) fn release(self, cache: &mut NodeCache) {
+        for (key, slot) in self.slots {
+            match slot.node {
+                Some(node) if !slot.dirty => cache.put(key, node),
+                _ => cache.forget(&key),
+            }
         }
     }
 }
@@ -377,7 +767,9 @@ pub(crate) fn recompute_root(
     entries.sort_by_key(|e| e.key_hash);
     let scratch = crate::kv::MemoryBackend::new();
     let mut txn = Txn::new(&scratch);
-    build(&mut txn, collection, &mut Vec::new(), entries).map(Some)
+    let mut work = Work::new();
+    work.build(collection, &mut Vec::new(), entries);
+    Ok(work.seal(&mut txn)?.pop().and_then(|(_, root)| root))
 }
 
 #[cfg(test)]
@@ -390,19 +782,38 @@ mod tests {
         Entry::new(&format!("doc{n}"), [v; 32])
     }
 
-    /// Applies upserts and removals in order; returns the final root.
-    fn run(ops: &[(u16, Option<u8>)]) -> Option<ChildRef> {
+    fn apply(work: &mut Work, txn: &Txn<'_>, cache: &mut NodeCache, op: (u16, Option<u8>)) {
+        match op {
+            (n, Some(v)) => work.upsert(txn, cache, "c", entry(n, v)).unwrap(),
+            (n, None) => work.remove(txn, cache, "c", &entry(n, 0).key_hash).unwrap(),
+        }
+    }
+
+    /// Applies upserts and removals, `per_txn` to a transaction, through a
+    /// cache of `cache_nodes`; returns the final root.
+    fn run_with(ops: &[(u16, Option<u8>)], per_txn: usize, cache_nodes: usize) -> Option<ChildRef> {
         let backend = MemoryBackend::new();
+        let mut cache = NodeCache::new(cache_nodes);
         let mut root = None;
-        for (n, v) in ops {
+        for chunk in ops.chunks(per_txn.max(1)) {
             let mut txn = Txn::new(&backend);
-            root = match v {
-                Some(v) => Some(upsert(&mut txn, "c", entry(*n, *v)).unwrap()),
-                None => remove(&mut txn, "c", &entry(*n, 0).key_hash).unwrap(),
-            };
+            let mut work = Work::new();
+            for op in chunk {
+                apply(&mut work, &txn, &mut cache, *op);
+            }
+            for (_, r) in work.seal(&mut txn).unwrap() {
+                root = r;
+            }
             txn.commit().unwrap();
+            work.release(&mut cache);
+            assert!(cache.len() <= cache_nodes);
         }
         root
+    }
+
+    /// Applies upserts and removals one per transaction; returns the final root.
+    fn run(ops: &[(u16, Option<u8>)]) -> Option<ChildRef> {
+        run_with(ops, 1, 0)
     }
 
     proptest! {
@@ -427,20 +838,62 @@ mod tests {
                 direct.swap(i, (x % (i as u64 + 1)) as usize);
             }
             prop_assert_eq!(incremental.as_ref().map(|r| r.count), Some(finals.len() as u64).filter(|n| *n > 0));
-            prop_assert_eq!(run(&direct), incremental);
+            prop_assert_eq!(run(&direct), incremental.clone());
+            // Batched in one working set, and through a small cache: the same root.
+            prop_assert_eq!(run_with(&ops, ops.len(), 0), incremental.clone());
+            prop_assert_eq!(run_with(&ops, 7, 5), incremental.clone());
+            prop_assert_eq!(run_with(&ops, 1, 1000), incremental);
+        }
+
+        #[test]
+        fn prop_direct_codec_is_the_value_codec(
+            ids in proptest::collection::btree_set("[a-z0-9]{0,30}", 0..20),
+            value in any::<[u8; 32]>(),
+            counts in proptest::collection::vec(proptest::option::of(1_u64..i64::MAX as u64), 16),
+            flip in any::<(usize, u8)>(),
+        ) {
+            let mut entries: Vec<Entry> = ids.iter().map(|id| Entry::new(id, value)).collect();
+            entries.sort_by_key(|e| e.key_hash);
+            let mut children: [Option<ChildRef>; 16] = Default::default();
+            for (slot, count) in children.iter_mut().zip(&counts) {
+                *slot = count.map(|count| ChildRef {
+                    cid: codec::cid_of_bytes(&count.to_be_bytes()),
+                    count,
+                });
+            }
+            for node in [Node::Bucket(entries), Node::Branch(Box::new(children))] {
+                let bytes = node.to_bytes();
+                prop_assert_eq!(&bytes, &codec::encode(&node.to_value()).unwrap());
+                prop_assert_eq!(Node::from_bytes(&bytes).unwrap(), node.clone());
+                // Any damage: both decoders agree on accepting it, and on the node.
+                let mut damaged = bytes.clone();
+                let at = flip.0 % damaged.len();
+                damaged[at] ^= flip.1.max(1);
+                let direct = Node::from_bytes(&damaged).ok();
+                let via_value = codec::decode(&damaged)
+                    .ok()
+                    .and_then(|v| Node::from_value(&v).ok());
+                prop_assert_eq!(direct, via_value);
+                prop_assert!(Node::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+            }
         }
     }
 
     #[test]
     fn a_write_touches_a_logarithmic_number_of_nodes() {
         let backend = MemoryBackend::new();
+        let mut cache = NodeCache::new(0);
         for n in 0..5000_u16 {
             let mut txn = Txn::new(&backend);
-            upsert(&mut txn, "c", entry(n, 1)).unwrap();
+            let mut work = Work::new();
+            work.upsert(&txn, &mut cache, "c", entry(n, 1)).unwrap();
+            work.seal(&mut txn).unwrap();
             txn.commit().unwrap();
         }
         let mut txn = Txn::new(&backend);
-        upsert(&mut txn, "c", entry(7, 2)).unwrap();
+        let mut work = Work::new();
+        work.upsert(&txn, &mut cache, "c", entry(7, 2)).unwrap();
+        work.seal(&mut txn).unwrap();
         let written = txn.pending_len();
         // 5000 entries in buckets of <= 16: depth about log16(5000 / 16) + 1 = 3.
         assert!(written <= 4, "one upsert rewrote {written} nodes");
