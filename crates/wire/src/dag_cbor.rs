@@ -220,7 +220,7 @@ mod tests {
         // 1..=40 keys of mixed lengths (the stack path up to 16, the sorted
         // path above), and 41 keys of one length (the in-order path).
         let mut x = 7_u64;
-        for n in (1..=41) {
+        for n in 1..=41 {
             let mut m = Map::new();
             for i in 0..n {
                 x = x
