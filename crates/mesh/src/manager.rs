@@ -61,7 +61,7 @@ use ecomesh_types::{
     Listener, Listeners, MessageId, NetworkMessage, PeerId, PeerInfo, Priority, Subscription,
     TransportAdapter, TransportEvent, TransportType, Value,
 };
-use ecomesh_wire::encode_message;
+use ecomesh_wire::encoded_message_len;
 
 use crate::MeshError;
 use crate::ack::{ACK_TYPE, PendingAcks, ack_for, acked_id};
@@ -679,7 +679,7 @@ impl MultiTransportManager {
             .iter()
             .map(|(t, a)| (*t, a.capabilities()))
             .collect();
-        let size = encode_message(message).len();
+        let size = encoded_message_len(message);
         for ty in route_with_caps(size, priority, &caps) {
             let Some((_, a)) = adapters.iter().find(|(t, _)| *t == ty) else {
                 continue;
