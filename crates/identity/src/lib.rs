@@ -45,8 +45,9 @@ pub use policy::AccessPolicy;
 /// The domain-separation strings. Each is the first, length-prefixed field of the bytes
 /// signed or fed to a KDF for that purpose; changing a format means a new version string.
 pub mod domain {
-    /// Signature over a `NetworkMessage` (type, payload, sender, timestamp).
-    pub const NETWORK_MESSAGE: &str = "ecomesh 2026 network-message signature v1";
+    /// Signature over a `NetworkMessage` (type, payload length and BLAKE3 digest, sender,
+    /// timestamp).
+    pub const NETWORK_MESSAGE: &str = "ecomesh 2026 network-message signature v2";
     /// blake3 `derive_key` context of sealed-box keys.
     pub const E2EE_KDF: &str = "ecomesh 2026 e2ee v1";
     /// Signature of the sender inside a signed sealed box.

@@ -83,6 +83,9 @@ pub struct StoreBuffer {
     config: BufferConfig,
     entries: Vec<Entry>,
     bytes: usize,
+    /// Bumped by every call that may change the held messages (see
+    /// [`generation`](StoreBuffer::generation)).
+    generation: u64,
 }
 
 fn priority_code(p: Priority) -> u8 {
@@ -106,7 +109,15 @@ impl StoreBuffer {
             config,
             entries: Vec::new(),
             bytes: 0,
+            generation: 0,
         }
+    }
+
+    /// A counter that changes whenever the held messages may have changed
+    /// (conservatively: an insert bumps it even when refused), so an owner that
+    /// persists the buffer can skip rewriting an unchanged one.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The bounds.
@@ -168,6 +179,7 @@ impl StoreBuffer {
         reputation: &dyn Fn(&PeerId) -> f64,
         kept: &dyn Fn(&MessageId) -> bool,
     ) -> Result<Vec<MessageId>, MeshError> {
+        self.generation = self.generation.wrapping_add(1);
         let id = message.id;
         if message.is_expired(now_ms) {
             return Err(MeshError::Expired(id));
@@ -275,6 +287,9 @@ impl StoreBuffer {
             .iter()
             .map(|e| accounted_size(&e.message))
             .sum();
+        if !out.is_empty() {
+            self.generation = self.generation.wrapping_add(1);
+        }
         out.sort_by_key(|e| (priority_code(e.priority), e.message.timestamp_ms));
         out
     }
@@ -285,6 +300,7 @@ impl StoreBuffer {
             Some(i) => {
                 let e = self.entries.remove(i);
                 self.bytes -= accounted_size(&e.message);
+                self.generation = self.generation.wrapping_add(1);
                 true
             }
             None => false,
@@ -301,6 +317,9 @@ impl StoreBuffer {
             }
             !expired
         });
+        if !gone.is_empty() {
+            self.generation = self.generation.wrapping_add(1);
+        }
         self.bytes = self
             .entries
             .iter()
@@ -495,6 +514,36 @@ mod tests {
             max_messages,
             max_bytes,
         }
+    }
+
+    #[test]
+    fn generation_changes_with_every_change_and_only_then() {
+        let mut b = StoreBuffer::new(cfg(10, usize::MAX));
+        let g0 = b.generation();
+        b.insert(msg(1, 9, 0, 100, 4), Priority::Normal, 0, &neutral)
+            .unwrap();
+        b.insert(msg(2, 8, 0, 1, 4), Priority::Normal, 0, &neutral)
+            .unwrap();
+        let g1 = b.generation();
+        assert_ne!(g1, g0);
+        // Nothing held changes: the generation stays.
+        assert!(!b.remove(&MessageId([7; 16])));
+        assert!(b.take_for(&peer(5)).is_empty());
+        assert!(b.expire(500).is_empty());
+        assert_eq!(b.generation(), g1);
+        // Each change moves it.
+        assert_eq!(b.expire(5_000).len(), 1);
+        let g2 = b.generation();
+        assert_ne!(g2, g1);
+        assert_eq!(b.take_for(&peer(9)).len(), 1);
+        let g3 = b.generation();
+        assert_ne!(g3, g2);
+        b.insert(msg(3, 9, 0, 100, 4), Priority::Normal, 0, &neutral)
+            .unwrap();
+        let g4 = b.generation();
+        assert_ne!(g4, g3);
+        assert!(b.remove(&MessageId([3; 16])));
+        assert_ne!(b.generation(), g4);
     }
 
     #[test]

@@ -61,7 +61,7 @@ use ecomesh_types::{
     Listener, Listeners, MessageId, NetworkMessage, PeerId, PeerInfo, Priority, Subscription,
     TransportAdapter, TransportEvent, TransportType, Value,
 };
-use ecomesh_wire::encode_message;
+use ecomesh_wire::encoded_message_len;
 
 use crate::MeshError;
 use crate::ack::{ACK_TYPE, PendingAcks, ack_for, acked_id};
@@ -470,6 +470,23 @@ impl MultiTransportManager {
         lock(&self.state).buffer.save(path)
     }
 
+    /// Persists the store-and-forward buffer unless its
+    /// [generation](StoreBuffer::generation) is still `saved` (the one returned by
+    /// the last successful save), and returns the generation now on disk. The check
+    /// and the write happen under one lock, so no change can slip between them.
+    pub fn save_buffer_if_changed(
+        &self,
+        path: &std::path::Path,
+        saved: Option<u64>,
+    ) -> Result<u64, MeshError> {
+        let st = lock(&self.state);
+        let generation = st.buffer.generation();
+        if saved != Some(generation) {
+            st.buffer.save(path)?;
+        }
+        Ok(generation)
+    }
+
     /// The store-and-forward buffer as bytes for [`StoreBuffer::from_bytes`]
     /// (for owners that persist it themselves).
     pub fn buffer_bytes(&self) -> Vec<u8> {
@@ -679,7 +696,7 @@ impl MultiTransportManager {
             .iter()
             .map(|(t, a)| (*t, a.capabilities()))
             .collect();
-        let size = encode_message(message).len();
+        let size = encoded_message_len(message);
         for ty in route_with_caps(size, priority, &caps) {
             let Some((_, a)) = adapters.iter().find(|(t, _)| *t == ty) else {
                 continue;

@@ -39,8 +39,11 @@
 //! - **Get**: local first; otherwise the manifest is asked of connected
 //!   peers (one whose id differs is refused), then each missing piece is
 //!   asked of one holder at a time (confirmed replicas first), every piece is
-//!   verified against its id, verified pieces are cached, and the blob is
-//!   rebuilt (any 4 of 7 shards) and checked against the blob id.
+//!   verified against its id (once: the fetcher hashes it, the cache takes
+//!   its word), verified pieces are cached with the sender as a confirmed
+//!   replica in one batch (made durable when the get finishes; a piece lost
+//!   to a crash before that is fetched again), and the blob is rebuilt (any
+//!   4 of 7 shards) and checked against the blob id.
 //! - **Serve**: `Get`, `Have` and `Push` are answered by
 //!   [`ShardServer`](ecomesh_replication::shard::ShardServer) over the local
 //!   store; a push whose bytes do not hash to its id is refused.

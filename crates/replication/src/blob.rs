@@ -656,6 +656,39 @@ pub fn rebuild(manifest: &Manifest, pieces: &BTreeMap<usize, Vec<u8>>) -> Result
     rebuild_verified(manifest, pieces)
 }
 
+/// [`rebuild_verified`] taking the pieces, so that the blob is assembled in
+/// about its own size of memory: a `none` blob's one piece is the blob (no
+/// copy), and `chunked` pieces are released as they are copied out. Checked
+/// against the blob id like every rebuild.
+pub(crate) fn rebuild_verified_owned(
+    manifest: &Manifest,
+    mut pieces: BTreeMap<usize, Vec<u8>>,
+) -> Result<Vec<u8>> {
+    let complete = pieces.len() == manifest.pieces.len()
+        && pieces.keys().copied().eq(0..manifest.pieces.len())
+        && pieces
+            .iter()
+            .all(|(&i, b)| manifest.piece_size(i) == Some(b.len() as u64));
+    let out = match manifest.encoding {
+        Encoding::None if complete => pieces.pop_first().map(|(_, b)| b).unwrap_or_default(),
+        Encoding::Chunked if complete => {
+            let len =
+                usize::try_from(manifest.len).map_err(|_| ReplicationError::Unrecoverable {
+                    what: manifest.id.to_text(),
+                    detail: "too large".to_owned(),
+                })?;
+            let mut out = Vec::with_capacity(len);
+            while let Some((_, bytes)) = pieces.pop_first() {
+                out.extend_from_slice(&bytes);
+            }
+            out
+        }
+        _ => return rebuild_verified(manifest, &pieces),
+    };
+    manifest.id.verify(&out, None)?;
+    Ok(out)
+}
+
 /// [`rebuild`] for pieces the caller has already verified.
 pub(crate) fn rebuild_verified(
     manifest: &Manifest,
@@ -838,6 +871,34 @@ mod tests {
             rebuild(&enc.manifest, &wrong),
             Err(ReplicationError::HashMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn owned_rebuild_matches_rebuild_for_every_encoding() {
+        let rs = BlobConfig {
+            none_max: 0,
+            chunked_max: 0,
+            chunk_size: 7,
+        };
+        for (config, len) in [(small(), 10), (small(), 50), (rs, 50), (small(), 0)] {
+            let data: Vec<u8> = (0..len as u8).collect();
+            let enc = encode_blob(&data, &config).unwrap();
+            let all: BTreeMap<_, _> = enc.pieces.iter().cloned().enumerate().collect();
+            assert_eq!(
+                rebuild_verified_owned(&enc.manifest, all.clone()).unwrap(),
+                data
+            );
+            // Pieces that do not fit the manifest are refused, not assembled.
+            let mut short = all.clone();
+            if let Some(p) = short.get_mut(&0) {
+                p.push(0);
+                assert!(rebuild_verified_owned(&enc.manifest, short).is_err());
+            }
+            if enc.manifest.encoding() == Encoding::Rs4x7 {
+                let lost: BTreeMap<_, _> = all.into_iter().skip(3).collect();
+                assert_eq!(rebuild_verified_owned(&enc.manifest, lost).unwrap(), data);
+            }
+        }
     }
 
     #[test]

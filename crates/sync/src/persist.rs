@@ -22,6 +22,8 @@ pub(crate) struct MeshState {
     layout: DataLayout,
     dirty: AtomicBool,
     saved_keys: AtomicUsize,
+    /// The buffer generation last written (`None`: write at the next save).
+    saved_buffer: Mutex<Option<u64>>,
     lock: Mutex<()>,
 }
 
@@ -78,6 +80,7 @@ pub(crate) fn open_mesh(
         layout: layout.clone(),
         dirty: AtomicBool::new(false),
         saved_keys: AtomicUsize::new(known.len()),
+        saved_buffer: Mutex::new(None),
         lock: Mutex::new(()),
     };
     (mesh, state)
@@ -94,15 +97,26 @@ impl MeshState {
         self.dirty.load(Ordering::SeqCst)
     }
 
-    /// Saves the mesh buffer, pending ACKs and (when grown) the learned keys.
+    /// Saves the mesh buffer (only when it changed since the last successful
+    /// save: during a transfer it can hold megabytes), pending ACKs and (when
+    /// grown) the learned keys.
     /// A failed save leaves the state dirty, so the next pass tries again.
     pub(crate) fn persist(&self) {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.dirty.store(false, Ordering::SeqCst);
-        if let Err(e) = self.mesh.save_buffer(&self.layout.buffer()) {
-            tracing::error!(error = %e, "saving the store-and-forward buffer failed");
-            self.dirty.store(true, Ordering::SeqCst);
+        let mut saved = self.saved_buffer.lock().unwrap_or_else(|p| p.into_inner());
+        match self
+            .mesh
+            .save_buffer_if_changed(&self.layout.buffer(), *saved)
+        {
+            Ok(generation) => *saved = Some(generation),
+            Err(e) => {
+                tracing::error!(error = %e, "saving the store-and-forward buffer failed");
+                *saved = None;
+                self.dirty.store(true, Ordering::SeqCst);
+            }
         }
+        drop(saved);
         if let Err(e) = self.mesh.save_pending(&self.layout.pending()) {
             tracing::error!(error = %e, "saving the pending ACKs failed");
             self.dirty.store(true, Ordering::SeqCst);

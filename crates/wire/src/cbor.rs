@@ -80,23 +80,42 @@ impl Writer {
     }
 
     /// Writes an item head with the shortest argument encoding.
+    #[inline]
     pub(crate) fn head(&mut self, major: u8, arg: u64) {
         let m = major << 5;
         if arg < 24 {
             self.buf.push(m | arg as u8);
-        } else if arg <= u64::from(u8::MAX) {
-            self.buf.push(m | 24);
-            self.buf.push(arg as u8);
-        } else if arg <= u64::from(u16::MAX) {
-            self.buf.push(m | 25);
-            self.buf.extend_from_slice(&(arg as u16).to_be_bytes());
-        } else if arg <= u64::from(u32::MAX) {
-            self.buf.push(m | 26);
-            self.buf.extend_from_slice(&(arg as u32).to_be_bytes());
-        } else {
-            self.buf.push(m | 27);
-            self.buf.extend_from_slice(&arg.to_be_bytes());
+            return;
         }
+        // One append of the initial byte and the big-endian argument.
+        let (info, n) = if arg <= u64::from(u8::MAX) {
+            (24, 1)
+        } else if arg <= u64::from(u16::MAX) {
+            (25, 2)
+        } else if arg <= u64::from(u32::MAX) {
+            (26, 4)
+        } else {
+            (27, 8)
+        };
+        let mut head = [0_u8; 9];
+        head[0] = m | info;
+        head[1..=n].copy_from_slice(&arg.to_be_bytes()[8 - n..]);
+        self.buf.extend_from_slice(&head[..=n]);
+    }
+
+    /// Empties the writer, keeping its buffer.
+    pub(crate) fn clear(&mut self) {
+        self.buf.clear();
+    }
+
+    /// The bytes written so far.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The capacity of the buffer.
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Writes an unsigned integer.
@@ -136,12 +155,14 @@ impl Writer {
 
     /// Writes a byte string.
     pub fn bytes(&mut self, v: &[u8]) {
+        self.buf.reserve(9 + v.len());
         self.head(MAJOR_BYTES, v.len() as u64);
         self.buf.extend_from_slice(v);
     }
 
     /// Writes a text string.
     pub fn text(&mut self, v: &str) {
+        self.buf.reserve(9 + v.len());
         self.head(MAJOR_TEXT, v.len() as u64);
         self.buf.extend_from_slice(v.as_bytes());
     }
@@ -531,6 +552,65 @@ impl<'a> Reader<'a> {
 /// The canonical DAG-CBOR order of two map keys: shorter first, then bytewise.
 pub fn cmp_keys(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// Maps up to this many entries are put in canonical order on the stack.
+const SMALL_MAP: usize = 16;
+
+/// Calls `f` on the entries of a map whose keys come in bytewise order (a
+/// `BTreeMap<String, _>`'s iteration order), in canonical DAG-CBOR order
+/// (length-first, then bytewise), stopping at the first error.
+///
+/// Length-first-then-bytewise is the bytewise order stably sorted by length,
+/// so no key is compared: a small map is insertion-sorted by length on the
+/// stack in one pass, a large one is visited as it comes when its keys are
+/// already in length order (all one length, the common case) and otherwise
+/// collected and stably sorted by length.
+pub(crate) fn for_each_canonical<'a, V: ?Sized + 'a, E>(
+    entries: impl ExactSizeIterator<Item = (&'a String, &'a V)> + Clone,
+    mut f: impl FnMut(&'a str, &'a V) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let n = entries.len();
+    if n <= SMALL_MAP {
+        // One pass: stable insertion by length (equal lengths keep their
+        // bytewise order); keys already in length order move nothing.
+        let mut sorted: [(&str, Option<&V>); SMALL_MAP] = [("", None); SMALL_MAP];
+        let mut len = 0;
+        for (k, v) in entries.take(SMALL_MAP) {
+            let mut j = len;
+            while j > 0 && sorted[j - 1].0.len() > k.len() {
+                sorted[j] = sorted[j - 1];
+                j -= 1;
+            }
+            sorted[j] = (k, Some(v));
+            len += 1;
+        }
+        for (k, v) in &sorted[..len] {
+            if let Some(v) = v {
+                f(k, v)?;
+            }
+        }
+        return Ok(());
+    }
+    let mut prev = 0;
+    let in_order = entries.clone().all(|(k, _)| {
+        let ok = k.len() >= prev;
+        prev = k.len();
+        ok
+    });
+    if in_order {
+        for (k, v) in entries {
+            f(k, v)?;
+        }
+    } else {
+        let mut sorted: Vec<(&String, &V)> = entries.collect();
+        // `sort_by_key` is stable: equal lengths keep their bytewise order.
+        sorted.sort_by_key(|(k, _)| k.len());
+        for (k, v) in sorted {
+            f(k, v)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -95,15 +95,18 @@ pub fn cid_of(value: &Value) -> Result<Cid> {
 
 /// The CIDv1 (dag-cbor) of a value's canonical DAG-CBOR encoding, hashed with `alg`.
 pub fn cid_of_with(value: &Value, alg: HashAlg) -> Result<Cid> {
-    Ok(encode_block(value, alg)?.1)
+    // Hashed straight from the scratch buffer: the bytes are not kept.
+    crate::dag_cbor::with_encoded(value, &Limits::DEFAULT, |bytes| {
+        cid_for_bytes(DAG_CBOR, alg, bytes)
+    })
 }
 
 /// A value's canonical DAG-CBOR bytes together with their CID: a block as a
 /// store keeps it.
 pub fn encode_block(value: &Value, alg: HashAlg) -> Result<(Vec<u8>, Cid)> {
-    let bytes = crate::dag_cbor::to_dag_cbor(value)?;
-    let cid = cid_for_bytes(DAG_CBOR, alg, &bytes);
-    Ok((bytes, cid))
+    crate::dag_cbor::with_encoded(value, &Limits::DEFAULT, |bytes| {
+        (bytes.to_vec(), cid_for_bytes(DAG_CBOR, alg, bytes))
+    })
 }
 
 /// Checks that `bytes` hash to `expected` ("these bytes have this CID").
@@ -187,10 +190,14 @@ pub(crate) fn check_binary_cid(bytes: &[u8]) -> Result<Cid, &'static str> {
     if cid.encoded_len() != bytes.len() {
         return Err("bytes after the CID");
     }
-    if cid.to_bytes() != bytes {
-        return Err("CID not in canonical binary form");
+    // Re-encoded on the stack (a CID with a digest of up to 64 bytes takes
+    // at most 94), compared without allocating.
+    let mut canonical = [0_u8; 96];
+    let mut rest = &mut canonical[..];
+    match cid.write_bytes(&mut rest) {
+        Ok(n) if canonical.get(..n) == Some(bytes) => Ok(cid),
+        _ => Err("CID not in canonical binary form"),
     }
-    Ok(cid)
 }
 
 /// Parses exactly one canonical binary CID (the form [`ContentId`] holds).

@@ -566,13 +566,11 @@ impl Canonical for DocumentCrdt {
         w.text("fields");
         let fields_depth = enter(inner, max_depth)?;
         // Field names are DAG-CBOR map keys: length-first order.
-        let mut names: Vec<(&String, &Field)> = self.fields().iter().collect();
-        names.sort_by(|a, b| crate::cbor::cmp_keys(a.0.as_bytes(), b.0.as_bytes()));
-        w.map(names.len());
-        for (name, field) in names {
+        w.map(self.fields().len());
+        crate::cbor::for_each_canonical(self.fields().iter(), |name, field| {
             w.text(name);
-            field.write_to(w, fields_depth, max_depth)?;
-        }
+            field.write_to(w, fields_depth, max_depth)
+        })?;
         if let Some(d) = self.deleted() {
             w.text("deleted");
             d.write_to(w, inner, max_depth)?;

@@ -13,7 +13,7 @@
 
 use ecomesh_types::{ContentId, Map, Value};
 
-use crate::cbor::{CID_TAG, Limits, Reader, Token, Writer, cmp_keys};
+use crate::cbor::{CID_TAG, Limits, Reader, Token, Writer, cmp_keys, for_each_canonical};
 use crate::error::{Result, WireError};
 
 /// The canonical DAG-CBOR bytes of `value`, with the default [`Limits`].
@@ -27,9 +27,41 @@ pub fn to_dag_cbor(value: &Value) -> Result<Vec<u8>> {
 
 /// [`to_dag_cbor`] with explicit limits (only `max_depth` applies when encoding).
 pub fn to_dag_cbor_with(value: &Value, limits: &Limits) -> Result<Vec<u8>> {
-    let mut w = Writer::with_capacity(64);
-    write_value(&mut w, value, 0, limits.effective_depth())?;
-    Ok(w.into_bytes())
+    with_encoded(value, limits, <[u8]>::to_vec)
+}
+
+/// A scratch buffer kept per thread at most this large between encodings.
+const SCRATCH_KEEP: usize = 256 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Writer> = std::cell::RefCell::new(Writer::with_capacity(1024));
+}
+
+/// Encodes `value` into this thread's scratch buffer and hands the bytes to
+/// `f`: one exactly sized copy (or none, when `f` only hashes them) instead
+/// of a vector grown step by step.
+pub(crate) fn with_encoded<T>(
+    value: &Value,
+    limits: &Limits,
+    f: impl FnOnce(&[u8]) -> T,
+) -> Result<T> {
+    let max = limits.effective_depth();
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut w) => {
+            w.clear();
+            let out = write_value(&mut w, value, 0, max).map(|()| f(w.as_bytes()));
+            if w.capacity() > SCRATCH_KEEP {
+                *w = Writer::with_capacity(1024);
+            }
+            out
+        }
+        // Not reachable (encoding calls no user code), but never a panic.
+        Err(_) => {
+            let mut w = Writer::with_capacity(1024);
+            write_value(&mut w, value, 0, max)?;
+            Ok(f(w.as_bytes()))
+        }
+    })
 }
 
 /// Appends the canonical encoding of `value` to `w`. `depth` is the number of
@@ -64,14 +96,11 @@ pub(crate) fn write_value(w: &mut Writer, value: &Value, depth: usize, max: usiz
 
 fn write_map(w: &mut Writer, map: &Map, depth: usize, max: usize) -> Result<()> {
     // BTreeMap orders keys bytewise; DAG-CBOR orders them length-first.
-    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-    entries.sort_by(|a, b| cmp_keys(a.0.as_bytes(), b.0.as_bytes()));
-    w.map(entries.len());
-    for (k, v) in entries {
+    w.map(map.len());
+    for_each_canonical(map.iter(), |k, v| {
         w.text(k);
-        write_value(w, v, depth + 1, max)?;
-    }
-    Ok(())
+        write_value(w, v, depth + 1, max)
+    })
 }
 
 /// Writes a link after checking that its bytes are one canonical binary CID.
@@ -184,6 +213,39 @@ mod tests {
             hex("a56161f66162f6626161f6626261f663616161f6"),
             "a, b, aa, ba, aaa"
         );
+    }
+
+    #[test]
+    fn canonical_order_holds_for_small_large_and_presorted_maps() {
+        // 1..=40 keys of mixed lengths (the stack path up to 16, the sorted
+        // path above), and 41 keys of one length (the in-order path).
+        let mut x = 7_u64;
+        for n in 1..=41 {
+            let mut m = Map::new();
+            for i in 0..n {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let len = if n == 41 { 3 } else { 1 + (x >> 60) as usize };
+                let key: String = (0..len)
+                    .map(|j| (b'a' + ((x >> (j * 3)) % 26) as u8) as char)
+                    .collect();
+                m.insert(key, Value::Integer(i));
+            }
+            let mut expected: Vec<(&String, &Value)> = m.iter().collect();
+            expected.sort_by(|a, b| cmp_keys(a.0.as_bytes(), b.0.as_bytes()));
+            let mut w = Writer::new();
+            w.map(expected.len());
+            for (k, v) in &expected {
+                w.text(k);
+                write_value(&mut w, v, 1, 64).unwrap();
+            }
+            assert_eq!(
+                to_dag_cbor(&Value::Map(m.clone())).unwrap(),
+                w.into_bytes(),
+                "{n} keys"
+            );
+        }
     }
 
     #[test]

@@ -61,5 +61,5 @@ pub use crate::dag_json::{
 pub use crate::error::{Result, WireError};
 pub use crate::message::{
     decode_message, decode_message_compact, decode_message_compact_with, decode_message_with,
-    encode_message, encode_message_compact,
+    encode_message, encode_message_compact, encoded_message_len,
 };

@@ -59,6 +59,48 @@ pub fn encode_message(msg: &NetworkMessage) -> Vec<u8> {
     w.into_bytes()
 }
 
+/// The length of [`encode_message`]`(msg)`, computed without encoding (for size checks
+/// such as routing, which must not copy a large payload only to measure it).
+pub fn encoded_message_len(msg: &NetworkMessage) -> usize {
+    /// Length of a CBOR head whose argument is `v` (shortest form, as the writer emits).
+    fn head(v: u64) -> usize {
+        match v {
+            0..24 => 1,
+            24..=0xff => 2,
+            0x100..=0xffff => 3,
+            0x1_0000..=0xffff_ffff => 5,
+            _ => 9,
+        }
+    }
+    // The map head, then the ten text keys (each shorter than 24 bytes: a 1-byte head).
+    let keys = 1 + [
+        "id",
+        "ttl",
+        "type",
+        "sender",
+        "maxHops",
+        "payload",
+        "hopCount",
+        "recipient",
+        "signature",
+        "timestamp",
+    ]
+    .iter()
+    .map(|k| 1 + k.len())
+    .sum::<usize>();
+    let bytes = |n: usize| head(n as u64) + n;
+    keys + bytes(16)
+        + head(u64::from(msg.ttl_secs))
+        + bytes(msg.message_type.len())
+        + bytes(32)
+        + head(u64::from(msg.max_hops))
+        + bytes(msg.payload.len())
+        + head(u64::from(msg.hop_count))
+        + msg.recipient.as_ref().map_or(1, |_| bytes(32))
+        + bytes(64)
+        + head(msg.timestamp_ms)
+}
+
 /// Decodes the full form with the default [`Limits`].
 pub fn decode_message(bytes: &[u8]) -> Result<NetworkMessage> {
     decode_message_with(bytes, &Limits::DEFAULT)
@@ -342,6 +384,38 @@ mod tests {
             hop_count: 3,
             max_hops: 5,
             signature: Signature([9; 64]),
+        }
+    }
+
+    #[test]
+    fn encoded_len_matches_the_encoding_at_every_head_boundary() {
+        let lens = [0usize, 1, 23, 24, 255, 256, 65_535, 65_536, 70_000];
+        let nums = [
+            0u64,
+            23,
+            24,
+            255,
+            256,
+            65_535,
+            65_536,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ];
+        for (i, &n) in nums.iter().enumerate() {
+            let l = lens[i % lens.len()];
+            for recipient in [None, Some(PeerId::from_digest([2; 32]))] {
+                let m = NetworkMessage {
+                    message_type: "t".repeat(lens[(i + 3) % lens.len()].min(300)),
+                    payload: vec![5; l],
+                    recipient,
+                    timestamp_ms: n,
+                    ttl_secs: u32::try_from(n).unwrap_or(u32::MAX),
+                    hop_count: u8::try_from(n).unwrap_or(u8::MAX),
+                    max_hops: u8::try_from(nums[(i + 1) % nums.len()]).unwrap_or(u8::MAX),
+                    ..sample()
+                };
+                assert_eq!(encoded_message_len(&m), encode_message(&m).len(), "{i}");
+            }
         }
     }
 

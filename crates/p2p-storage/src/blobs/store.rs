@@ -444,8 +444,59 @@ impl<B: Backend> BlobStore<B> {
             .into());
         }
         id.verify(data, None)?;
-        let fresh = !self.has_piece(id)?;
+        let fresh = self.piece_batch(WriteBatch::new(), id, data, now_ms)?;
+        self.backend.flush()?;
+        Ok(fresh)
+    }
+
+    /// Stores a piece whose bytes the caller has just hashed to `id` (the
+    /// fetcher verifies every piece on arrival), without hashing them again
+    /// and without waiting for the disk: the atomic batch is applied and
+    /// reaches the disk with the backend's next flush ([`BlobStore::flush`],
+    /// which a finished get calls). A piece lost to a crash before then is
+    /// fetched again. `from`, the peer that served the bytes, is recorded
+    /// as a confirmed replica in the same batch. Returns false when the
+    /// piece was already held.
+    pub(crate) fn cache_verified_piece(
+        &self,
+        id: &BlobId,
+        data: &[u8],
+        from: &PeerId,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        if data.len() as u64 > self.limits.max_piece_len {
+            return Err(ReplicationError::TooLarge {
+                what: "blob piece",
+                size: data.len(),
+                max: usize::try_from(self.limits.max_piece_len).unwrap_or(usize::MAX),
+            }
+            .into());
+        }
         let mut batch = WriteBatch::new();
+        if *from != self.local {
+            batch.insert(
+                key(CONFIRMED, &[id.as_bytes(), from.as_bytes()]),
+                Some(vec![]),
+            );
+        }
+        self.piece_batch(batch, id, data, now_ms)
+    }
+
+    /// Makes every write so far durable.
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        self.backend.flush()
+    }
+
+    /// Writes a verified piece and its last use with `batch` as one atomic
+    /// batch (not flushed).
+    fn piece_batch(
+        &self,
+        mut batch: WriteBatch,
+        id: &BlobId,
+        data: &[u8],
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let fresh = !self.has_piece(id)?;
         if fresh {
             batch.insert(key(PIECE, &[id.as_bytes()]), Some(data.to_vec()));
         }
@@ -454,7 +505,7 @@ impl<B: Backend> BlobStore<B> {
             key(PIECE_USED, &[id.as_bytes()]),
             Some(used.to_be_bytes().to_vec()),
         );
-        self.apply(batch)?;
+        self.backend.apply(batch)?;
         Ok(fresh)
     }
 

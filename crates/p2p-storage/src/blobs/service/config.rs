@@ -33,6 +33,8 @@ pub struct BlobServiceConfig {
     /// Connected peers asked for a manifest this node does not have.
     pub manifest_peers: usize,
     /// Largest payload of one mesh message; larger frames travel in parts.
+    /// The default, 1 MiB + 64 KiB, carries a default 1 MiB chunk's `Data`
+    /// or `Push` frame (the piece plus a few bytes of framing) in one message.
     pub max_part_bytes: usize,
     /// Bytes of incoming multi-part frames held while they are joined.
     pub max_reassembly_bytes: usize,
@@ -81,7 +83,7 @@ impl Default for BlobServiceConfig {
             max_queued: 65_536,
             fetch_in_flight: 4,
             manifest_peers: 3,
-            max_part_bytes: 1 << 20,
+            max_part_bytes: (1 << 20) + (64 << 10),
             max_reassembly_bytes: 64 << 20,
             message_ttl_secs: 120,
             inbox_capacity: 8192,

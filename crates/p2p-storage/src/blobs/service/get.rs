@@ -195,6 +195,10 @@ impl<B: Backend> BlobService<B> {
     }
 
     fn finish(&self, d: &mut Driver, get: u64, result: BlobResult) {
+        // Pieces cached while fetching reach the disk now.
+        if let Err(e) = self.store.flush() {
+            tracing::warn!(error = %e, "fetched pieces not flushed");
+        }
         if let Some(op) = d.gets.remove(&get) {
             if result.is_ok() {
                 d.stats.gets_done += 1;

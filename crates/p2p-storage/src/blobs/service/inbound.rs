@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use ecomesh_mesh::reputation::Observation;
 use ecomesh_replication::ReplicationError;
-use ecomesh_replication::blob::BlobId;
 use ecomesh_replication::shard::ShardResponse;
 use ecomesh_types::PeerId;
 
@@ -123,26 +122,21 @@ impl<B: Backend> BlobService<B> {
                 else {
                     return;
                 };
-                let data = match ShardResponse::decode_with(frame, &self.config.limits) {
-                    Ok(ShardResponse::Data(b)) => Some(b),
-                    _ => None,
-                };
-                let result = f.on_response(rid, frame);
-                let wanted = |id: &BlobId| f.manifest().pieces().contains(id);
+                // The fetcher decodes the frame and hashes the piece once;
+                // verified bytes are cached from its callback.
+                let mut cached = None;
+                let result = f.on_response_with(rid, frame, |id, bytes| {
+                    // The serving peer is recorded as a replica in the same batch.
+                    if let Err(e) = self.store.cache_verified_piece(&id, bytes, &from, now) {
+                        tracing::warn!(error = %e, "fetched piece not cached");
+                    }
+                    cached = Some(id);
+                });
                 match result {
                     Ok(()) => {
-                        if let Some(b) = data {
-                            let id = BlobId::of(&b);
-                            if wanted(&id) {
-                                d.stats.pieces_fetched += 1;
-                                self.mesh.observe(from, Observation::Storage(true));
-                                if let Err(e) = self.store.put_piece(&id, &b, now) {
-                                    tracing::warn!(error = %e, "fetched piece not cached");
-                                }
-                                if let Err(e) = self.store.confirm(&id, &from) {
-                                    tracing::warn!(error = %e, "replica confirmation not stored");
-                                }
-                            }
+                        if cached.is_some() {
+                            d.stats.pieces_fetched += 1;
+                            self.mesh.observe(from, Observation::Storage(true));
                         }
                     }
                     Err(e) if peer_fault(&e) => {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ecomesh_types::PeerId;
 
 use crate::ReplicationError;
-use crate::blob::{BlobId, Manifest, rebuild_verified};
+use crate::blob::{BlobId, Manifest, rebuild_verified_owned};
 
 use super::{Result, ShardLimits, ShardRequest, ShardResponse};
 
@@ -244,7 +244,7 @@ impl Fetcher {
         self.out.clear();
         // The pieces are released once the blob is built.
         let pieces = std::mem::take(&mut self.have);
-        self.state = match rebuild_verified(&self.manifest, &pieces) {
+        self.state = match rebuild_verified_owned(&self.manifest, pieces) {
             Ok(blob) => State::Done(blob),
             Err(e) => State::Failed(e),
         };
@@ -258,6 +258,19 @@ impl Fetcher {
     /// the peer); the piece is then asked of another holder. Responses to
     /// unknown or finished requests are ignored.
     pub fn on_response(&mut self, id: RequestId, frame: &[u8]) -> Result<()> {
+        self.on_response_with(id, frame, |_, _| {})
+    }
+
+    /// [`on_response`](Self::on_response), handing each piece that matched
+    /// its id to `verified` (with that id) before it is kept: a driver caches
+    /// the piece from there without decoding the frame or hashing the bytes
+    /// again. `verified` is called at most once, and only for verified bytes.
+    pub fn on_response_with(
+        &mut self,
+        id: RequestId,
+        frame: &[u8],
+        verified: impl FnOnce(BlobId, &[u8]),
+    ) -> Result<()> {
         let Some((index, peer)) = self.out.remove(&id) else {
             return Ok(());
         };
@@ -285,6 +298,7 @@ impl Fetcher {
                         peer: Some(peer),
                     });
                 }
+                verified(piece_id, &data);
                 self.have.insert(index, data);
                 if self.have.len() >= self.manifest.pieces_needed() {
                     self.complete();
