@@ -152,7 +152,11 @@ pub fn table(rows: &[Row]) -> String {
             r.unit,
             r.ratio(),
             r.target.describe(),
-            if r.met() { "yes" } else { "**no**" },
+            match (r.target, r.met()) {
+                (Target::Info, _) => "-",
+                (_, true) => "yes",
+                (_, false) => "**no**",
+            },
         );
     }
     out
