@@ -1,7 +1,7 @@
 //! The `links` rows of the compare report (issue 16, goal 4): the wired and internet
 //! transports' bulk throughput beside the cipher's ceiling, measured in the same run.
 //!
-//! Every transport figure moves [`TOTAL`] payload bytes from A to B on 127.0.0.1 as
+//! Every transport figure moves 16 MiB of payload from A to B on 127.0.0.1 as
 //! unsigned `NetworkMessage`s of 64 KiB or 1 MiB payload, one `send` in flight (each
 //! awaited before the next), and ends when B's subscription has seen them all; the
 //! throughput counts payload bytes (MiB/s).
