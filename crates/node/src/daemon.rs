@@ -183,6 +183,8 @@ pub struct NodeOptions {
     /// Most pending (accepted, undelivered) texts in the outbox; `send` is
     /// refused beyond it with an error naming the limit.
     pub outbox_max: usize,
+    /// The HTTP API: where it listens, or `None` for no API.
+    pub api: Option<crate::api::ApiOptions>,
 }
 
 impl Default for NodeOptions {
@@ -204,6 +206,7 @@ impl Default for NodeOptions {
             redial_max: Duration::from_secs(30),
             buffer_messages: DEFAULT_MAX_MESSAGES,
             outbox_max: DEFAULT_OUTBOX_MAX,
+            api: Some(crate::api::ApiOptions::default()),
         }
     }
 }
@@ -460,6 +463,17 @@ pub async fn run(
         wired: transports.wired.clone(),
         internet: transports.internet.clone(),
     });
+    let api = match &options.api {
+        Some(api) => match crate::api::start(served.clone(), &data, api).await {
+            Ok(server) => Some(server),
+            Err(e) => {
+                node.shutdown().await?;
+                let _ = std::fs::remove_file(&socket);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let accept = tokio::spawn(async move {
         loop {
             match control.accept().await {
@@ -475,6 +489,9 @@ pub async fn run(
     });
     shutdown.await;
     accept.abort();
+    if let Some(api) = api {
+        api.stop().await;
+    }
     drop(discovery);
     node.shutdown().await?;
     if let Err(e) = std::fs::remove_file(&socket) {

@@ -1,15 +1,19 @@
 //! The ecomesh node: the daemon behind `ecomesh node` and the pieces the CLI shares with it.
 //!
+//! - [`api`]: the HTTP and WebSocket API under `/api/v1/` and the dashboard at `/`.
 //! - [`daemon`]: starts the transports (wired with mDNS, internet, LoRa), hands them to an
 //!   embedded [`ecomesh_sync::Node`] (store, mesh, replication, blobs, sealed texts and their
 //!   outbox), and serves the control socket.
 //! - `serve`: answers control requests by calling the `Node` API.
 //! - [`control`]: the JSON-lines protocol on the local control socket, and its client.
+//! - [`progress`]: progress bars on a terminal, plain lines otherwise.
 //! - [`paths`]: the data directory (XDG default) and the files in it.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod control;
 pub mod daemon;
 pub mod paths;
+pub mod progress;
 mod serve;

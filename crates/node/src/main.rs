@@ -101,7 +101,20 @@ enum Command {
         /// Most messages in the store-and-forward buffer (tests use a small one).
         #[arg(long, hide = true, value_name = "N", default_value_t = ecomesh_mesh::buffer::DEFAULT_MAX_MESSAGES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
         buffer_messages: usize,
+        /// Where the HTTP API and dashboard listen (loopback; port 0 picks a free port).
+        #[arg(long, value_name = "HOST:PORT", default_value = ecomesh_node::api::DEFAULT_API_ADDR)]
+        api: SocketAddr,
+        /// Allow --api on an address other than loopback. Risky: anyone who reaches
+        /// it and learns the token controls the node, and the API is plain HTTP.
+        #[arg(long)]
+        api_expose: bool,
+        /// Run without the HTTP API and dashboard.
+        #[arg(long, conflicts_with_all = ["api", "api_expose"])]
+        no_api: bool,
     },
+    /// The HTTP API: its token.
+    #[command(subcommand)]
+    Api(ApiCommand),
     /// List the peers reachable now.
     Peers,
     /// Send TEXT to PEER, sealed end to end; queued and delivered later if PEER is away.
@@ -132,6 +145,12 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiCommand {
+    /// Print the API's bearer token (made now if the node never started).
+    Token,
 }
 
 #[derive(Debug, Subcommand)]
@@ -244,6 +263,9 @@ fn run(cli: Cli) -> Result<()> {
             redial_max,
             outbox_max,
             buffer_messages,
+            api,
+            api_expose,
+            no_api,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -278,12 +300,26 @@ fn run(cli: Cli) -> Result<()> {
                 redial_max: Duration::from_secs(redial_max),
                 buffer_messages,
                 outbox_max,
+                api: (!no_api).then_some(ecomesh_node::api::ApiOptions {
+                    addr: api,
+                    expose: api_expose,
+                }),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
             rt.block_on(daemon::run(data, options, shutdown_signal()))
+        }
+        Command::Api(ApiCommand::Token) => {
+            data.create()?;
+            let token = ecomesh_node::api::auth::Token::load_or_create(&data.api_token())?;
+            if cli.json {
+                out(serde_json::json!({ "token": token.as_str() }));
+            } else {
+                out(token.as_str());
+            }
+            Ok(())
         }
         other => control_command(other, &data, cli.json),
     }
@@ -384,7 +420,7 @@ fn control_command(command: Command, data: &DataDir, json_out: bool) -> Result<(
             other => unexpected(&other),
         },
         Command::Status => status_command(&ask, json_out),
-        Command::Init | Command::Node { .. } => {
+        Command::Init | Command::Node { .. } | Command::Api(_) => {
             bail!("init and node run here, not through the control socket")
         }
     }

@@ -58,6 +58,17 @@ impl DataDir {
         self.root.join("control.sock")
     }
 
+    /// The HTTP API's bearer token (mode 0600), made at the first start.
+    pub fn api_token(&self) -> PathBuf {
+        self.root.join("api-token")
+    }
+
+    /// Where the running node writes the address its HTTP API listens on
+    /// (one line, `HOST:PORT`); removed when it stops.
+    pub fn api_addr(&self) -> PathBuf {
+        self.root.join("api.addr")
+    }
+
     /// The control socket path, refused when too long for a Unix socket.
     pub fn checked_socket(&self) -> Result<PathBuf> {
         let s = self.socket();

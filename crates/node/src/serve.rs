@@ -155,7 +155,7 @@ impl Served {
         })
     }
 
-    fn status(&self) -> Result<Status> {
+    pub(crate) fn status(&self) -> Result<Status> {
         let s = self.node.status()?;
         Ok(Status {
             peer_id: s.peer_id.to_string(),

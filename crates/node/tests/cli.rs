@@ -39,7 +39,17 @@ fn errors_name_the_problem_and_the_fix() {
     n.start(&["--listen", "127.0.0.1:0"]);
     assert_eq!(n.status()["peer_id"], id.as_str());
     // A second node on the same data directory is refused, the first keeps running.
-    let o = ecomesh(&data, &["node", "--no-mdns", "--listen", "127.0.0.1:0"]);
+    let o = ecomesh(
+        &data,
+        &[
+            "node",
+            "--no-mdns",
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+        ],
+    );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("already running"));
     for (peer, want) in [

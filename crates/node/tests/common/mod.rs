@@ -141,6 +141,7 @@ impl Node {
             .arg("--data")
             .arg(&self.data)
             .args(["node", "--no-mdns", "--keepalive", "1", "--redial-max", "1"])
+            .args(["--api", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -154,6 +155,25 @@ impl Node {
         wait_for("the node's control socket", || {
             try_json(&data, &["status"]).map(|s| s["listen"].as_str().unwrap_or("").to_owned())
         })
+    }
+
+    /// The running node's API address (`HOST:PORT`), from `api.addr`.
+    pub(crate) fn api_addr(&self) -> String {
+        let path = self.data.join("api.addr");
+        wait_for("the node's api.addr", || {
+            std::fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+    }
+
+    /// The API's bearer token.
+    pub(crate) fn api_token(&self) -> String {
+        std::fs::read_to_string(self.data.join("api-token"))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     /// The pid of the node process: the child, or the wrapper's child.
@@ -281,5 +301,43 @@ impl Drop for Node {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             eprintln!("===== log of {} =====\n{log}", self.data.display());
         }
+    }
+}
+
+/// An HTTP answer as curl saw it.
+#[allow(dead_code)]
+pub(crate) struct Http {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+}
+
+#[allow(dead_code)]
+impl Http {
+    /// The body as JSON (panics with the body when it is not).
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Runs curl with `args` (plus `-s`, a 30 s limit, and the status code
+/// appended) and returns the status and body.
+#[allow(dead_code)]
+pub(crate) fn curl(args: &[&str]) -> Http {
+    let o = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs (cargo xtask deps installs it)");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Http {
+        status: code.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "curl {args:?} gave no status: {text:?} {}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        }),
+        body: body.to_owned(),
     }
 }
