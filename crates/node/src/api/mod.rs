@@ -25,6 +25,7 @@ use crate::serve::Served;
 pub mod auth;
 pub mod error;
 pub mod json;
+pub mod query;
 
 pub use error::{ApiError, ApiResult};
 use json::JsonBody;
