@@ -71,6 +71,16 @@ const APT_PACKAGES: &[AptPackage] = &[
         probe: Probe::Command("faketime"),
         why: "the node CLI test of a peer whose clock is 2 h off runs it under `faketime -f '+2h'`",
     },
+    AptPackage {
+        package: "chromium",
+        probe: Probe::Command("chromium"),
+        why: "the headless browser the node's dashboard test (crates/node/tests/dashboard.rs) drives",
+    },
+    AptPackage {
+        package: "chromium-driver",
+        probe: Probe::Command("chromedriver"),
+        why: "chromedriver: the WebDriver server through which the dashboard test drives chromium",
+    },
 ];
 
 /// A cargo subcommand and the crate that provides it.

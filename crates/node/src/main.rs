@@ -115,6 +115,12 @@ enum Command {
     /// The HTTP API: its token.
     #[command(subcommand)]
     Api(ApiCommand),
+    /// Print a link to the running node's web dashboard, with a session token that expires.
+    Dashboard {
+        /// How long the link's token lasts, in hours.
+        #[arg(long, value_name = "HOURS", default_value_t = ecomesh_node::api::dashboard::DEFAULT_LINK_TTL.as_secs() / 3600, value_parser = clap::value_parser!(u64).range(1..=168))]
+        hours: u64,
+    },
     /// List the peers reachable now.
     Peers,
     /// Send TEXT to PEER, sealed end to end; queued and delivered later if PEER is away.
@@ -321,6 +327,16 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Dashboard { hours } => {
+            let link =
+                ecomesh_node::api::dashboard::link(&data, Duration::from_secs(hours * 3600))?;
+            if cli.json {
+                out(serde_json::to_value(&link)?);
+            } else {
+                out(&link.url);
+            }
+            Ok(())
+        }
         other => control_command(other, &data, cli.json),
     }
 }
@@ -420,7 +436,7 @@ fn control_command(command: Command, data: &DataDir, json_out: bool) -> Result<(
             other => unexpected(&other),
         },
         Command::Status => status_command(&ask, json_out),
-        Command::Init | Command::Node { .. } | Command::Api(_) => {
+        Command::Init | Command::Node { .. } | Command::Api(_) | Command::Dashboard { .. } => {
             bail!("init and node run here, not through the control socket")
         }
     }

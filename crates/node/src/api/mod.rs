@@ -23,6 +23,7 @@ use crate::paths::DataDir;
 use crate::serve::Served;
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod json;
 pub mod query;
@@ -189,6 +190,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         ));
     Router::new()
         .nest("/api/v1", v1)
+        .merge(dashboard::routes())
         .fallback(unknown_route)
         .with_state(state)
 }
