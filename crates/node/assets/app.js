@@ -33,7 +33,7 @@
       else if (k === 'value' || k === 'max' || k === 'min') e[k] = v;
       else e.setAttribute(k, v === true ? '' : String(v));
     }
-    for (const c of children.flat()) {
+    for (const c of children.flat(Infinity)) {
       if (c === undefined || c === null || c === false) continue;
       e.append(c instanceof Node ? c : String(c));
     }
@@ -322,7 +322,7 @@
       return;
     }
     try {
-      body.replaceChildren(...[].concat(PANELS[route](data || {})).filter((n) => n));
+      body.replaceChildren(...[PANELS[route](data || {})].flat(Infinity).filter((n) => n));
       body.dataset.state = 'ok';
     } catch (e) {
       body.dataset.state = 'error';
