@@ -107,7 +107,8 @@
   }
 
   function scalar(key, v) {
-    if (typeof v === 'number' && /_ms$/.test(key)) return ago(v);
+    // `*_ms` fields are Unix times, except durations (`airtime_used_ms`): small values.
+    if (typeof v === 'number' && /_ms$/.test(key)) return v > 1e12 ? ago(v) : duration(Math.round(v / 1000));
     if (typeof v === 'number' && /bytes|size/.test(key)) return bytes(v);
     if (typeof v === 'number' && /_secs$/.test(key)) return duration(v);
     if (v === null || v === undefined) return '–';
@@ -232,7 +233,8 @@
     return [...groups].map(([t, ps]) => el('div', { class: 'group', 'data-transport': t },
       el('h3', {}, t + ' · ' + ps.length),
       table(['Peer', 'Last seen', 'Reputation', 'Sync'], ps.map((p) => [
-        idCell(p.peer_id), ago(p.last_seen_ms), reputation(p.reputation), syncState(p.sync),
+        p.display_name ? el('span', {}, p.display_name, el('br'), idCell(p.peer_id)) : idCell(p.peer_id),
+        ago(p.last_seen_ms), reputation(p.reputation), syncState(p.sync),
       ]))));
   }
 
@@ -256,7 +258,9 @@
       meter(data.bytes, data.max_bytes, bytes(data.bytes) + ' of ' + bytes(data.max_bytes)),
       details(data, ['messages', 'max_messages', 'bytes', 'max_bytes']),
       dests.length
-        ? table(['Destination', 'Messages'], dests.map((d) => [idCell(d.peer_id), String(d.messages)]))
+        ? table(['Destination', 'Messages'], dests.map((d) => [
+          d.peer_id ? idCell(d.peer_id) : el('span', { class: 'muted' }, '(broadcast)'), String(d.messages),
+        ]))
         : empty('Nothing waiting for a peer.'),
     ];
   }
@@ -272,7 +276,8 @@
         : empty('No transports running.'),
       lora.length
         ? lora.map((t) => {
-          const d = t.lora || {};
+          if (!t.lora) return empty('LoRa is running, but its radio did not report its airtime.');
+          const d = t.lora;
           const span = typeof d.window_secs === 'number' ? ' over ' + duration(d.window_secs) : '';
           return el('div', { class: 'lora' },
             el('h3', {}, 'LoRa duty cycle'),
