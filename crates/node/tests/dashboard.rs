@@ -175,8 +175,8 @@ fn a_document_written_on_a_dashboard_appears_live_on_the_other() {
     });
 
     let driver = Driver::start(&chromium, &chromedriver);
-    let page_a = driver.session();
-    let page_b = driver.session();
+    let page_a = driver.session("a");
+    let page_b = driver.session("b");
     open_dashboard(&page_a, &a, &id_a);
     open_dashboard(&page_b, &b, &id_b);
     watch(&page_a, "notes");

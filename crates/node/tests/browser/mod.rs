@@ -222,7 +222,7 @@ impl Driver {
     /// A new browser: headless Chromium with its own profile, a tall window
     /// (the screenshots show every panel), no network beyond what pages ask
     /// for, and its console kept for [`Session::browser_log`].
-    pub(crate) fn session(&self) -> Session<'_> {
+    pub(crate) fn session(&self, name: &str) -> Session<'_> {
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -247,6 +247,7 @@ impl Driver {
         Session {
             driver: self,
             id: value["sessionId"].as_str().unwrap().to_owned(),
+            name: name.to_owned(),
         }
     }
 }
@@ -284,6 +285,8 @@ pub(crate) struct LogEntry {
 pub(crate) struct Session<'d> {
     driver: &'d Driver,
     id: String,
+    /// Names the screenshot taken when a wait times out.
+    name: String,
 }
 
 impl Session<'_> {
@@ -369,9 +372,15 @@ impl Session<'_> {
             }
             if start.elapsed() > limit {
                 let errors = self.script_errors();
+                let shot = target_dir()
+                    .join("dashboard-screenshots")
+                    .join(format!("{}-timeout.png", self.name));
+                self.screenshot(&shot);
                 panic!(
-                    "timed out after {limit:?} waiting for {what}; page errors {errors:?}; \
-                     page text:\n{}",
+                    "timed out after {limit:?} waiting for {what} on {}; page errors {errors:?}; \
+                     screenshot {}; page text:\n{}",
+                    self.name,
+                    shot.display(),
                     self.execute("return document.body.innerText", &[])
                 );
             }
