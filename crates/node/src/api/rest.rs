@@ -1,4 +1,5 @@
-//! What the REST modules ([`docs`](super::docs)) share: their route tables, extractors
+//! What the REST modules ([`docs`](super::docs), [`blobs`](super::blobs),
+//! [`node_info`](super::node_info)) share: their route tables, extractors
 //! whose rejections are typed [`ApiError`]s, name checks, and the mapping of
 //! the node's errors.
 
@@ -47,14 +48,25 @@ pub(crate) fn build(endpoints: Vec<Endpoint>) -> Router<Arc<ApiState>> {
         .fold(Router::new(), |r, e| r.route(e.path, e.handler))
 }
 
+/// The REST routes: documents, blobs and the node's state.
+pub(crate) fn routes() -> Router<Arc<ApiState>> {
+    super::docs::routes()
+        .merge(super::blobs::routes())
+        .merge(super::node_info::routes())
+}
+
 /// Every REST route this module family registers, as `(METHOD, /api/v1/...)`:
 /// what `docs/api.md` must show an example of.
 pub fn rest_routes() -> Vec<(&'static str, String)> {
-    [super::docs::endpoints()]
-        .into_iter()
-        .flatten()
-        .map(|e| (e.method, format!("/api/v1{}", e.path)))
-        .collect()
+    [
+        super::docs::endpoints(),
+        super::blobs::endpoints(),
+        super::node_info::endpoints(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|e| (e.method, format!("/api/v1{}", e.path)))
+    .collect()
 }
 
 /// Path parameters; a malformed path is a typed 400 `bad_request`.
