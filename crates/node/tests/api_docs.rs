@@ -1,5 +1,6 @@
 //! Runs every `sh` example of `docs/api.md`, in order, against a fresh node,
 //! and checks that every route the API registers is documented with one.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
