@@ -84,16 +84,16 @@ struct UploadParams {
     collection: Option<String>,
 }
 
-/// Reads a body of at most [`MAX_BLOB`] bytes piece by piece, refusing it as
+/// Reads a body of at most `limit` bytes piece by piece, refusing it as
 /// soon as its declared or read length passes the limit.
-async fn read_blob_body(req: Request) -> ApiResult<Vec<u8>> {
-    let too_large = || ApiError::too_large(usize::try_from(MAX_BLOB).unwrap_or(usize::MAX));
+async fn read_blob_body(req: Request, limit: u64) -> ApiResult<Vec<u8>> {
+    let too_large = || ApiError::too_large(usize::try_from(limit).unwrap_or(usize::MAX));
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BLOB) {
+    if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     // Reserve what the client declared (already bounded), not more.
@@ -111,7 +111,7 @@ async fn read_blob_body(req: Request) -> ApiResult<Vec<u8>> {
             })?;
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
-        if bytes.len() as u64 + chunk.len() as u64 > MAX_BLOB {
+        if bytes.len() as u64 + chunk.len() as u64 > limit {
             return Err(too_large());
         }
         bytes.extend_from_slice(&chunk);
@@ -129,7 +129,7 @@ async fn upload(
         .collection
         .unwrap_or_else(|| DEFAULT_BLOB_COLLECTION.to_owned());
     check_name("the collection name", &collection)?;
-    let bytes = read_blob_body(req).await?;
+    let bytes = read_blob_body(req, MAX_BLOB).await?;
     let node = state.node().clone();
     let info = tokio::task::spawn_blocking(move || node.put_blob(&collection, &bytes))
         .await
@@ -270,6 +270,31 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(RANGE, HeaderValue::from_str(v).unwrap());
         range(&h, len)
+    }
+
+    fn chunked(chunks: usize, size: usize) -> Request {
+        let parts = (0..chunks).map(move |_| Ok::<_, std::io::Error>(vec![1u8; size]));
+        Request::new(Body::from_stream(futures::stream::iter(parts)))
+    }
+
+    #[tokio::test]
+    async fn uploads_stop_at_the_limit_declared_or_not() {
+        // Undeclared length: refused once the pieces read pass the limit.
+        let e = read_blob_body(chunked(10, 100), 950).await.unwrap_err();
+        assert_eq!(
+            (e.status, e.kind),
+            (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+        );
+        assert_eq!(
+            read_blob_body(chunked(10, 95), 950).await.unwrap().len(),
+            950
+        );
+        // Declared length above the limit: refused before reading.
+        let mut req = chunked(1, 1);
+        req.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("951"));
+        let e = read_blob_body(req, 950).await.unwrap_err();
+        assert_eq!(e.kind, "body_too_large");
     }
 
     #[test]
