@@ -741,22 +741,26 @@ fn bad_input_on_every_route_is_a_typed_error_and_the_node_keeps_serving() {
         }
     }
 
-    // A client that stalls an upload holds only its own connection.
-    let mut stalled = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-X", "POST", "-H", &auth])
-        .args(["-H", "Content-Length: 1000000", "--data-binary", "@-"])
-        .arg(format!("{api}/api/v1/blobs"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    stalled
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(&[7u8; 1000])
-        .unwrap();
+    // Clients that stall uploads hold only their own connections and the
+    // upload slots: one more upload is 503 `busy`, other clients are served.
+    let stall = || {
+        let mut c = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-X", "POST", "-H", &auth])
+            .args(["-T", "-"])
+            .arg(format!("{api}/api/v1/blobs"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        c.stdin.as_mut().unwrap().write_all(&[7u8; 1000]).unwrap();
+        c
+    };
+    let mut stalled: Vec<_> = (0..4).map(|_| stall()).collect();
+    wait_for("a fifth upload to be refused as busy", || {
+        let r = call("POST", "/api/v1/blobs", &["-d", "x"]);
+        (r.status == 503).then(|| assert_eq!(r.json()["error"]["kind"], "busy"))
+    });
     let ok = call(
         "PUT",
         "/api/v1/collections/c/docs/after",
@@ -768,7 +772,13 @@ fn bad_input_on_every_route_is_a_typed_error_and_the_node_keeps_serving() {
     assert_eq!(read.json()["fields"]["still"], "serving");
     let status = curl(&["-H", &auth, &format!("{api}/api/v1/status")]);
     assert_eq!(status.status, 200);
-    stalled.kill().unwrap();
-    stalled.wait().unwrap();
+    for mut c in stalled.drain(..) {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    wait_for(
+        "uploads accepted again once the stalled ones went away",
+        || (call("POST", "/api/v1/blobs", &["-d", "x"]).status == 201).then_some(()),
+    );
     n.terminate();
 }

@@ -14,6 +14,7 @@ use axum::routing::{get, head, post};
 use ecomesh_sync::{BlobId, BlobInfo};
 use futures::StreamExt;
 use serde::Deserialize;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::ApiState;
 use super::error::{ApiError, ApiResult};
@@ -25,6 +26,27 @@ use super::rest::{Endpoint, Params, PathParams, build, check_name, ep, sync_err}
 pub const MAX_BLOB: u64 = crate::serve::MAX_BLOB_FILE;
 /// Longest wait for the next piece of an upload's body (408 `timeout`).
 pub const UPLOAD_IDLE: Duration = Duration::from_secs(30);
+/// Most uploads read at once (503 `busy` beyond it): each holds up to
+/// [`MAX_BLOB`] bytes in memory until stored.
+pub const MAX_UPLOADS: usize = 4;
+/// Most downloads answered at once (503 `busy` beyond it): each holds its
+/// whole blob in memory.
+pub const MAX_DOWNLOADS: usize = 8;
+
+static UPLOADS: Semaphore = Semaphore::const_new(MAX_UPLOADS);
+static DOWNLOADS: Semaphore = Semaphore::const_new(MAX_DOWNLOADS);
+
+/// A transfer slot of `pool`, or 503 `busy`.
+fn slot(pool: &'static Semaphore, what: &str, max: usize) -> ApiResult<SemaphorePermit<'static>> {
+    pool.try_acquire().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!("{max} {what} are running, the most at once; retry when one ends"),
+        )
+    })
+}
+
 /// The collection of an upload that names none.
 pub const DEFAULT_BLOB_COLLECTION: &str = "blobs";
 
@@ -129,6 +151,7 @@ async fn upload(
         .collection
         .unwrap_or_else(|| DEFAULT_BLOB_COLLECTION.to_owned());
     check_name("the collection name", &collection)?;
+    let _slot = slot(&UPLOADS, "uploads", MAX_UPLOADS)?;
     let bytes = read_blob_body(req, MAX_BLOB).await?;
     let node = state.node().clone();
     let info = tokio::task::spawn_blocking(move || node.put_blob(&collection, &bytes))
@@ -206,7 +229,8 @@ async fn download(
             id.to_text()
         )));
     }
-    let bytes = node.get_blob(id).await.map_err(sync_err)?;
+    let _slot = slot(&DOWNLOADS, "downloads", MAX_DOWNLOADS)?;
+    let bytes = axum::body::Bytes::from(node.get_blob(id).await.map_err(sync_err)?);
     let len = bytes.len() as u64;
     let span = match range(&headers, len) {
         Err(e) if e.status == StatusCode::RANGE_NOT_SATISFIABLE => {
@@ -220,7 +244,7 @@ async fn download(
     let mut out = match span {
         None => Response::new(Body::from(bytes)),
         Some((first, last)) => {
-            let part = bytes[first as usize..=last as usize].to_vec();
+            let part = bytes.slice(first as usize..=last as usize);
             let mut r = Response::new(Body::from(part));
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
             r.headers_mut()

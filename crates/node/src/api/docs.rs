@@ -101,7 +101,7 @@ async fn list_docs(
     Params(p): Params<PageParams>,
 ) -> ApiResult<Json2> {
     collection(&c)?;
-    let mut q = serde_json::json!({ "limit": p.limit.unwrap_or(DEFAULT_PAGE) });
+    let mut q = serde_json::json!({ "limit": page_limit(p.limit)? });
     if let Some(s) = p.start_after {
         q["start_after"] = serde_json::Value::String(s);
     }
