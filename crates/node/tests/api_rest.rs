@@ -43,6 +43,43 @@ impl Api {
     }
 }
 
+/// A blob stored through A's API is fetched through B's from A, a range of it too.
+fn a_blob_crosses_with_ranges(api_a: &Api, api_b: &Api, dir: &std::path::Path) {
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let file = dir.join("blob.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let up = api_a.call(
+        &["--data-binary", &format!("@{}", file.display())],
+        "/api/v1/blobs?collection=files",
+    );
+    assert_eq!(up.status, 201, "{}", up.body);
+    let blob = up.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(up.json()["size"], 200_000);
+    let out = dir.join("got.bin");
+    let got = api_b.call(
+        &["-o", out.to_str().unwrap()],
+        &format!("/api/v1/blobs/{blob}"),
+    );
+    assert_eq!(got.status, 200);
+    assert!(std::fs::read(&out).unwrap() == bytes, "b got other bytes");
+    let part = dir.join("part.bin");
+    let ranged = api_b.call(
+        &["-H", "Range: bytes=1000-1999", "-o", part.to_str().unwrap()],
+        &format!("/api/v1/blobs/{blob}"),
+    );
+    assert_eq!(ranged.status, 206);
+    assert!(std::fs::read(&part).unwrap() == bytes[1000..2000]);
+    let listed = api_b.get("/api/v1/blobs");
+    assert!(
+        listed["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == blob.as_str() && x["collection"] == "files"),
+        "{listed}"
+    );
+}
+
 #[test]
 fn two_nodes_as_the_rest_api_shows_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -136,40 +173,7 @@ fn two_nodes_as_the_rest_api_shows_them() {
             .then_some(())
     });
 
-    // A blob stored through A is fetched by B from A, a range of it too.
-    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let file = dir.path().join("blob.bin");
-    std::fs::write(&file, &bytes).unwrap();
-    let up = api_a.call(
-        &["--data-binary", &format!("@{}", file.display())],
-        "/api/v1/blobs?collection=files",
-    );
-    assert_eq!(up.status, 201, "{}", up.body);
-    let blob = up.json()["id"].as_str().unwrap().to_owned();
-    assert_eq!(up.json()["size"], 200_000);
-    let out = dir.path().join("got.bin");
-    let got = api_b.call(
-        &["-o", out.to_str().unwrap()],
-        &format!("/api/v1/blobs/{blob}"),
-    );
-    assert_eq!(got.status, 200);
-    assert!(std::fs::read(&out).unwrap() == bytes, "b got other bytes");
-    let part = dir.path().join("part.bin");
-    let ranged = api_b.call(
-        &["-H", "Range: bytes=1000-1999", "-o", part.to_str().unwrap()],
-        &format!("/api/v1/blobs/{blob}"),
-    );
-    assert_eq!(ranged.status, 206);
-    assert!(std::fs::read(&part).unwrap() == bytes[1000..2000]);
-    let listed = api_b.get("/api/v1/blobs");
-    assert!(
-        listed["blobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|x| x["id"] == blob.as_str() && x["collection"] == "files"),
-        "{listed}"
-    );
+    a_blob_crosses_with_ranges(&api_a, &api_b, dir.path());
 
     // With B gone, messages for it wait in A's store-and-forward buffer.
     b.terminate();
