@@ -52,13 +52,13 @@ pub struct QueueStatus {
 
 impl Node {
     /// Every collection the store has held documents in (live or deleted),
-    /// sorted by name, with its count of live documents. Counting reads every
-    /// document of the collection.
+    /// sorted by name, with its count of live documents (counting reads the
+    /// keys of the collection's documents, not their contents).
     pub fn collections(&self) -> Result<Vec<CollectionInfo>> {
         let store = &self.inner.store;
         let mut out = Vec::new();
         for name in store.collections()? {
-            let documents = store.scan_collection(&name)?.len();
+            let documents = store.count_documents(&name)?;
             out.push(CollectionInfo { name, documents });
         }
         Ok(out)
