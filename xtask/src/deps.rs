@@ -71,6 +71,16 @@ const APT_PACKAGES: &[AptPackage] = &[
         probe: Probe::Command("faketime"),
         why: "the node CLI test of a peer whose clock is 2 h off runs it under `faketime -f '+2h'`",
     },
+    AptPackage {
+        package: "curl",
+        probe: Probe::Command("curl"),
+        why: "the node's API tests, and the docs/api.md examples they run, call the API with curl",
+    },
+    AptPackage {
+        package: "jq",
+        probe: Probe::Command("jq"),
+        why: "docs/api.md examples pick values (a version CID, a blob id) out of earlier answers",
+    },
 ];
 
 /// A cargo subcommand and the crate that provides it.

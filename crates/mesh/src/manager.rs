@@ -434,6 +434,11 @@ impl MultiTransportManager {
         lock(&self.state).buffer.len()
     }
 
+    /// The store-and-forward buffer in figures (see [`StoreBuffer::summary`]).
+    pub fn buffer_summary(&self) -> crate::buffer::BufferSummary {
+        lock(&self.state).buffer.summary()
+    }
+
     /// True when the store-and-forward buffer holds the message `id` (queued,
     /// or sent and kept until its ACK).
     pub fn is_buffered(&self, id: &MessageId) -> bool {

@@ -10,6 +10,8 @@ use ecomesh_sync::{
     BlobId, BlobInfo, EventKind, Node, OwnClock, SendOutcome, SetOptions, Source, SyncError, Value,
 };
 use ecomesh_transport_internet::InternetTransport;
+use ecomesh_transport_lora::LoraTransport;
+use ecomesh_transport_lora::airtime::DutyBudget;
 use ecomesh_transport_wired::WiredTransport;
 use ecomesh_types::{ContentId, PeerId};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -22,7 +24,7 @@ use crate::control::{
 
 /// Largest file `ecomesh blob put` stores: the node reads it whole, and the
 /// shards of larger blobs exceed the default reassembly limit of peers.
-const MAX_BLOB_FILE: u64 = 256 << 20;
+pub(crate) const MAX_BLOB_FILE: u64 = 256 << 20;
 
 /// What the control socket answers from: the node, and the concrete
 /// transports whose listen addresses `status` shows.
@@ -30,6 +32,8 @@ pub(crate) struct Served {
     pub(crate) node: Node,
     pub(crate) wired: Option<WiredTransport>,
     pub(crate) internet: Option<InternetTransport>,
+    /// The LoRa transport and the duty-cycle budget it was configured with.
+    pub(crate) lora: Option<(LoraTransport, DutyBudget)>,
 }
 
 fn cid_text(c: &ContentId) -> String {

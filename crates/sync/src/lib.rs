@@ -20,6 +20,7 @@
 //! - `texts`: sealed texts and the durable outbox;
 //! - `blobs`, `routing`: large content and its location index;
 //! - `api`: status, peers, changes, texts, blobs, content answers;
+//! - `inspect`: collections with counts, a document at a version, queue figures;
 //! - `events`: sync events (`sync_events`), per-peer and node sync states,
 //!   `force_sync`.
 
@@ -34,6 +35,7 @@ mod docs;
 mod error;
 mod events;
 mod fsutil;
+mod inspect;
 mod layout;
 mod node;
 mod persist;
@@ -49,6 +51,7 @@ pub use docs::{Collection, DocRef};
 pub use error::{Result, SyncError};
 pub use events::{Operation, PeerSyncStatus, SyncEvent, SyncEvents, SyncState, VersionEvent};
 pub use fsutil::write_atomic;
+pub use inspect::{CollectionInfo, QueueStatus, VersionedDocument};
 pub use layout::DataLayout;
 pub use node::Node;
 pub use routing::{ContentRouting, RoutingError};
@@ -58,7 +61,7 @@ pub use watch::{DocSnapshot, QuerySnapshot, Watch};
 pub use ecomesh_crdt::FieldOp;
 pub use ecomesh_mesh::SendOutcome;
 pub use ecomesh_p2p_storage::VersionInfo;
-pub use ecomesh_p2p_storage::{ClockReport, OwnClock, PeerClock};
+pub use ecomesh_p2p_storage::{ClockReport, OwnClock, PeerClock, StoreError};
 pub use ecomesh_replication::blob::BlobId;
 pub use ecomesh_replication::stream::{EventKind, Source};
 pub use ecomesh_types::{
