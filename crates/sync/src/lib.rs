@@ -20,6 +20,8 @@
 //! - `texts`: sealed texts and the durable outbox;
 //! - `blobs`, `routing`: large content and its location index;
 //! - `api`: status, peers, changes, texts, blobs, content answers;
+//! - `sneakernet`: versions and blobs exported to and imported from CARv1
+//!   files ([`Node::export`], [`Node::import`]);
 //! - `events`: sync events (`sync_events`), per-peer and node sync states,
 //!   `force_sync`.
 
@@ -38,6 +40,7 @@ mod layout;
 mod node;
 mod persist;
 mod routing;
+mod sneakernet;
 mod texts;
 mod watch;
 
@@ -52,6 +55,10 @@ pub use fsutil::write_atomic;
 pub use layout::DataLayout;
 pub use node::Node;
 pub use routing::{ContentRouting, RoutingError};
+pub use sneakernet::{
+    ExportOptions, ExportSummary, IMPORT_LIMITS, ImportReport, MAX_PENDING_BYTES,
+    MAX_REFUSED_LISTED, Progress, RefuseReason, Refused,
+};
 pub use texts::{INBOX, InboxText, MAX_TEXT, OUTBOX, OutboxText, SentText, TEXT_TYPE, TextStatus};
 pub use watch::{DocSnapshot, QuerySnapshot, Watch};
 
