@@ -271,3 +271,60 @@ async fn a_malformed_file_is_a_typed_error() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Export and import speed (run on demand):
+/// `ECOMESH_CAR_DOCS=10000 cargo test --release -p ecomesh-sync --test sneakernet -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it explicitly"]
+#[allow(clippy::print_stderr, clippy::cast_precision_loss)]
+async fn export_import_speed() {
+    let docs: usize = std::env::var("ECOMESH_CAR_DOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let a = offline(&tmp.path().join("a")).await;
+    let b = offline(&tmp.path().join("b")).await;
+    let ids: Vec<usize> = (0..docs).collect();
+    for chunk in ids.chunks(500) {
+        let ops = chunk
+            .iter()
+            .map(|i| ecomesh_sync::BatchOperation::Set {
+                collection: "items".into(),
+                id: format!("item-{i:06}"),
+                fields: fields(&[("name", &format!("item {i}")), ("kind", "small")]),
+                merge: false,
+            })
+            .collect();
+        a.batch(ops).await.unwrap();
+    }
+    let path = tmp.path().join("items.car");
+    let start = std::time::Instant::now();
+    let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let summary = a.export(0, ExportOptions::default(), file).unwrap();
+    let export = start.elapsed();
+    let start = std::time::Instant::now();
+    let input = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+    let report = b.import(input).unwrap();
+    let import = start.elapsed();
+    let start = std::time::Instant::now();
+    let again = b
+        .import(std::io::BufReader::new(std::fs::File::open(&path).unwrap()))
+        .unwrap();
+    let reimport = start.elapsed();
+    assert_eq!(summary.versions, docs as u64);
+    assert_eq!(report.versions_new, docs as u64);
+    assert_eq!(again.versions_known, docs as u64);
+    assert_eq!(replicated_root(&a), replicated_root(&b));
+    let rate = |d: std::time::Duration| docs as f64 / d.as_secs_f64();
+    eprintln!(
+        "{docs} documents, {} bytes: export {export:?} ({:.0}/s), import {import:?} ({:.0}/s), \
+         re-import (all known) {reimport:?} ({:.0}/s)",
+        summary.bytes,
+        rate(export),
+        rate(import),
+        rate(reimport)
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
