@@ -291,12 +291,22 @@ fn absolute_arg(p: PathBuf) -> Result<String> {
 fn ask_with_progress(data: &DataDir, req: &Request, label: &str) -> Result<Response> {
     let mut bar: Option<crate::progress::Progress> = None;
     let r = control::call_stream(&data.checked_socket()?, req, |item| {
+        // An export counts blocks (it knows how many); an import counts bytes of the file.
         if let Response::Progress {
-            bytes, total_bytes, ..
+            blocks,
+            total_blocks,
+            bytes,
+            total_bytes,
         } = item
         {
-            bar.get_or_insert_with(|| crate::progress::Progress::bytes(label, total_bytes))
-                .set(bytes);
+            match total_blocks {
+                Some(t) => bar
+                    .get_or_insert_with(|| crate::progress::Progress::items(label, Some(t)))
+                    .set(blocks),
+                None => bar
+                    .get_or_insert_with(|| crate::progress::Progress::bytes(label, total_bytes))
+                    .set(bytes),
+            }
         }
         Ok(())
     });

@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::{Node, ecomesh, ok_json};
+use ecomesh_node::control::{self, Request, Response};
 use ecomesh_wire::{CarLimits, CarReader, CarWriter, Cid};
 use serde_json::{Value, json};
 
@@ -97,12 +98,37 @@ fn two_nodes_that_never_meet_converge_through_car_files() {
     );
     assert_eq!(std::fs::read(&got).unwrap(), blob_bytes);
 
-    // A second import adds nothing.
-    let again = import(&b, &a_car);
-    assert_eq!(again["versions_new"], 0);
-    assert_eq!(again["versions_known"], 3);
-    assert_eq!(again["blobs_new"], 0);
-    assert_eq!(again["pieces_new"], 0);
+    // A second import adds nothing; over the control socket, progress lines
+    // come before the report.
+    let mut progress = Vec::new();
+    let again = control::call_stream(
+        &b.data.join("control.sock"),
+        &Request::Import {
+            path: a_car.to_str().unwrap().into(),
+        },
+        |item| {
+            progress.push(item);
+            Ok(())
+        },
+    )
+    .unwrap();
+    let Response::Imported(again) = again else {
+        panic!("not an import report: {again:?}")
+    };
+    assert_eq!(again.versions_new, 0);
+    assert_eq!(again.versions_known, 3);
+    assert_eq!((again.blobs_new, again.blobs_known), (0, 1));
+    assert_eq!(again.pieces_new, 0);
+    assert!(!progress.is_empty());
+    for p in &progress {
+        let Response::Progress {
+            bytes, total_bytes, ..
+        } = p
+        else {
+            panic!("not a progress line: {p:?}")
+        };
+        assert!(*bytes <= total_bytes.unwrap());
+    }
 
     // A new write of A, exported since A's position, then damaged two ways.
     let mark = head(&a);
@@ -212,9 +238,9 @@ fn a_bad_file_or_a_relative_path_is_an_error() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("opening"));
     // The node refuses relative paths (the CLI makes them absolute).
-    let r = ecomesh_node::control::call_stream(
+    let r = control::call_stream(
         &a.data.join("control.sock"),
-        &ecomesh_node::control::Request::Import {
+        &Request::Import {
             path: "relative.car".into(),
         },
         |_| Ok(()),

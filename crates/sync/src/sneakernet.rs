@@ -169,8 +169,15 @@ pub const MAX_REFUSED_LISTED: usize = 1000;
 /// follow later in the file; beyond it they are refused at once.
 pub const MAX_PENDING_BYTES: usize = 64 << 20;
 
-/// The bounds an import reads a file with: 8 MiB of header, 16 MiB per block.
-pub const IMPORT_LIMITS: CarLimits = CarLimits::DEFAULT;
+/// The bounds an import reads a file with: 8 MiB of header (about 200,000
+/// roots) and 256 MiB and a CID per block, the largest blob piece a node
+/// accepts from a peer (`ManifestLimits::max_piece_len`); a block's bytes are
+/// buffered as they arrive, never allocated from its length prefix.
+pub const IMPORT_LIMITS: CarLimits = CarLimits {
+    max_header: 8 << 20,
+    max_block: (256 << 20) + 1024,
+    max_blocks: None,
+};
 
 impl ImportReport {
     fn refuse(&mut self, cid: ContentId, reason: RefuseReason) {
