@@ -225,6 +225,7 @@ impl Node {
         out: impl Write,
         mut progress: impl FnMut(Progress),
     ) -> Result<ExportSummary> {
+        self.running()?;
         let n = &self.inner;
         // First pass: which versions, their parents, and so the heads.
         let mut versions: Vec<ContentId> = Vec::new();
@@ -362,6 +363,7 @@ impl Node {
         total_bytes: Option<u64>,
         mut progress: impl FnMut(Progress),
     ) -> Result<ImportReport> {
+        self.running()?;
         let mut reader = CarReader::new(input, IMPORT_LIMITS).map_err(car_error)?;
         let mut imp = Import {
             node: self,

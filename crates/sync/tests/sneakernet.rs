@@ -270,6 +270,12 @@ async fn a_malformed_file_is_a_typed_error() {
     ));
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+    assert!(matches!(b.import(file.as_slice()), Err(SyncError::Stopped)));
+    let mut out = Vec::new();
+    assert!(matches!(
+        a.export(0, ExportOptions::default(), &mut out),
+        Err(SyncError::Stopped)
+    ));
 }
 
 /// Export and import speed (run on demand):
