@@ -456,4 +456,59 @@ mod tests {
         assert_eq!(serde_json::from_str::<Response>(&j).unwrap(), resp);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_disk"}"#).is_err());
     }
+
+    /// A node stand-in on a socket that answers one connection with `lines`.
+    fn answering(lines: Vec<Response>) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = String::new();
+            BufReader::new(s.try_clone().unwrap())
+                .read_line(&mut req)
+                .unwrap();
+            for l in lines {
+                let mut j = serde_json::to_vec(&l).unwrap();
+                j.push(b'\n');
+                s.write_all(&j).unwrap();
+            }
+        });
+        (dir, path)
+    }
+
+    #[test]
+    fn call_stream_hands_every_line_but_the_last_to_on_item() {
+        let progress = |n| Response::Progress {
+            blocks: n,
+            total_blocks: None,
+            bytes: n * 10,
+            total_bytes: Some(100),
+        };
+        let done = Response::BlobGc {
+            deleted: 1,
+            freed_bytes: 2,
+            kept: 3,
+        };
+        let (_dir, path) = answering(vec![progress(1), progress(2), done.clone()]);
+        let mut items = Vec::new();
+        let last = call_stream(&path, &Request::BlobGc, |r| {
+            items.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(last, done);
+        assert_eq!(items, vec![progress(1), progress(2)]);
+
+        let (_dir, path) = answering(vec![
+            progress(1),
+            Response::Error {
+                message: "broken file".into(),
+            },
+        ]);
+        let err = call_stream(&path, &Request::BlobGc, |_| Ok(())).unwrap_err();
+        assert_eq!(err.to_string(), "broken file");
+        let (_dir, path) = answering(vec![]);
+        assert!(call_stream(&path, &Request::BlobGc, |_| Ok(())).is_err());
+    }
 }
