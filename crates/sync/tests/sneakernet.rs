@@ -334,3 +334,28 @@ async fn export_import_speed() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_versions_travel_on_to_connected_peers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = offline(&tmp.path().join("a")).await;
+    let (b, c) = common::pair(&tmp.path().join("b"), &tmp.path().join("c")).await;
+    put(&a, "notes", "far", &[("title", "carried by hand")]).await;
+    let report = b.import(export(&a, 0, false).as_slice()).unwrap();
+    assert_eq!(report.versions_new, 1);
+    // C never saw the file: B pushes the version on (`list` reads only
+    // what C holds; it never fetches).
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        "the imported document reaches c",
+        || {
+            let c = c.clone();
+            async move { !c.collection("notes").list().unwrap().is_empty() }
+        },
+    )
+    .await;
+    assert_eq!(replicated_root(&a), replicated_root(&c));
+    for n in [a, b, c] {
+        n.shutdown().await.unwrap();
+    }
+}
