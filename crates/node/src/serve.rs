@@ -94,6 +94,9 @@ impl Served {
                 }
             }
             Request::Changes { since, limit } => Ok(self.changes(since, limit)),
+            req @ (Request::Export { .. } | Request::Import { .. }) => {
+                Ok(crate::sneakernet::answer(node.clone(), req, None).await)
+            }
             Request::BlobPut { path, collection } => self.blob_put(&path, &collection),
             Request::BlobGet { id, path } => self.blob_get(&id, &path).await,
             Request::BlobList => node
@@ -364,7 +367,8 @@ impl Served {
     }
 }
 
-/// Answers one control connection: one JSON request line, one response line.
+/// Answers one control connection: one JSON request line, one response line
+/// (export and import first stream progress lines).
 pub(crate) async fn serve_connection(served: Arc<Served>, stream: UnixStream) {
     let (rd, mut wr) = stream.into_split();
     let mut reader = BufReader::new(rd.take(MAX_REQUEST as u64 + 1));
@@ -385,6 +389,9 @@ pub(crate) async fn serve_connection(served: Arc<Served>, stream: UnixStream) {
             message: format!("request longer than {MAX_REQUEST} bytes"),
         },
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+            Ok(req @ (Request::Export { .. } | Request::Import { .. })) => {
+                crate::sneakernet::serve_streamed(served.node.clone(), req, &mut wr).await
+            }
             Ok(req) => served.handle(req).await,
             Err(e) => Response::Error {
                 message: format!(

@@ -21,6 +21,8 @@
 //! - `blobs`, `routing`: large content and its location index;
 //! - `api`: status, peers, changes, texts, blobs, content answers;
 //! - `inspect`: collections with counts, a document at a version, queue figures;
+//! - `sneakernet`: versions and blobs exported to and imported from CARv1
+//!   files ([`Node::export`], [`Node::import`]);
 //! - `events`: sync events (`sync_events`), per-peer and node sync states,
 //!   `force_sync`.
 
@@ -40,6 +42,7 @@ mod layout;
 mod node;
 mod persist;
 mod routing;
+mod sneakernet;
 mod texts;
 mod watch;
 
@@ -55,6 +58,10 @@ pub use inspect::{CollectionInfo, QueueStatus, VersionedDocument};
 pub use layout::DataLayout;
 pub use node::Node;
 pub use routing::{ContentRouting, RoutingError};
+pub use sneakernet::{
+    ExportOptions, ExportSummary, IMPORT_LIMITS, ImportReport, MAX_PENDING_BYTES,
+    MAX_REFUSED_LISTED, Progress, RefuseReason, Refused,
+};
 pub use texts::{INBOX, InboxText, MAX_TEXT, OUTBOX, OutboxText, SentText, TEXT_TYPE, TextStatus};
 pub use watch::{DocSnapshot, QuerySnapshot, Watch};
 
