@@ -6,7 +6,7 @@
 #![no_main]
 
 use ecomesh_transport_lora::client::{ClientEvent, RadioClient};
-use ecomesh_transport_lora::envelope::{decode_envelope, encode_envelope};
+use ecomesh_transport_lora::envelope::{decode_envelope, encode_decoded};
 use ecomesh_transport_lora::frame::{Frame, NetworkKey, decode_inner, encode_inner};
 use ecomesh_transport_lora::serial::{FrameDecoder, MAX_FRAME_LEN};
 use libfuzzer_sys::fuzz_target;
@@ -32,7 +32,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(encode_inner(&h, &body), data);
     }
     let dest = ecomesh_types::PeerId::from_digest([0xDD; 32]);
-    if let Ok(m) = decode_envelope(data, &dest) {
-        assert_eq!(encode_envelope(&m, &dest).ok().as_deref(), Some(data));
+    let session_peer = ecomesh_types::PeerId::from_digest([0x5E; 32]);
+    if let Ok(e) = decode_envelope(data, &dest, Some(&session_peer)) {
+        assert_eq!(encode_decoded(&e, &dest).ok().as_deref(), Some(data));
+    }
+    if let Ok(e) = decode_envelope(data, &dest, None) {
+        assert!(!e.link_authenticated);
     }
 });

@@ -21,13 +21,23 @@ Installs what `cargo xtask ci` needs and a fresh Debian machine lacks:
     (through sudo when not root);
   - cargo tools cargo-deny, cargo-fuzz and cargo-nextest, each only when
     `cargo <tool> --version` fails: `cargo install --locked <crate>`;
-  - the js-libp2p peer of the internet transport's interop test, when its
-    node_modules is missing: `npm ci` in crates/transport-internet/interop
-    (versions pinned by its package-lock.json).
+  - the js-libp2p peer of the internet transport's interop test and @ipld/car
+    for the CAR interop test of ecomesh-wire, each when its node_modules is
+    missing: `npm ci` in crates/transport-internet/interop and crates/wire/interop
+    (versions pinned by their package-lock.json).
 Does nothing when everything is present. --dry-run only reports what is missing.";
 
-/// The npm project of the internet transport's interop test (a js-libp2p peer).
-const INTEROP_DIR: &str = "crates/transport-internet/interop";
+/// The npm projects of the interop tests, with what each is for.
+const INTEROP_DIRS: [(&str, &str); 2] = [
+    (
+        "crates/transport-internet/interop",
+        "the js-libp2p peer of the internet transport's interop test",
+    ),
+    (
+        "crates/wire/interop",
+        "@ipld/car, the reference CAR implementation of ecomesh-wire's interop test",
+    ),
+];
 
 /// How to tell whether an apt package's contents are present.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +80,16 @@ const APT_PACKAGES: &[AptPackage] = &[
         package: "faketime",
         probe: Probe::Command("faketime"),
         why: "the node CLI test of a peer whose clock is 2 h off runs it under `faketime -f '+2h'`",
+    },
+    AptPackage {
+        package: "curl",
+        probe: Probe::Command("curl"),
+        why: "the node's API tests, and the docs/api.md examples they run, call the API with curl",
+    },
+    AptPackage {
+        package: "jq",
+        probe: Probe::Command("jq"),
+        why: "docs/api.md examples pick values (a version CID, a blob id) out of earlier answers",
     },
     AptPackage {
         package: "chromium",
@@ -154,14 +174,16 @@ pub(crate) fn run(root: &Path, dry_run: bool) -> Result<()> {
         };
         println!("deps: cargo {:<14} {state:<8} {}", t.krate, t.why);
     }
-    let interop = root.join(INTEROP_DIR);
-    let missing_npm = !interop.join("node_modules").is_dir();
-    println!(
-        "deps: npm   {:<14} {:<8} the js-libp2p peer of the internet transport's interop test",
-        "interop",
-        if missing_npm { "missing" } else { "present" }
-    );
-    if dry_run || (missing_apt.is_empty() && missing_tools.is_empty() && !missing_npm) {
+    let mut missing_npm = Vec::new();
+    for (dir, why) in INTEROP_DIRS {
+        let missing = !root.join(dir).join("node_modules").is_dir();
+        let state = if missing { "missing" } else { "present" };
+        println!("deps: npm   {:<14} {state:<8} {why} ({dir})", "interop");
+        if missing {
+            missing_npm.push(root.join(dir));
+        }
+    }
+    if dry_run || (missing_apt.is_empty() && missing_tools.is_empty() && missing_npm.is_empty()) {
         return Ok(());
     }
 
@@ -196,7 +218,7 @@ pub(crate) fn run(root: &Path, dry_run: bool) -> Result<()> {
             .current_dir(root)
             .run()?;
     }
-    if missing_npm {
+    for interop in missing_npm {
         Cmd::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&interop)

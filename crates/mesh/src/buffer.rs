@@ -23,6 +23,7 @@
 //! priority (0 = critical .. 4 = bulk), `u32` length and the message in the
 //! full DAG-CBOR form of `ecomesh_wire::encode_message`.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,19 @@ pub fn accounted_size(m: &NetworkMessage) -> usize {
         .len()
         .saturating_add(m.message_type.len())
         .saturating_add(PER_MESSAGE_OVERHEAD)
+}
+
+/// A [`StoreBuffer`] in figures (see [`StoreBuffer::summary`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BufferSummary {
+    /// Messages held.
+    pub messages: usize,
+    /// Accounted bytes held.
+    pub bytes: usize,
+    /// The bounds.
+    pub config: BufferConfig,
+    /// Messages held per recipient (`None`: broadcasts), most first.
+    pub by_destination: Vec<(Option<PeerId>, usize)>,
 }
 
 /// One buffered message.
@@ -148,6 +162,24 @@ impl StoreBuffer {
     /// The entries, in insertion order.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
+    }
+
+    /// What the buffer holds, in figures: messages and accounted bytes, its
+    /// bounds, and the messages held per recipient (broadcasts under `None`),
+    /// most messages first, then by recipient.
+    pub fn summary(&self) -> BufferSummary {
+        let mut per: BTreeMap<Option<PeerId>, usize> = BTreeMap::new();
+        for e in &self.entries {
+            *per.entry(e.message.recipient).or_default() += 1;
+        }
+        let mut by_destination: Vec<(Option<PeerId>, usize)> = per.into_iter().collect();
+        by_destination.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        BufferSummary {
+            messages: self.entries.len(),
+            bytes: self.bytes,
+            config: self.config,
+            by_destination,
+        }
     }
 
     /// Stores `message` for later delivery; returns the ids evicted to make room.
@@ -544,6 +576,25 @@ mod tests {
         assert_ne!(g4, g3);
         assert!(b.remove(&MessageId([3; 16])));
         assert_ne!(b.generation(), g4);
+    }
+
+    #[test]
+    fn summary_counts_messages_per_recipient() {
+        let mut b = StoreBuffer::new(cfg(10, usize::MAX));
+        b.insert(msg(1, 9, 0, 100, 4), Priority::Normal, 0, &neutral)
+            .unwrap();
+        b.insert(msg(2, 8, 0, 100, 4), Priority::Normal, 0, &neutral)
+            .unwrap();
+        b.insert(msg(3, 8, 0, 100, 4), Priority::Normal, 0, &neutral)
+            .unwrap();
+        let s = b.summary();
+        assert_eq!(s.messages, 3);
+        assert_eq!(s.bytes, b.bytes());
+        assert_eq!(s.config.max_messages, 10);
+        assert_eq!(
+            s.by_destination,
+            vec![(Some(peer(8)), 2), (Some(peer(9)), 1)]
+        );
     }
 
     #[test]

@@ -434,6 +434,11 @@ impl MultiTransportManager {
         lock(&self.state).buffer.len()
     }
 
+    /// The store-and-forward buffer in figures (see [`StoreBuffer::summary`]).
+    pub fn buffer_summary(&self) -> crate::buffer::BufferSummary {
+        lock(&self.state).buffer.summary()
+    }
+
     /// True when the store-and-forward buffer holds the message `id` (queued,
     /// or sent and kept until its ACK).
     pub fn is_buffered(&self, id: &MessageId) -> bool {
@@ -624,7 +629,7 @@ impl MultiTransportManager {
             let replayed = lock(&self.state).replay.pop_front();
             if let Some((ty, from, message)) = replayed {
                 handled += 1;
-                self.on_message(ty, from, message, now_ms).await;
+                self.on_message(ty, from, message, now_ms, false).await;
                 continue;
             }
             let next = lock(&self.inbox).0.pop_front();
@@ -632,7 +637,10 @@ impl MultiTransportManager {
             handled += 1;
             match ev {
                 TransportEvent::Message { from, message } => {
-                    self.on_message(ty, from, message, now_ms).await;
+                    self.on_message(ty, from, message, now_ms, false).await;
+                }
+                TransportEvent::LinkMessage { from, message } => {
+                    self.on_message(ty, from, message, now_ms, true).await;
                 }
                 TransportEvent::PeerDiscovered(info) => self.on_discovered(ty, info, now_ms).await,
                 TransportEvent::PeerLost(p) => self.on_lost(ty, p),
@@ -767,23 +775,41 @@ impl MultiTransportManager {
         }
     }
 
+    /// Handles a message from neighbour `from`. `link`: the transport says the link
+    /// authenticated it instead of a signature (see
+    /// [`TransportEvent::LinkMessage`]); it is accepted only from its sender, unrelayed,
+    /// unsigned and addressed to this node, and never relayed.
     async fn on_message(
         &self,
         ty: TransportType,
         from: PeerId,
         message: NetworkMessage,
         now_ms: u64,
+        link: bool,
     ) {
         let me = self.identity.peer_id();
         let verified = {
             let mut st = lock(&self.state);
-            let verdict = verify_message_with(
-                &message,
-                &Keys {
-                    learned: &st.learned,
-                    external: &*self.keys,
-                },
-            );
+            let verdict = if link {
+                let sound = message.sender == from
+                    && message.hop_count == 0
+                    && message.recipient == Some(me)
+                    && message.signature == ecomesh_types::Signature::UNSIGNED;
+                if sound {
+                    Ok(())
+                } else {
+                    Err(IdentityError::BadSignature)
+                }
+            } else {
+                verify_message_with(
+                    &message,
+                    &Keys {
+                        learned: &st.learned,
+                        external: &*self.keys,
+                    },
+                )
+                .map(drop)
+            };
             if st.blocked.contains(&from) {
                 return;
             }

@@ -1152,3 +1152,48 @@ fn a_full_buffer_refuses_own_messages_instead_of_evicting_them_silently() {
     assert_eq!(acked, 9);
     assert_eq!(a.mgr.buffered(), 0);
 }
+
+#[test]
+fn a_link_authenticated_message_is_delivered_only_from_its_sender_and_never_relayed() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(41, &dir, &[Wired]);
+    let b = Node::new(42, &dir, &[Wired]);
+    let c = Node::new(43, &dir, &[Wired]);
+    connect(&a, &b, Wired);
+    pump(&[&a, &b], 0);
+    let unsigned = |mut m: NetworkMessage| {
+        m.signature = ecomesh_types::Signature::UNSIGNED;
+        m
+    };
+    let good = unsigned(a.msg(&b, "over our session", 0, 1));
+    b.t[&Wired].emit(&TransportEvent::LinkMessage {
+        from: a.pid(),
+        message: good.clone(),
+    });
+    pump(&[&a, &b], 0);
+    assert_eq!(b.received(), vec![good]);
+    // Another sender than the link peer, another recipient than this node, a
+    // relayed copy: refused, and nothing is buffered for relaying.
+    let mut impostor = unsigned(c.msg(&b, "claims to be c", 0, 2));
+    impostor.id.0[1] = 2;
+    let elsewhere = unsigned(a.msg(&c, "for c", 0, 3));
+    let mut relayed = unsigned(a.msg(&b, "relayed", 0, 4));
+    relayed.hop_count = 1;
+    for m in [impostor, elsewhere, relayed] {
+        b.t[&Wired].emit(&TransportEvent::LinkMessage {
+            from: a.pid(),
+            message: m.clone(),
+        });
+        pump(&[&a, &b], 0);
+        assert!(
+            b.has(|e| *e
+                == MeshEvent::Rejected {
+                    from: a.pid(),
+                    id: m.id
+                }),
+            "{m:?}"
+        );
+    }
+    assert_eq!(b.received().len(), 1);
+    assert_eq!(b.mgr.buffered(), 0);
+}

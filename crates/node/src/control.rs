@@ -88,6 +88,23 @@ pub enum Request {
     BlobList,
     /// Runs blob garbage collection now (seed 5.2 rule).
     BlobGc,
+    /// Writes the node's versions after stream position `since` (and with
+    /// `blobs` its blobs) as a CARv1 file at `path`; answered with
+    /// [`Response::Progress`] lines, then [`Response::Exported`].
+    Export {
+        /// Absolute path of the file to write (replaced atomically).
+        path: String,
+        /// Stream position to start after (0: everything).
+        since: u64,
+        /// Also write the blobs.
+        blobs: bool,
+    },
+    /// Verifies and merges the CARv1 file at `path`; answered with
+    /// [`Response::Progress`] lines, then [`Response::Imported`].
+    Import {
+        /// Absolute path of the file to read.
+        path: String,
+    },
     /// One page of the node's stream: the versions it took in after position `since`.
     Changes {
         /// Entries after this position (0: from the start).
@@ -164,6 +181,21 @@ pub enum Response {
         /// True when more entries follow `next`.
         more: bool,
     },
+    /// How far a streamed request (export, import) is; more lines follow.
+    Progress {
+        /// Blocks done.
+        blocks: u64,
+        /// Blocks in all, when known.
+        total_blocks: Option<u64>,
+        /// Bytes done.
+        bytes: u64,
+        /// Bytes in all, when known.
+        total_bytes: Option<u64>,
+    },
+    /// Answer to [`Request::Export`].
+    Exported(crate::sneakernet::ExportRow),
+    /// Answer to [`Request::Import`].
+    Imported(crate::sneakernet::ImportRow),
     /// The request failed; `message` names the problem and the fix.
     Error {
         /// What went wrong.
@@ -355,6 +387,53 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response> {
     }
 }
 
+/// Sends `req` to the node on `socket` and reads its answer as a stream of
+/// lines: every line but the last goes to `on_item` (progress), the last is
+/// returned; an [`Response::Error`] as the last line becomes an `Err`. Each
+/// line must arrive within 60 s of the previous one.
+pub fn call_stream(
+    socket: &Path,
+    req: &Request,
+    mut on_item: impl FnMut(Response) -> Result<()>,
+) -> Result<Response> {
+    let mut s = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "no node is running for this data directory (cannot connect to {}); \
+             start one with `ecomesh node` (same --data)",
+            socket.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)
+        .context("writing to the node's control socket")?;
+    let mut reader = BufReader::new(s);
+    let mut last: Option<Response> = None;
+    loop {
+        let mut buf = Vec::new();
+        (&mut reader)
+            .take(MAX_RESPONSE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .context("reading the node's answer")?;
+        if buf.len() > MAX_RESPONSE {
+            bail!("a line of the node's answer is longer than {MAX_RESPONSE} bytes");
+        }
+        if buf.is_empty() {
+            break;
+        }
+        let r: Response = serde_json::from_slice(&buf).context("the node's answer is not valid")?;
+        if let Some(prev) = last.replace(r) {
+            on_item(prev)?;
+        }
+    }
+    match last {
+        None => bail!("the node closed the control connection without answering"),
+        Some(Response::Error { message }) => bail!("{message}"),
+        Some(r) => Ok(r),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,5 +455,60 @@ mod tests {
         let j = serde_json::to_string(&resp).unwrap();
         assert_eq!(serde_json::from_str::<Response>(&j).unwrap(), resp);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_disk"}"#).is_err());
+    }
+
+    /// A node stand-in on a socket that answers one connection with `lines`.
+    fn answering(lines: Vec<Response>) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = String::new();
+            BufReader::new(s.try_clone().unwrap())
+                .read_line(&mut req)
+                .unwrap();
+            for l in lines {
+                let mut j = serde_json::to_vec(&l).unwrap();
+                j.push(b'\n');
+                s.write_all(&j).unwrap();
+            }
+        });
+        (dir, path)
+    }
+
+    #[test]
+    fn call_stream_hands_every_line_but_the_last_to_on_item() {
+        let progress = |n| Response::Progress {
+            blocks: n,
+            total_blocks: None,
+            bytes: n * 10,
+            total_bytes: Some(100),
+        };
+        let done = Response::BlobGc {
+            deleted: 1,
+            freed_bytes: 2,
+            kept: 3,
+        };
+        let (_dir, path) = answering(vec![progress(1), progress(2), done.clone()]);
+        let mut items = Vec::new();
+        let last = call_stream(&path, &Request::BlobGc, |r| {
+            items.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(last, done);
+        assert_eq!(items, vec![progress(1), progress(2)]);
+
+        let (_dir, path) = answering(vec![
+            progress(1),
+            Response::Error {
+                message: "broken file".into(),
+            },
+        ]);
+        let err = call_stream(&path, &Request::BlobGc, |_| Ok(())).unwrap_err();
+        assert_eq!(err.to_string(), "broken file");
+        let (_dir, path) = answering(vec![]);
+        assert!(call_stream(&path, &Request::BlobGc, |_| Ok(())).is_err());
     }
 }

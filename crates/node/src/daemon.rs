@@ -22,6 +22,7 @@ use ecomesh_transport_internet::{
     InternetConfig, InternetTransport, Multiaddr, Request as NetRequest, RequestHandler,
     Response as NetResponse,
 };
+use ecomesh_transport_lora::airtime::DutyBudget;
 use ecomesh_transport_lora::{LoraConfig, LoraTransport};
 use ecomesh_transport_wired::{LinkConfig, MdnsDiscovery, WiredConfig, WiredTransport};
 use ecomesh_types::{BoxFuture, ContentId, PeerId, TransportAdapter};
@@ -257,6 +258,8 @@ struct Transports {
     wired: Option<WiredTransport>,
     internet: Option<InternetTransport>,
     lora: Option<LoraTransport>,
+    /// The duty-cycle budget the LoRa transport was configured with.
+    lora_duty: Option<DutyBudget>,
 }
 
 impl Transports {
@@ -326,7 +329,10 @@ async fn start_internet(identity: &Identity, options: &NodeOptions) -> Result<In
     Ok(t)
 }
 
-async fn start_lora(identity: &Identity, options: &NodeOptions) -> Result<Option<LoraTransport>> {
+async fn start_lora(
+    identity: &Identity,
+    options: &NodeOptions,
+) -> Result<Option<(LoraTransport, DutyBudget)>> {
     let devices: Vec<&String> = options
         .transports
         .iter()
@@ -352,6 +358,7 @@ async fn start_lora(identity: &Identity, options: &NodeOptions) -> Result<Option
              them; pass --lora-secret shared by your nodes"
         ),
     }
+    let duty = config.engine.duty;
     let t = LoraTransport::new(identity.clone(), options.policy.clone(), config);
     t.start().await.with_context(|| {
         format!(
@@ -359,7 +366,7 @@ async fn start_lora(identity: &Identity, options: &NodeOptions) -> Result<Option
              there, and may this user open it (group dialout)?"
         )
     })?;
-    Ok(Some(t))
+    Ok(Some((t, duty)))
 }
 
 /// Starts the transports `options` name.
@@ -374,7 +381,10 @@ async fn start_transports(identity: &Identity, options: &NodeOptions) -> Result<
     if options.transports.contains(&TransportSpec::Internet) {
         t.internet = Some(start_internet(identity, options).await?);
     }
-    t.lora = start_lora(identity, options).await?;
+    if let Some((lora, duty)) = start_lora(identity, options).await? {
+        t.lora = Some(lora);
+        t.lora_duty = Some(duty);
+    }
     Ok(t)
 }
 
@@ -462,6 +472,7 @@ pub async fn run(
         node: node.clone(),
         wired: transports.wired.clone(),
         internet: transports.internet.clone(),
+        lora: transports.lora.clone().zip(transports.lora_duty),
     });
     let api = match &options.api {
         Some(api) => match crate::api::start(served.clone(), &data, api).await {

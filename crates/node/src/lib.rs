@@ -6,6 +6,7 @@
 //!   outbox), and serves the control socket.
 //! - `serve`: answers control requests by calling the `Node` API.
 //! - [`control`]: the JSON-lines protocol on the local control socket, and its client.
+//! - [`sneakernet`]: `ecomesh export` and `ecomesh import` (CARv1 files).
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise.
 //! - [`paths`]: the data directory (XDG default) and the files in it.
 
@@ -17,3 +18,4 @@ pub mod daemon;
 pub mod paths;
 pub mod progress;
 mod serve;
+pub mod sneakernet;

@@ -142,6 +142,10 @@ enum Command {
     /// Store, fetch and list content-addressed blobs (files).
     #[command(subcommand)]
     Blob(BlobCommand),
+    /// Write the node's versions (and with --blobs its blobs) to a CARv1 file (sneakernet).
+    Export(ecomesh_node::sneakernet::ExportArgs),
+    /// Verify and merge a CARv1 file written by `ecomesh export` on any node.
+    Import(ecomesh_node::sneakernet::ImportArgs),
     /// List the versions the node took in (its stream), after a position.
     Changes {
         /// Show entries after this position (0: from the start).
@@ -337,6 +341,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Export(a) => ecomesh_node::sneakernet::export_command(&data, a, cli.json),
+        Command::Import(a) => ecomesh_node::sneakernet::import_command(&data, a, cli.json),
         other => control_command(other, &data, cli.json),
     }
 }
@@ -436,7 +442,12 @@ fn control_command(command: Command, data: &DataDir, json_out: bool) -> Result<(
             other => unexpected(&other),
         },
         Command::Status => status_command(&ask, json_out),
-        Command::Init | Command::Node { .. } | Command::Api(_) | Command::Dashboard { .. } => {
+        Command::Init
+        | Command::Node { .. }
+        | Command::Api(_)
+        | Command::Export(_)
+        | Command::Import(_)
+        | Command::Dashboard { .. } => {
             bail!("init and node run here, not through the control socket")
         }
     }

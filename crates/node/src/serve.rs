@@ -10,6 +10,8 @@ use ecomesh_sync::{
     BlobId, BlobInfo, EventKind, Node, OwnClock, SendOutcome, SetOptions, Source, SyncError, Value,
 };
 use ecomesh_transport_internet::InternetTransport;
+use ecomesh_transport_lora::LoraTransport;
+use ecomesh_transport_lora::airtime::DutyBudget;
 use ecomesh_transport_wired::WiredTransport;
 use ecomesh_types::{ContentId, PeerId};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -22,7 +24,7 @@ use crate::control::{
 
 /// Largest file `ecomesh blob put` stores: the node reads it whole, and the
 /// shards of larger blobs exceed the default reassembly limit of peers.
-const MAX_BLOB_FILE: u64 = 256 << 20;
+pub(crate) const MAX_BLOB_FILE: u64 = 256 << 20;
 
 /// What the control socket answers from: the node, and the concrete
 /// transports whose listen addresses `status` shows.
@@ -30,6 +32,8 @@ pub(crate) struct Served {
     pub(crate) node: Node,
     pub(crate) wired: Option<WiredTransport>,
     pub(crate) internet: Option<InternetTransport>,
+    /// The LoRa transport and the duty-cycle budget it was configured with.
+    pub(crate) lora: Option<(LoraTransport, DutyBudget)>,
 }
 
 fn cid_text(c: &ContentId) -> String {
@@ -90,6 +94,9 @@ impl Served {
                 }
             }
             Request::Changes { since, limit } => Ok(self.changes(since, limit)),
+            req @ (Request::Export { .. } | Request::Import { .. }) => {
+                Ok(crate::sneakernet::answer(node.clone(), req, None).await)
+            }
             Request::BlobPut { path, collection } => self.blob_put(&path, &collection),
             Request::BlobGet { id, path } => self.blob_get(&id, &path).await,
             Request::BlobList => node
@@ -360,7 +367,8 @@ impl Served {
     }
 }
 
-/// Answers one control connection: one JSON request line, one response line.
+/// Answers one control connection: one JSON request line, one response line
+/// (export and import first stream progress lines).
 pub(crate) async fn serve_connection(served: Arc<Served>, stream: UnixStream) {
     let (rd, mut wr) = stream.into_split();
     let mut reader = BufReader::new(rd.take(MAX_REQUEST as u64 + 1));
@@ -381,6 +389,9 @@ pub(crate) async fn serve_connection(served: Arc<Served>, stream: UnixStream) {
             message: format!("request longer than {MAX_REQUEST} bytes"),
         },
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+            Ok(req @ (Request::Export { .. } | Request::Import { .. })) => {
+                crate::sneakernet::serve_streamed(served.node.clone(), req, &mut wr).await
+            }
             Ok(req) => served.handle(req).await,
             Err(e) => Response::Error {
                 message: format!(

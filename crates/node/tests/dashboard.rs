@@ -179,10 +179,6 @@ fn a_document_written_on_a_dashboard_appears_live_on_the_other() {
     let page_b = driver.session("b");
     open_dashboard(&page_a, &a, &id_a);
     open_dashboard(&page_b, &b, &id_b);
-    watch(&page_a, "notes");
-    watch(&page_b, "notes");
-    page_b.execute("window.__sameDocument = true", &[]);
-
     // Every panel shows the routes' answers, and each node lists the other.
     for (page, other) in [(&page_a, &id_b), (&page_b, &id_a)] {
         page.wait_for_script(
@@ -194,6 +190,10 @@ fn a_document_written_on_a_dashboard_appears_live_on_the_other() {
             &[json!(other)],
         );
     }
+
+    watch(&page_a, "notes");
+    watch(&page_b, "notes");
+    page_b.execute("window.__sameDocument = true", &[]);
 
     page_a.fill("#write-collection", "notes");
     page_a.fill("#write-id", "hello");

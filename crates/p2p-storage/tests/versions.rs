@@ -383,3 +383,18 @@ fn subscriptions_fire_when_remote_versions_merge() {
     assert_eq!(docs[2], None);
     assert_eq!(*results.lock().unwrap(), vec![0, 1, 0]);
 }
+
+#[test]
+fn document_counts_are_live_documents_of_that_collection_only() {
+    let s = common::memory(1);
+    for (c, id) in [("a", "1"), ("a", "2"), ("ab", "1"), ("b", "1")] {
+        s.set(c, id, fields(&[("k", 1.into())]), SetOptions::REPLACE)
+            .unwrap();
+    }
+    s.delete("a", "2").unwrap();
+    let count = |c: &str| s.count_documents(c).unwrap();
+    assert_eq!(count("a"), 1, "a deleted document is not counted");
+    assert_eq!(count("ab"), 1, "a longer name is another collection");
+    assert_eq!(count("b"), s.scan_collection("b").unwrap().len());
+    assert_eq!(count("none"), 0);
+}

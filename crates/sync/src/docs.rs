@@ -26,7 +26,7 @@ pub struct Collection {
 /// One document of a [`Collection`] (it need not exist yet).
 #[derive(Clone, Debug)]
 pub struct DocRef {
-    node: Node,
+    pub(crate) node: Node,
     collection: String,
     id: String,
 }

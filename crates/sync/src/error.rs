@@ -39,6 +39,11 @@ pub enum SyncError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A CAR file (sneakernet import) that is malformed: truncated, oversized,
+    /// a bad varint, CID or header, or not CARv1. What merged before the
+    /// damage stays merged.
+    #[error("not a valid CARv1 file: {0}")]
+    InvalidCar(#[source] ecomesh_wire::WireError),
     /// A bad argument from the caller.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -20,6 +20,9 @@
 //! - `texts`: sealed texts and the durable outbox;
 //! - `blobs`, `routing`: large content and its location index;
 //! - `api`: status, peers, changes, texts, blobs, content answers;
+//! - `inspect`: collections with counts, a document at a version, queue figures;
+//! - `sneakernet`: versions and blobs exported to and imported from CARv1
+//!   files ([`Node::export`], [`Node::import`]);
 //! - `events`: sync events (`sync_events`), per-peer and node sync states,
 //!   `force_sync`.
 
@@ -34,10 +37,12 @@ mod docs;
 mod error;
 mod events;
 mod fsutil;
+mod inspect;
 mod layout;
 mod node;
 mod persist;
 mod routing;
+mod sneakernet;
 mod texts;
 mod watch;
 
@@ -49,16 +54,21 @@ pub use docs::{Collection, DocRef};
 pub use error::{Result, SyncError};
 pub use events::{Operation, PeerSyncStatus, SyncEvent, SyncEvents, SyncState, VersionEvent};
 pub use fsutil::write_atomic;
+pub use inspect::{CollectionInfo, QueueStatus, VersionedDocument};
 pub use layout::DataLayout;
 pub use node::Node;
 pub use routing::{ContentRouting, RoutingError};
+pub use sneakernet::{
+    ExportOptions, ExportSummary, IMPORT_LIMITS, ImportReport, MAX_PENDING_BYTES,
+    MAX_REFUSED_LISTED, Progress, RefuseReason, Refused,
+};
 pub use texts::{INBOX, InboxText, MAX_TEXT, OUTBOX, OutboxText, SentText, TEXT_TYPE, TextStatus};
 pub use watch::{DocSnapshot, QuerySnapshot, Watch};
 
 pub use ecomesh_crdt::FieldOp;
 pub use ecomesh_mesh::SendOutcome;
 pub use ecomesh_p2p_storage::VersionInfo;
-pub use ecomesh_p2p_storage::{ClockReport, OwnClock, PeerClock};
+pub use ecomesh_p2p_storage::{ClockReport, OwnClock, PeerClock, StoreError};
 pub use ecomesh_replication::blob::BlobId;
 pub use ecomesh_replication::stream::{EventKind, Source};
 pub use ecomesh_types::{

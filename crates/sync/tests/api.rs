@@ -120,3 +120,61 @@ async fn counters_sets_batches_history_and_restore() {
     assert_eq!(doc.version().unwrap().len(), 1);
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_count_live_documents_and_versions_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::builder(dir.path()).start().await.unwrap();
+    let a = node.collection("a");
+    let first = a
+        .doc("x")
+        .set(fields(&[("k", "1")]), SetOptions::REPLACE)
+        .await
+        .unwrap()
+        .version
+        .unwrap();
+    a.doc("x")
+        .set(fields(&[("k", "2")]), SetOptions::REPLACE)
+        .await
+        .unwrap();
+    a.doc("y")
+        .set(fields(&[("k", "3")]), SetOptions::REPLACE)
+        .await
+        .unwrap();
+    let gone = node
+        .collection("b")
+        .doc("z")
+        .set(fields(&[("k", "4")]), SetOptions::REPLACE)
+        .await
+        .unwrap()
+        .version
+        .unwrap();
+    let deleted = node.collection("b").doc("z").delete().await.unwrap();
+    let counts: Vec<(String, usize)> = node
+        .collections()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.name, c.documents))
+        .collect();
+    assert!(counts.contains(&("a".into(), 2)), "{counts:?}");
+    assert!(counts.contains(&("b".into(), 0)), "{counts:?}");
+
+    let old = a.doc("x").at(&first).unwrap().expect("x's first version");
+    assert_eq!(
+        old.document.unwrap().fields.get("k"),
+        Some(&Value::Text("1".into()))
+    );
+    assert!(old.info.parents.is_empty());
+    assert_eq!(old.info.author, node.peer_id());
+    // A version of another document, and a deleted state.
+    assert!(a.doc("y").at(&first).unwrap().is_none());
+    let z = node.collection("b").doc("z");
+    assert!(z.at(&gone).unwrap().unwrap().document.is_some());
+    let tomb = z.at(&deleted.version.unwrap()).unwrap().unwrap();
+    assert!(tomb.document.is_none());
+
+    let q = node.queue_status();
+    assert_eq!(q.messages, 0, "no peer: nothing is buffered for one");
+    assert!(q.max_messages > 0 && q.max_bytes > 0);
+    node.shutdown().await.unwrap();
+}

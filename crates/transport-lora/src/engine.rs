@@ -92,6 +92,9 @@ pub enum EngineEvent {
         message: NetworkMessage,
         /// Relays it took.
         hops: u8,
+        /// It came in the link-authenticated form (no signature; the session with
+        /// `from`, its sender, proved it): see [`crate::envelope`].
+        link_authenticated: bool,
     },
     /// A compact frame (notification header, permission grant) addressed to us arrived.
     Compact {
@@ -505,6 +508,8 @@ impl Engine {
         let via = self
             .route_to(&peer, now)
             .ok_or(LoraError::Unreachable(peer))?;
+        // The signed form; sealing turns it into the link-authenticated form when the
+        // unit goes straight to its destination from us (see `Engine::seal`).
         let envelope = encode_envelope(message, &peer)?;
         let h = RouteHeader {
             ttl: self.config.ttl,

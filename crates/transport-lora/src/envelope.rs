@@ -10,9 +10,9 @@
 //!
 //! | field | bytes | present |
 //! |---|---|---|
-//! | flags | 1 | always: bit 0 recipient = the destination, bit 1 another recipient follows, bit 2 ttl, bit 3 hop count, bit 4 max hops, bit 5 signature; other bits 0 |
+//! | flags | 1 | always: bit 0 recipient = the destination, bit 1 another recipient follows, bit 2 ttl, bit 3 hop count, bit 4 max hops, bit 5 signature, bit 6 link-authenticated; bit 7 0 |
 //! | id | 16 | always |
-//! | sender | 32 | always |
+//! | sender | 32 | unless bit 6 |
 //! | timestamp (Unix ms) | 8 | always |
 //! | recipient | 32 | flag bit 1 |
 //! | ttl (s) | 4 | flag bit 2 (omitted at [`NetworkMessage::DEFAULT_TTL_SECS`]) |
@@ -24,8 +24,18 @@
 //! | payload | the rest | always |
 //!
 //! A field at its default must be omitted and the recipient must use bit 0 when it is the
-//! destination, so each message has exactly one envelope per destination; the decoder is
-//! strict and allocates only what the input holds.
+//! destination, so each message has exactly one envelope per form and destination; the
+//! decoder is strict and allocates only what the input holds.
+//!
+//! **Link-authenticated form** (bit 6, [`encode_link_envelope`]): a message its sender
+//! sends straight to its recipient over their own session (the recipient is the next
+//! hop, the hop count 0) leaves out the sender and the message signature, 96 bytes: the
+//! session's AEAD already proves who sent the unit and that nothing changed on the way.
+//! The receiver accepts the form only from a unit whose origin is the session peer and
+//! that no relay carried ([`decode_envelope`]'s `link` argument), takes that peer as the
+//! sender, and hands the message on as link-authenticated
+//! ([`TransportEvent::LinkMessage`](ecomesh_types::TransportEvent::LinkMessage)); such a
+//! message is delivered, never relayed. It requires bit 0 and excludes bits 1, 3 and 5.
 
 use ecomesh_types::{MessageId, NetworkMessage, PeerId, Signature};
 
@@ -37,7 +47,8 @@ const F_TTL: u8 = 4;
 const F_HOPS: u8 = 8;
 const F_MAX_HOPS: u8 = 16;
 const F_SIGNED: u8 = 32;
-const F_ALL: u8 = F_TO_DEST | F_TO_OTHER | F_TTL | F_HOPS | F_MAX_HOPS | F_SIGNED;
+const F_LINK: u8 = 64;
+const F_ALL: u8 = F_TO_DEST | F_TO_OTHER | F_TTL | F_HOPS | F_MAX_HOPS | F_SIGNED | F_LINK;
 
 /// Bytes of an envelope besides the type and the payload when every optional field is
 /// present (its largest overhead).
@@ -50,6 +61,29 @@ fn err(reason: &'static str) -> LoraError {
 /// Encodes `msg` for the LoRa destination `dest`. Fails only when the message type is
 /// longer than 255 bytes.
 pub fn encode_envelope(msg: &NetworkMessage, dest: &PeerId) -> Result<Vec<u8>, LoraError> {
+    encode(msg, dest, false)
+}
+
+/// True when `msg` may travel to `dest` in the link-authenticated form: it is addressed
+/// to `dest` and has not been relayed. The caller also makes sure `dest` is the next hop
+/// and this node the sender, so the session with `dest` is the sender's own.
+pub fn link_form_allowed(msg: &NetworkMessage, dest: &PeerId) -> bool {
+    msg.recipient.as_ref() == Some(dest) && msg.hop_count == 0
+}
+
+/// Encodes `msg` in the link-authenticated form (no sender, no signature) for `dest`,
+/// its recipient and the next hop. Fails when [`link_form_allowed`] does not hold or
+/// the message type is longer than 255 bytes.
+pub fn encode_link_envelope(msg: &NetworkMessage, dest: &PeerId) -> Result<Vec<u8>, LoraError> {
+    if !link_form_allowed(msg, dest) {
+        return Err(err(
+            "link-authenticated form for a relayed or forwarded message",
+        ));
+    }
+    encode(msg, dest, true)
+}
+
+fn encode(msg: &NetworkMessage, dest: &PeerId, link: bool) -> Result<Vec<u8>, LoraError> {
     let ty = msg.message_type.as_bytes();
     let ty_len = u8::try_from(ty.len()).map_err(|_| err("message type over 255 bytes"))?;
     let mut flags = 0;
@@ -67,13 +101,17 @@ pub fn encode_envelope(msg: &NetworkMessage, dest: &PeerId) -> Result<Vec<u8>, L
     if msg.max_hops != NetworkMessage::DEFAULT_MAX_HOPS {
         flags |= F_MAX_HOPS;
     }
-    if msg.signature != Signature::UNSIGNED {
+    if link {
+        flags |= F_LINK;
+    } else if msg.signature != Signature::UNSIGNED {
         flags |= F_SIGNED;
     }
     let mut out = Vec::with_capacity(MAX_OVERHEAD + ty.len() + msg.payload.len());
     out.push(flags);
     out.extend_from_slice(msg.id.as_bytes());
-    out.extend_from_slice(msg.sender.as_bytes());
+    if !link {
+        out.extend_from_slice(msg.sender.as_bytes());
+    }
     out.extend_from_slice(&msg.timestamp_ms.to_be_bytes());
     if flags & F_TO_OTHER != 0
         && let Some(r) = &msg.recipient
@@ -121,17 +159,51 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Decodes an envelope that arrived at `dest` (this node). Strict: unknown flag bits,
-/// explicit defaults, a recipient equal to `dest` written out, or a type that is not
-/// UTF-8 are errors, so whatever decodes re-encodes to the same bytes.
-pub fn decode_envelope(bytes: &[u8], dest: &PeerId) -> Result<NetworkMessage, LoraError> {
+/// The link-authenticated form of a signed envelope `bytes` addressed to `dest`, when
+/// `sender` sent it and it may take that form ([`link_form_allowed`]); `None` otherwise.
+pub fn link_form_of(bytes: &[u8], dest: &PeerId, sender: &PeerId) -> Option<Vec<u8>> {
+    let e = decode_envelope(bytes, dest, None).ok()?;
+    if e.message.sender != *sender || !link_form_allowed(&e.message, dest) {
+        return None;
+    }
+    encode_link_envelope(&e.message, dest).ok()
+}
+
+/// A decoded envelope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The message. In the link-authenticated form its sender is the session peer and
+    /// it carries no signature.
+    pub message: NetworkMessage,
+    /// The envelope was in the link-authenticated form: the session proved the sender.
+    pub link_authenticated: bool,
+}
+
+/// Decodes an envelope that arrived at `dest` (this node). `link` is the session peer
+/// when the unit came straight from its origin (no relay carried it); only then is the
+/// link-authenticated form accepted, with that peer as the sender. Strict: unknown flag
+/// bits, explicit defaults, a recipient equal to `dest` written out, or a type that is
+/// not UTF-8 are errors, so whatever decodes re-encodes to the same bytes.
+pub fn decode_envelope(
+    bytes: &[u8],
+    dest: &PeerId,
+    link: Option<&PeerId>,
+) -> Result<Envelope, LoraError> {
     let mut c = Cursor { bytes, at: 0 };
     let flags = c.array::<1>()?[0];
     if flags & !F_ALL != 0 || flags & (F_TO_DEST | F_TO_OTHER) == F_TO_DEST | F_TO_OTHER {
         return Err(err("envelope flags"));
     }
+    let link_authenticated = flags & F_LINK != 0;
+    if link_authenticated && (flags & F_TO_DEST == 0 || flags & (F_HOPS | F_SIGNED) != 0) {
+        return Err(err("envelope flags"));
+    }
     let id = MessageId(c.array()?);
-    let sender = PeerId::from_digest(c.array()?);
+    let sender = if link_authenticated {
+        *link.ok_or(err("link-authenticated envelope not from its session peer"))?
+    } else {
+        PeerId::from_digest(c.array()?)
+    };
     let timestamp_ms = u64::from_be_bytes(c.array()?);
     let recipient = if flags & F_TO_DEST != 0 {
         Some(*dest)
@@ -185,7 +257,7 @@ pub fn decode_envelope(bytes: &[u8], dest: &PeerId) -> Result<NetworkMessage, Lo
         .map_err(|_| err("envelope type is not UTF-8"))?
         .to_owned();
     let payload = bytes.get(c.at..).unwrap_or_default().to_vec();
-    Ok(NetworkMessage {
+    let message = NetworkMessage {
         id,
         message_type,
         payload,
@@ -196,7 +268,16 @@ pub fn decode_envelope(bytes: &[u8], dest: &PeerId) -> Result<NetworkMessage, Lo
         hop_count,
         max_hops,
         signature,
+    };
+    Ok(Envelope {
+        message,
+        link_authenticated,
     })
+}
+
+/// Re-encodes a decoded envelope in the form it arrived in.
+pub fn encode_decoded(envelope: &Envelope, dest: &PeerId) -> Result<Vec<u8>, LoraError> {
+    encode(&envelope.message, dest, envelope.link_authenticated)
 }
 
 #[cfg(test)]
@@ -230,13 +311,27 @@ mod tests {
             };
             let b = encode_envelope(&m, &dest()).unwrap();
             prop_assert!(b.len() <= MAX_OVERHEAD + m.message_type.len() + m.payload.len());
-            prop_assert_eq!(decode_envelope(&b, &dest()).unwrap(), m);
+            prop_assert_eq!(decode_envelope(&b, &dest(), None).unwrap().message, m.clone());
+            if link_form_allowed(&m, &dest()) {
+                let l = encode_link_envelope(&m, &dest()).unwrap();
+                prop_assert_eq!(l.len() + 32 + if signed { 64 } else { 0 }, b.len());
+                let from = PeerId::from_digest([9; 32]);
+                let back = decode_envelope(&l, &dest(), Some(&from)).unwrap();
+                prop_assert!(back.link_authenticated);
+                prop_assert_eq!(back.message.sender, from);
+                prop_assert_eq!(back.message.signature, Signature::UNSIGNED);
+                prop_assert_eq!(back.message.payload, m.payload);
+                prop_assert!(decode_envelope(&l, &dest(), None).is_err());
+            } else {
+                prop_assert!(encode_link_envelope(&m, &dest()).is_err());
+            }
         }
 
         #[test]
         fn prop_envelope_decode_never_panics_and_re_encodes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            if let Ok(m) = decode_envelope(&bytes, &dest()) {
-                prop_assert_eq!(encode_envelope(&m, &dest()).unwrap(), bytes);
+            let from = PeerId::from_digest([9; 32]);
+            if let Ok(e) = decode_envelope(&bytes, &dest(), Some(&from)) {
+                prop_assert_eq!(encode_decoded(&e, &dest()).unwrap(), bytes);
             }
         }
     }
@@ -260,13 +355,28 @@ mod tests {
         let mut hops = b.clone();
         hops[0] |= F_HOPS;
         hops.insert(57, 0);
-        assert!(decode_envelope(&hops, &dest()).is_err());
+        assert!(decode_envelope(&hops, &dest(), None).is_err());
         let mut unknown = b.clone();
-        unknown[0] |= 0x40;
-        assert!(decode_envelope(&unknown, &dest()).is_err());
-        let mut both = b;
+        unknown[0] |= 0x80;
+        assert!(decode_envelope(&unknown, &dest(), None).is_err());
+        let mut both = b.clone();
         both[0] |= F_TO_OTHER;
-        assert!(decode_envelope(&both, &dest()).is_err());
+        assert!(decode_envelope(&both, &dest(), None).is_err());
+        // The link form never names another recipient, a hop count or a signature.
+        let from = PeerId::from_digest([9; 32]);
+        let link = encode_link_envelope(&m, &dest()).unwrap();
+        assert_eq!(link.len(), b.len() - 32);
+        for bad in [F_TO_OTHER, F_HOPS, F_SIGNED] {
+            let mut l = link.clone();
+            l[0] |= bad;
+            assert!(decode_envelope(&l, &dest(), Some(&from)).is_err());
+        }
+        let mut relayed = m.clone();
+        relayed.hop_count = 1;
+        assert!(encode_link_envelope(&relayed, &dest()).is_err());
+        let mut elsewhere = m.clone();
+        elsewhere.recipient = Some(from);
+        assert!(encode_link_envelope(&elsewhere, &dest()).is_err());
         let long = NetworkMessage {
             message_type: "x".repeat(256),
             ..m

@@ -449,10 +449,18 @@ impl Driver {
                     self.resolve(peer, Ok(()));
                 }
                 EngineEvent::PeerDown(peer) => self.inner.peer_down(self.generation, peer),
-                EngineEvent::Message { from, message, .. } => {
-                    self.inner
-                        .listeners
-                        .emit(&TransportEvent::Message { from, message });
+                EngineEvent::Message {
+                    from,
+                    message,
+                    link_authenticated,
+                    ..
+                } => {
+                    let ev = if link_authenticated {
+                        TransportEvent::LinkMessage { from, message }
+                    } else {
+                        TransportEvent::Message { from, message }
+                    };
+                    self.inner.listeners.emit(&ev);
                 }
                 EngineEvent::Compact { origin, from, body } => {
                     self.inner

@@ -153,7 +153,7 @@ async fn duty_cycle_holds_under_a_flood() {
         0,
         "b to receive the end of the flood",
         LONG,
-        |e| matches!(e, TransportEvent::Message { message, .. } if message.id == last),
+        |e| matches!(e, TransportEvent::LinkMessage { message, .. } if message.id == last),
     )
     .await
     .unwrap();
@@ -161,7 +161,7 @@ async fn duty_cycle_holds_under_a_flood() {
         .events()
         .iter()
         .filter_map(|e| match e {
-            TransportEvent::Message { message, .. } => Some(message.id),
+            TransportEvent::LinkMessage { message, .. } => Some(message.id),
             _ => None,
         })
         .collect();
@@ -266,7 +266,8 @@ async fn hostile_serial_input_is_survived() {
             .wait_message(mark, from.peer_id(), m.id, "receiver")
             .await
             .unwrap();
-        assert_eq!(got, m);
+        assert!(got.is(&m), "{got:?}");
+        assert!(got.link, "straight from its sender: sealed without sender and signature");
     }
     assert_eq!(a.peers().len(), 1);
     // The garbage was read (before the messages that followed it) and skipped.

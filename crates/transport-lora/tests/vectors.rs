@@ -6,7 +6,7 @@
 //! ecomesh-transport-lora --test vectors` rewrites the files after a deliberate change.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use ecomesh_transport_lora::envelope::{decode_envelope, encode_envelope};
+use ecomesh_transport_lora::envelope::{decode_envelope, encode_envelope, encode_link_envelope};
 use ecomesh_transport_lora::frame::{
     BLOOM_LEN, Body, Frame, NetworkKey, NotificationHeader, PermissionGrant, Presence, RouteHeader,
     bloom_insert, decode_inner, encode_inner, types,
@@ -159,7 +159,23 @@ fn dest() -> PeerId {
 fn envelope(name: &'static str, input: String, m: NetworkMessage) -> Vector {
     let encoded = encode_envelope(&m, &dest()).unwrap();
     Vector::new(name, input, m, encoded, |b| {
-        decode_envelope(b, &dest()).ok()
+        decode_envelope(b, &dest(), None).ok().map(|e| e.message)
+    })
+}
+
+/// The link-authenticated form, decoded from the session peer that sent it.
+fn link_envelope(name: &'static str, input: String, m: NetworkMessage) -> Vector {
+    let encoded = encode_link_envelope(&m, &dest()).unwrap();
+    let sender = m.sender;
+    let received = NetworkMessage {
+        signature: Signature::UNSIGNED,
+        ..m
+    };
+    Vector::new(name, input, received, encoded, move |b| {
+        decode_envelope(b, &dest(), Some(&sender))
+            .ok()
+            .filter(|e| e.link_authenticated)
+            .map(|e| e.message)
     })
 }
 
@@ -202,8 +218,13 @@ fn lora_envelopes() {
                 ttl_secs: 300,
                 hop_count: 3,
                 max_hops: 7,
-                ..base
+                ..base.clone()
             },
+        ),
+        link_envelope(
+            "link-authenticated",
+            "the unicast-to-destination message straight from its sender [0x11; 32] over their session: no sender, no signature".into(),
+            base,
         ),
     ];
     check_vectors(

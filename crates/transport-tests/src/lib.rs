@@ -250,24 +250,50 @@ impl EventLog {
         .map(|_| ())
     }
 
-    /// Waits for a message with `id` from `from_peer` at or after `from`, and returns it.
+    /// Waits for a message with `id` from `from_peer` at or after `from`, signed
+    /// ([`TransportEvent::Message`]) or link-authenticated
+    /// ([`TransportEvent::LinkMessage`], whose invariants it checks), and returns it.
     pub async fn wait_message(
         &self,
         from: usize,
         from_peer: PeerId,
         id: MessageId,
         who: &str,
-    ) -> Result<NetworkMessage> {
+    ) -> Result<Received> {
         let e = self
             .wait_for(
                 from,
                 &format!("{who} to receive message {id} from {from_peer}"),
                 WAIT,
-                |e| matches!(e, TransportEvent::Message { from, message } if *from == from_peer && message.id == id),
+                |e| match e {
+                    TransportEvent::Message { from, message }
+                    | TransportEvent::LinkMessage { from, message } => {
+                        *from == from_peer && message.id == id
+                    }
+                    _ => false,
+                },
             )
             .await?;
         match e {
-            TransportEvent::Message { message, .. } => Ok(message),
+            TransportEvent::Message { message, .. } => Ok(Received {
+                message,
+                link: false,
+            }),
+            TransportEvent::LinkMessage { message, .. } => {
+                if message.sender != from_peer
+                    || message.hop_count != 0
+                    || message.signature != ecomesh_types::Signature::UNSIGNED
+                {
+                    return fail(format!(
+                        "a link-authenticated message must come unsigned and unrelayed from its \
+                         sender: {message:?} from {from_peer}"
+                    ));
+                }
+                Ok(Received {
+                    message,
+                    link: true,
+                })
+            }
             _ => fail("wait_message matched a non-message event"),
         }
     }
@@ -377,6 +403,32 @@ async fn connected_pair<F: TransportFactory>(f: &F) -> Result<Pair<F::Transport>
 }
 
 /// Sends one message `from` → `to` and checks it arrives intact.
+/// A message as a transport delivered it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Received {
+    /// The message.
+    pub message: NetworkMessage,
+    /// It came as a [`TransportEvent::LinkMessage`]: the link authenticated it, and its
+    /// signature was left off the air.
+    pub link: bool,
+}
+
+impl Received {
+    /// True when this is `sent` as delivered: identical, or, link-authenticated,
+    /// identical but for the signature.
+    pub fn is(&self, sent: &NetworkMessage) -> bool {
+        if self.link {
+            let unsigned = NetworkMessage {
+                signature: ecomesh_types::Signature::UNSIGNED,
+                ..sent.clone()
+            };
+            self.message == unsigned
+        } else {
+            self.message == *sent
+        }
+    }
+}
+
 async fn roundtrip(
     from: &dyn TransportAdapter,
     from_id: PeerId,
@@ -390,7 +442,7 @@ async fn roundtrip(
     let got = to_log
         .wait_message(mark, from_id, msg.id, "receiver")
         .await?;
-    if got != msg {
+    if !got.is(&msg) {
         return fail("received message differs from the one sent");
     }
     Ok(())
@@ -455,7 +507,12 @@ pub async fn send_and_receive<F: TransportFactory>(f: &F) -> Result<()> {
     let got: Vec<MessageId> = p.lb.events()[mark..]
         .iter()
         .filter_map(|e| match e {
-            TransportEvent::Message { from, message } if *from == p.ida => Some(message.id),
+            TransportEvent::Message { from, message }
+            | TransportEvent::LinkMessage { from, message }
+                if *from == p.ida =>
+            {
+                Some(message.id)
+            }
             _ => None,
         })
         .collect();
@@ -496,7 +553,7 @@ pub async fn broadcast<F: TransportFactory>(f: &F) -> Result<()> {
     ctx("broadcast", hub.broadcast(msg.clone()).await)?;
     for ((_, _, log), mark) in spokes.iter().zip(marks) {
         let got = log.wait_message(mark, idh, msg.id, "spoke").await?;
-        if got != msg {
+        if !got.is(&msg) {
             return fail("broadcast message altered in transit");
         }
     }
@@ -516,7 +573,7 @@ pub async fn max_size_frame<F: TransportFactory>(f: &F) -> Result<()> {
         p.a.send(p.idb, msg.clone()).await,
     )?;
     let got = p.lb.wait_message(mark, p.ida, msg.id, "b").await?;
-    if got != msg {
+    if !got.is(&msg) {
         return fail("maximum-size message altered in transit");
     }
     // The link still works afterwards, in both directions.

@@ -172,6 +172,19 @@ pub enum TransportEvent {
         /// The message as received; its signature is not yet checked.
         message: NetworkMessage,
     },
+    /// A message its sender handed straight to this node over their own authenticated
+    /// session (no relay carried it), in a form without the sender's signature: the
+    /// link proved that `from` sent it and that it was not changed. Its
+    /// `message.sender` is `from`, its signature [`Signature::UNSIGNED`](crate::Signature::UNSIGNED),
+    /// its recipient this node. A receiver delivers it and never relays it (no one
+    /// else could verify it). Transports with small frames (LoRa) use it to save the
+    /// 96 bytes of sender and signature.
+    LinkMessage {
+        /// The neighbour that sent the message, authenticated by the link.
+        from: PeerId,
+        /// The message, unsigned.
+        message: NetworkMessage,
+    },
     /// A peer became reachable, or its info changed.
     PeerDiscovered(PeerInfo),
     /// A peer is no longer reachable on this transport.

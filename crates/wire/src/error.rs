@@ -196,6 +196,34 @@ pub enum WireError {
         /// Offset of the map in the input when decoding.
         offset: Option<usize>,
     },
+    /// A CAR varint that runs past 9 bytes or is not in its shortest form.
+    #[error("invalid CAR varint at byte {offset}: {reason}")]
+    CarVarint {
+        /// Offset of its first byte in the file.
+        offset: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A CAR header whose version is not 1 (a CARv2 file says 2).
+    #[error("CAR version {version} is not supported (only CARv1)")]
+    CarVersion {
+        /// The version the header gives.
+        version: i64,
+    },
+    /// A CAR file with more blocks than the configured limit.
+    #[error("more than {max} blocks in the CAR file")]
+    TooManyBlocks {
+        /// The configured limit.
+        max: u64,
+    },
+    /// Reading or writing a stream failed.
+    #[error("I/O error ({kind}): {message}")]
+    Io {
+        /// The kind of failure.
+        kind: std::io::ErrorKind,
+        /// The underlying error's text.
+        message: String,
+    },
 }
 
 fn fmt_offset(offset: Option<usize>) -> String {

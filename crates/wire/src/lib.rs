@@ -14,6 +14,8 @@
 //! - [`encode_delta_compact`] / [`decode_delta_compact`]: the compact wire
 //!   form of CRDT deltas and states beside the canonical one (actor table,
 //!   timestamps relative to a base; see [`compact`]).
+//! - [`CarWriter`] / [`CarReader`]: CARv1 files (IPLD's archive of blocks),
+//!   read as a bounded stream (see [`car`]).
 //!
 //! # Decoders
 //!
@@ -36,6 +38,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod car;
 pub mod cbor;
 pub mod cid;
 pub mod codec;
@@ -45,6 +48,7 @@ pub mod dag_json;
 mod error;
 pub mod message;
 
+pub use crate::car::{CarBlock, CarLimits, CarReader, CarWriter};
 pub use crate::cbor::{Limits, Reader, Writer};
 pub use crate::cid::{
     Cid, HashAlg, cid_for_bytes, cid_of, cid_of_dag_cbor, cid_of_with, cid_to_text,

@@ -11,7 +11,8 @@ use ecomesh_crdt::{
 use ecomesh_types::{ContentId, HlcTimestamp, Value};
 use ecomesh_wire::{Canonical, decode, encode};
 
-const TARGETS: [&str; 6] = [
+const TARGETS: [&str; 7] = [
+    "car",
     "dag_cbor",
     "dag_json",
     "cid_text",
@@ -94,6 +95,36 @@ fn run(target: &str, data: &[u8]) -> bool {
                 7 => check_typed::<DagNode<ContentId>>(bytes),
                 _ => check_typed::<VersionDag<ContentId>>(bytes),
             }
+        }
+        "car" => {
+            let limits = ecomesh_wire::CarLimits {
+                max_header: 4096,
+                max_block: 4096,
+                max_blocks: Some(64),
+            };
+            let Ok(mut reader) = ecomesh_wire::CarReader::new(data, limits) else {
+                return false;
+            };
+            let mut writer = ecomesh_wire::CarWriter::new(Vec::new(), reader.roots()).unwrap();
+            let mut complete = true;
+            let mut good = reader.bytes_read();
+            loop {
+                match reader.next_block() {
+                    Ok(Some(block)) => {
+                        complete &= block.verify().is_ok();
+                        writer.write_block(&block.cid, &block.data).unwrap();
+                        good = reader.bytes_read();
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            let good = usize::try_from(good).unwrap();
+            assert_eq!(writer.finish().unwrap(), &data[..good]);
+            complete
         }
         other => panic!("unknown target {other}"),
     }

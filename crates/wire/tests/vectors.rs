@@ -4,9 +4,11 @@
 //! `UPDATE_VECTORS=1 cargo test -p ecomesh-wire --test vectors` rewrites the files.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use ecomesh_types::Value;
 use ecomesh_types::{MessageId, NetworkMessage, PeerId, Signature};
 use ecomesh_wire::{
-    decode_message, decode_message_compact, encode_message, encode_message_compact,
+    CarLimits, CarReader, CarWriter, Cid, HashAlg, decode_message, decode_message_compact,
+    encode_message, encode_message_compact,
 };
 
 /// The `NetworkMessage` cases: (name, short description, message).
@@ -82,6 +84,64 @@ fn network_message_compact() {
     check_vectors(
         "network_message_compact",
         "the compact NetworkMessage for constrained links, CBOR map with integer keys, defaults omitted (ecomesh-wire message.rs, encode_message_compact); no CID",
+        &vectors,
+    );
+}
+
+/// The CAR cases: (name, description, roots, blocks).
+type CarCase = (&'static str, &'static str, Vec<Cid>, Vec<(Cid, Vec<u8>)>);
+
+fn car_cases() -> Vec<CarCase> {
+    let cbor = ecomesh_wire::to_dag_cbor(&Value::from("hello")).unwrap();
+    let cbor_cid = ecomesh_wire::cid_of_dag_cbor(&cbor);
+    let raw = vec![0xAB; 5];
+    let raw_cid = ecomesh_wire::cid_for_bytes(ecomesh_wire::cid::RAW, HashAlg::Blake3, &raw);
+    let v0 =
+        Cid::new_v0(*ecomesh_wire::cid_for_bytes(0x70, HashAlg::Sha2_256, b"v0").hash()).unwrap();
+    vec![
+        ("empty", "no roots, no blocks", vec![], vec![]),
+        (
+            "two-blocks",
+            "root = the dag-cbor block \"hello\" (sha2-256); blocks: it, then 5 bytes 0xab as raw (blake3)",
+            vec![cbor_cid],
+            vec![(cbor_cid, cbor.clone()), (raw_cid, raw)],
+        ),
+        (
+            "cid-v0",
+            "root and one block \"v0\" named by a CIDv0 (the bare sha2-256 multihash)",
+            vec![v0],
+            vec![(v0, b"v0".to_vec())],
+        ),
+    ]
+}
+
+#[test]
+fn car_files() {
+    let vectors: Vec<Vector> = car_cases()
+        .into_iter()
+        .map(|(name, input, roots, blocks)| {
+            let mut w = CarWriter::new(Vec::new(), &roots).unwrap();
+            for (cid, data) in &blocks {
+                // The section holds the `cid` crate's own binary form.
+                assert_eq!(cid.to_bytes(), ecomesh_wire::to_content_id(cid).0);
+                w.write_block(cid, data).unwrap();
+            }
+            let bytes = w.finish().unwrap();
+            Vector::new(name, input.into(), (roots, blocks), bytes, |b| {
+                let mut r = CarReader::new(b, CarLimits::DEFAULT).ok()?;
+                let roots = r.roots().to_vec();
+                let blocks = r
+                    .by_ref()
+                    .map(|b| b.map(|b| (b.cid, b.data)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .ok()?;
+                Some((roots, blocks))
+            })
+        })
+        .collect();
+    check_vectors(
+        "car",
+        "a CARv1 file (ecomesh-wire car.rs, CarWriter): varint header length, DAG-CBOR header {roots, version: 1}, then per block varint(len(cid)+len(data)), binary CID, data",
         &vectors,
     );
 }

@@ -23,10 +23,14 @@ use crate::paths::DataDir;
 use crate::serve::Served;
 
 pub mod auth;
+pub mod blobs;
 pub mod dashboard;
+pub mod docs;
 pub mod error;
 pub mod json;
+pub mod node_info;
 pub mod query;
+pub mod rest;
 
 pub use error::{ApiError, ApiResult};
 use json::JsonBody;
@@ -182,6 +186,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let v1 = Router::new()
         .route("/status", get(status))
         .route("/sessions", post(new_session))
+        .merge(rest::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(

@@ -242,6 +242,19 @@ impl<B: Backend> Store<B> {
         Ok(query.execute(&docs)?)
     }
 
+    /// How many live documents a collection holds (reads keys only, decodes
+    /// no document).
+    pub fn count_documents(&self, collection: &str) -> Result<usize, StoreError> {
+        let start = keys::key(DOC, &[collection.as_bytes()]);
+        let end = prefix_end(&start).unwrap_or_default();
+        let mut n = 0;
+        for item in self.backend.scan(&start, Some(&end)) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Every live document of a collection.
     pub fn scan_collection(&self, collection: &str) -> Result<Vec<Document>, StoreError> {
         let start = keys::key(DOC, &[collection.as_bytes()]);

@@ -215,6 +215,35 @@ impl<B: Backend> P2PStorageAdapter<B> {
     }
 }
 
+impl<B: Backend> P2PStorageAdapter<B> {
+    /// Merges version `bytes` that arrived without a peer (read from a file:
+    /// sneakernet) through the path a version pushed by its author takes:
+    /// strict decoding, signature and author checks, parents present, the
+    /// author's reach, then merging, positioning in the stream (source: the
+    /// author) and pushing on to partners. Nothing is changed unless the
+    /// result is [`ApplyResult::Applied`].
+    pub fn import_version(&self, bytes: &[u8]) -> Result<ApplyResult, ReplicationError> {
+        let author = match ecomesh_wire::decode::<crate::VersionNode>(bytes) {
+            Ok(v) => v.author_peer(),
+            Err(e) => return Ok(ApplyResult::Invalid(format!("not a version node: {e}"))),
+        };
+        let result = self.view_for(author).apply_version(bytes)?;
+        if result == ApplyResult::Applied {
+            self.wake();
+        }
+        Ok(result)
+    }
+
+    /// The bytes of version `cid` when this node holds it and replicates its
+    /// collection (the versions an export may carry).
+    pub fn replicated_version_bytes(
+        &self,
+        cid: &ContentId,
+    ) -> Result<Option<Vec<u8>>, ReplicationError> {
+        self.view.version_bytes(cid)
+    }
+}
+
 /// Positions version `bytes` (already in the store) in the node's stream.
 /// A failure is logged: the stream only speeds up catching up (delta sync),
 /// and anti-entropy still finds whatever it misses.

@@ -4,7 +4,7 @@
 use ecomesh_types::{PeerId, Priority};
 
 use super::{Engine, EngineEvent, SEEN_SEALED};
-use crate::envelope::decode_envelope;
+use crate::envelope::{Envelope, decode_envelope};
 use crate::error::LoraError;
 use crate::frame::{Body, RouteHeader, ShortId, decode_inner, short_id};
 
@@ -107,8 +107,14 @@ impl Engine {
                 return;
             }
         };
-        match decode_envelope(&bytes, &self.me) {
-            Ok(message) => {
+        // Only a unit no relay carried may use the link-authenticated form: its
+        // origin is then the session peer that sealed it.
+        let link = (h.hops == 0 && h.origin == short_id(&from)).then_some(&from);
+        match decode_envelope(&bytes, &self.me, link) {
+            Ok(Envelope {
+                message,
+                link_authenticated,
+            }) => {
                 if short_id(&message.sender) != h.origin || !self.policy.allows(&message.sender) {
                     tracing::debug!(sender = %message.sender, "message dropped: origin mismatch or refused sender");
                     return;
@@ -117,6 +123,7 @@ impl Engine {
                     from,
                     message,
                     hops: h.hops,
+                    link_authenticated,
                 });
             }
             Err(e) => tracing::debug!(error = %e, "undecodable message dropped"),

@@ -155,14 +155,35 @@ fn up(net: &Net, i: usize, peer: PeerId) -> bool {
         .any(|e| matches!(e, EngineEvent::PeerUp { peer: p, .. } if *p == peer))
 }
 
+/// Messages node `i` received; link-authenticated ones with their signature put back
+/// from `sent` (they travel without it), so tests compare them with what was sent.
 fn got(net: &Net, i: usize) -> Vec<NetworkMessage> {
     net.events[i]
         .iter()
         .filter_map(|e| match e {
-            EngineEvent::Message { message, .. } => Some(message.clone()),
+            EngineEvent::Message {
+                message,
+                link_authenticated,
+                from,
+                ..
+            } => {
+                if *link_authenticated {
+                    assert_eq!(message.sender, *from, "link-authenticated: from its sender");
+                    assert_eq!(message.signature, ecomesh_types::Signature::UNSIGNED);
+                }
+                Some(message.clone())
+            }
             _ => None,
         })
         .collect()
+}
+
+/// `m` as a direct neighbour receives it: without its signature.
+fn unsigned(m: &NetworkMessage) -> NetworkMessage {
+    NetworkMessage {
+        signature: ecomesh_types::Signature::UNSIGNED,
+        ..m.clone()
+    }
 }
 
 #[test]
@@ -181,7 +202,7 @@ fn neighbours_connect_by_themselves_and_exchange_messages() {
         .send_message(b, &big, Priority::Normal, net.now)
         .unwrap();
     net.run(20_000);
-    assert_eq!(got(&net, 1), vec![m, big]);
+    assert_eq!(got(&net, 1), vec![unsigned(&m), unsigned(&big)]);
     // Bulk and oversize are refused with typed errors.
     assert!(matches!(
         net.nodes[0].send_message(b, &message(a, None, vec![0; 10]), Priority::Bulk, net.now),
@@ -258,11 +279,13 @@ fn five_node_line_delivers_over_four_hops() {
                 message,
                 hops,
                 from,
-            } => Some((message.clone(), *hops, *from)),
+                link_authenticated,
+            } => Some((message.clone(), *hops, *from, *link_authenticated)),
             _ => None,
         })
         .collect();
-    assert_eq!(at_e, vec![(m, 3, net.id(3))]);
+    // Relayed: the signed form, never the link-authenticated one.
+    assert_eq!(at_e, vec![(m, 3, net.id(3), false)]);
     // Nobody else got it as its destination.
     for i in 1..4 {
         assert!(got(&net, i).is_empty());
@@ -488,9 +511,10 @@ fn messages_either_side_of_the_one_frame_limit_all_arrive_in_order() {
     net.link(0, 1);
     net.run(10_000);
     let (a, b) = (net.id(0), net.id(1));
-    // Envelope of 132 + payload bytes: the ciphertext crosses a sealed frame's capacity
-    // (226) and one part's (227) within this range.
-    let sent: Vec<NetworkMessage> = (40..=110)
+    // Straight to the recipient: the link-authenticated envelope of 36 + payload bytes;
+    // the ciphertext crosses a sealed frame's capacity (226) and one part's (227)
+    // within this range.
+    let sent: Vec<NetworkMessage> = (136..=206)
         .map(|n| {
             let mut m = message(a, Some(b), vec![n as u8; n]);
             m.id = MessageId::new_v4([n as u8; 16]);
@@ -503,7 +527,7 @@ fn messages_either_side_of_the_one_frame_limit_all_arrive_in_order() {
             .unwrap();
     }
     net.run(60_000);
-    assert_eq!(got(&net, 1), sent);
+    assert_eq!(got(&net, 1), sent.iter().map(unsigned).collect::<Vec<_>>());
     assert_eq!(net.nodes[0].unconfirmed(), 0);
 }
 
@@ -574,5 +598,36 @@ fn a_unit_with_a_forged_part_is_dropped_and_later_units_still_arrive() {
     net.link(0, 1);
     let until = net.now + 60_000;
     net.run(until);
-    assert_eq!(got(&net, 1), vec![m]);
+    assert_eq!(got(&net, 1), vec![unsigned(&m)]);
+}
+
+#[test]
+fn a_message_straight_to_its_recipient_travels_without_sender_and_signature() {
+    let mut net = Net::new(2, fast_config());
+    net.link(0, 1);
+    net.run(60_000);
+    let (a, b) = (net.id(0), net.id(1));
+    let mut m = message(a, Some(b), vec![1; 100]);
+    m.signature = ecomesh_types::Signature([7; 64]);
+    net.nodes[0]
+        .send_message(b, &m, Priority::Normal, net.now)
+        .unwrap();
+    net.run(net.now + 30_000);
+    let at_b: Vec<_> = net.events[1]
+        .iter()
+        .filter_map(|ev| match ev {
+            EngineEvent::Message {
+                message,
+                from,
+                link_authenticated,
+                ..
+            } => Some((message.clone(), *from, *link_authenticated)),
+            _ => None,
+        })
+        .collect();
+    let unsigned = NetworkMessage {
+        signature: ecomesh_types::Signature::UNSIGNED,
+        ..m.clone()
+    };
+    assert_eq!(at_b, vec![(unsigned, a, true)]);
 }

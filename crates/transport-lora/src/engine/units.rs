@@ -11,8 +11,9 @@
 use ecomesh_types::{PeerId, Priority};
 
 use super::Engine;
+use crate::envelope::link_form_of;
 use crate::error::LoraError;
-use crate::frame::{Body, Frame, RouteHeader, TAG_LEN, encode_inner};
+use crate::frame::{Body, Frame, RouteHeader, TAG_LEN, encode_inner, short_id};
 use crate::proto::BROADCAST;
 
 use super::{PART_CAPACITY, SEALED_HEADER_LEN};
@@ -77,7 +78,27 @@ fn split_ticket(ticket: u64) -> (u64, usize) {
 impl Engine {
     /// Encrypts a routing header and body for neighbour `via` as one unit: one sealed
     /// frame when it fits, else 2 to `reassembly.max_fragments` parts.
+    ///
+    /// An own message that goes straight to its destination (`via` is it, no hop yet)
+    /// is sealed in the link-authenticated form: the session proves the sender, so the
+    /// envelope leaves out the sender and the signature. The unit keeps the signed form
+    /// for any other next hop it may take later (a reroute, a flush of held frames).
     fn seal(&mut self, via: &PeerId, h: &RouteHeader, body: &Body) -> Result<Sealed, LoraError> {
+        let link_body;
+        let body = match body {
+            Body::Message(signed)
+                if h.hops == 0 && h.origin == self.my_short && short_id(via) == h.dest =>
+            {
+                match link_form_of(signed, via, &self.me) {
+                    Some(link) => {
+                        link_body = Body::Message(link);
+                        &link_body
+                    }
+                    None => body,
+                }
+            }
+            _ => body,
+        };
         let plain = encode_inner(h, body);
         let ct_len = plain.len() + TAG_LEN;
         let single = SEALED_HEADER_LEN + ct_len <= MAX_APP_PAYLOAD;
