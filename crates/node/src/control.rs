@@ -2,7 +2,10 @@
 //!
 //! One request per connection over the node's Unix socket (mode 0600 in the
 //! data directory): the client writes one JSON [`Request`] and a newline, the
-//! node answers with one JSON [`Response`] and a newline, then closes. Requests
+//! node answers with one JSON [`Response`] and a newline, then closes. A
+//! streaming request ([`Request::DocWatch`], blob transfers with `progress`)
+//! gets stream items ([`Response::is_stream_item`]) before its answer; read
+//! them with [`call_stream`]. Requests
 //! longer than [`MAX_REQUEST`] bytes are refused without being buffered whole.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -76,6 +79,9 @@ pub enum Request {
         path: String,
         /// The collection whose replication factor, pins and reach apply.
         collection: String,
+        /// Stream [`Response::Progress`] lines before the answer (read with [`call_stream`]).
+        #[serde(default)]
+        progress: bool,
     },
     /// Fetches a blob (locally, else from peers) and writes it to `path`.
     BlobGet {
@@ -83,6 +89,9 @@ pub enum Request {
         id: String,
         /// Absolute path of the file to write.
         path: String,
+        /// Stream [`Response::Progress`] lines before the answer (read with [`call_stream`]).
+        #[serde(default)]
+        progress: bool,
     },
     /// The blobs this node knows.
     BlobList,
@@ -94,6 +103,40 @@ pub enum Request {
         since: u64,
         /// Most entries returned.
         limit: usize,
+    },
+    /// One page of a query (the JSON form of [`crate::api::query`]) over a collection.
+    DocQuery {
+        /// The collection.
+        collection: String,
+        /// The query: `{"where", "order_by", "limit", "start_after"}`.
+        query: serde_json::Value,
+    },
+    /// Watches a document (`id`) or a query (`query`, or every document when
+    /// both are absent): the node streams a [`Response::Snapshot`] line now
+    /// and after every change until the client closes the connection.
+    DocWatch {
+        /// The collection.
+        collection: String,
+        /// The document id, to watch one document.
+        id: Option<String>,
+        /// The query, to watch its results.
+        query: Option<serde_json::Value>,
+    },
+    /// Every version of a document, oldest first.
+    DocHistory {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+    },
+    /// Writes, as a new version, a document's content at an earlier version.
+    DocRestore {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        /// The version's CID (from `doc history`).
+        version: String,
     },
 }
 
@@ -163,6 +206,37 @@ pub enum Response {
         next: u64,
         /// True when more entries follow `next`.
         more: bool,
+    },
+    /// Answer to [`Request::DocQuery`]: one page.
+    Page {
+        /// The matching documents, in query order.
+        documents: Vec<DocRow>,
+        /// The cursor of the next page (`start_after`), when this page is full.
+        next_cursor: Option<String>,
+    },
+    /// A stream item of [`Request::DocWatch`]: the document (zero or one
+    /// row) or the query's results now.
+    Snapshot {
+        /// The documents.
+        documents: Vec<DocRow>,
+        /// True while a local write of one of them is not acknowledged by a peer.
+        pending_writes: bool,
+        /// When the node took the snapshot (Unix ms).
+        time_ms: u64,
+    },
+    /// Answer to [`Request::DocHistory`].
+    History {
+        /// Oldest first.
+        versions: Vec<VersionRow>,
+    },
+    /// A stream item of a long request: how far it got.
+    Progress {
+        /// What is being done (`read`, `store`, `fetch`, `write`).
+        stage: String,
+        /// Bytes (or items) done.
+        done: u64,
+        /// Bytes (or items) in all, when known.
+        total: Option<u64>,
     },
     /// The request failed; `message` names the problem and the fix.
     Error {
@@ -267,6 +341,9 @@ pub struct ChangeRow {
     pub collection: String,
     /// The document's id.
     pub id: String,
+    /// When its author wrote it (Unix ms; 0 when the version is no longer stored).
+    #[serde(default)]
+    pub time_ms: u64,
 }
 
 /// A reachable peer.
@@ -308,6 +385,19 @@ pub struct DocRow {
     pub fields: serde_json::Value,
 }
 
+/// One version of a document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRow {
+    /// The version's CID.
+    pub version: String,
+    /// The CIDs of the versions it follows.
+    pub parents: Vec<String>,
+    /// The peer id of its author.
+    pub author: String,
+    /// When it was written (its author's hybrid clock, Unix ms).
+    pub time_ms: u64,
+}
+
 /// A sent message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxRow {
@@ -326,13 +416,7 @@ pub struct OutboxRow {
 /// Sends `request` to the node listening on `socket` and returns its answer;
 /// an [`Response::Error`] becomes an `Err`.
 pub fn call(socket: &Path, request: &Request) -> Result<Response> {
-    let mut s = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "no node is running for this data directory (cannot connect to {}); \
-             start one with `ecomesh node` (same --data)",
-            socket.display()
-        )
-    })?;
+    let mut s = connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
@@ -353,6 +437,63 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response> {
         Response::Error { message } => bail!("{message}"),
         r => Ok(r),
     }
+}
+
+impl Response {
+    /// True for the lines a streaming request sends before its answer
+    /// ([`Response::Progress`], [`Response::Snapshot`]).
+    pub fn is_stream_item(&self) -> bool {
+        matches!(self, Response::Progress { .. } | Response::Snapshot { .. })
+    }
+}
+
+/// Sends `req` to the node listening on `socket` and reads its answer as a
+/// stream: every line but the last (the stream items, see
+/// [`Response::is_stream_item`]) goes to `on_item` as it arrives, the last is
+/// returned; an error from `on_item` ends the call, and a
+/// [`Response::Error`] line becomes an `Err`. Waits without a time limit (a
+/// watch lasts until the client stops); lines longer than [`MAX_RESPONSE`]
+/// are refused.
+pub fn call_stream(
+    socket: &Path,
+    req: &Request,
+    mut on_item: impl FnMut(Response) -> Result<()>,
+) -> Result<Response> {
+    let mut s = connect(socket)?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)
+        .context("writing to the node's control socket")?;
+    let mut reader = BufReader::new(s);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        (&mut reader)
+            .take(MAX_RESPONSE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .context("reading the node's answer")?;
+        if buf.len() > MAX_RESPONSE {
+            bail!("the node's answer is longer than {MAX_RESPONSE} bytes");
+        }
+        if buf.is_empty() {
+            bail!("the node closed the control connection without answering");
+        }
+        match serde_json::from_slice(&buf).context("the node's answer is not valid")? {
+            Response::Error { message } => bail!("{message}"),
+            r if r.is_stream_item() => on_item(r)?,
+            r => return Ok(r),
+        }
+    }
+}
+
+fn connect(socket: &Path) -> Result<UnixStream> {
+    UnixStream::connect(socket).with_context(|| {
+        format!(
+            "no node is running for this data directory (cannot connect to {}); \
+             start one with `ecomesh node` (same --data)",
+            socket.display()
+        )
+    })
 }
 
 #[cfg(test)]
