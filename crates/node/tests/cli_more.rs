@@ -449,3 +449,31 @@ fn text_output_shows_human_times_and_sizes_json_stays_and_blob_transfers_report_
     a.terminate();
     b.terminate();
 }
+
+/// The example `ecomesh.toml` in docs/cli.md is a file a node starts with.
+#[test]
+fn the_documented_config_example_starts_a_node() {
+    let doc = include_str!("../../../docs/cli.md");
+    let example = doc
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/cli.md has a toml example");
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = Node::fresh(dir.path(), "doc");
+    std::fs::create_dir_all(&n.data).unwrap();
+    std::fs::write(n.data.join("ecomesh.toml"), example).unwrap();
+    // Loopback only in tests: the example's listen address and LAN peer lose to flags.
+    n.start(&["--listen", "127.0.0.1:0", "--peer", "127.0.0.1:9"]);
+    let log = n.last_run_log();
+    assert!(log.contains("loaded the config file"), "{log}");
+    for key in [
+        "\"transports\"",
+        "\"redial-max\"",
+        "\"outbox-max\"",
+        "\"no-mdns\"",
+    ] {
+        assert!(log.contains(key), "{key} used or overridden: {log}");
+    }
+    n.terminate();
+}
