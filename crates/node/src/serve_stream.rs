@@ -156,7 +156,7 @@ impl Served {
     }
 
     /// Stores the file at `path` as a blob, streaming `read` progress lines,
-    /// then a `store` line.
+    /// then `store` lines when storing starts (total unknown) and ends.
     pub(crate) async fn blob_put_progress<W: AsyncWrite + Unpin>(
         &self,
         path: &str,
@@ -181,14 +181,14 @@ impl Served {
             .context("the file reader failed")?
             .with_context(|| format!("reading {path}"))?;
         let len = bytes.len() as u64;
-        send_line(wr, &progress("store", 0, Some(len))).await?;
+        send_line(wr, &progress("store", 0, None)).await?;
         let info = self.node.put_blob(collection, &bytes)?;
         send_line(wr, &progress("store", len, Some(len))).await?;
         Ok(Response::Blob(blob_row(info)))
     }
 
-    /// Fetches blob `id` into `path`, streaming a `fetch` line and `write`
-    /// progress lines.
+    /// Fetches blob `id` into `path`, streaming `fetch` lines when fetching
+    /// starts (total unknown) and ends, then `write` progress lines.
     pub(crate) async fn blob_get_progress<W: AsyncWrite + Unpin>(
         &self,
         id: &str,
@@ -198,8 +198,7 @@ impl Served {
         let blob = BlobId::parse(id).map_err(|e| {
             anyhow!("{id} is not a blob id ({e}); copy one from `ecomesh blob list`")
         })?;
-        let known = self.node.blob(&blob)?.map(|b| b.len);
-        send_line(wr, &progress("fetch", 0, known)).await?;
+        send_line(wr, &progress("fetch", 0, None)).await?;
         let bytes = self
             .node
             .get_blob(blob)
