@@ -518,4 +518,62 @@ mod tests {
         assert_eq!(serde_json::from_str::<Response>(&j).unwrap(), resp);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_disk"}"#).is_err());
     }
+
+    /// A fake node answering one connection with `lines`.
+    fn serve_lines(lines: Vec<String>) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = String::new();
+            BufReader::new(&s).read_line(&mut req).unwrap();
+            for l in lines {
+                // The client may have stopped reading (on_item failed).
+                let _ = s.write_all(format!("{l}\n").as_bytes());
+            }
+        });
+        (dir, path)
+    }
+
+    #[test]
+    fn call_stream_hands_items_over_and_returns_the_last_line() {
+        let progress = |done| {
+            serde_json::to_string(&Response::Progress {
+                stage: "read".into(),
+                done,
+                total: Some(2),
+            })
+            .unwrap()
+        };
+        let last = serde_json::to_string(&Response::BlobGc {
+            deleted: 1,
+            freed_bytes: 2,
+            kept: 3,
+        })
+        .unwrap();
+        let (_dir, path) = serve_lines(vec![progress(1), progress(2), last]);
+        let mut seen = Vec::new();
+        let r = call_stream(&path, &Request::BlobGc, |item| {
+            seen.push(item);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 2);
+        assert!(seen.iter().all(Response::is_stream_item));
+        assert!(matches!(r, Response::BlobGc { deleted: 1, .. }));
+
+        let error = r#"{"reply":"error","message":"the node stopped"}"#.to_owned();
+        let (_dir, path) = serve_lines(vec![progress(1), error]);
+        let e = call_stream(&path, &Request::BlobGc, |_| Ok(())).unwrap_err();
+        assert_eq!(e.to_string(), "the node stopped");
+
+        let (_dir, path) = serve_lines(vec![progress(1)]);
+        let e = call_stream(&path, &Request::BlobGc, |_| Ok(())).unwrap_err();
+        assert!(e.to_string().contains("without answering"), "{e}");
+
+        let (_dir, path) = serve_lines(vec![progress(1), progress(2)]);
+        let e = call_stream(&path, &Request::BlobGc, |_| bail!("stop here")).unwrap_err();
+        assert_eq!(e.to_string(), "stop here", "on_item's error ends the call");
+    }
 }
