@@ -25,6 +25,7 @@ use crate::serve::Served;
 pub mod auth;
 pub mod error;
 pub mod json;
+pub mod live;
 pub mod query;
 
 pub use error::{ApiError, ApiResult};
@@ -181,6 +182,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let v1 = Router::new()
         .route("/status", get(status))
         .route("/sessions", post(new_session))
+        .merge(live::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(
