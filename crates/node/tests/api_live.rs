@@ -41,8 +41,9 @@ async fn send(ws: &mut Ws, v: Value) {
 
 /// The next JSON message (pings and pongs skipped); fails after [`MESSAGE_DEADLINE`].
 async fn recv(ws: &mut Ws) -> Value {
+    let deadline = tokio::time::Instant::now() + MESSAGE_DEADLINE;
     loop {
-        let m = tokio::time::timeout(MESSAGE_DEADLINE, ws.next())
+        let m = tokio::time::timeout_at(deadline, ws.next())
             .await
             .expect("a message within the deadline")
             .expect("the connection is open")

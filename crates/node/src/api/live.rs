@@ -165,6 +165,8 @@ struct Slot {
     events: VecDeque<SyncEvent>,
     /// Sync events dropped since the last `events_dropped` report.
     dropped: u64,
+    /// Holds back what arrives until the `subscribed` acknowledgement is queued.
+    held: bool,
 }
 
 impl Slot {
@@ -256,8 +258,23 @@ impl Outbox {
                 snapshot: None,
                 events: VecDeque::new(),
                 dropped: 0,
+                held: true,
             },
         );
+    }
+
+    /// Lets subscription `sub` send what it holds (its acknowledgement is queued).
+    fn release(&self, sub: &str) {
+        let mut q = self.lock();
+        let Some(slot) = q.subs.get_mut(sub) else {
+            return;
+        };
+        slot.held = false;
+        if slot.has_work() {
+            q.mark_ready(sub);
+            drop(q);
+            self.ready.notify_one();
+        }
     }
 
     fn remove(&self, sub: &str) {
@@ -274,7 +291,7 @@ impl Outbox {
             return;
         };
         f(slot);
-        if slot.has_work() {
+        if slot.has_work() && !slot.held {
             q.mark_ready(sub);
             drop(q);
             self.ready.notify_one();
@@ -625,16 +642,20 @@ impl Conn {
     }
 
     async fn on_text(&mut self, text: &str) {
-        let reply = match self.handle(text) {
-            Ok(ack) => ack,
-            Err((sub, e)) => api_error_msg(sub.as_deref(), &e),
-        };
-        self.outbox.control(reply).await;
+        match self.handle(text) {
+            Ok((ack, opened)) => {
+                self.outbox.control(ack).await;
+                if let Some(sub) = opened {
+                    self.outbox.release(&sub);
+                }
+            }
+            Err((sub, e)) => self.outbox.control(api_error_msg(sub.as_deref(), &e)).await,
+        }
     }
 
-    /// Handles one client message; returns the acknowledgement, or the error
-    /// and the subscription id it concerns.
-    fn handle(&mut self, text: &str) -> Result<Json, (Option<String>, ApiError)> {
+    /// Handles one client message; returns the acknowledgement and the
+    /// subscription it opened, or the error and the subscription id it concerns.
+    fn handle(&mut self, text: &str) -> Result<(Json, Option<String>), (Option<String>, ApiError)> {
         let msg: Json = serde_json::from_str(text).map_err(|e| {
             (
                 None,
@@ -674,15 +695,15 @@ impl Conn {
                 )));
             }
             self.outbox.remove(&id);
-            return Ok(json!({ "type": "unsubscribed", "sub": id }));
+            return Ok((json!({ "type": "unsubscribed", "sub": id }), None));
         }
         let target = target(&msg).map_err(fail)?;
         self.subscribe(&id, target).map_err(fail)?;
-        Ok(json!({ "type": "subscribed", "sub": id }))
+        Ok((json!({ "type": "subscribed", "sub": id }), Some(id)))
     }
 
-    /// Opens subscription `id`: the watch is made now (so errors answer the
-    /// frame), its task forwards into the outbox.
+    /// Opens subscription `id`, held until [`Outbox::release`]: the watch is
+    /// made now (so errors answer the frame), its task forwards into the outbox.
     fn subscribe(&mut self, id: &str, target: Target) -> Result<(), ApiError> {
         if self.subs.contains_key(id) {
             return Err(ApiError::new(
@@ -704,10 +725,27 @@ impl Conn {
         }
         self.serial += 1;
         let serial = self.serial;
-        let outbox = self.outbox.clone();
         let sub = id.to_owned();
+        // The slot opens before the task can fill it.
+        self.outbox.open(id, serial);
+        let task = self
+            .spawn(target, sub, serial)
+            .inspect_err(|_| self.outbox.remove(id))?;
+        self.subs.insert(id.to_owned(), Sub(task));
+        Ok(())
+    }
+
+    /// Makes the watch of `target` and spawns the task forwarding it into
+    /// subscription `sub` numbered `serial`.
+    fn spawn(
+        &self,
+        target: Target,
+        sub: String,
+        serial: u64,
+    ) -> Result<tokio::task::JoinHandle<()>, ApiError> {
+        let outbox = self.outbox.clone();
         let node = self.state.node();
-        let task = match target {
+        Ok(match target {
             Target::Doc { collection, id } => {
                 let mut watch = node.watch_doc(&collection, &id)?;
                 tokio::spawn(async move {
@@ -733,12 +771,7 @@ impl Conn {
                     }
                 })
             }
-        };
-        // The slot opens before the task can fill it; the acknowledgement is
-        // queued as control, which is always sent first.
-        self.outbox.open(id, serial);
-        self.subs.insert(id.to_owned(), Sub(task));
-        Ok(())
+        })
     }
 }
 
@@ -796,6 +829,7 @@ mod tests {
     fn events_beyond_the_queue_are_counted_and_reported_first() {
         let o = Outbox::default();
         o.open("s", 1);
+        o.release("s");
         for i in 0..EVENT_QUEUE + 10 {
             o.event("s", 1, state_event(i as u8));
         }
@@ -813,6 +847,7 @@ mod tests {
     fn snapshots_coalesce_and_control_goes_first() {
         let o = Outbox::default();
         o.open("a", 1);
+        o.release("a");
         for i in 0..100 {
             o.snapshot("a", 1, Snap::Test(i));
         }
@@ -830,6 +865,19 @@ mod tests {
         o.remove("a");
         o.snapshot("a", 1, Snap::Test(1));
         assert!(o.pop().is_none());
+    }
+
+    #[test]
+    fn a_new_subscription_is_held_until_released() {
+        let o = Outbox::default();
+        o.open("a", 1);
+        o.snapshot("a", 1, Snap::Test(7));
+        assert!(
+            o.pop().is_none(),
+            "held until its acknowledgement is queued"
+        );
+        o.release("a");
+        assert!(matches!(o.pop(), Some(Out::Snapshot(_, Snap::Test(7)))));
     }
 
     #[test]
