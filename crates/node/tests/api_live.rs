@@ -177,6 +177,19 @@ async fn doc_and_query_subscriptions_follow_writes() {
     let y = recv(&mut ws).await;
     assert_eq!(y["doc"]["id"], "y");
     assert_eq!(y["doc"]["fields"]["amount"], 1);
+
+    // Open subscriptions do not hold up a clean shutdown, and the client sees the end.
+    n.terminate();
+    let end = tokio::time::timeout(MESSAGE_DEADLINE, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the connection ends with the node");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
