@@ -408,10 +408,7 @@ async fn write_loop(mut sink: Sink, outbox: Arc<Outbox>) {
     ping.tick().await;
     loop {
         let msg = tokio::select! {
-            out = outbox.next() => match render(out) {
-                Some(m) => m,
-                None => continue,
-            },
+            out = outbox.next() => render(out),
             _ = ping.tick() => Message::Ping(Default::default()),
         };
         let close = matches!(msg, Message::Close(_));
@@ -434,8 +431,8 @@ fn text(v: &Json) -> Message {
     Message::Text(v.to_string().into())
 }
 
-fn render(out: Out) -> Option<Message> {
-    Some(match out {
+fn render(out: Out) -> Message {
+    match out {
         Out::Json(v) => text(&v),
         Out::Close(code, reason) => Message::Close(Some(CloseFrame {
             code,
@@ -459,7 +456,7 @@ fn render(out: Out) -> Option<Message> {
             "sub": sub,
             "event": event_json(&ev),
         })),
-    })
+    }
 }
 
 fn snapshot_json(sub: &str, snap: &Snap) -> Result<Json, ApiError> {
@@ -512,6 +509,7 @@ fn version_json(kind: &str, v: &VersionEvent) -> Json {
 }
 
 /// A sync event as JSON: `{"kind": "...", ...}` (see docs/api.md).
+/// `Lagged` never gets here: the outbox counts it into `events_dropped`.
 fn event_json(ev: &SyncEvent) -> Json {
     match ev {
         SyncEvent::VersionReceived(v) => version_json("version_received", v),
@@ -547,7 +545,6 @@ fn event_json(ev: &SyncEvent) -> Json {
             };
             json!({ "kind": "own_clock", "verdict": verdict, "by_ms": by_ms })
         }
-        SyncEvent::Lagged(n) => json!({ "kind": "lagged", "dropped": n }),
         other => json!({ "kind": "unknown", "debug": format!("{other:?}") }),
     }
 }
