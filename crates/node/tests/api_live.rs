@@ -224,11 +224,11 @@ async fn sync_events_and_acknowledged_writes_between_two_peers() {
     );
 
     put(&a, "c", "x", json!({"from": "a"}));
-    // On A: the write is pending until B acknowledges it.
-    let pending = recv_until(&mut on_a, "x written", |v| !v["doc"].is_null()).await;
-    assert_eq!(pending["pending_writes"], true);
+    // On A: the write is pending until B acknowledges it (the pending
+    // snapshot itself may be coalesced away if the acknowledgement is quicker
+    // than this client; the single-node test asserts it).
     let acked = recv_until(&mut on_a, "x acknowledged by b", |v| {
-        v["pending_writes"] == false
+        !v["doc"].is_null() && v["pending_writes"] == false
     })
     .await;
     assert_eq!(acked["doc"]["fields"]["from"], "a");
