@@ -2,7 +2,10 @@
 //!
 //! One request per connection over the node's Unix socket (mode 0600 in the
 //! data directory): the client writes one JSON [`Request`] and a newline, the
-//! node answers with one JSON [`Response`] and a newline, then closes. Requests
+//! node answers with one JSON [`Response`] and a newline, then closes. A
+//! streaming request ([`Request::DocWatch`], blob transfers with `progress`)
+//! gets stream items ([`Response::is_stream_item`]) before its answer; read
+//! them with [`call_stream`]. Requests
 //! longer than [`MAX_REQUEST`] bytes are refused without being buffered whole.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -76,6 +79,9 @@ pub enum Request {
         path: String,
         /// The collection whose replication factor, pins and reach apply.
         collection: String,
+        /// Stream [`Response::Progress`] lines before the answer (read with [`call_stream`]).
+        #[serde(default)]
+        progress: bool,
     },
     /// Fetches a blob (locally, else from peers) and writes it to `path`.
     BlobGet {
@@ -83,6 +89,9 @@ pub enum Request {
         id: String,
         /// Absolute path of the file to write.
         path: String,
+        /// Stream [`Response::Progress`] lines before the answer (read with [`call_stream`]).
+        #[serde(default)]
+        progress: bool,
     },
     /// The blobs this node knows.
     BlobList,
@@ -111,6 +120,40 @@ pub enum Request {
         since: u64,
         /// Most entries returned.
         limit: usize,
+    },
+    /// One page of a query (the JSON form of [`crate::api::query`]) over a collection.
+    DocQuery {
+        /// The collection.
+        collection: String,
+        /// The query: `{"where", "order_by", "limit", "start_after"}`.
+        query: serde_json::Value,
+    },
+    /// Watches a document (`id`) or a query (`query`, or every document when
+    /// both are absent): the node streams a [`Response::Snapshot`] line now
+    /// and after every change until the client closes the connection.
+    DocWatch {
+        /// The collection.
+        collection: String,
+        /// The document id, to watch one document.
+        id: Option<String>,
+        /// The query, to watch its results.
+        query: Option<serde_json::Value>,
+    },
+    /// Every version of a document, oldest first.
+    DocHistory {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+    },
+    /// Writes, as a new version, a document's content at an earlier version.
+    DocRestore {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        /// The version's CID (from `doc history`).
+        version: String,
     },
 }
 
@@ -181,16 +224,38 @@ pub enum Response {
         /// True when more entries follow `next`.
         more: bool,
     },
-    /// How far a streamed request (export, import) is; more lines follow.
+    /// Answer to [`Request::DocQuery`]: one page.
+    Page {
+        /// The matching documents, in query order.
+        documents: Vec<DocRow>,
+        /// The cursor of the next page (`start_after`), when this page is full.
+        next_cursor: Option<String>,
+    },
+    /// A stream item of [`Request::DocWatch`]: the document (zero or one
+    /// row) or the query's results now.
+    Snapshot {
+        /// The documents.
+        documents: Vec<DocRow>,
+        /// True while a local write of one of them is not acknowledged by a peer.
+        pending_writes: bool,
+        /// When the node took the snapshot (Unix ms).
+        time_ms: u64,
+    },
+    /// Answer to [`Request::DocHistory`].
+    History {
+        /// Oldest first.
+        versions: Vec<VersionRow>,
+    },
+    /// A stream item of a long request: how far it got.
     Progress {
-        /// Blocks done.
-        blocks: u64,
-        /// Blocks in all, when known.
-        total_blocks: Option<u64>,
-        /// Bytes done.
-        bytes: u64,
-        /// Bytes in all, when known.
-        total_bytes: Option<u64>,
+        /// What is being done: `read`, `store`, `fetch`, `write` (blob transfers,
+        /// in bytes), `blocks` (an export, in blocks) or `bytes` (an import, bytes
+        /// of the file).
+        stage: String,
+        /// Bytes (or items) done.
+        done: u64,
+        /// Bytes (or items) in all, when known.
+        total: Option<u64>,
     },
     /// Answer to [`Request::Export`].
     Exported(crate::sneakernet::ExportRow),
@@ -299,6 +364,9 @@ pub struct ChangeRow {
     pub collection: String,
     /// The document's id.
     pub id: String,
+    /// When its author wrote it (Unix ms; 0 when the version is no longer stored).
+    #[serde(default)]
+    pub time_ms: u64,
 }
 
 /// A reachable peer.
@@ -340,6 +408,19 @@ pub struct DocRow {
     pub fields: serde_json::Value,
 }
 
+/// One version of a document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRow {
+    /// The version's CID.
+    pub version: String,
+    /// The CIDs of the versions it follows.
+    pub parents: Vec<String>,
+    /// The peer id of its author.
+    pub author: String,
+    /// When it was written (its author's hybrid clock, Unix ms).
+    pub time_ms: u64,
+}
+
 /// A sent message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxRow {
@@ -358,13 +439,7 @@ pub struct OutboxRow {
 /// Sends `request` to the node listening on `socket` and returns its answer;
 /// an [`Response::Error`] becomes an `Err`.
 pub fn call(socket: &Path, request: &Request) -> Result<Response> {
-    let mut s = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "no node is running for this data directory (cannot connect to {}); \
-             start one with `ecomesh node` (same --data)",
-            socket.display()
-        )
-    })?;
+    let mut s = connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
@@ -387,51 +462,61 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response> {
     }
 }
 
-/// Sends `req` to the node on `socket` and reads its answer as a stream of
-/// lines: every line but the last goes to `on_item` (progress), the last is
-/// returned; an [`Response::Error`] as the last line becomes an `Err`. Each
-/// line must arrive within 60 s of the previous one.
+impl Response {
+    /// True for the lines a streaming request sends before its answer
+    /// ([`Response::Progress`], [`Response::Snapshot`]).
+    pub fn is_stream_item(&self) -> bool {
+        matches!(self, Response::Progress { .. } | Response::Snapshot { .. })
+    }
+}
+
+/// Sends `req` to the node listening on `socket` and reads its answer as a
+/// stream: every line but the last (the stream items, see
+/// [`Response::is_stream_item`]) goes to `on_item` as it arrives, the last is
+/// returned; an error from `on_item` ends the call, and a
+/// [`Response::Error`] line becomes an `Err`. Waits without a time limit (a
+/// watch lasts until the client stops); lines longer than [`MAX_RESPONSE`]
+/// are refused.
 pub fn call_stream(
     socket: &Path,
     req: &Request,
     mut on_item: impl FnMut(Response) -> Result<()>,
 ) -> Result<Response> {
-    let mut s = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "no node is running for this data directory (cannot connect to {}); \
-             start one with `ecomesh node` (same --data)",
-            socket.display()
-        )
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut s = connect(socket)?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     s.write_all(&line)
         .context("writing to the node's control socket")?;
     let mut reader = BufReader::new(s);
-    let mut last: Option<Response> = None;
+    let mut buf = Vec::new();
     loop {
-        let mut buf = Vec::new();
+        buf.clear();
         (&mut reader)
             .take(MAX_RESPONSE as u64 + 1)
             .read_until(b'\n', &mut buf)
             .context("reading the node's answer")?;
         if buf.len() > MAX_RESPONSE {
-            bail!("a line of the node's answer is longer than {MAX_RESPONSE} bytes");
+            bail!("the node's answer is longer than {MAX_RESPONSE} bytes");
         }
         if buf.is_empty() {
-            break;
+            bail!("the node closed the control connection without answering");
         }
-        let r: Response = serde_json::from_slice(&buf).context("the node's answer is not valid")?;
-        if let Some(prev) = last.replace(r) {
-            on_item(prev)?;
+        match serde_json::from_slice(&buf).context("the node's answer is not valid")? {
+            Response::Error { message } => bail!("{message}"),
+            r if r.is_stream_item() => on_item(r)?,
+            r => return Ok(r),
         }
     }
-    match last {
-        None => bail!("the node closed the control connection without answering"),
-        Some(Response::Error { message }) => bail!("{message}"),
-        Some(r) => Ok(r),
-    }
+}
+
+fn connect(socket: &Path) -> Result<UnixStream> {
+    UnixStream::connect(socket).with_context(|| {
+        format!(
+            "no node is running for this data directory (cannot connect to {}); \
+             start one with `ecomesh node` (same --data)",
+            socket.display()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -457,58 +542,61 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format_disk"}"#).is_err());
     }
 
-    /// A node stand-in on a socket that answers one connection with `lines`.
-    fn answering(lines: Vec<Response>) -> (tempfile::TempDir, std::path::PathBuf) {
+    /// A fake node answering one connection with `lines`.
+    fn serve_lines(lines: Vec<String>) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.sock");
+        let path = dir.path().join("control.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let mut req = String::new();
-            BufReader::new(s.try_clone().unwrap())
-                .read_line(&mut req)
-                .unwrap();
+            BufReader::new(&s).read_line(&mut req).unwrap();
             for l in lines {
-                let mut j = serde_json::to_vec(&l).unwrap();
-                j.push(b'\n');
-                s.write_all(&j).unwrap();
+                // The client may have stopped reading (on_item failed).
+                let _ = s.write_all(format!("{l}\n").as_bytes());
             }
         });
         (dir, path)
     }
 
     #[test]
-    fn call_stream_hands_every_line_but_the_last_to_on_item() {
-        let progress = |n| Response::Progress {
-            blocks: n,
-            total_blocks: None,
-            bytes: n * 10,
-            total_bytes: Some(100),
+    fn call_stream_hands_items_over_and_returns_the_last_line() {
+        let progress = |done| {
+            serde_json::to_string(&Response::Progress {
+                stage: "read".into(),
+                done,
+                total: Some(2),
+            })
+            .unwrap()
         };
-        let done = Response::BlobGc {
+        let last = serde_json::to_string(&Response::BlobGc {
             deleted: 1,
             freed_bytes: 2,
             kept: 3,
-        };
-        let (_dir, path) = answering(vec![progress(1), progress(2), done.clone()]);
-        let mut items = Vec::new();
-        let last = call_stream(&path, &Request::BlobGc, |r| {
-            items.push(r);
+        })
+        .unwrap();
+        let (_dir, path) = serve_lines(vec![progress(1), progress(2), last]);
+        let mut seen = Vec::new();
+        let r = call_stream(&path, &Request::BlobGc, |item| {
+            seen.push(item);
             Ok(())
         })
         .unwrap();
-        assert_eq!(last, done);
-        assert_eq!(items, vec![progress(1), progress(2)]);
+        assert_eq!(seen.len(), 2);
+        assert!(seen.iter().all(Response::is_stream_item));
+        assert!(matches!(r, Response::BlobGc { deleted: 1, .. }));
 
-        let (_dir, path) = answering(vec![
-            progress(1),
-            Response::Error {
-                message: "broken file".into(),
-            },
-        ]);
-        let err = call_stream(&path, &Request::BlobGc, |_| Ok(())).unwrap_err();
-        assert_eq!(err.to_string(), "broken file");
-        let (_dir, path) = answering(vec![]);
-        assert!(call_stream(&path, &Request::BlobGc, |_| Ok(())).is_err());
+        let error = r#"{"reply":"error","message":"the node stopped"}"#.to_owned();
+        let (_dir, path) = serve_lines(vec![progress(1), error]);
+        let e = call_stream(&path, &Request::BlobGc, |_| Ok(())).unwrap_err();
+        assert_eq!(e.to_string(), "the node stopped");
+
+        let (_dir, path) = serve_lines(vec![progress(1)]);
+        let e = call_stream(&path, &Request::BlobGc, |_| Ok(())).unwrap_err();
+        assert!(e.to_string().contains("without answering"), "{e}");
+
+        let (_dir, path) = serve_lines(vec![progress(1), progress(2)]);
+        let e = call_stream(&path, &Request::BlobGc, |_| bail!("stop here")).unwrap_err();
+        assert_eq!(e.to_string(), "stop here", "on_item's error ends the call");
     }
 }

@@ -7,15 +7,22 @@
 //! - `serve`: answers control requests by calling the `Node` API.
 //! - [`control`]: the JSON-lines protocol on the local control socket, and its client.
 //! - [`sneakernet`]: `ecomesh export` and `ecomesh import` (CARv1 files).
+//! - [`clauses`]: the CLI's `--where`/`--order-by` clauses as query JSON.
+//! - [`config`]: `ecomesh.toml`, the `node` flags' values from the data directory.
+//! - [`human`]: times and sizes for people in the CLI's text output.
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise.
 //! - [`paths`]: the data directory (XDG default) and the files in it.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod clauses;
+pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod human;
 pub mod paths;
 pub mod progress;
 mod serve;
+mod serve_stream;
 pub mod sneakernet;

@@ -5,18 +5,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use ecomesh_identity::AccessPolicy;
+use ecomesh_node::config;
 use ecomesh_node::control::{self, Request, Response};
 use ecomesh_node::daemon::{self, DEFAULT_PORT, LoraPreset, NodeOptions, TransportSpec};
+use ecomesh_node::human;
 use ecomesh_node::paths::DataDir;
+use ecomesh_node::progress::Progress;
 use ecomesh_types::PeerId;
 
 /// ecomesh: an offline-first data layer over any network.
 ///
-/// Start with `ecomesh init`, run `ecomesh node`, then use `peers`, `send`,
-/// `inbox` and `status` from another terminal.
+/// Run `ecomesh node` (it initialises the data directory on first run), then
+/// use `peers`, `send`, `inbox`, `doc` and `status` from another terminal.
+/// `node` reads its flags' values from `ecomesh.toml` in the data directory;
+/// flags given on the command line win.
 #[derive(Debug, Parser)]
 #[command(name = "ecomesh", version)]
 struct Cli {
@@ -34,7 +39,9 @@ struct Cli {
 enum Command {
     /// Create the data directory and a new identity (Ed25519 key).
     Init,
-    /// Run the node in the foreground until Ctrl-C or SIGTERM.
+    /// Run the node in the foreground until Ctrl-C or SIGTERM; on first run,
+    /// create the data directory and identity (as `init` does). Flags not given
+    /// are read from `ecomesh.toml` in the data directory when it exists.
     Node {
         /// Transports to run, comma-separated: wired, internet, lora:DEVICE
         /// (for example --transports internet,wired,lora:/dev/ttyUSB0).
@@ -196,6 +203,65 @@ enum DocCommand {
         /// The collection.
         collection: String,
     },
+    /// Query a collection: filters, order, one page at a time.
+    ///
+    /// Example: ecomesh doc query expenses --where 'amount>5'
+    /// --where 'tags array-contains food' --order-by amount:desc --limit 10
+    Query {
+        /// The collection.
+        collection: String,
+        #[command(flatten)]
+        clauses: QueryClauses,
+        /// Most documents in the page [default: 100, at most 1000].
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Continue after this cursor (printed after a full page).
+        #[arg(long, value_name = "CURSOR")]
+        start_after: Option<String>,
+    },
+    /// Print a document (with ID) or a query's results now and after every
+    /// change, until Ctrl-C.
+    Watch {
+        /// The collection.
+        collection: String,
+        /// Watch this document instead of a query.
+        #[arg(conflicts_with_all = ["wheres", "order_by", "limit"])]
+        id: Option<String>,
+        #[command(flatten)]
+        clauses: QueryClauses,
+        /// Most documents in each snapshot [default: 100, at most 1000].
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// List a document's versions, oldest first, with their authors and times.
+    History {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+    },
+    /// Write, as a new version, the content a document had at VERSION.
+    Restore {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        /// The version's CID (from `ecomesh doc history`).
+        version: String,
+    },
+}
+
+/// The filters and order of `doc query` and `doc watch`.
+#[derive(Debug, clap::Args)]
+struct QueryClauses {
+    /// A filter, FIELD OP VALUE (repeatable): OP is one of == != < <= > >=
+    /// in not-in array-contains array-contains-any (word operators between
+    /// spaces); VALUE is JSON when it parses as JSON, else text.
+    #[arg(long = "where", value_name = "CLAUSE")]
+    wheres: Vec<String>,
+    /// Order by FIELD, ascending, or FIELD:desc (repeatable).
+    #[arg(long, value_name = "FIELD[:desc]")]
+    order_by: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,8 +290,7 @@ enum BlobCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    match parse().and_then(|(cli, config)| run(cli, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             #[allow(clippy::print_stderr)]
@@ -242,7 +307,33 @@ fn out(line: impl std::fmt::Display) {
     println!("{line}");
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// The command line, with `ecomesh node`'s flags completed from `ecomesh.toml`.
+fn parse() -> Result<(Cli, Option<config::Loaded>)> {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let Some(given) = matches.subcommand_matches("node") else {
+        return Ok((cli, None));
+    };
+    let data = DataDir::resolve(cli.data.clone())?;
+    let command = Cli::command();
+    let node = command
+        .find_subcommand("node")
+        .ok_or_else(|| anyhow!("the node subcommand is missing"))?;
+    let Some(loaded) = config::load(&data.root().join(config::CONFIG_FILE), node, given)? else {
+        return Ok((cli, None));
+    };
+    if loaded.args.is_empty() {
+        return Ok((cli, Some(loaded)));
+    }
+    let argv = std::env::args_os().chain(loaded.args.iter().map(Into::into));
+    let matches = Cli::command()
+        .try_get_matches_from(argv)
+        .and_then(|m| Cli::from_arg_matches(&m))
+        .map_err(|e| anyhow!("{}: {}", loaded.path.display(), e.to_string().trim_end()))?;
+    Ok((matches, Some(loaded)))
+}
+
+fn run(cli: Cli, config: Option<config::Loaded>) -> Result<()> {
     let data = DataDir::resolve(cli.data)?;
     match cli.command {
         Command::Init => {
@@ -285,6 +376,23 @@ fn run(cli: Cli) -> Result<()> {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
+            if !data.identity().exists() {
+                let id = daemon::init(&data)?;
+                tracing::info!(data = %data.root().display(), peer_id = %id,
+                    "initialised a new data directory (first run): new identity");
+            }
+            match &config {
+                Some(c) => tracing::info!(
+                    file = %c.path.display(),
+                    keys = ?c.used,
+                    overridden_by_flags = ?c.overridden,
+                    "loaded the config file"
+                ),
+                None => tracing::info!(
+                    file = %data.root().join(config::CONFIG_FILE).display(),
+                    "no config file; flags and defaults only"
+                ),
+            }
             let policy = if !allow.is_empty() {
                 AccessPolicy::allow_only(allow)
             } else if !block.is_empty() {
@@ -343,6 +451,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Export(a) => ecomesh_node::sneakernet::export_command(&data, a, cli.json),
         Command::Import(a) => ecomesh_node::sneakernet::import_command(&data, a, cli.json),
+        Command::Doc(d) => doc_command(d, &data, cli.json),
+        Command::Blob(b) => blob_command(b, &data, cli.json),
         other => control_command(other, &data, cli.json),
     }
 }
@@ -393,8 +503,14 @@ fn control_command(command: Command, data: &DataDir, json_out: bool) -> Result<(
                 if messages.is_empty() {
                     out("inbox empty");
                 }
+                let now = human::now_ms();
                 for m in messages {
-                    out(format!("{}  from {}: {}", m.received_ms, m.from, m.text));
+                    out(format!(
+                        "{}  from {}: {}",
+                        human::time(m.received_ms, now),
+                        m.from,
+                        m.text
+                    ));
                 }
                 Ok(())
             }
@@ -406,18 +522,20 @@ fn control_command(command: Command, data: &DataDir, json_out: bool) -> Result<(
                 if messages.is_empty() {
                     out("outbox empty");
                 }
+                let now = human::now_ms();
                 for m in messages {
                     out(format!(
                         "{}  to {} [{}]: {}",
-                        m.sent_ms, m.to, m.status, m.text
+                        human::time(m.sent_ms, now),
+                        m.to,
+                        m.status,
+                        m.text
                     ));
                 }
                 Ok(())
             }
             other => unexpected(&other),
         },
-        Command::Doc(d) => doc_command(d, &ask, json_out),
-        Command::Blob(b) => blob_command(b, &ask, json_out),
         Command::Changes { since, limit } => match ask(Request::Changes { since, limit })? {
             r @ Response::Changes { .. } if json_out => json(&r),
             Response::Changes {
@@ -428,9 +546,15 @@ fn control_command(command: Command, data: &DataDir, json_out: bool) -> Result<(
                 if entries.is_empty() {
                     out(format!("no changes after position {since}"));
                 }
+                let now = human::now_ms();
                 for e in entries {
+                    let when = if e.time_ms == 0 {
+                        "-".to_owned()
+                    } else {
+                        human::time(e.time_ms, now)
+                    };
                     out(format!(
-                        "{:>6}  {:<8}  {}/{}  {}  from {}",
+                        "{:>6}  {:<8}  {}/{}  {}  {when}  from {}",
                         e.position, e.kind, e.collection, e.id, e.version, e.source
                     ));
                 }
@@ -447,18 +571,19 @@ fn control_command(command: Command, data: &DataDir, json_out: bool) -> Result<(
         | Command::Api(_)
         | Command::Export(_)
         | Command::Import(_)
+        | Command::Doc(_)
+        | Command::Blob(_)
         | Command::Dashboard { .. } => {
-            bail!("init and node run here, not through the control socket")
+            bail!(
+                "init, node, api, dashboard, export, import, doc and blob are dispatched in run()"
+            )
         }
     }
 }
 
 /// `ecomesh doc ...`.
-fn doc_command(
-    d: DocCommand,
-    ask: &dyn Fn(Request) -> Result<Response>,
-    json_out: bool,
-) -> Result<()> {
+fn doc_command(d: DocCommand, data: &DataDir, json_out: bool) -> Result<()> {
+    let socket = data.checked_socket()?;
     let req = match d {
         DocCommand::Put {
             collection,
@@ -474,9 +599,46 @@ fn doc_command(
         DocCommand::Get { collection, id } => Request::DocGet { collection, id },
         DocCommand::Delete { collection, id } => Request::DocDelete { collection, id },
         DocCommand::List { collection } => Request::DocList { collection },
+        DocCommand::Query {
+            collection,
+            clauses,
+            limit,
+            start_after,
+        } => Request::DocQuery {
+            collection,
+            query: ecomesh_node::clauses::query_json(
+                &clauses.wheres,
+                &clauses.order_by,
+                limit,
+                start_after.as_deref(),
+            )?,
+        },
+        DocCommand::Watch {
+            collection,
+            id,
+            clauses,
+            limit,
+        } => return doc_watch(&socket, collection, id, &clauses, limit, json_out),
+        DocCommand::History { collection, id } => Request::DocHistory { collection, id },
+        DocCommand::Restore {
+            collection,
+            id,
+            version,
+        } => Request::DocRestore {
+            collection,
+            id,
+            version,
+        },
     };
-    match ask(req)? {
-        r @ (Response::Written { .. } | Response::Documents { .. }) if json_out => json(&r),
+    match control::call(&socket, &req)? {
+        r @ (Response::Written { .. }
+        | Response::Documents { .. }
+        | Response::Page { .. }
+        | Response::History { .. })
+            if json_out =>
+        {
+            json(&r)
+        }
         Response::Written { version, root_cid } => {
             out(format!("version {version}"));
             out(format!("root cid {root_cid}"));
@@ -491,16 +653,112 @@ fn doc_command(
             }
             Ok(())
         }
+        Response::Page {
+            documents,
+            next_cursor,
+        } => {
+            if documents.is_empty() {
+                out("no documents match");
+            }
+            for d in documents {
+                out(format!("{}/{}  {}", d.collection, d.id, d.fields));
+            }
+            if let Some(c) = next_cursor {
+                out(format!("more: --start-after {c}"));
+            }
+            Ok(())
+        }
+        Response::History { versions } => {
+            if versions.is_empty() {
+                bail!("no such document: it has no versions here");
+            }
+            let now = human::now_ms();
+            for v in versions {
+                let merge = match v.parents.len() {
+                    0 | 1 => String::new(),
+                    n => format!("  (merges {n} versions)"),
+                };
+                out(format!(
+                    "{}  {}  by {}{merge}",
+                    v.version,
+                    human::time(v.time_ms, now),
+                    v.author
+                ));
+            }
+            Ok(())
+        }
         other => unexpected(&other),
     }
 }
 
-/// `ecomesh blob ...`.
-fn blob_command(
-    b: BlobCommand,
-    ask: &dyn Fn(Request) -> Result<Response>,
+/// `ecomesh doc watch`: one snapshot per change until Ctrl-C (or the node stops).
+fn doc_watch(
+    socket: &std::path::Path,
+    collection: String,
+    id: Option<String>,
+    clauses: &QueryClauses,
+    limit: Option<usize>,
     json_out: bool,
 ) -> Result<()> {
+    let query = match id {
+        Some(_) => None,
+        None => Some(ecomesh_node::clauses::query_json(
+            &clauses.wheres,
+            &clauses.order_by,
+            limit,
+            None,
+        )?),
+    };
+    let one_doc = id.is_some();
+    let req = Request::DocWatch {
+        collection: collection.clone(),
+        id: id.clone(),
+        query,
+    };
+    let last = control::call_stream(socket, &req, |item| {
+        let Response::Snapshot {
+            documents,
+            pending_writes,
+            time_ms,
+        } = &item
+        else {
+            return Ok(());
+        };
+        if json_out {
+            out(serde_json::to_string(&item)?);
+            return Ok(());
+        }
+        let at = human::date(*time_ms);
+        let pending = if *pending_writes {
+            "  (pending writes)"
+        } else {
+            ""
+        };
+        if one_doc {
+            match documents.first() {
+                Some(d) => out(format!(
+                    "{at}  {}/{}  {}{pending}",
+                    d.collection, d.id, d.fields
+                )),
+                None => out(format!(
+                    "{at}  {collection}/{}  (absent){pending}",
+                    id.as_deref().unwrap_or_default()
+                )),
+            }
+        } else {
+            out(format!("{at}  {} documents{pending}", documents.len()));
+            for d in documents {
+                out(format!("  {}/{}  {}", d.collection, d.id, d.fields));
+            }
+        }
+        Ok(())
+    })?;
+    unexpected(&last)
+}
+
+/// `ecomesh blob ...`.
+fn blob_command(b: BlobCommand, data: &DataDir, json_out: bool) -> Result<()> {
+    let socket = data.checked_socket()?;
     let absolute = |p: PathBuf| -> Result<String> {
         let p = if p.is_absolute() {
             p
@@ -511,27 +769,53 @@ fn blob_command(
             .into_string()
             .map_err(|p| anyhow::anyhow!("{} is not valid UTF-8", p.to_string_lossy()))
     };
-    let req = match b {
-        BlobCommand::Put { file, collection } => Request::BlobPut {
-            path: absolute(file)?,
-            collection,
-        },
-        BlobCommand::Get { id, output } => Request::BlobGet {
-            id,
-            path: absolute(output)?,
-        },
-        BlobCommand::List => Request::BlobList,
-        BlobCommand::Gc => Request::BlobGc,
+    let (req, label) = match b {
+        BlobCommand::Put { file, collection } => (
+            Request::BlobPut {
+                path: absolute(file)?,
+                collection,
+                progress: true,
+            },
+            "blob put",
+        ),
+        BlobCommand::Get { id, output } => (
+            Request::BlobGet {
+                id,
+                path: absolute(output)?,
+                progress: true,
+            },
+            "blob get",
+        ),
+        BlobCommand::List => (Request::BlobList, ""),
+        BlobCommand::Gc => (Request::BlobGc, ""),
     };
-    match ask(req)? {
+    let mut bar: Option<(String, Progress)> = None;
+    let answer = control::call_stream(&socket, &req, |item| {
+        if let Response::Progress { stage, done, total } = item {
+            if bar.as_ref().is_none_or(|(s, _)| *s != stage) {
+                if let Some((_, old)) = bar.take() {
+                    old.finish("done");
+                }
+                bar = Some((
+                    stage.clone(),
+                    Progress::bytes(&format!("{label}: {stage}"), total),
+                ));
+            }
+            if let Some((_, p)) = &bar {
+                p.set(done);
+            }
+        }
+        Ok(())
+    });
+    if let Some((_, p)) = bar {
+        p.finish(if answer.is_ok() { "done" } else { "failed" });
+    }
+    match answer? {
         r @ (Response::Blob(_) | Response::Blobs { .. } | Response::BlobGc { .. }) if json_out => {
             json(&r)
         }
         Response::Blob(b) => {
-            out(format!(
-                "{}  {} bytes  {}  {}/{} pieces held  ({})",
-                b.id, b.len, b.encoding, b.held, b.pieces, b.collection
-            ));
+            out(blob_line(&b));
             Ok(())
         }
         Response::Blobs { blobs } => {
@@ -539,10 +823,7 @@ fn blob_command(
                 out("no blobs");
             }
             for b in blobs {
-                out(format!(
-                    "{}  {} bytes  {}  {}/{} pieces held  ({})",
-                    b.id, b.len, b.encoding, b.held, b.pieces, b.collection
-                ));
+                out(blob_line(&b));
             }
             Ok(())
         }
@@ -552,12 +833,25 @@ fn blob_command(
             kept,
         } => {
             out(format!(
-                "deleted {deleted} pieces ({freed_bytes} bytes), kept {kept}"
+                "deleted {deleted} pieces ({} freed), kept {kept}",
+                human::size(freed_bytes)
             ));
             Ok(())
         }
         other => unexpected(&other),
     }
+}
+
+fn blob_line(b: &control::BlobRow) -> String {
+    format!(
+        "{}  {}  {}  {}/{} pieces held  ({})",
+        b.id,
+        human::size(b.len),
+        b.encoding,
+        b.held,
+        b.pieces,
+        b.collection
+    )
 }
 
 /// `ecomesh status`.
@@ -590,7 +884,12 @@ fn status_command(ask: &dyn Fn(Request) -> Result<Response>, json_out: bool) -> 
             out(format!("root cid    {}", s.root_cid));
             out(format!("replicated  {}", s.replicated_root));
             out(format!("stream      {} versions", s.stream_head));
-            out(format!("uptime      {} s", s.uptime_secs));
+            let started = human::now_ms().saturating_sub(s.uptime_secs.saturating_mul(1000));
+            out(format!(
+                "uptime      {} (since {})",
+                human::uptime(s.uptime_secs),
+                human::date(started)
+            ));
             for c in s.clocks.iter().filter(|c| c.skewed) {
                 out(format!(
                     "clock skew  peer {} is {} {} (its writes {} last-writer-wins conflicts)",

@@ -53,6 +53,10 @@ impl Progress {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar.set_message(label.to_owned());
+            if total.is_none() {
+                // No position updates to redraw on: keep the spinner moving.
+                bar.enable_steady_tick(Duration::from_millis(120));
+            }
             bar
         });
         Progress {

@@ -14,7 +14,7 @@ use ecomesh_transport_lora::LoraTransport;
 use ecomesh_transport_lora::airtime::DutyBudget;
 use ecomesh_transport_wired::WiredTransport;
 use ecomesh_types::{ContentId, PeerId};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::control::{
@@ -36,13 +36,13 @@ pub(crate) struct Served {
     pub(crate) lora: Option<(LoraTransport, DutyBudget)>,
 }
 
-fn cid_text(c: &ContentId) -> String {
+pub(crate) fn cid_text(c: &ContentId) -> String {
     ecomesh_wire::from_content_id(c)
         .map(|c| ecomesh_wire::cid_to_text(&c))
         .unwrap_or_default()
 }
 
-fn doc_row(d: ecomesh_types::Document) -> Result<DocRow> {
+pub(crate) fn doc_row(d: ecomesh_types::Document) -> Result<DocRow> {
     let json = ecomesh_wire::to_dag_json(&Value::Map(d.fields))?;
     Ok(DocRow {
         collection: d.collection,
@@ -51,7 +51,7 @@ fn doc_row(d: ecomesh_types::Document) -> Result<DocRow> {
     })
 }
 
-fn blob_row(b: BlobInfo) -> BlobRow {
+pub(crate) fn blob_row(b: BlobInfo) -> BlobRow {
     BlobRow {
         id: b.id.to_text(),
         collection: b.collection,
@@ -97,8 +97,20 @@ impl Served {
             req @ (Request::Export { .. } | Request::Import { .. }) => {
                 Ok(crate::sneakernet::answer(node.clone(), req, None).await)
             }
-            Request::BlobPut { path, collection } => self.blob_put(&path, &collection),
-            Request::BlobGet { id, path } => self.blob_get(&id, &path).await,
+            Request::BlobPut {
+                path, collection, ..
+            } => self.blob_put(&path, &collection),
+            Request::BlobGet { id, path, .. } => self.blob_get(&id, &path).await,
+            Request::DocQuery { collection, query } => self.doc_query(&collection, &query).await,
+            Request::DocHistory { collection, id } => self.doc_history(&collection, &id),
+            Request::DocRestore {
+                collection,
+                id,
+                version,
+            } => self.doc_restore(&collection, &id, &version).await,
+            Request::DocWatch { .. } => Err(anyhow!(
+                "a watch streams snapshots; it is served on the control socket only"
+            )),
             Request::BlobList => node
                 .blobs()
                 .map(|b| Response::Blobs {
@@ -155,7 +167,7 @@ impl Served {
         self.written(&w)
     }
 
-    fn written(&self, w: &ecomesh_types::WriteResult) -> Result<Response> {
+    pub(crate) fn written(&self, w: &ecomesh_types::WriteResult) -> Result<Response> {
         Ok(Response::Written {
             version: w.version.as_ref().map(cid_text).unwrap_or_default(),
             root_cid: cid_text(&self.node.root_cid()?),
@@ -271,6 +283,7 @@ impl Served {
                 version: cid_text(&e.version),
                 collection: e.collection,
                 id: e.id,
+                time_ms: e.time_ms,
             })
             .collect();
         Response::Changes {
@@ -367,8 +380,10 @@ impl Served {
     }
 }
 
-/// Answers one control connection: one JSON request line, one response line
-/// (export and import first stream progress lines).
+/// Answers one control connection: one JSON request line, then one response
+/// line, or for a streaming request (a watch, a blob transfer with progress,
+/// an export or import)
+/// stream items first (see [`control::call_stream`](crate::control::call_stream)).
 pub(crate) async fn serve_connection(served: Arc<Served>, stream: UnixStream) {
     let (rd, mut wr) = stream.into_split();
     let mut reader = BufReader::new(rd.take(MAX_REQUEST as u64 + 1));
@@ -379,30 +394,69 @@ pub(crate) async fn serve_connection(served: Arc<Served>, stream: UnixStream) {
     )
     .await
     {
-        Err(_) => Response::Error {
+        Err(_) => Some(Response::Error {
             message: "no request within 10 s".into(),
-        },
-        Ok(Err(e)) => Response::Error {
+        }),
+        Ok(Err(e)) => Some(Response::Error {
             message: format!("reading the request: {e}"),
-        },
-        Ok(Ok(_)) if line.len() > MAX_REQUEST => Response::Error {
+        }),
+        Ok(Ok(_)) if line.len() > MAX_REQUEST => Some(Response::Error {
             message: format!("request longer than {MAX_REQUEST} bytes"),
-        },
+        }),
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
-            Ok(req @ (Request::Export { .. } | Request::Import { .. })) => {
-                crate::sneakernet::serve_streamed(served.node.clone(), req, &mut wr).await
-            }
-            Ok(req) => served.handle(req).await,
-            Err(e) => Response::Error {
+            Ok(req) => streamed(&served, req, reader, &mut wr).await,
+            Err(e) => Some(Response::Error {
                 message: format!(
                     "not a request this node understands ({e}); is the CLI the same version as the node?"
                 ),
-            },
+            }),
         },
     };
-    let mut out = serde_json::to_vec(&resp).unwrap_or_else(|_| b"{}".to_vec());
-    out.push(b'\n');
-    if let Err(e) = wr.write_all(&out).await {
-        tracing::debug!(error = %e, "control client went away");
+    if let Some(resp) = resp
+        && let Err(e) = crate::serve_stream::send_line(&mut wr, &resp).await
+    {
+        tracing::debug!(error = format!("{e:#}"), "control client went away");
     }
+}
+
+/// Answers `req`, streaming items to `wr` first when it is a streaming
+/// request; `None` when the client left during the stream.
+async fn streamed<R, W>(served: &Served, req: Request, reader: R, wr: &mut W) -> Option<Response>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let r = match req {
+        Request::DocWatch {
+            collection,
+            id,
+            query,
+        } => {
+            served
+                .doc_watch(&collection, id.as_deref(), query.as_ref(), reader, wr)
+                .await
+        }
+        Request::BlobPut {
+            path,
+            collection,
+            progress: true,
+        } => served
+            .blob_put_progress(&path, &collection, wr)
+            .await
+            .map(Some),
+        Request::BlobGet {
+            id,
+            path,
+            progress: true,
+        } => served.blob_get_progress(&id, &path, wr).await.map(Some),
+        req @ (Request::Export { .. } | Request::Import { .. }) => {
+            return Some(crate::sneakernet::serve_streamed(served.node.clone(), req, wr).await);
+        }
+        other => return Some(served.handle(other).await),
+    };
+    r.unwrap_or_else(|e| {
+        Some(Response::Error {
+            message: format!("{e:#}"),
+        })
+    })
 }

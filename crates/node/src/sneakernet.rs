@@ -115,6 +115,11 @@ fn import_row(path: &str, r: ImportReport, elapsed: Duration) -> ImportRow {
     }
 }
 
+/// The progress stage of an export: blocks written of all.
+const STAGE_BLOCKS: &str = "blocks";
+/// The progress stage of an import: bytes of the file read.
+const STAGE_BYTES: &str = "bytes";
+
 /// Sends a progress line at most every [`PROGRESS_EVERY`] (and never blocks the work).
 fn throttled(tx: Option<mpsc::UnboundedSender<Response>>) -> impl FnMut(Progress) {
     let mut last: Option<Instant> = None;
@@ -124,12 +129,20 @@ fn throttled(tx: Option<mpsc::UnboundedSender<Response>>) -> impl FnMut(Progress
             return;
         }
         last = Some(Instant::now());
-        let _ = tx.send(Response::Progress {
-            blocks: p.blocks,
-            total_blocks: p.total_blocks,
-            bytes: p.bytes,
-            total_bytes: p.total_bytes,
-        });
+        // An export counts blocks (it knows how many); an import counts bytes of the file.
+        let line = match p.total_blocks {
+            Some(total) => Response::Progress {
+                stage: STAGE_BLOCKS.into(),
+                done: p.blocks,
+                total: Some(total),
+            },
+            None => Response::Progress {
+                stage: STAGE_BYTES.into(),
+                done: p.bytes,
+                total: p.total_bytes,
+            },
+        };
+        let _ = tx.send(line);
     }
 }
 
@@ -291,22 +304,15 @@ fn absolute_arg(p: PathBuf) -> Result<String> {
 fn ask_with_progress(data: &DataDir, req: &Request, label: &str) -> Result<Response> {
     let mut bar: Option<crate::progress::Progress> = None;
     let r = control::call_stream(&data.checked_socket()?, req, |item| {
-        // An export counts blocks (it knows how many); an import counts bytes of the file.
-        if let Response::Progress {
-            blocks,
-            total_blocks,
-            bytes,
-            total_bytes,
-        } = item
-        {
-            match total_blocks {
-                Some(t) => bar
-                    .get_or_insert_with(|| crate::progress::Progress::items(label, Some(t)))
-                    .set(blocks),
-                None => bar
-                    .get_or_insert_with(|| crate::progress::Progress::bytes(label, total_bytes))
-                    .set(bytes),
-            }
+        if let Response::Progress { stage, done, total } = item {
+            bar.get_or_insert_with(|| {
+                if stage == STAGE_BLOCKS {
+                    crate::progress::Progress::items(label, total)
+                } else {
+                    crate::progress::Progress::bytes(label, total)
+                }
+            })
+            .set(done);
         }
         Ok(())
     });

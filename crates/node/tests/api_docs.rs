@@ -79,7 +79,7 @@ fn doc_text() -> String {
 fn every_registered_route_has_an_example_in_docs_api_md() {
     let (_, examples) = parse(&doc_text());
     let mut missing = Vec::new();
-    for (method, path) in ecomesh_node::api::rest::rest_routes() {
+    for (method, path) in ecomesh_node::api::documented_routes() {
         let heading = format!("{method} {path}");
         if !examples.iter().any(|e| e.route == heading) {
             missing.push(heading);

@@ -121,13 +121,11 @@ fn two_nodes_that_never_meet_converge_through_car_files() {
     assert_eq!(again.pieces_new, 0);
     assert!(!progress.is_empty());
     for p in &progress {
-        let Response::Progress {
-            bytes, total_bytes, ..
-        } = p
-        else {
+        let Response::Progress { stage, done, total } = p else {
             panic!("not a progress line: {p:?}")
         };
-        assert!(*bytes <= total_bytes.unwrap());
+        assert_eq!(stage, "bytes");
+        assert!(*done <= total.unwrap());
     }
 
     // A new write of A, exported since A's position, then damaged two ways.

@@ -62,6 +62,9 @@ pub struct Change {
     pub collection: String,
     /// Its document's id ("" when the version is unreadable).
     pub id: String,
+    /// When its author wrote it: the physical part of its hybrid timestamp,
+    /// Unix ms (0 when the version is unreadable).
+    pub time_ms: u64,
 }
 
 /// A page of [`Node::changes`].
@@ -116,9 +119,9 @@ impl Node {
             .entries
             .into_iter()
             .map(|e| {
-                let (collection, id) = match n.store.version(&e.id) {
-                    Ok(Some(v)) => (v.collection, v.id),
-                    _ => (String::new(), String::new()),
+                let (collection, id, time_ms) = match n.store.version(&e.id) {
+                    Ok(Some(v)) => (v.collection, v.id, v.timestamp.physical_ms),
+                    _ => (String::new(), String::new(), 0),
                 };
                 Change {
                     position: e.position,
@@ -127,6 +130,7 @@ impl Node {
                     version: e.id,
                     collection,
                     id,
+                    time_ms,
                 }
             })
             .collect();

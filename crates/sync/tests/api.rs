@@ -114,6 +114,14 @@ async fn counters_sets_batches_history_and_restore() {
     let history = doc.history().unwrap();
     assert_eq!(history.len(), 5, "four writes and the delete");
     let before_delete = history[3].cid.clone();
+    // The stream names each version's write time, as its history does.
+    let changes = node.changes(0, 100).entries;
+    let first = changes
+        .iter()
+        .find(|c| c.version == history[0].cid)
+        .expect("the first version is in the stream");
+    assert_eq!(first.time_ms, history[0].timestamp.physical_ms);
+    assert!(first.time_ms > 1_700_000_000_000, "a Unix ms time");
     doc.restore(&before_delete).await.unwrap();
     let back = doc.get().await.unwrap().unwrap();
     assert_eq!(back.fields.get("n"), Some(&Value::Integer(5)));

@@ -267,7 +267,10 @@ async fn hostile_serial_input_is_survived() {
             .await
             .unwrap();
         assert!(got.is(&m), "{got:?}");
-        assert!(got.link, "straight from its sender: sealed without sender and signature");
+        assert!(
+            got.link,
+            "straight from its sender: sealed without sender and signature"
+        );
     }
     assert_eq!(a.peers().len(), 1);
     // The garbage was read (before the messages that followed it) and skipped.

@@ -28,6 +28,7 @@ pub mod dashboard;
 pub mod docs;
 pub mod error;
 pub mod json;
+pub mod live;
 pub mod node_info;
 pub mod query;
 pub mod rest;
@@ -181,12 +182,25 @@ pub(crate) async fn start(
     })
 }
 
+/// Every route under `/api/v1/` as `(METHOD, path)`: what `docs/api.md` must
+/// document with an example (its test checks it).
+pub fn documented_routes() -> Vec<(&'static str, String)> {
+    let mut routes = vec![
+        ("GET", "/api/v1/status".to_owned()),
+        ("POST", "/api/v1/sessions".to_owned()),
+        ("GET", "/api/v1/ws".to_owned()),
+    ];
+    routes.extend(rest::rest_routes());
+    routes
+}
+
 /// The whole API: `/api/v1/...` behind the token, the dashboard at `/`.
 pub fn router(state: Arc<ApiState>) -> Router {
     let v1 = Router::new()
         .route("/status", get(status))
         .route("/sessions", post(new_session))
         .merge(rest::routes())
+        .merge(live::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(

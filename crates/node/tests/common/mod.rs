@@ -103,6 +103,18 @@ impl Node {
         )
     }
 
+    /// A node over `dir/name` that nobody initialised: `ecomesh node` makes
+    /// its data directory and identity on its first start.
+    pub(crate) fn fresh(dir: &Path, name: &str) -> Node {
+        Node {
+            log: dir.join(format!("{name}.log")),
+            data: dir.join(name),
+            child: None,
+            runs: 0,
+            wrapped: false,
+        }
+    }
+
     /// Starts `ecomesh node` and waits until its control socket answers; returns its
     /// wired address (empty when it runs no wired transport).
     pub(crate) fn start(&mut self, extra: &[&str]) -> String {
