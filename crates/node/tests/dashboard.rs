@@ -245,6 +245,15 @@ fn a_document_written_on_a_dashboard_appears_live_on_the_other() {
         Some(json!({"text": "written in A's dashboard", "n": 1}))
     );
 
+    // The polled panels catch up too: B lists the collection it received.
+    page_b.wait_for_script(
+        PAGE_DEADLINE,
+        "B's collections panel to list notes with one document",
+        "return [...document.querySelectorAll('#panel-collections tbody tr')] \
+           .some((r) => r.cells[0].textContent === 'notes' && r.cells[1].textContent === '1')",
+        &[],
+    );
+
     let shots = browser::target_dir().join("dashboard-screenshots");
     for (name, page) in [("a", &page_a), ("b", &page_b)] {
         let path = shots.join(format!("{name}.png"));
@@ -257,4 +266,71 @@ fn a_document_written_on_a_dashboard_appears_live_on_the_other() {
         "write through A's form to B's open page: {latency:?}; whole test {:?}",
         started.elapsed()
     );
+}
+
+/// The check above can fail: an uncaught exception and an inline script the
+/// policy blocks reach the page's collector and its banner; the exception and
+/// a rejected promise reach the browser log. (Scripts injected over WebDriver
+/// count as another origin: the page sees their exceptions as "Script error."
+/// and not their rejections, which the browser log still shows.)
+#[test]
+fn script_errors_in_the_page_are_caught() {
+    let test = "script_errors_in_the_page_are_caught";
+    let Some((chromium, chromedriver)) = browser::programs(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut n, id) = Node::init(dir.path(), "n");
+    n.start(&["--listen", "127.0.0.1:0"]);
+    let driver = Driver::start(&chromium, &chromedriver);
+    let page = driver.session("errors");
+    open_dashboard(&page, &n, &id);
+    assert!(page.script_errors().is_empty());
+    page.execute(
+        "setTimeout(() => { throw new Error('thrown on purpose'); }, 0); \
+         setTimeout(() => { Promise.reject(new Error('rejected on purpose')); }, 0); \
+         const s = document.createElement('script'); \
+         s.textContent = 'window.inlineRan = true'; \
+         document.body.append(s);",
+        &[],
+    );
+    let (errors, _) = page.wait_for_script(
+        PAGE_DEADLINE,
+        "the collector to catch the exception and the blocked script",
+        "const e = window.__ecomeshErrors; return e.length >= 2 ? e : null",
+        &[],
+    );
+    let errors = errors.to_string();
+    assert!(errors.contains("error: "), "{errors}");
+    assert!(errors.contains("content security policy"), "{errors}");
+    assert_eq!(
+        page.execute("return window.inlineRan === true", &[]),
+        json!(false)
+    );
+    let banner = page.execute(
+        "const b = document.getElementById('script-errors'); return b.hidden ? null : b.textContent",
+        &[],
+    );
+    assert!(
+        banner
+            .as_str()
+            .is_some_and(|t| t.contains("content security policy")),
+        "{banner}"
+    );
+    let severe: Vec<String> = page
+        .browser_log()
+        .into_iter()
+        .filter(|e| e.level == "SEVERE")
+        .map(|e| e.message)
+        .collect();
+    for what in [
+        "thrown on purpose",
+        "rejected on purpose",
+        "Content Security Policy",
+    ] {
+        assert!(
+            severe.iter().any(|m| m.contains(what)),
+            "the browser log lacks {what:?}: {severe:?}"
+        );
+    }
 }

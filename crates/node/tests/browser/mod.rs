@@ -229,7 +229,7 @@ impl Driver {
                 "binary": self.chromium,
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--window-size=1280,1250", "--no-first-run", "--disable-extensions",
+                    "--window-size=1280,1400", "--no-first-run", "--disable-extensions",
                     "--disable-background-networking", "--disable-component-update",
                     "--disable-sync", "--disable-default-apps", "--metrics-recording-only",
                 ],
