@@ -437,29 +437,11 @@ pub struct OutboxRow {
 }
 
 /// Sends `request` to the node listening on `socket` and returns its answer;
-/// an [`Response::Error`] becomes an `Err`.
+/// an [`Response::Error`] becomes an `Err`, and so does silence for 60 s.
 pub fn call(socket: &Path, request: &Request) -> Result<Response> {
-    let mut s = connect(socket)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut line = serde_json::to_vec(request)?;
-    line.push(b'\n');
-    s.write_all(&line)
-        .context("writing to the node's control socket")?;
-    let mut reader = BufReader::new(s.take(MAX_RESPONSE as u64 + 1));
-    let mut buf = Vec::new();
-    reader
-        .read_until(b'\n', &mut buf)
-        .context("reading the node's answer")?;
-    if buf.len() > MAX_RESPONSE {
-        bail!("the node's answer is longer than {MAX_RESPONSE} bytes");
-    }
-    if buf.is_empty() {
-        bail!("the node closed the control connection without answering");
-    }
-    match serde_json::from_slice(&buf).context("the node's answer is not valid")? {
-        Response::Error { message } => bail!("{message}"),
-        r => Ok(r),
-    }
+    exchange(socket, request, Some(Duration::from_secs(60)), |item| {
+        bail!("the node sent a stream item ({item:?}) where one answer was expected")
+    })
 }
 
 impl Response {
@@ -480,9 +462,21 @@ impl Response {
 pub fn call_stream(
     socket: &Path,
     req: &Request,
+    on_item: impl FnMut(Response) -> Result<()>,
+) -> Result<Response> {
+    exchange(socket, req, None, on_item)
+}
+
+/// One request, then stream items to `on_item` until the answer; `timeout`
+/// bounds the wait for each line.
+fn exchange(
+    socket: &Path,
+    req: &Request,
+    timeout: Option<Duration>,
     mut on_item: impl FnMut(Response) -> Result<()>,
 ) -> Result<Response> {
     let mut s = connect(socket)?;
+    s.set_read_timeout(timeout)?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     s.write_all(&line)
