@@ -11,6 +11,7 @@
 //! - [`config`]: `ecomesh.toml`, the `node` flags' values from the data directory.
 //! - [`human`]: times and sizes for people in the CLI's text output.
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise.
+//! - [`output`]: the CLI's answer lines on stdout (a closed pipe ends it quietly).
 //! - [`paths`]: the data directory (XDG default) and the files in it.
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod human;
+pub mod output;
 pub mod paths;
 pub mod progress;
 mod serve;

@@ -302,9 +302,8 @@ fn main() -> ExitCode {
     }
 }
 
-#[allow(clippy::print_stdout)]
 fn out(line: impl std::fmt::Display) {
-    println!("{line}");
+    ecomesh_node::output::line(line);
 }
 
 /// The command line, with `ecomesh node`'s flags completed from `ecomesh.toml`.

@@ -393,9 +393,8 @@ pub fn import_command(data: &DataDir, args: ImportArgs, json_out: bool) -> Resul
     }
 }
 
-#[allow(clippy::print_stdout)]
 fn say(line: &str) {
-    println!("{line}");
+    crate::output::line(line);
 }
 
 fn print_json(v: &impl Serialize) -> Result<()> {

@@ -477,3 +477,23 @@ fn the_documented_config_example_starts_a_node() {
     }
     n.terminate();
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = Node::fresh(dir.path(), "pipe");
+    n.start(&["--listen", "127.0.0.1:0"]);
+    // More than a pipe buffer holds, so the CLI is still writing when `head` exits.
+    let big = json!({ "text": "x".repeat(100_000) }).to_string();
+    text(&n.data, &["doc", "put", "c", "big", &big]);
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg("set -o pipefail; \"$BIN\" --data \"$DATA\" doc get c big | head -c 10 >/dev/null")
+        .env("BIN", env!("CARGO_BIN_EXE_ecomesh"))
+        .env("DATA", &n.data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{} {stderr}", o.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
