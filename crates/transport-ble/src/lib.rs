@@ -13,6 +13,7 @@
 mod error;
 pub mod frag;
 pub mod gatt;
+pub mod link;
 pub mod presence;
 
 pub use error::BleError;
