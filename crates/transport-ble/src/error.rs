@@ -87,6 +87,9 @@ pub enum BleError {
     /// The radio (simulator or BlueZ backend) failed.
     #[error("radio: {0}")]
     Radio(String),
+    /// No established link to this peer.
+    #[error("peer {0} unreachable over BLE")]
+    Unreachable(PeerId),
     /// The access policy refused this peer.
     #[error("peer {0} refused")]
     Refused(PeerId),
@@ -98,6 +101,7 @@ impl BleError {
         match self {
             BleError::TooLarge { size, max } => ecomesh_types::Error::MessageTooLarge { size, max },
             BleError::Refused(p) => ecomesh_types::Error::PeerRejected(p),
+            BleError::Unreachable(p) => ecomesh_types::Error::Unreachable(p),
             BleError::Noise(ecomesh_identity::Error::PeerRefused(p)) => {
                 ecomesh_types::Error::PeerRejected(p)
             }

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod engine;
 mod error;
 pub mod frag;
 pub mod gatt;

@@ -11,7 +11,8 @@
 //!      each side; the link is *established* once the peer's HELLO arrived;
 //!    - `MORE` (`0x01`) / `END` (`0x02`): a piece of an encoded
 //!      [`NetworkMessage`] (full form of `ecomesh-wire`); `END` completes it;
-//!    - `PING` (`0x03`) / `PONG` (`0x04`): keepalive, empty body.
+//!    - `PING` (`0x03`) / `PONG` (`0x04`): keepalive, empty body;
+//!    - `BYE` (`0x05`): the sender ends the link by request, empty body.
 //!
 //! # Payload policy (seed 3.3, 3.2 "BluetoothTransport")
 //! BLE carries compact payloads only: [`Priority::Bulk`] is refused with
@@ -52,8 +53,11 @@ pub mod record {
     pub const PING: u8 = 0x03;
     /// Keepalive answer.
     pub const PONG: u8 = 0x04;
+    /// The sender ends the link by request and will not dial again on its own;
+    /// empty body.
+    pub const BYE: u8 = 0x05;
 }
-use record::{END, HELLO, MORE, PING, PONG};
+use record::{BYE, END, HELLO, MORE, PING, PONG};
 
 /// Limits and timers of a link (milliseconds, bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +99,8 @@ pub enum LinkEvent {
     },
     /// A complete message arrived.
     Message(NetworkMessage),
+    /// The peer ended the link by request ([`BleLink::send_bye`]).
+    Bye,
 }
 
 enum State {
@@ -115,6 +121,7 @@ pub struct BleLink {
     peer: Option<PeerId>,
     peer_key: Option<PublicKey>,
     peer_max: Option<usize>,
+    deny: Vec<PeerId>,
     started_ms: u64,
     last_rx_ms: u64,
     ping_sent_ms: Option<u64>,
@@ -171,6 +178,7 @@ impl BleLink {
             peer: None,
             peer_key: None,
             peer_max: None,
+            deny: Vec::new(),
             started_ms: now_ms,
             last_rx_ms: now_ms,
             ping_sent_ms: None,
@@ -202,6 +210,24 @@ impl BleLink {
         self.peer_max.map_or(self.config.max_message_size, |p| {
             p.min(self.config.max_message_size)
         })
+    }
+
+    /// Refuses the handshake with any of `peers` as soon as their identity is known
+    /// (the initiator learns it from the second message, before revealing its own), with
+    /// [`BleError::Refused`]. Used for links dialled on the chance that an unresolved
+    /// advertisement is someone new.
+    pub fn deny(&mut self, peers: Vec<PeerId>) {
+        self.deny = peers;
+    }
+
+    /// Queues a `BYE` record: the peer learns the link ends by request.
+    pub fn send_bye(&mut self) -> Result<(), BleError> {
+        self.write_record(&[BYE])
+    }
+
+    /// Whether nothing waits to be transmitted.
+    pub fn is_drained(&self) -> bool {
+        self.framer.pending_fragments() == 0 && self.framer.queued_units() == 0
     }
 
     /// Sets the ATT MTU after an exchange.
@@ -251,6 +277,13 @@ impl BleLink {
         match &mut self.state {
             State::Handshaking(hs) => {
                 hs.read_message(unit)?;
+                if let Some(k) = hs.remote_public_key() {
+                    let peer = k.peer_id();
+                    self.peer = Some(peer);
+                    if self.deny.contains(&peer) {
+                        return Err(BleError::Refused(peer));
+                    }
+                }
                 self.drive_handshake()
             }
             State::Open(session) => {
@@ -308,6 +341,10 @@ impl BleLink {
                 Ok(())
             }
             PING if body.is_empty() => self.write_record(&[PONG]),
+            BYE if body.is_empty() => {
+                self.events.push_back(LinkEvent::Bye);
+                Ok(())
+            }
             PONG if body.is_empty() => Ok(()),
             _ => Err(BleError::Malformed("unknown record")),
         }

@@ -114,6 +114,11 @@ impl PresenceResolver {
         }
     }
 
+    /// Whether `peer` is among the known peers.
+    pub fn knows(&self, peer: &PeerId) -> bool {
+        self.peers.contains(peer)
+    }
+
     /// Moves the table to `epoch` (cheap when unchanged).
     pub fn set_epoch(&mut self, epoch: u64) {
         if self.epoch != Some(epoch) {
