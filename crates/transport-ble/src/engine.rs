@@ -165,6 +165,8 @@ struct Conn {
     role: Role,
     link: BleLink,
     retiring: bool,
+    /// Our dial, asked for by [`Engine::connect`].
+    asked: bool,
 }
 
 /// The engine of one device. See the module documentation for its policies.
@@ -178,7 +180,8 @@ pub struct Engine {
     tag: PresenceTag,
     sightings: HashMap<DeviceAddr, Sighting>,
     conns: BTreeMap<ConnId, Conn>,
-    dialing: HashMap<DeviceAddr, u64>,
+    /// Dials in progress: since when, and whether asked for by [`Engine::connect`].
+    dialing: HashMap<DeviceAddr, (u64, bool)>,
     by_peer: HashMap<PeerId, ConnId>,
     addr_peer: HashMap<DeviceAddr, PeerId>,
     parted: HashSet<PeerId>,
@@ -342,7 +345,8 @@ impl Engine {
             return;
         }
         let eager = wanted || (peer.is_none() && !self.wanted.is_empty());
-        if !eager && self.tag > s.tag && now < s.first_seen + self.config.dial_grace_ms {
+        let since = s.first_seen.max(s.next_dial);
+        if !eager && self.tag > s.tag && now < since + self.config.dial_grace_ms {
             return;
         }
         let friend = s.known.is_some();
@@ -356,7 +360,7 @@ impl Engine {
             tracing::debug!(%addr, victim, "connection limit: closing a stranger's link for a known peer");
             self.close(victim, None, now, true);
         }
-        self.dialing.insert(addr, now);
+        self.dialing.insert(addr, (now, eager));
         self.out.push_back(Output::Connect(addr));
     }
 
@@ -393,7 +397,9 @@ impl Engine {
 
     /// A connection is up (ours as [`Role::Central`] or the peer's), at ATT MTU `mtu`.
     pub fn on_connected(&mut self, conn: ConnId, addr: DeviceAddr, role: Role, mtu: u16, now: u64) {
-        let dialled = self.dialing.remove(&addr).is_some();
+        let dial = self.dialing.remove(&addr);
+        let dialled = dial.is_some();
+        let asked = dial.is_some_and(|(_, w)| w);
         if role == Role::Peripheral && self.conns.len() >= self.config.max_links {
             tracing::debug!(%addr, "connection limit: inbound connection refused");
             self.out.push_back(Output::Disconnect(conn));
@@ -419,7 +425,12 @@ impl Engine {
                 )
             }
             Role::Peripheral => {
-                BleLink::responder(id, self.policy.clone(), self.config.link, mtu, now)
+                BleLink::responder(id, self.policy.clone(), self.config.link, mtu, now).map(
+                    |mut l| {
+                        l.set_report_last(!self.wanted.is_empty());
+                        l
+                    },
+                )
             }
         };
         match link {
@@ -431,8 +442,12 @@ impl Engine {
                         role,
                         link,
                         retiring: false,
+                        asked,
                     },
                 );
+                if self.settle_crossed_dials(conn, addr, role, now) {
+                    return;
+                }
                 self.flush(conn, now);
             }
             Err(e) => {
@@ -440,6 +455,48 @@ impl Engine {
                 self.out.push_back(Output::Disconnect(conn));
             }
         }
+    }
+
+    /// Two connections with one device, one dialled by each side at about the same
+    /// time: both sides keep the same one, so that the side that asked for the link
+    /// ([`Engine::connect`]) dials it. Our dial yields to the peer's unless we asked for
+    /// it (then the peer's yields: its dial of us was not asked for, or both asked and
+    /// both retry); a new connection yields to an established one. Returns whether
+    /// `conn` itself was closed.
+    fn settle_crossed_dials(
+        &mut self,
+        conn: ConnId,
+        addr: DeviceAddr,
+        role: Role,
+        now: u64,
+    ) -> bool {
+        let Some((&other, o)) = self
+            .conns
+            .iter()
+            .find(|(id, c)| **id != conn && c.addr == addr && !c.retiring)
+        else {
+            return false;
+        };
+        let loser = if o.link.is_established() || o.role == role {
+            conn
+        } else {
+            let (central, inbound) = match role {
+                Role::Central => (conn, other),
+                Role::Peripheral => (other, conn),
+            };
+            if self.conns.get(&central).is_some_and(|c| c.asked) {
+                inbound
+            } else {
+                central
+            }
+        };
+        tracing::debug!(%addr, loser, "crossed dials: closing one connection");
+        self.conns.remove(&loser);
+        self.out.push_back(Output::Disconnect(loser));
+        if loser != conn {
+            self.flush(conn, now);
+        }
+        loser == conn
     }
 
     /// The ATT MTU of `conn` changed.
@@ -468,20 +525,18 @@ impl Engine {
         self.close(conn, None, now, false);
     }
 
-    /// Moves the link's output and events out.
+    /// Moves the link's events, then its output, out: a peer is reported before the
+    /// fragment that lets it see us established leaves.
     fn flush(&mut self, conn: ConnId, now: u64) {
         let mut events = Vec::new();
-        let (retire_now, addr) = {
+        let addr = {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            while let Some(bytes) = c.link.poll_transmit() {
-                self.out.push_back(Output::Transmit { conn, bytes });
-            }
             while let Some(ev) = c.link.poll_event() {
                 events.push(ev);
             }
-            (c.retiring && c.link.is_drained(), c.addr)
+            c.addr
         };
         for ev in events {
             match ev {
@@ -501,7 +556,13 @@ impl Engine {
                 }
             }
         }
-        if retire_now {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        while let Some(bytes) = c.link.poll_transmit() {
+            self.out.push_back(Output::Transmit { conn, bytes });
+        }
+        if c.retiring && c.link.is_drained() {
             self.close(conn, None, now, true);
         }
     }
@@ -605,6 +666,12 @@ impl Engine {
         self.parted.remove(&peer);
         self.wanted
             .insert(peer, now + self.config.connect_timeout_ms);
+        // If the peer dials us first, we report the link only after it does.
+        for c in self.conns.values_mut() {
+            if c.role == Role::Peripheral && !c.link.is_established() {
+                c.link.set_report_last(true);
+            }
+        }
         let addrs: Vec<DeviceAddr> = self.sightings.keys().copied().collect();
         for addr in addrs {
             if self.peer_at(&addr) == Some(peer)
@@ -693,14 +760,13 @@ impl Engine {
         let dials = self
             .dialing
             .values()
-            .map(|t| t + self.config.connect_timeout_ms);
+            .map(|(t, _)| t + self.config.connect_timeout_ms);
         let sightings = self
             .sightings
             .iter()
             .filter(|(a, _)| !self.conns.values().any(|c| c.addr == **a))
             .map(|(_, s)| {
-                (s.first_seen + self.config.dial_grace_ms)
-                    .max(s.next_dial)
+                (s.first_seen.max(s.next_dial) + self.config.dial_grace_ms)
                     .min(s.last_seen + self.config.sighting_ttl_ms)
             });
         links.chain(wanted).chain(dials).chain(sightings).min()
@@ -734,7 +800,7 @@ impl Engine {
         let stale_dials: Vec<DeviceAddr> = self
             .dialing
             .iter()
-            .filter(|(_, t)| **t + self.config.connect_timeout_ms <= now)
+            .filter(|(_, (t, _))| *t + self.config.connect_timeout_ms <= now)
             .map(|(a, _)| *a)
             .collect();
         for a in stale_dials {

@@ -7,6 +7,14 @@
 //!   advertisement payload (service UUID plus a presence tag).
 //! - [`presence`]: unlinkable presence tags: BLAKE3 keyed with a key shared by
 //!   linked devices and friends, over a 15-minute epoch and the peer id.
+//! - [`link`]: one link: Noise XX over the units, message records, keepalive, the
+//!   payload policy (Bulk and oversize refused up front).
+//! - [`engine`]: every link of a device in both roles, the connection limit and the
+//!   policy of which neighbours to keep, reconnect backoff, the rotating advertisement.
+//!
+//! Then the driver: [`radio`] is the small BlueZ-shaped [`radio::Radio`] interface,
+//! [`sim`] an in-memory radio simulator implementing it, and [`BleTransport`] the tokio
+//! driver and [`TransportAdapter`](ecomesh_types::TransportAdapter).
 
 #![forbid(unsafe_code)]
 
@@ -16,5 +24,9 @@ pub mod frag;
 pub mod gatt;
 pub mod link;
 pub mod presence;
+pub mod radio;
+pub mod sim;
+mod transport;
 
 pub use error::BleError;
+pub use transport::{BleConfig, BleTransport};

@@ -7,8 +7,14 @@
 //! 2. Then every unit is one Noise transport message (ordered delivery: GATT writes and
 //!    notifications on one connection arrive in order or the connection drops) holding
 //!    one *record* `kind (1 byte) || body`, as on the wired transport:
-//!    - `HELLO` (`0x00`): `version (1) || max_message_size (u32 BE)`, sent first by
-//!      each side; the link is *established* once the peer's HELLO arrived;
+//!    - `HELLO` (`0x00`): `version (1) || max_message_size (u32 BE) || flags (1)`, sent
+//!      by the initiator when its handshake ends (flags 0) and by the responder in
+//!      answer to it; a side is *established* once the peer's HELLO arrived, so the
+//!      responder is before the initiator, unless the responder sets [`record::HELLO_WAIT`]
+//!      (its owner asked for the link and wants to be the last to report it): then the
+//!      initiator answers with `READY` (`0x06`, empty) and the responder is established
+//!      when that arrives. Either way, the side that asked for the link reports it
+//!      only once the other side has;
 //!    - `MORE` (`0x01`) / `END` (`0x02`): a piece of an encoded
 //!      [`NetworkMessage`] (full form of `ecomesh-wire`); `END` completes it;
 //!    - `PING` (`0x03`) / `PONG` (`0x04`): keepalive, empty body;
@@ -56,8 +62,12 @@ pub mod record {
     /// The sender ends the link by request and will not dial again on its own;
     /// empty body.
     pub const BYE: u8 = 0x05;
+    /// The initiator's answer to a responder HELLO with [`HELLO_WAIT`]; empty body.
+    pub const READY: u8 = 0x06;
+    /// HELLO flag (responder only): the responder reports the link after `READY`.
+    pub const HELLO_WAIT: u8 = 0x01;
 }
-use record::{BYE, END, HELLO, MORE, PING, PONG};
+use record::{BYE, END, HELLO, HELLO_WAIT, MORE, PING, PONG, READY};
 
 /// Limits and timers of a link (milliseconds, bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +132,9 @@ pub struct BleLink {
     peer_key: Option<PublicKey>,
     peer_max: Option<usize>,
     deny: Vec<PeerId>,
+    initiator: bool,
+    report_last: bool,
+    awaiting_ready: bool,
     started_ms: u64,
     last_rx_ms: u64,
     ping_sent_ms: Option<u64>,
@@ -169,6 +182,7 @@ impl BleLink {
     }
 
     fn new(hs: Handshake, config: LinkConfig, mtu: u16, now_ms: u64) -> Result<Self, BleError> {
+        let initiator = hs.is_initiator();
         Ok(BleLink {
             config,
             framer: Framer::new(config.framer, mtu)?,
@@ -179,6 +193,9 @@ impl BleLink {
             peer_key: None,
             peer_max: None,
             deny: Vec::new(),
+            initiator,
+            report_last: false,
+            awaiting_ready: false,
             started_ms: now_ms,
             last_rx_ms: now_ms,
             ping_sent_ms: None,
@@ -197,7 +214,7 @@ impl BleLink {
 
     /// Whether the peer's HELLO arrived.
     pub fn is_established(&self) -> bool {
-        self.peer_max.is_some()
+        self.peer_max.is_some() && !self.awaiting_ready
     }
 
     /// Whether an error ended the link.
@@ -299,22 +316,17 @@ impl BleLink {
 
     fn on_record(&mut self, kind: u8, body: &[u8]) -> Result<(), BleError> {
         if kind == HELLO {
-            if self.peer_max.is_some() {
-                return Err(BleError::Malformed("second HELLO"));
+            return self.on_hello(body);
+        }
+        if kind == READY {
+            if !(self.awaiting_ready && body.is_empty()) {
+                return Err(BleError::Malformed("unexpected READY"));
             }
-            let [version, a, b, c, d] = body else {
-                return Err(BleError::Malformed("HELLO length"));
-            };
-            if *version != PROTOCOL_VERSION {
-                return Err(BleError::Malformed("unsupported protocol version"));
-            }
-            let max = u32::from_be_bytes([*a, *b, *c, *d]);
-            self.peer_max = Some(usize::try_from(max).unwrap_or(usize::MAX));
-            let (Some(peer), Some(key)) = (self.peer, self.peer_key) else {
-                return Err(BleError::Malformed("HELLO before identity"));
-            };
-            self.events.push_back(LinkEvent::Established { peer, key });
-            return Ok(());
+            self.awaiting_ready = false;
+            return self.report_established();
+        }
+        if self.awaiting_ready {
+            return Err(BleError::Malformed("record before READY"));
         }
         if self.peer_max.is_none() {
             return Err(BleError::Malformed("record before HELLO"));
@@ -350,6 +362,59 @@ impl BleLink {
         }
     }
 
+    fn on_hello(&mut self, body: &[u8]) -> Result<(), BleError> {
+        if self.peer_max.is_some() {
+            return Err(BleError::Malformed("second HELLO"));
+        }
+        let [version, a, b, c, d, flags] = body else {
+            return Err(BleError::Malformed("HELLO length"));
+        };
+        if *version != PROTOCOL_VERSION {
+            return Err(BleError::Malformed("unsupported protocol version"));
+        }
+        if flags & !HELLO_WAIT != 0 || (!self.initiator && *flags != 0) {
+            return Err(BleError::Malformed("HELLO flags"));
+        }
+        let max = u32::from_be_bytes([*a, *b, *c, *d]);
+        self.peer_max = Some(usize::try_from(max).unwrap_or(usize::MAX));
+        if self.initiator {
+            self.report_established()?;
+            if flags & HELLO_WAIT != 0 {
+                self.write_record(&[READY])?;
+            }
+            return Ok(());
+        }
+        // The responder answers the initiator's HELLO, so the initiator establishes
+        // only once the responder has, unless the responder asked to report last.
+        let wait = self.report_last;
+        self.write_record(&hello_record(
+            self.config.max_message_size,
+            if wait { HELLO_WAIT } else { 0 },
+        ))?;
+        if wait {
+            self.awaiting_ready = true;
+            Ok(())
+        } else {
+            self.report_established()
+        }
+    }
+
+    fn report_established(&mut self) -> Result<(), BleError> {
+        let (Some(peer), Some(key)) = (self.peer, self.peer_key) else {
+            return Err(BleError::Malformed("HELLO before identity"));
+        };
+        self.events.push_back(LinkEvent::Established { peer, key });
+        Ok(())
+    }
+
+    /// A responder that should report the link after the initiator does (its owner
+    /// asked for a link, and the peer happened to dial first): its HELLO then asks for
+    /// a `READY`, and it reports the link when that arrives. No effect once the
+    /// initiator's HELLO arrived.
+    pub fn set_report_last(&mut self, last: bool) {
+        self.report_last = last;
+    }
+
     fn drive_handshake(&mut self) -> Result<(), BleError> {
         let State::Handshaking(hs) = &mut self.state else {
             return Ok(());
@@ -366,7 +431,9 @@ impl BleLink {
             self.peer = Some(session.remote_peer_id());
             self.peer_key = Some(*session.remote_public_key());
             self.state = State::Open(Box::new(session));
-            self.write_record(&hello_record(self.config.max_message_size))?;
+            if self.initiator {
+                self.write_record(&hello_record(self.config.max_message_size, 0))?;
+            }
         }
         Ok(())
     }
@@ -476,11 +543,11 @@ pub fn check_policy(msg: &NetworkMessage, priority: Priority, max: usize) -> Res
     Ok(())
 }
 
-/// The HELLO record: `0x00 || version || max_message_size (u32 BE)`.
-pub fn hello_record(max_message_size: usize) -> [u8; 6] {
+/// The HELLO record: `0x00 || version || max_message_size (u32 BE) || flags`.
+pub fn hello_record(max_message_size: usize, flags: u8) -> [u8; 7] {
     let max = u32::try_from(max_message_size).unwrap_or(u32::MAX);
     let [a, b, c, d] = max.to_be_bytes();
-    [HELLO, PROTOCOL_VERSION, a, b, c, d]
+    [HELLO, PROTOCOL_VERSION, a, b, c, d, flags]
 }
 
 #[cfg(test)]
