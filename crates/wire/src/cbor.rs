@@ -103,21 +103,6 @@ impl Writer {
         self.buf.extend_from_slice(&head[..=n]);
     }
 
-    /// Empties the writer, keeping its buffer.
-    pub(crate) fn clear(&mut self) {
-        self.buf.clear();
-    }
-
-    /// The bytes written so far.
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.buf
-    }
-
-    /// The capacity of the buffer.
-    pub(crate) fn capacity(&self) -> usize {
-        self.buf.capacity()
-    }
-
     /// Writes an unsigned integer.
     pub fn uint(&mut self, v: u64) {
         self.head(MAJOR_UINT, v);

@@ -13,7 +13,10 @@
 
 use ecomesh_types::{ContentId, Map, Value};
 
-use crate::cbor::{CID_TAG, Limits, Reader, Token, Writer, cmp_keys, for_each_canonical};
+use crate::cbor::{
+    CID_TAG, Limits, MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP, MAJOR_NINT, MAJOR_TAG, MAJOR_TEXT,
+    MAJOR_UINT, Reader, Token, Writer, cmp_keys, for_each_canonical,
+};
 use crate::error::{Result, WireError};
 
 /// The canonical DAG-CBOR bytes of `value`, with the default [`Limits`].
@@ -34,7 +37,7 @@ pub fn to_dag_cbor_with(value: &Value, limits: &Limits) -> Result<Vec<u8>> {
 const SCRATCH_KEEP: usize = 256 * 1024;
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<Writer> = std::cell::RefCell::new(Writer::with_capacity(1024));
+    static SCRATCH: std::cell::RefCell<Out> = std::cell::RefCell::new(Out::new());
 }
 
 /// Encodes `value` into this thread's scratch buffer and hands the bytes to
@@ -47,21 +50,272 @@ pub(crate) fn with_encoded<T>(
 ) -> Result<T> {
     let max = limits.effective_depth();
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut w) => {
-            w.clear();
-            let out = write_value(&mut w, value, 0, max).map(|()| f(w.as_bytes()));
-            if w.capacity() > SCRATCH_KEEP {
-                *w = Writer::with_capacity(1024);
+        Ok(mut out) => {
+            out.pos = 0;
+            let result = match out.item(value, 0, max) {
+                Ok(()) => Ok(f(out.as_bytes())),
+                Err(fail) => Err(fail.into_error(&out, max)),
+            };
+            if out.buf.len() > SCRATCH_KEEP {
+                *out = Out::new();
             }
-            out
+            result
         }
         // Not reachable (encoding calls no user code), but never a panic.
         Err(_) => {
-            let mut w = Writer::with_capacity(1024);
-            write_value(&mut w, value, 0, max)?;
-            Ok(f(w.as_bytes()))
+            let mut out = Out::new();
+            if let Err(fail) = out.item(value, 0, max) {
+                return Err(fail.into_error(&out, max));
+            }
+            Ok(f(out.as_bytes()))
         }
     })
+}
+
+/// Why the fast encoder stopped, turned into a [`WireError`] once at the top
+/// (a small error keeps every recursive call's result in registers).
+/// The reason of an invalid link is kept in [`Out::link_error`].
+#[derive(Clone, Copy, Debug)]
+enum Fail {
+    NonFinite,
+    Link,
+    Depth,
+}
+
+impl Fail {
+    fn into_error(self, out: &Out, max: usize) -> WireError {
+        match self {
+            Fail::NonFinite => WireError::NonFiniteFloat { offset: None },
+            Fail::Link => WireError::InvalidLink {
+                offset: None,
+                reason: out.link_error,
+            },
+            Fail::Depth => WireError::DepthExceeded { max },
+        }
+    }
+}
+
+/// The filler of unused slots when a small map's entries are ordered on the stack.
+static NULL: Value = Value::Null;
+
+/// The encoder behind [`with_encoded`]: the same bytes as [`write_value`]
+/// into a [`Writer`], written into an initialised buffer through a cursor, so
+/// heads, floats and short strings are fixed-size stores instead of pushes
+/// and `memcpy` calls.
+struct Out {
+    /// Zero-initialised room; only `buf[..pos]` is output.
+    buf: Vec<u8>,
+    pos: usize,
+    /// Why the last [`Fail::Link`] link was refused.
+    link_error: &'static str,
+}
+
+impl Out {
+    fn new() -> Self {
+        Out {
+            buf: vec![0; 1024],
+            pos: 0,
+            link_error: "",
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.pos]
+    }
+
+    /// Makes room for `n` more bytes after the cursor.
+    #[inline]
+    fn reserve(&mut self, n: usize) {
+        if self.buf.len() - self.pos < n {
+            self.grow(n);
+        }
+    }
+
+    #[cold]
+    fn grow(&mut self, n: usize) {
+        let want = (self.buf.len() * 2).max(self.pos + n);
+        self.buf.resize(want, 0);
+    }
+
+    /// A head with the shortest argument: one byte below 24, else the
+    /// initial byte and the big-endian argument stored as one 8-byte word
+    /// (its unused tail is overwritten by what follows).
+    #[inline]
+    fn head(&mut self, major: u8, arg: u64) {
+        self.reserve(9);
+        let p = self.pos;
+        let m = major << 5;
+        if arg < 24 {
+            self.buf[p] = m | arg as u8;
+            self.pos = p + 1;
+            return;
+        }
+        let (info, n) = if arg <= u64::from(u8::MAX) {
+            (24, 1)
+        } else if arg <= u64::from(u16::MAX) {
+            (25, 2)
+        } else if arg <= u64::from(u32::MAX) {
+            (26, 4)
+        } else {
+            (27, 8)
+        };
+        let dst = &mut self.buf[p..p + 9];
+        dst[0] = m | info;
+        dst[1..9].copy_from_slice(&(arg << (64 - 8 * n)).to_be_bytes());
+        self.pos = p + 1 + n;
+    }
+
+    /// A byte or text string: head, then the bytes, short ones copied with
+    /// two overlapping fixed-size moves.
+    #[inline(always)]
+    fn string(&mut self, major: u8, s: &[u8]) {
+        self.head(major, s.len() as u64);
+        let n = s.len();
+        self.reserve(n);
+        let p = self.pos;
+        let dst = &mut self.buf[p..p + n];
+        if n >= 16 {
+            dst.copy_from_slice(s);
+        } else if n >= 8 {
+            dst[..8].copy_from_slice(&s[..8]);
+            dst[n - 8..].copy_from_slice(&s[n - 8..]);
+        } else if n >= 4 {
+            dst[..4].copy_from_slice(&s[..4]);
+            dst[n - 4..].copy_from_slice(&s[n - 4..]);
+        } else if n > 0 {
+            dst[0] = s[0];
+            dst[n / 2] = s[n / 2];
+            dst[n - 1] = s[n - 1];
+        }
+        self.pos = p + n;
+    }
+
+    /// One value; scalars are written inline, arrays and maps by a call.
+    #[inline(always)]
+    fn item(&mut self, value: &Value, depth: usize, max: usize) -> std::result::Result<(), Fail> {
+        match value {
+            Value::Null => self.byte(0xf6),
+            Value::Bool(b) => self.byte(if *b { 0xf5 } else { 0xf4 }),
+            Value::Integer(i) => {
+                let i = *i;
+                if i >= 0 {
+                    self.head(MAJOR_UINT, i as u64);
+                } else {
+                    // -1 - i, computed without overflow: the bitwise complement.
+                    self.head(MAJOR_NINT, !(i as u64));
+                }
+            }
+            Value::Float(f) => {
+                if !f.is_finite() {
+                    return Err(Fail::NonFinite);
+                }
+                self.reserve(9);
+                let p = self.pos;
+                let dst = &mut self.buf[p..p + 9];
+                dst[0] = 0xfb;
+                dst[1..].copy_from_slice(&f.to_bits().to_be_bytes());
+                self.pos = p + 9;
+            }
+            Value::Text(s) => self.string(MAJOR_TEXT, s.as_bytes()),
+            Value::Bytes(b) => self.string(MAJOR_BYTES, b),
+            Value::Link(id) => self.link(&id.0)?,
+            Value::Array(items) => {
+                if depth >= max {
+                    return Err(Fail::Depth);
+                }
+                self.array(items, depth, max)?;
+            }
+            Value::Map(map) => {
+                if depth >= max {
+                    return Err(Fail::Depth);
+                }
+                self.map(map, depth, max)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn link(&mut self, cid: &[u8]) -> std::result::Result<(), Fail> {
+        if let Err(reason) = crate::cid::check_binary_cid(cid) {
+            self.link_error = reason;
+            return Err(Fail::Link);
+        }
+        self.head(MAJOR_TAG, CID_TAG);
+        self.head(MAJOR_BYTES, cid.len() as u64 + 1);
+        self.byte(0x00);
+        self.string_body(cid);
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn array(
+        &mut self,
+        items: &[Value],
+        depth: usize,
+        max: usize,
+    ) -> std::result::Result<(), Fail> {
+        self.head(MAJOR_ARRAY, items.len() as u64);
+        for item in items {
+            self.item(item, depth + 1, max)?;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn byte(&mut self, b: u8) {
+        self.reserve(1);
+        self.buf[self.pos] = b;
+        self.pos += 1;
+    }
+
+    fn string_body(&mut self, s: &[u8]) {
+        self.reserve(s.len());
+        self.buf[self.pos..self.pos + s.len()].copy_from_slice(s);
+        self.pos += s.len();
+    }
+
+    /// A map in canonical key order (length-first, then bytewise; the
+    /// `BTreeMap` gives bytewise order, so a stable sort by length suffices).
+    #[inline(never)]
+    fn map(&mut self, map: &Map, depth: usize, max: usize) -> std::result::Result<(), Fail> {
+        self.head(MAJOR_MAP, map.len() as u64);
+        match map.len() {
+            0..=8 => self.small_map::<8>(map, depth, max),
+            9..=16 => self.small_map::<16>(map, depth, max),
+            _ => for_each_canonical(map.iter(), |k, v| {
+                self.string(MAJOR_TEXT, k.as_bytes());
+                self.item(v, depth + 1, max)
+            }),
+        }
+    }
+
+    /// A map of at most `N` entries, put in order on the stack: a stable
+    /// insertion by length, where keys already in length order move nothing.
+    #[inline(always)]
+    fn small_map<const N: usize>(
+        &mut self,
+        map: &Map,
+        depth: usize,
+        max: usize,
+    ) -> std::result::Result<(), Fail> {
+        let mut sorted: [(&str, &Value); N] = [("", &NULL); N];
+        let mut len = 0;
+        for (k, v) in map.iter().take(N) {
+            let mut j = len;
+            while j > 0 && sorted[j - 1].0.len() > k.len() {
+                sorted[j] = sorted[j - 1];
+                j -= 1;
+            }
+            sorted[j] = (k.as_str(), v);
+            len += 1;
+        }
+        for &(k, v) in &sorted[..len] {
+            self.string(MAJOR_TEXT, k.as_bytes());
+            self.item(v, depth + 1, max)?;
+        }
+        Ok(())
+    }
 }
 
 /// Appends the canonical encoding of `value` to `w`. `depth` is the number of
@@ -245,6 +499,43 @@ mod tests {
                 w.into_bytes(),
                 "{n} keys"
             );
+        }
+    }
+
+    /// The cursor encoder behind `to_dag_cbor`/`cid_of` writes exactly the
+    /// bytes of the `Writer` path for strings of every short length, every
+    /// head width, floats, links and maps of each size class.
+    #[test]
+    fn cursor_encoder_matches_writer() {
+        let writer_bytes = |v: &Value| {
+            let mut w = Writer::new();
+            write_value(&mut w, v, 0, 64).unwrap();
+            w.into_bytes()
+        };
+        let link = crate::cid::link(&crate::cid::cid_of(&Value::Null).unwrap());
+        let mut items = vec![link, Value::Null, Value::Bool(true), Value::Float(-0.5)];
+        for len in 0..40 {
+            let text: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            items.push(Value::Bytes(text.as_bytes().to_vec()));
+            items.push(Value::Text(text));
+        }
+        for arg in [0, 23, 24, 255, 256, 65535, 65536, 1 << 32, i64::MAX as u64] {
+            items.push(Value::Integer(arg as i64));
+            items.push(Value::Integer(!(arg as i64)));
+        }
+        let mut doc = Value::Array(items.clone());
+        for n in [0, 1, 7, 8, 9, 16, 17, 40] {
+            let map: Map = items
+                .iter()
+                .take(n)
+                .enumerate()
+                .map(|(i, v)| ("k".repeat(1 + i % 5) + &i.to_string(), v.clone()))
+                .collect();
+            doc = Value::Array(vec![doc, Value::Map(map)]);
+        }
+        let big = Value::Bytes(vec![7; 5000]);
+        for v in items.iter().chain([&doc, &big]) {
+            assert_eq!(to_dag_cbor(v).unwrap(), writer_bytes(v), "{v:?}");
         }
     }
 
