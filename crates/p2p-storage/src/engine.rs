@@ -407,24 +407,85 @@ fn validate_value(field: &str, v: &Value) -> Result<(), StoreError> {
 fn index_keys(collection: &str, id: &str, fields: &Map) -> BTreeSet<Vec<u8>> {
     let mut out = BTreeSet::new();
     for (name, value) in fields {
-        if let Some(vk) = keys::value_key(value) {
-            let mut k = keys::key(INDEX, &[collection.as_bytes(), name.as_bytes()]);
-            k.extend_from_slice(&vk);
-            keys::push_escaped(&mut k, id.as_bytes());
-            out.insert(k);
+        field_index_keys(&mut out, collection, id, name, value);
+    }
+    out
+}
+
+/// True when `a` and `b` give exactly the same index entries: equal values
+/// (floats bit for bit: stricter than needed, as the index keys `0.0` and
+/// `-0.0` alike), arrays item by item,
+/// and any two maps (a map is never indexed). False may still mean equal
+/// entries; it only makes the caller compute them.
+fn same_index_entries(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Float(x), Value::Float(y)) => x.to_bits() == y.to_bits(),
+        (Value::Array(xs), Value::Array(ys)) => {
+            xs.len() == ys.len() && xs.iter().zip(ys).all(|(x, y)| same_index_entries(x, y))
         }
-        if let Value::Array(items) = value {
-            for item in items {
-                if let Some(vk) = keys::value_key(item) {
-                    let mut k = keys::key(ARRAY_INDEX, &[collection.as_bytes(), name.as_bytes()]);
-                    k.extend_from_slice(&vk);
-                    keys::push_escaped(&mut k, id.as_bytes());
-                    out.insert(k);
-                }
+        (Value::Map(_), Value::Map(_)) => true,
+        (Value::Float(_) | Value::Array(_) | Value::Map(_), _)
+        | (_, Value::Float(_) | Value::Array(_) | Value::Map(_)) => false,
+        _ => a == b,
+    }
+}
+
+/// Index entries whose presence differs between a document's fields
+/// `before` and `after`: (entries to delete, entries to add). Exactly the
+/// set differences of [`index_keys`] of both sides, computed only for the
+/// fields whose value changed (an entry names its field, so unchanged fields
+/// contribute nothing).
+fn index_changes(
+    collection: &str,
+    id: &str,
+    before: Option<&Map>,
+    after: Option<&Map>,
+) -> (BTreeSet<Vec<u8>>, BTreeSet<Vec<u8>>) {
+    let empty = Map::new();
+    let (before, after) = (before.unwrap_or(&empty), after.unwrap_or(&empty));
+    let mut old = BTreeSet::new();
+    let mut new = BTreeSet::new();
+    for (name, value) in before {
+        match after.get(name) {
+            Some(now) if same_index_entries(value, now) => {}
+            _ => field_index_keys(&mut old, collection, id, name, value),
+        }
+    }
+    for (name, value) in after {
+        match before.get(name) {
+            Some(was) if same_index_entries(was, value) => {}
+            _ => field_index_keys(&mut new, collection, id, name, value),
+        }
+    }
+    let removed = old.difference(&new).cloned().collect();
+    let added = new.difference(&old).cloned().collect();
+    (removed, added)
+}
+
+/// Adds the index entries of field `name` holding `value` to `out`.
+fn field_index_keys(
+    out: &mut BTreeSet<Vec<u8>>,
+    collection: &str,
+    id: &str,
+    name: &str,
+    value: &Value,
+) {
+    if let Some(vk) = keys::value_key(value) {
+        let mut k = keys::key(INDEX, &[collection.as_bytes(), name.as_bytes()]);
+        k.extend_from_slice(&vk);
+        keys::push_escaped(&mut k, id.as_bytes());
+        out.insert(k);
+    }
+    if let Value::Array(items) = value {
+        for item in items {
+            if let Some(vk) = keys::value_key(item) {
+                let mut k = keys::key(ARRAY_INDEX, &[collection.as_bytes(), name.as_bytes()]);
+                k.extend_from_slice(&vk);
+                keys::push_escaped(&mut k, id.as_bytes());
+                out.insert(k);
             }
         }
     }
-    out
 }
 
 /// Splits a state record key (`S esc(collection) esc(id)`) into (collection, id).
@@ -967,19 +1028,12 @@ impl<B: Backend> Store<B> {
             state_key(collection, id),
             ecomesh_wire::encode(record).map_err(|e| StoreError::Encode(e.to_string()))?,
         );
-        let old_keys = before
-            .as_ref()
-            .map(|f| index_keys(collection, id, f))
-            .unwrap_or_default();
-        let new_keys = after
-            .as_ref()
-            .map(|f| index_keys(collection, id, f))
-            .unwrap_or_default();
-        for k in old_keys.difference(&new_keys) {
-            txn.delete(k.clone());
+        let (removed, added) = index_changes(collection, id, before.as_ref(), after.as_ref());
+        for k in removed {
+            txn.delete(k);
         }
-        for k in new_keys.difference(&old_keys) {
-            txn.put(k.clone(), Vec::new());
+        for k in added {
+            txn.put(k, Vec::new());
         }
         let after = match after {
             Some(fields) => {
@@ -1194,6 +1248,90 @@ impl From<ecomesh_crdt::Error> for StoreError {
         match e {
             ecomesh_crdt::Error::ClockOverflow => StoreError::Clock(e.to_string()),
             other => StoreError::InvalidArgument(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod index_change_tests {
+    use super::*;
+
+    /// Field values whose index entries differ in the ways that matter: kinds,
+    /// an integer and the float of the same number, `0.0` and `-0.0`, arrays
+    /// that differ in one item or in length, and maps (never indexed).
+    fn samples() -> Vec<Option<Value>> {
+        let map = |k: &str| {
+            let mut m = Map::new();
+            m.insert(k.into(), Value::Integer(1));
+            Value::Map(m)
+        };
+        vec![
+            None,
+            Some(Value::Null),
+            Some(Value::Bool(true)),
+            Some(Value::Integer(1)),
+            Some(Value::Float(1.0)),
+            Some(Value::Float(0.0)),
+            Some(Value::Float(-0.0)),
+            Some(Value::Text("a".into())),
+            Some(Value::Bytes(vec![1])),
+            Some(Value::Array(vec![
+                Value::Integer(1),
+                Value::Text("a".into()),
+            ])),
+            Some(Value::Array(vec![
+                Value::Integer(1),
+                Value::Text("b".into()),
+            ])),
+            Some(Value::Array(vec![Value::Float(-0.0)])),
+            Some(Value::Array(vec![Value::Float(0.0)])),
+            Some(Value::Array(vec![Value::Integer(1)])),
+            Some(map("x")),
+            Some(map("y")),
+        ]
+    }
+
+    #[test]
+    fn index_changes_are_the_set_differences_of_both_sides() {
+        let samples = samples();
+        // Two fields, each taking every pair of sample values before and
+        // after, so changed, unchanged, added and removed fields combine.
+        for a0 in &samples {
+            for a1 in &samples {
+                for b0 in &samples {
+                    for b1 in [&samples[3], &samples[6], &samples[9]] {
+                        let doc = |a: &Option<Value>, b: &Option<Value>| {
+                            let mut m = Map::new();
+                            if let Some(a) = a {
+                                m.insert("a".into(), a.clone());
+                            }
+                            if let Some(b) = b {
+                                m.insert("b".into(), b.clone());
+                            }
+                            m
+                        };
+                        let before = doc(a0, b0);
+                        let after = doc(a1, b1);
+                        for (before, after) in [
+                            (Some(&before), Some(&after)),
+                            (None, Some(&after)),
+                            (Some(&before), None),
+                        ] {
+                            let old = before.map(|f| index_keys("c", "d", f)).unwrap_or_default();
+                            let new = after.map(|f| index_keys("c", "d", f)).unwrap_or_default();
+                            let expected: (BTreeSet<_>, BTreeSet<_>) = (
+                                old.difference(&new).cloned().collect(),
+                                new.difference(&old).cloned().collect(),
+                            );
+                            assert_eq!(
+                                index_changes("c", "d", before, after),
+                                expected,
+                                "before {before:?} after {after:?}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }
