@@ -13,7 +13,7 @@ use ecomesh_transport_internet::InternetTransport;
 use ecomesh_transport_lora::LoraTransport;
 use ecomesh_transport_lora::airtime::DutyBudget;
 use ecomesh_transport_wired::WiredTransport;
-use ecomesh_types::{ContentId, PeerId};
+use ecomesh_types::PeerId;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -36,11 +36,7 @@ pub(crate) struct Served {
     pub(crate) lora: Option<(LoraTransport, DutyBudget)>,
 }
 
-pub(crate) fn cid_text(c: &ContentId) -> String {
-    ecomesh_wire::from_content_id(c)
-        .map(|c| ecomesh_wire::cid_to_text(&c))
-        .unwrap_or_default()
-}
+pub(crate) use crate::api::json::cid_text;
 
 pub(crate) fn doc_row(d: ecomesh_types::Document) -> Result<DocRow> {
     let json = ecomesh_wire::to_dag_json(&Value::Map(d.fields))?;

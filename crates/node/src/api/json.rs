@@ -23,8 +23,8 @@ pub struct JsonBody<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = read_limited(req, state, MAX_JSON_BODY).await?;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read_limited(req, MAX_JSON_BODY).await?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
             ApiError::bad_json(format!("the body is not the JSON this route takes: {e}"))
         })
@@ -32,11 +32,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 }
 
 /// Reads a whole body of at most `limit` bytes.
-pub async fn read_limited<S: Send + Sync>(
-    req: Request,
-    _state: &S,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
+async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|e| {
@@ -84,10 +80,4 @@ pub fn cid_text(cid: &ContentId) -> String {
     ecomesh_wire::from_content_id(cid)
         .map(|c| ecomesh_wire::cid_to_text(&c))
         .unwrap_or_default()
-}
-
-/// A CID from text, or from a DAG-JSON link object.
-pub fn cid_from_text(text: &str) -> Result<ContentId, ApiError> {
-    ecomesh_wire::cid::parse_content_id(text)
-        .map_err(|e| ApiError::bad_request(format!("{text:?} is not a CID: {e}")))
 }
