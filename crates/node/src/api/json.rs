@@ -32,7 +32,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 }
 
 /// Reads a whole body of at most `limit` bytes.
+///
+/// A declared `Content-Length` over the limit is refused before any of the
+/// body is read, so a client that waits for `100 Continue` gets the 413 at once
+/// instead of a connection closed under its upload.
 async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
     axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|e| {
