@@ -184,6 +184,9 @@ pub struct AwaitingKeys {
     replies: u32,
     /// (requester, wanted) pairs answered in this window.
     answered: BTreeSet<(PeerId, PeerId)>,
+    /// Keys this node looks up for itself (to seal to or address a peer it has
+    /// not met), with when each was first wanted; at most `max_held`.
+    wanted: BTreeMap<PeerId, u64>,
 }
 
 impl AwaitingKeys {
@@ -198,7 +201,25 @@ impl AwaitingKeys {
             requests: 0,
             replies: 0,
             answered: BTreeSet::new(),
+            wanted: BTreeMap::new(),
         }
+    }
+
+    /// Records that this node wants `peer`'s key for itself (no message of
+    /// `peer` held), for `hold_ms`; returns whether a request may go out now.
+    /// Refused (false, nothing recorded) when key discovery is disabled or
+    /// `max_held` keys are already wanted.
+    pub fn want(&mut self, peer: PeerId, now_ms: u64) -> bool {
+        if self.config.max_held == 0 {
+            return false;
+        }
+        if !self.wanted.contains_key(&peer) {
+            if self.wanted.len() >= self.config.max_held {
+                return false;
+            }
+            self.wanted.insert(peer, now_ms);
+        }
+        self.may_request(peer, now_ms)
     }
 
     /// Holds `message` (handed over by `from` on `transport`) at `now_ms`,
@@ -300,12 +321,15 @@ impl AwaitingKeys {
 
     /// True when messages from `sender` are held (its key was or will be asked for).
     pub fn is_awaited(&self, sender: &PeerId) -> bool {
-        self.asked.contains_key(sender) || self.held.iter().any(|h| h.message.sender == *sender)
+        self.asked.contains_key(sender)
+            || self.wanted.contains_key(sender)
+            || self.held.iter().any(|h| h.message.sender == *sender)
     }
 
     /// Removes and returns the messages held from `sender`, oldest first.
     pub fn take(&mut self, sender: &PeerId) -> Vec<Held> {
         self.asked.remove(sender);
+        self.wanted.remove(sender);
         let mut out = Vec::new();
         let mut kept = VecDeque::with_capacity(self.held.len());
         for h in self.held.drain(..) {
@@ -336,22 +360,30 @@ impl AwaitingKeys {
             keep
         });
         self.bytes = bytes;
+        self.wanted
+            .retain(|_, since| now_ms.saturating_sub(*since) < hold && now_ms >= *since);
         for s in gone {
             self.forget_if_unheld(&s);
         }
         before - self.held.len()
     }
 
-    /// The distinct senders of held messages.
+    /// The distinct senders of held messages, and the keys wanted by this node.
     pub fn senders(&self) -> BTreeSet<PeerId> {
-        self.held.iter().map(|h| h.message.sender).collect()
+        self.held
+            .iter()
+            .map(|h| h.message.sender)
+            .chain(self.wanted.keys().copied())
+            .collect()
     }
 
     /// The senders whose key should be asked for again at `now_ms` (the rate
     /// limits allow it), each with the neighbour that handed over its newest
-    /// held message; records the requests.
+    /// held message (a key wanted by this node names the peer itself: the
+    /// request goes to it when reachable, else to trusted neighbours);
+    /// records the requests.
     pub fn due(&mut self, now_ms: u64) -> Vec<(PeerId, PeerId)> {
-        let mut via: BTreeMap<PeerId, PeerId> = BTreeMap::new();
+        let mut via: BTreeMap<PeerId, PeerId> = self.wanted.keys().map(|p| (*p, *p)).collect();
         for h in &self.held {
             via.insert(h.message.sender, h.from);
         }

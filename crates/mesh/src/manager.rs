@@ -13,7 +13,10 @@
 //! recipient (store-and-forward when it is not reachable).
 //!
 //! Relaying: a message for an absent recipient is stored and copies go to up to
-//! `relay_fanout` trusted neighbours (reputation >= 0.3); each node that
+//! `relay_fanout` trusted neighbours (reputation >= 0.3), then or as they are
+//! discovered later (a message buffered while no relay was in reach leaves
+//! with the first one that comes; no neighbour gets the same copy twice, and
+//! no message more than `relay_fanout` copies in all); each node that
 //! forwards a relayed message increments its hop count, and a copy that would
 //! reach `max_hops` is not stored. Broadcasts are delivered to direct
 //! neighbours only (not re-flooded). A relayed message's priority is not on the
@@ -188,6 +191,10 @@ struct State {
     awaiting: AwaitingKeys,
     /// Held messages whose sender's key became known, to be handled again.
     replay: VecDeque<(TransportType, PeerId, NetworkMessage)>,
+    /// The neighbours each buffered message was handed to as a relay copy (at
+    /// most `relay_fanout` per message; entries of messages that left the
+    /// buffer are pruned on every pass).
+    relayed_to: BTreeMap<MessageId, BTreeSet<PeerId>>,
 }
 
 /// What the key discovery step left to do with a control message.
@@ -288,6 +295,7 @@ impl MultiTransportManager {
                 learned: BTreeMap::new(),
                 awaiting: AwaitingKeys::new(config.key_discovery),
                 replay: VecDeque::new(),
+                relayed_to: BTreeMap::new(),
             }),
             listeners: Listeners::new(),
         }
@@ -321,6 +329,28 @@ impl MultiTransportManager {
             external: &*self.keys,
         }
         .public_key(peer)
+    }
+
+    /// Looks up `peer`'s key for this node's own use (to seal to a peer it has
+    /// never met): the key when known; otherwise asks for it through key
+    /// discovery (a request addressed to `peer`, handed to it when reachable,
+    /// else to trusted neighbours; any node that knows the key answers, and the
+    /// reply is checked against the peer id) and returns `None`. The request is
+    /// repeated by [`process`](Self::process) within the key discovery rate
+    /// limits for `hold_ms`; a reply makes [`public_key`](Self::public_key)
+    /// return the key.
+    pub async fn discover_key(&self, peer: PeerId, now_ms: u64) -> Option<PublicKey> {
+        if let Some(key) = self.public_key(&peer) {
+            return Some(key);
+        }
+        if peer == self.identity.peer_id() {
+            return Some(*self.identity.public_key());
+        }
+        let ask = lock(&self.state).awaiting.want(peer, now_ms);
+        if ask {
+            self.request_key(peer, peer, now_ms).await;
+        }
+        None
     }
 
     /// Adds (or replaces) the transport of its type and subscribes to its
@@ -654,6 +684,10 @@ impl MultiTransportManager {
                 tracing::debug!(count = dropped.len(), "buffered messages expired");
             }
             st.seen.prune(now_ms);
+            let State {
+                relayed_to, buffer, ..
+            } = &mut *st;
+            relayed_to.retain(|id, _| buffer.contains(id));
             let expired = st.pending.expire(now_ms);
             let disconnect: Vec<PeerId> =
                 std::mem::take(&mut st.to_disconnect).into_iter().collect();
@@ -753,8 +787,10 @@ impl MultiTransportManager {
                 observe_locked(&mut st, peer, Observation::Available(false));
             }
             let evicted = buffer_locked(&mut st, message.clone(), priority, now_ms)?;
-            let relays = relay_candidates(&st, self.config.relay_fanout, |p| {
-                *p != peer && *p != message.sender && !exclude.contains(p)
+            let handed = st.relayed_to.get(&message.id).cloned().unwrap_or_default();
+            let room = self.config.relay_fanout.saturating_sub(handed.len());
+            let relays = relay_candidates(&st, room, |p| {
+                *p != peer && *p != message.sender && !exclude.contains(p) && !handed.contains(p)
             });
             (relays, evicted)
         };
@@ -762,10 +798,58 @@ impl MultiTransportManager {
         // The relay that forwards the copy onward increments its hop count.
         if !message.hops_exhausted() {
             for r in relays {
-                self.deliver_direct(r, &message, priority).await;
+                if self.deliver_direct(r, &message, priority).await.is_some() {
+                    lock(&self.state)
+                        .relayed_to
+                        .entry(message.id)
+                        .or_default()
+                        .insert(r);
+                }
             }
         }
         Ok(SendOutcome::Queued)
+    }
+
+    /// Hands `peer`, a trusted neighbour just discovered, a relay copy of each
+    /// buffered message it could carry onward: addressed to someone else, not
+    /// from `peer`, hops left, and handed to fewer than `relay_fanout`
+    /// neighbours so far (store, carry and forward: a message buffered while no
+    /// relay was around leaves with the first one that comes).
+    async fn offer_relay_copies(&self, peer: PeerId) {
+        let fanout = self.config.relay_fanout;
+        let copies: Vec<(NetworkMessage, Priority)> = {
+            let st = lock(&self.state);
+            if st.reputation.standing(&peer) != Standing::Trusted {
+                return;
+            }
+            st.buffer
+                .entries()
+                .iter()
+                .filter(|e| {
+                    let m = &e.message;
+                    let handed = st.relayed_to.get(&m.id);
+                    m.recipient.is_some_and(|r| r != peer)
+                        && m.sender != peer
+                        && !m.hops_exhausted()
+                        && handed.is_none_or(|h| h.len() < fanout && !h.contains(&peer))
+                })
+                .map(|e| (e.message.clone(), e.priority))
+                .collect()
+        };
+        for (message, priority) in copies {
+            if self
+                .deliver_direct(peer, &message, priority)
+                .await
+                .is_some()
+            {
+                tracing::debug!(id = %message.id, relay = %peer, "buffered message handed to a new relay");
+                lock(&self.state)
+                    .relayed_to
+                    .entry(message.id)
+                    .or_default()
+                    .insert(peer);
+            }
+        }
     }
 
     /// Tells subscribers about messages of this node evicted from the buffer.
@@ -1216,6 +1300,9 @@ impl MultiTransportManager {
                     tracing::info!(%id, error = %err, "relayed buffered message dropped");
                 }
             }
+        }
+        if first {
+            self.offer_relay_copies(peer).await;
         }
     }
 

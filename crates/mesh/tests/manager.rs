@@ -363,6 +363,77 @@ fn relay_through_a_connected_peer_and_ack_back_by_store_and_forward() {
     assert!(!a.mgr.is_pending(&m.id));
 }
 
+/// Store, carry and forward: A is alone when it sends to C; B comes into reach
+/// later and gets a relay copy then (not only messages addressed to B), meets C,
+/// and C's ACK comes back the same way. A relay never gets the same copy twice.
+#[test]
+fn message_buffered_alone_leaves_with_the_first_relay_that_comes() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Wired]);
+    let b = Node::new(2, &dir, &[Wired]);
+    let c = Node::new(3, &dir, &[Wired]);
+    let m = a.msg(&c, "carried", 0, 1);
+    assert_eq!(
+        block_on(a.mgr.send(c.pid(), m.clone(), Priority::Normal, 0)).unwrap(),
+        SendOutcome::Queued
+    );
+    pump(&[&a, &b, &c], 0);
+    assert!(sent(&a.t[&Wired]).is_empty(), "nobody in reach");
+    connect(&a, &b, Wired);
+    pump(&[&a, &b, &c], 10);
+    assert_eq!(b.mgr.buffered(), 1, "B took a relay copy when it came");
+    assert!(b.received().is_empty());
+    // B leaves and comes back: it already carries this message.
+    unlink(&a.t[&Wired], b.pid());
+    pump(&[&a, &b, &c], 20);
+    connect(&a, &b, Wired);
+    pump(&[&a, &b, &c], 30);
+    let to_b = sent(&a.t[&Wired])
+        .into_iter()
+        .filter(|(to, x)| *to == b.pid() && x.id == m.id)
+        .count();
+    assert_eq!(to_b, 1, "one copy per relay");
+    unlink(&a.t[&Wired], b.pid());
+    connect(&b, &c, Wired);
+    pump(&[&a, &b, &c], 40);
+    let got = c.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].id, got[0].hop_count), (m.id, 1));
+    connect(&a, &b, Wired);
+    pump(&[&a, &b, &c], 50);
+    assert!(a.has(|e| *e
+        == MeshEvent::Acked {
+            id: m.id,
+            by: c.pid()
+        }));
+}
+
+/// At most `relay_fanout` neighbours get a copy of one buffered message, however
+/// many come and go.
+#[test]
+fn late_relay_copies_stop_at_the_fanout() {
+    let dir = Arc::new(Directory::default());
+    let config = MeshConfig {
+        relay_fanout: 2,
+        ..MeshConfig::default()
+    };
+    let a = Node::with_config(1, &dir, &[Wired], config);
+    let c = Node::new(3, &dir, &[Wired]);
+    let relays: Vec<Node> = (10..14).map(|s| Node::new(s, &dir, &[Wired])).collect();
+    let m = a.msg(&c, "spray", 0, 1);
+    block_on(a.mgr.send(c.pid(), m.clone(), Priority::Normal, 0)).unwrap();
+    for (i, r) in relays.iter().enumerate() {
+        connect(&a, r, Wired);
+        pump(&[&a, r], 10 + i as u64);
+    }
+    let copies = sent(&a.t[&Wired])
+        .into_iter()
+        .filter(|(_, x)| x.id == m.id)
+        .count();
+    assert_eq!(copies, 2);
+    assert_eq!(a.mgr.buffered(), 1, "A keeps its own until the ACK");
+}
+
 #[test]
 fn invalid_signature_is_dropped_and_charged() {
     let (a, b) = wired_pair();
@@ -770,6 +841,34 @@ fn message_from_two_hops_away_is_delivered_after_key_discovery() {
     pump(&[&a, &b, &c], 1);
     assert_eq!(c.received().len(), 2);
     assert_eq!(sent_of_type(&c, KEY_REQUEST_TYPE).len(), 1);
+}
+
+/// A node that wants to seal to a peer it never met asks for its key: B, which
+/// knows C, answers A; the key checks against C's id.
+#[test]
+fn a_key_this_node_wants_for_itself_is_found_through_a_neighbour() {
+    let (a, b, c) = line(MeshConfig::default());
+    assert_eq!(block_on(a.mgr.discover_key(c.pid(), 0)), None);
+    pump(&[&a, &b, &c], 0);
+    assert_eq!(a.mgr.public_key(&c.pid()), Some(*c.id.public_key()));
+    assert_eq!(
+        block_on(a.mgr.discover_key(c.pid(), 1)),
+        Some(*c.id.public_key())
+    );
+    let asked = sent_of_type(&a, KEY_REQUEST_TYPE);
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0].0, b.pid());
+    // Nothing is asked again once the key is known.
+    pump(&[&a, &b, &c], 60_000);
+    assert_eq!(sent_of_type(&a, KEY_REQUEST_TYPE).len(), 1);
+}
+
+#[test]
+fn without_key_discovery_a_wanted_key_stays_unknown() {
+    let (a, b, c) = line(no_key_discovery());
+    assert_eq!(block_on(a.mgr.discover_key(c.pid(), 0)), None);
+    pump(&[&a, &b, &c], 0);
+    assert_eq!(a.mgr.public_key(&c.pid()), None);
 }
 
 #[test]

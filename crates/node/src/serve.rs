@@ -351,8 +351,9 @@ impl Served {
         let sent = match self.node.send_text(to, text).await {
             Ok(s) => s,
             Err(SyncError::UnknownKey(p)) => bail!(
-                "no key known for {p}: a node can seal messages only to peers it has met; \
-                 wait until it appears in `ecomesh peers` once (then it may go offline)"
+                "no key known for {p}, and no reachable node gave it: a node can seal messages \
+                 only to peers it has met or that a reachable node knows; wait until it appears \
+                 in `ecomesh peers` once (then it may go offline)"
             ),
             Err(SyncError::OutboxFull { held, max }) => bail!(
                 "refused, nothing queued: the outbox holds {held} undelivered texts, its limit \

@@ -33,6 +33,12 @@ pub struct NodeConfig {
     /// it is refused with [`SyncError::OutboxFull`](crate::SyncError::OutboxFull).
     /// Default [`DEFAULT_OUTBOX_MAX`] (10 000).
     pub outbox_max: usize,
+    /// Longest wait of [`Node::send_text`](crate::Node::send_text) for the
+    /// key of a recipient this node never met, asked for through the mesh's
+    /// key discovery (any node that knows it answers); after it the send is
+    /// refused with [`SyncError::UnknownKey`](crate::SyncError::UnknownKey).
+    /// Zero refuses at once. Default 5 s.
+    pub key_discovery_timeout: Duration,
     /// Entries of the pending-ACK file read at start beyond the mesh buffer
     /// and outbox bounds (other services' messages wait for ACKs too).
     /// Default 65 536.
@@ -63,6 +69,7 @@ impl Default for NodeConfig {
             provider_settle_timeout: Duration::from_secs(5),
             blob_get_timeout: Duration::from_secs(120),
             outbox_max: DEFAULT_OUTBOX_MAX,
+            key_discovery_timeout: Duration::from_secs(5),
             sync_events_capacity: 1024,
             pending_load_slack: 65_536,
             mesh,
@@ -104,6 +111,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("provider_settle_timeout", &self.provider_settle_timeout)
             .field("blob_get_timeout", &self.blob_get_timeout)
             .field("outbox_max", &self.outbox_max)
+            .field("key_discovery_timeout", &self.key_discovery_timeout)
             .field("sync_events_capacity", &self.sync_events_capacity)
             .field("pending_load_slack", &self.pending_load_slack)
             .field("mesh", &self.mesh)

@@ -47,10 +47,12 @@ pub enum SyncError {
     /// A bad argument from the caller.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// A text cannot be sealed to a peer whose key this node never learned.
+    /// A text cannot be sealed to a peer whose key this node never learned and
+    /// no reachable node gave within `NodeConfig::key_discovery_timeout`.
     #[error(
-        "no key known for {0}: a node can seal messages only to peers it has met; \
-         wait until it appears among the peers once (then it may go offline)"
+        "no key known for {0}, and no reachable node gave it: a node can seal messages only \
+         to peers it has met or that a reachable node knows; wait until it appears among the \
+         peers once (then it may go offline)"
     )]
     UnknownKey(PeerId),
     /// The outbox already holds its limit of pending texts; nothing was queued.

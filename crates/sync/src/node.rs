@@ -89,6 +89,7 @@ impl Node {
             state.clone(),
             wake.clone(),
             config.outbox_max,
+            config.key_discovery_timeout,
         )?;
         let blobs = Blobs::open(
             &store,

@@ -19,9 +19,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use ecomesh_identity::Identity;
 use ecomesh_identity::sealed::{open_signed, seal_signed};
+use ecomesh_identity::{Identity, PublicKey};
 use ecomesh_mesh::{MeshError, MultiTransportManager, SendOutcome};
 use ecomesh_p2p_storage::SledStore;
 use ecomesh_types::{Map, MessageId, NetworkMessage, PeerId, Priority, SetOptions, Value};
@@ -30,6 +31,9 @@ use tokio::sync::Notify;
 use crate::clock::now_ms;
 use crate::error::{Result, SyncError};
 use crate::persist::MeshState;
+
+/// How often a send waiting for a recipient's key looks again.
+const KEY_POLL: Duration = Duration::from_millis(20);
 
 /// The message type of a sealed text between two nodes.
 pub const TEXT_TYPE: &str = "ecomesh/text";
@@ -131,6 +135,8 @@ pub(crate) struct Texts {
     /// The outbox's pending texts: id -> (recipient, sent_ms).
     pending: Mutex<BTreeMap<MessageId, (PeerId, u64)>>,
     max: usize,
+    /// Longest wait for an unknown recipient's key.
+    key_wait: Duration,
     /// Serialises offering outbox texts to the mesh.
     feed_lock: tokio::sync::Mutex<()>,
 }
@@ -171,6 +177,7 @@ impl Texts {
         state: Arc<MeshState>,
         wake: Arc<Notify>,
         max: usize,
+        key_wait: Duration,
     ) -> Result<Texts> {
         let pending = pending_texts(&store)?;
         if !pending.is_empty() {
@@ -187,6 +194,7 @@ impl Texts {
             wake,
             pending: Mutex::new(pending),
             max,
+            key_wait,
             feed_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -280,6 +288,24 @@ impl Texts {
         Ok(rows)
     }
 
+    /// `to`'s public key: known, or found by the mesh's key discovery within
+    /// `key_wait` (the node's loop handles the reply; this waits on the wake
+    /// it gives and on a short poll as a fallback).
+    async fn key_of(&self, to: PeerId) -> Result<PublicKey> {
+        let deadline = tokio::time::Instant::now() + self.key_wait;
+        loop {
+            if let Some(key) = self.mesh.discover_key(to, now_ms()).await {
+                return Ok(key);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SyncError::UnknownKey(to));
+            }
+            self.wake.notify_one();
+            let step = deadline.min(tokio::time::Instant::now() + KEY_POLL);
+            tokio::time::sleep_until(step).await;
+        }
+    }
+
     /// Seals `text` to `to`, records it as pending in the outbox and offers
     /// it to the mesh (behind older texts to `to` that wait for room).
     pub(crate) async fn send(&self, to: PeerId, text: String) -> Result<SentText> {
@@ -294,7 +320,7 @@ impl Texts {
                 text.len()
             )));
         }
-        let key = self.mesh.public_key(&to).ok_or(SyncError::UnknownKey(to))?;
+        let key = self.key_of(to).await?;
         // One offer at a time, so texts to one recipient enter the mesh in order.
         let _feeding = self.feed_lock.lock().await;
         let held = self.pending().len();
