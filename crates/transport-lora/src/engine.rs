@@ -440,7 +440,7 @@ impl Engine {
                 self.on_presence(p, from_node, radio_hops, now);
                 Ok(())
             }
-            Frame::Announce { key, epoch } => self.on_announce(&key, epoch, from_node, now),
+            Frame::Announce { key, epoch, .. } => self.on_announce(&key, epoch, from_node, now),
             Frame::KeyRequest { to, .. } => {
                 if to == self.my_short {
                     self.announce_limited(now);

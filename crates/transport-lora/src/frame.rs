@@ -6,10 +6,10 @@
 //!
 //! | kind | frame | layout | authenticated by |
 //! |---|---|---|---|
-//! | `E1` | presence beacon | ttl/hops (1), origin (4), seq (4), CBOR `[types, bloom(8)]`, MAC (8) | network key, truncated BLAKE3 MAC |
-//! | `E2` | announce | public key (32), epoch (4), MAC (8) | network key; the key is self-certifying (PeerId = SHA-256 of it) |
-//! | `E7` | key request | from (4), to (4), MAC (8) | network key |
-//! | `E3`/`E4`/`E5`/`E8` | Noise IK message 1/2/3, explicit 1 | from (4), to (4), Noise message | Noise IK itself |
+//! | `E1` | presence beacon | ttl/hops (1), masked [origin (4), seq (4), CBOR `[types, bloom(8)]`], MAC (8) | network key, truncated BLAKE3 MAC |
+//! | `E2` | announce | masked [public key (32), epoch (4), salt (4)], MAC (8) | network key; the key is self-certifying (PeerId = SHA-256 of it) |
+//! | `E7` | key request | masked [from (4), to (4), salt (4)], MAC (8) | network key |
+//! | `E3`/`E4`/`E5`/`E8` | Noise IK message 1/2/3, explicit 1 | masked [from (4), to (4)], Noise message | Noise IK itself |
 //! | `E6` | sealed | session id (2), counter (4), ChaCha20-Poly1305 ciphertext + tag (16) | the neighbour's Noise session |
 //! | `E9` | sealed part | session id (2), counter (low 16 bits) (2), index << 4 \| count (1), a piece of the ciphertext + tag | the whole unit's tag, checked once every part is in |
 //!
@@ -19,6 +19,19 @@
 //! ([`Body`]): a message's [`envelope`](crate::envelope) to the end, a close flag (1),
 //! a CBOR map with small integer keys for notifications and grants, nothing for a hello.
 //! Short ids are the first 4 bytes of a PeerId.
+//!
+//! **Unlinkable to outsiders.** Every field that names a node (short ids, the announced
+//! key) is *masked*: XORed with a keystream of BLAKE3 in keyed XOF mode under a subkey
+//! of the [`NetworkKey`], whose nonce is the frame's MAC (an SIV construction: the MAC
+//! is computed over the unmasked fields, so a wrong key or a flipped bit fails it) or,
+//! for handshakes, the first 16 bytes of the Noise message (a fresh ephemeral key or
+//! ciphertext). A beacon's plaintext changes with its sequence number, and an
+//! announce or key request carries a fresh random salt, so to a listener without the
+//! network key two frames of one node share no byte beyond the kind and ttl/hops
+//! bytes, the same as frames of two nodes; members of the network (who hold the key
+//! and must route) unmask them. The Meshtastic header around the payload still
+//! carries the radio's node number, which the firmware fixes (and a session's
+//! sealed frames share its session id while it lasts).
 
 use ecomesh_types::PeerId;
 use ecomesh_wire::{Limits, Reader, Writer};
@@ -92,6 +105,21 @@ impl NetworkKey {
         ))
     }
 
+    /// XORs `data` with the keystream of `nonce` under the masking subkey (its own
+    /// inverse).
+    fn mask(&self, nonce: &[u8], data: &mut [u8]) {
+        let sub = blake3::derive_key("ecomesh 2026 lora frame mask v1", &self.0);
+        let mut xof = blake3::Hasher::new_keyed(&sub).update(nonce).finalize_xof();
+        let mut stream = [0u8; 64];
+        for chunk in data.chunks_mut(stream.len()) {
+            let ks = &mut stream[..chunk.len()];
+            xof.fill(ks);
+            for (b, k) in chunk.iter_mut().zip(ks.iter()) {
+                *b ^= k;
+            }
+        }
+    }
+
     fn mac(&self, data: &[&[u8]]) -> [u8; MAC_LEN] {
         let mut h = blake3::Hasher::new_keyed(&self.0);
         for d in data {
@@ -146,6 +174,9 @@ pub enum Frame {
         key: [u8; 32],
         /// Random per start of the transport: a new epoch means the node restarted.
         epoch: u32,
+        /// Fresh random bytes per frame, so that two announces of one node do not
+        /// look alike to a listener without the network key.
+        salt: u32,
     },
     /// Asks `to` to announce its key.
     KeyRequest {
@@ -153,6 +184,8 @@ pub enum Frame {
         from: ShortId,
         /// Whose key is wanted.
         to: ShortId,
+        /// Fresh random bytes per frame (as [`Frame::Announce`]'s).
+        salt: u32,
     },
     /// A Noise IK handshake message (`step` 1, 2 or 3).
     Handshake {
@@ -203,6 +236,12 @@ fn take<'a>(b: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], LoraError
     Ok(s)
 }
 
+/// The nonce that masks a handshake's short ids: the start of its Noise message (an
+/// ephemeral public key or ciphertext, fresh per handshake).
+fn handshake_nonce(noise: &[u8]) -> &[u8] {
+    &noise[..noise.len().min(16)]
+}
+
 fn arr4(s: &[u8]) -> ShortId {
     [s[0], s[1], s[2], s[3]]
 }
@@ -222,22 +261,31 @@ impl Frame {
                 w.uint(u64::from(p.types));
                 w.bytes(&p.bloom);
                 out.extend_from_slice(&w.into_bytes());
-                // The ttl/hops byte changes at each relay and is outside the MAC.
+                // The ttl/hops byte changes at each relay and is outside the MAC and the mask.
                 let mac = key.mac(&[&[K_PRESENCE], &out[2..]]);
+                key.mask(&mac, &mut out[2..]);
                 out.extend_from_slice(&mac);
             }
-            Frame::Announce { key: k, epoch } => {
+            Frame::Announce {
+                key: k,
+                epoch,
+                salt,
+            } => {
                 out.push(K_ANNOUNCE);
                 out.extend_from_slice(k);
                 out.extend_from_slice(&epoch.to_be_bytes());
+                out.extend_from_slice(&salt.to_be_bytes());
                 let mac = key.mac(&[&out]);
+                key.mask(&mac, &mut out[1..]);
                 out.extend_from_slice(&mac);
             }
-            Frame::KeyRequest { from, to } => {
+            Frame::KeyRequest { from, to, salt } => {
                 out.push(K_KEYREQ);
                 out.extend_from_slice(from);
                 out.extend_from_slice(to);
+                out.extend_from_slice(&salt.to_be_bytes());
                 let mac = key.mac(&[&out]);
+                key.mask(&mac, &mut out[1..]);
                 out.extend_from_slice(&mac);
             }
             Frame::Handshake {
@@ -253,8 +301,11 @@ impl Frame {
                     2 => K_HS2,
                     _ => K_HS3,
                 });
-                out.extend_from_slice(from);
-                out.extend_from_slice(to);
+                let mut ids = [0u8; 8];
+                ids[..4].copy_from_slice(from);
+                ids[4..].copy_from_slice(to);
+                key.mask(handshake_nonce(noise), &mut ids);
+                out.extend_from_slice(&ids);
                 out.extend_from_slice(noise);
             }
             Frame::Sealed {
@@ -291,6 +342,30 @@ impl Frame {
             return Err(err("longer than a Meshtastic payload"));
         }
         let (&kind, _) = bytes.split_first().ok_or(err("empty"))?;
+        // The broadcast kinds' fields are unmasked into a copy (at most a payload
+        // long, checked above), then authenticated, then parsed.
+        let mut plain = bytes.to_vec();
+        let bytes: &[u8] = match kind {
+            K_PRESENCE | K_ANNOUNCE | K_KEYREQ => {
+                let lower = if kind == K_PRESENCE { 2 } else { 1 };
+                let body_end = plain.len().checked_sub(MAC_LEN).ok_or(err("truncated"))?;
+                if body_end < lower {
+                    return Err(err("truncated"));
+                }
+                let (body, mac) = plain.split_at_mut(body_end);
+                key.mask(mac, &mut body[lower..]);
+                &plain
+            }
+            K_HS1 | K_HS2 | K_HS3 | K_HS1_EXPLICIT => {
+                if plain.len() <= 9 {
+                    return Err(err("empty handshake"));
+                }
+                let (ids, noise) = plain[1..].split_at_mut(8);
+                key.mask(handshake_nonce(noise), ids);
+                &plain
+            }
+            _ => bytes,
+        };
         let mut at = 1;
         let check_mac = |body_end: usize, parts: &[&[u8]]| -> Result<(), LoraError> {
             let mac = bytes.get(body_end..).ok_or(err("truncated"))?;
@@ -338,23 +413,29 @@ impl Frame {
                 }))
             }
             K_ANNOUNCE => {
-                if bytes.len() != 1 + 32 + 4 + MAC_LEN {
+                if bytes.len() != 1 + 32 + 4 + 4 + MAC_LEN {
                     return Err(err("announce length"));
                 }
-                check_mac(37, &[&bytes[..37]])?;
+                check_mac(41, &[&bytes[..41]])?;
                 let mut k = [0u8; 32];
                 k.copy_from_slice(take(bytes, &mut at, 32)?);
                 let epoch = u32::from_be_bytes(arr4(take(bytes, &mut at, 4)?));
-                Ok(Frame::Announce { key: k, epoch })
+                let salt = u32::from_be_bytes(arr4(take(bytes, &mut at, 4)?));
+                Ok(Frame::Announce {
+                    key: k,
+                    epoch,
+                    salt,
+                })
             }
             K_KEYREQ => {
-                if bytes.len() != 1 + 8 + MAC_LEN {
+                if bytes.len() != 1 + 8 + 4 + MAC_LEN {
                     return Err(err("key request length"));
                 }
-                check_mac(9, &[&bytes[..9]])?;
+                check_mac(13, &[&bytes[..13]])?;
                 let from = arr4(take(bytes, &mut at, 4)?);
                 let to = arr4(take(bytes, &mut at, 4)?);
-                Ok(Frame::KeyRequest { from, to })
+                let salt = u32::from_be_bytes(arr4(take(bytes, &mut at, 4)?));
+                Ok(Frame::KeyRequest { from, to, salt })
             }
             K_HS1 | K_HS2 | K_HS3 | K_HS1_EXPLICIT => {
                 let from = arr4(take(bytes, &mut at, 4)?);
@@ -708,17 +789,114 @@ mod tests {
         let a = Frame::Announce {
             key: [7; 32],
             epoch: 9,
+            salt: 3,
         };
         let b = a.encode(&key());
-        assert_eq!(b.len(), 45);
+        assert_eq!(b.len(), 49);
         assert_eq!(Frame::decode(&b, &key()).unwrap(), a);
         let k = Frame::KeyRequest {
             from: [1; 4],
             to: [2; 4],
+            salt: 4,
         };
         let b = k.encode(&key());
-        assert_eq!(b.len(), 17);
+        assert_eq!(b.len(), 21);
         assert_eq!(Frame::decode(&b, &key()).unwrap(), k);
+        for f in [a, k] {
+            let b = f.encode(&key());
+            for i in 1..b.len() {
+                let mut t = b.clone();
+                t[i] ^= 0x80;
+                assert!(Frame::decode(&t, &key()).is_err(), "byte {i}");
+            }
+            assert!(matches!(
+                Frame::decode(&b, &NetworkKey::from_secret(b"other")),
+                Err(LoraError::BadMac)
+            ));
+        }
+    }
+
+    /// Issue 18: to a listener without the network key, two beacons (or
+    /// announces, key requests, handshakes) of one node share no byte beyond the
+    /// kind and ttl/hops bytes: over 2000 frames of one node and 2000 of
+    /// different nodes, the bytes that name the node differ as often as chance
+    /// says, and no field position is stable. With the key, each decodes to its
+    /// node.
+    #[test]
+    fn frames_of_one_node_are_unlinkable_without_the_network_key() {
+        let k = key();
+        let me = [0xAB, 0xCD, 0xEF, 0x01];
+        let beacon = |origin: ShortId, seq: u32| {
+            Frame::Presence(Presence {
+                ttl: 5,
+                hops: 0,
+                origin,
+                seq,
+                types: types::ALL,
+                bloom: [0; BLOOM_LEN],
+            })
+            .encode(&k)
+        };
+        // Bytes 2..6 are where the origin was in the clear.
+        let same: Vec<Vec<u8>> = (0..2000u32).map(|s| beacon(me, s)).collect();
+        let others: Vec<Vec<u8>> = (0..2000u32)
+            .map(|s| beacon(s.wrapping_mul(2_654_435_761).to_be_bytes(), s))
+            .collect();
+        let equal_origin_bytes = |frames: &[Vec<u8>]| -> usize {
+            frames
+                .windows(2)
+                .map(|w| (2..6).filter(|&i| w[0][i] == w[1][i]).count())
+                .sum()
+        };
+        // Chance: 1999 pairs x 4 bytes / 256 = about 31 equal bytes.
+        let (a, b) = (equal_origin_bytes(&same), equal_origin_bytes(&others));
+        assert!(a < 80 && b < 80, "one node {a}, different nodes {b}");
+        for i in 2..same[0].len() {
+            assert!(
+                same.iter().any(|f| f[i] != same[0][i]),
+                "byte {i} of one node's beacons never changes"
+            );
+        }
+        for (s, f) in same.iter().enumerate().take(50) {
+            match Frame::decode(f, &k).unwrap() {
+                Frame::Presence(p) => assert_eq!((p.origin, p.seq), (me, s as u32)),
+                other => panic!("{other:?}"),
+            }
+        }
+        // One node's announces and key requests with fresh salts.
+        let announces: Vec<Vec<u8>> = (0..64u32)
+            .map(|salt| {
+                Frame::Announce {
+                    key: [7; 32],
+                    epoch: 9,
+                    salt,
+                }
+                .encode(&k)
+            })
+            .collect();
+        for i in 1..announces[0].len() {
+            assert!(
+                announces.iter().any(|f| f[i] != announces[0][i]),
+                "byte {i} of one node's announces never changes"
+            );
+        }
+        // Handshakes: the short ids change with the Noise message's fresh start.
+        let hs = |noise: Vec<u8>| {
+            Frame::Handshake {
+                step: 1,
+                explicit: false,
+                from: me,
+                to: [1, 2, 3, 4],
+                noise,
+            }
+            .encode(&k)
+        };
+        let h1 = hs(vec![1; 48]);
+        let h2 = hs(vec![2; 48]);
+        assert_ne!(h1[1..9], h2[1..9]);
+        assert!(
+            matches!(Frame::decode(&h1, &k).unwrap(), Frame::Handshake { from, .. } if from == me)
+        );
     }
 
     #[test]
@@ -769,7 +947,7 @@ mod tests {
                 Frame::Sealed { sid, counter, ciphertext: [noise.clone(), vec![0; 16]].concat() },
                 Frame::SealedPart { sid, counter: counter as u16, index: from[0] % 15, count: 15, piece: noise.clone() },
                 Frame::SealedPart { sid, counter: 0, index: 1, count: 2, piece: noise.clone() },
-                Frame::KeyRequest { from, to },
+                Frame::KeyRequest { from, to, salt: counter },
             ] {
                 prop_assert_eq!(Frame::decode(&f.encode(&key()), &key()).unwrap(), f);
             }

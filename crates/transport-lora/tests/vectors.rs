@@ -65,6 +65,7 @@ fn lora_frames() {
             Frame::Announce {
                 key: [0x11; 32],
                 epoch: 0xA1B2_C3D4,
+                salt: 0x5A17_5A17,
             },
         ),
         frame(
@@ -72,6 +73,7 @@ fn lora_frames() {
             Frame::KeyRequest {
                 from: [0xA1, 0xA2, 0xA3, 0xA4],
                 to: [0xB1, 0xB2, 0xB3, 0xB4],
+                salt: 0x5A17_5A17,
             },
         ),
         frame("noise-ik-1", handshake(1, false, 24)),

@@ -24,6 +24,7 @@ impl Engine {
         let f = Frame::Announce {
             key: self.identity.public_key().to_bytes(),
             epoch: self.epoch,
+            salt: (xorshift(&mut self.rng) >> 32) as u32,
         };
         self.broadcast_frame(&f, Priority::High);
     }
@@ -49,6 +50,7 @@ impl Engine {
         let f = Frame::KeyRequest {
             from: self.my_short,
             to: short,
+            salt: (xorshift(&mut self.rng) >> 32) as u32,
         };
         self.broadcast_frame(&f, Priority::High);
     }
