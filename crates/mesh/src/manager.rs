@@ -674,6 +674,10 @@ impl MultiTransportManager {
                 }
                 TransportEvent::PeerDiscovered(info) => self.on_discovered(ty, info, now_ms).await,
                 TransportEvent::PeerLost(p) => self.on_lost(ty, p),
+                TransportEvent::Misbehaved { peer, reason } => {
+                    tracing::info!(transport = %ty, %peer, %reason, "neighbour broke the transport protocol; charged");
+                    self.observe(peer, Observation::Integrity(false));
+                }
                 _ => {}
             }
         }

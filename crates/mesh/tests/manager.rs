@@ -434,6 +434,23 @@ fn late_relay_copies_stop_at_the_fanout() {
     assert_eq!(a.mgr.buffered(), 1, "A keeps its own until the ACK");
 }
 
+/// A transport reporting that an authenticated neighbour broke its protocol
+/// (garbage frames, floods) charges that neighbour's reputation.
+#[test]
+fn a_neighbour_that_broke_the_transport_protocol_is_charged() {
+    let (a, b) = wired_pair();
+    let before = a.mgr.reputation(&b.pid());
+    for _ in 0..3 {
+        a.t[&Wired].emit(&TransportEvent::Misbehaved {
+            peer: b.pid(),
+            reason: "malformed fragment".into(),
+        });
+    }
+    pump(&[&a, &b], 1);
+    let after = a.mgr.reputation(&b.pid());
+    assert!(after < before, "{before} -> {after}");
+}
+
 #[test]
 fn invalid_signature_is_dropped_and_charged() {
     let (a, b) = wired_pair();

@@ -141,6 +141,15 @@ pub enum Output {
         /// The message.
         message: NetworkMessage,
     },
+    /// An authenticated peer sent input that broke the link protocol (see
+    /// [`BleError::is_peer_fault`]); its link was closed. Input before the handshake
+    /// finished names no peer: its address is backed off instead.
+    Misbehaved {
+        /// The peer.
+        peer: PeerId,
+        /// What it did.
+        error: String,
+    },
     /// A [`Engine::connect`] finished.
     ConnectDone {
         /// The peer asked for.
@@ -621,6 +630,15 @@ impl Engine {
         let peer = c.link.peer();
         if let Some(e) = &error {
             tracing::debug!(addr = %c.addr, ?peer, error = %e, "link closed on error");
+            if let Some(p) = peer
+                && c.link.is_established()
+                && e.is_peer_fault()
+            {
+                self.out.push_back(Output::Misbehaved {
+                    peer: p,
+                    error: e.to_string(),
+                });
+            }
         }
         if !c.link.is_established() || error.is_some() {
             self.backoff(&c.addr, now);

@@ -96,6 +96,23 @@ pub enum BleError {
 }
 
 impl BleError {
+    /// Whether this error, when a link's received input caused it, is the sending
+    /// peer's fault (a protocol violation the mesh charges to its reputation), as
+    /// opposed to radio trouble, timeouts or local limits.
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(
+            self,
+            BleError::Malformed(_)
+                | BleError::FragmentTooLarge { .. }
+                | BleError::UnitTooLarge { .. }
+                | BleError::TooManyFragments { .. }
+                | BleError::CreditViolation
+                | BleError::CreditOverflow { .. }
+                | BleError::Noise(_)
+                | BleError::Decode(_)
+        )
+    }
+
     /// The shared error this maps to at the `TransportAdapter` boundary.
     pub fn into_transport_error(self) -> ecomesh_types::Error {
         match self {

@@ -242,6 +242,13 @@ impl Driver {
                         .emit(&TransportEvent::Message { from, message });
                     Ok(())
                 }
+                Output::Misbehaved { peer, error } => {
+                    self.inner.listeners.emit(&TransportEvent::Misbehaved {
+                        peer,
+                        reason: error,
+                    });
+                    Ok(())
+                }
                 Output::ConnectDone { peer, result } => {
                     for w in self.waiters.remove(&peer).unwrap_or_default() {
                         let r = match &result {

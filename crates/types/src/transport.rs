@@ -189,6 +189,17 @@ pub enum TransportEvent {
     PeerDiscovered(PeerInfo),
     /// A peer is no longer reachable on this transport.
     PeerLost(PeerId),
+    /// An authenticated neighbour broke the transport's protocol (malformed or
+    /// oversized frames, floods past the flow control): the transport refused the
+    /// input and closed the link; the mesh charges the peer's reputation.
+    /// Input from a device not yet authenticated cannot name a peer; transports
+    /// penalise its address themselves.
+    Misbehaved {
+        /// The neighbour, authenticated by the link.
+        peer: PeerId,
+        /// What it did.
+        reason: String,
+    },
 }
 
 /// One physical network (seed 3.1). Object-safe: a manager holds `Arc<dyn TransportAdapter>`.

@@ -37,6 +37,8 @@ struct Air {
     /// Observed outputs per engine (except transmits).
     log: Vec<Vec<String>>,
     connects: usize,
+    /// (engine index, conn) of every disconnect an engine asked for.
+    closed: Vec<(usize, ConnId)>,
 }
 
 impl Air {
@@ -59,6 +61,7 @@ impl Air {
             now: 0,
             log: vec![Vec::new(); usize::from(n)],
             connects: 0,
+            closed: Vec::new(),
         }
     }
 
@@ -108,6 +111,7 @@ impl Air {
                 }
             }
             Output::Disconnect(conn) => {
+                self.closed.push((i, conn));
                 if let Some((_, other, j)) = self.links.remove(&conn) {
                     self.links.remove(&other);
                     self.engines[j].on_disconnected(other, now);
@@ -121,6 +125,7 @@ impl Air {
             Output::ConnectDone { peer, result } => {
                 self.log[i].push(format!("done {peer} {}", result.is_ok()))
             }
+            Output::Misbehaved { peer, .. } => self.log[i].push(format!("charge {peer}")),
             Output::Advertise(_) => {}
         }
     }
@@ -279,6 +284,11 @@ fn hostile_fragments_close_the_link_and_back_off() {
     air.engines[0].on_fragment(c0, &[0xEE, 1, 2], 0);
     air.run();
     assert_eq!(air.log[0].last().unwrap(), &format!("down {p1}"));
+    assert!(
+        air.log[0].contains(&format!("charge {p1}")),
+        "the authenticated sender of garbage is charged: {:?}",
+        air.log[0]
+    );
     assert!(air.links.is_empty());
     // The address backs off (10 s after one failure), grace period or not.
     let adv = air.engines[1].advertisement();
@@ -291,4 +301,27 @@ fn hostile_fragments_close_the_link_and_back_off() {
     air.engines[0].on_advertisement(addr(1), -60, adv, 10_001);
     air.run();
     assert_eq!(air.connects, before + 1);
+}
+
+/// A device that connects and never finishes the handshake names no peer: nobody
+/// is charged, the link is closed at the handshake timeout and its address backs off.
+#[test]
+fn a_handshake_never_finished_is_closed_and_charges_no_one() {
+    let mut air = Air::new(2, cfg());
+    // Engine 1 hears nothing; a silent central connects to it.
+    air.engines[1].on_connected(77, addr(9), Role::Peripheral, 185, 0);
+    air.run();
+    air.advance(120_000);
+    assert!(
+        air.log[1]
+            .iter()
+            .all(|l| !l.starts_with("charge") && !l.starts_with("up")),
+        "{:?}",
+        air.log[1]
+    );
+    assert!(air.closed.contains(&(1, 77)), "{:?}", air.closed);
+    // A fragment on it now is ignored (no panic, no link).
+    air.engines[1].on_fragment(77, &[0, 1, 2], 120_001);
+    air.run();
+    assert!(air.links.is_empty());
 }
