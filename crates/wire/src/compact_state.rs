@@ -114,6 +114,10 @@ const V_SMALL: u8 = 0x10;
 /// Integers `0..SMALL_INTS` sit in the tag byte.
 const SMALL_INTS: i64 = 256 - V_SMALL as i64;
 
+/// More than the maps and arrays the canonical document form opens around a
+/// field's value or set element.
+const CANONICAL_WRAPPING: usize = 8;
+
 /// How many times its input length a decode may rebuild as text from
 /// references and shared prefixes.
 const EXPANSION: usize = 64;
@@ -423,6 +427,8 @@ struct Dec<'a> {
     /// Text bytes the decode may still rebuild.
     budget: usize,
     max_depth: usize,
+    /// The deepest nesting of a value seen.
+    deepest: usize,
 }
 
 impl Dec<'_> {
@@ -495,7 +501,8 @@ impl Dec<'_> {
         Ok(s)
     }
 
-    fn nested(&self, depth: usize) -> Result<()> {
+    fn nested(&mut self, depth: usize) -> Result<()> {
+        self.deepest = self.deepest.max(depth + 1);
         if depth >= self.max_depth {
             return Err(WireError::DepthExceeded {
                 max: self.max_depth,
@@ -717,6 +724,7 @@ pub fn decode_state_compact(
             .saturating_mul(EXPANSION)
             .min(usize::try_from(limits.max_len).unwrap_or(usize::MAX)),
         max_depth: limits.effective_depth(),
+        deepest: 0,
     };
     let head = dec.c.byte()?;
     let state = if head == 0 {
@@ -729,6 +737,12 @@ pub fn decode_state_compact(
     dec.c.finish()?;
     if encode_state_compact(&state, known)? != bytes {
         return Err(invalid("*", "not the canonical compact encoding"));
+    }
+    // The canonical form counts the document's own maps and arrays around a
+    // value toward the same depth limit: a value nested near the limit is
+    // accepted only when the state has canonical bytes.
+    if dec.deepest + CANONICAL_WRAPPING >= dec.max_depth {
+        crate::codec::encode_with(&state, limits)?;
     }
     Ok(state)
 }

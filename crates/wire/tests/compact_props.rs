@@ -167,3 +167,40 @@ fn text_references_cannot_amplify_without_bound() {
     let doc = decode_document_compact(&small, &Limits::DEFAULT).unwrap();
     assert_eq!(encode_document_compact(&doc).unwrap(), small);
 }
+
+/// A value nested near the depth limit: whatever the compact decoder
+/// accepts has canonical bytes (the canonical form counts the document's own
+/// nesting around the value), as a field value and as a set element.
+#[test]
+fn deeply_nested_values_decode_only_with_canonical_bytes() {
+    let peer = ecomesh_types::PeerId::from_digest([7; 32]);
+    let ts = HlcTimestamp::new(1_767_225_600_000, 0, peer);
+    for d in 50..=66 {
+        let mut v = Value::Integer(1);
+        for _ in 0..d {
+            v = Value::Array(vec![v]);
+        }
+        let mut as_field = DocumentCrdt::new();
+        let mut m = Map::new();
+        m.insert("deep".into(), v.clone());
+        as_field.set(m, ts).unwrap();
+        let mut as_element = DocumentCrdt::new();
+        as_element
+            .apply(
+                [("deep".to_owned(), ecomesh_crdt::FieldOp::AddToSet(vec![v]))],
+                ts,
+            )
+            .unwrap();
+        for doc in [as_field, as_element] {
+            let Ok(bytes) = encode_state_compact(&doc, Some(&peer)) else {
+                continue;
+            };
+            if let Ok(back) = decode_state_compact(&bytes, Some(&peer), &Limits::DEFAULT) {
+                assert!(
+                    encode(&back).is_ok(),
+                    "depth {d} decoded without canonical bytes"
+                );
+            }
+        }
+    }
+}
