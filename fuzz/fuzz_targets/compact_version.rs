@@ -1,6 +1,7 @@
 //! The compact wire forms: a version node (`VersionNode::decode_compact`, with
 //! and without the sender's key), a delta relative to a base timestamp
-//! (`decode_delta_compact`) and a standalone state (`decode_document_compact`).
+//! (`decode_delta_compact`) and a state (`decode_document_compact`, or
+//! `decode_state_compact` with a known author when bit 2 of the first byte is set).
 //! Whatever decodes re-encodes to exactly the input, and a decoded version
 //! node has canonical bytes. The first byte picks the decoder.
 #![no_main]
@@ -8,7 +9,7 @@
 use ecomesh_p2p_storage::VersionNode;
 use ecomesh_types::{HlcTimestamp, PeerId};
 use ecomesh_wire::compact::{decode_delta_compact, decode_document_compact, encode_delta_compact};
-use ecomesh_wire::{Limits, encode_document_compact};
+use ecomesh_wire::{Limits, decode_state_compact, encode_document_compact, encode_state_compact};
 use libfuzzer_sys::fuzz_target;
 
 /// A fixed sender key (any 32 bytes stand for a key here: nothing is verified).
@@ -33,9 +34,21 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(encode_delta_compact(&d, &base).expect("re-encodes"), bytes);
             }
         }
-        _ => {
+        _ if which & 4 == 0 => {
             if let Ok(d) = decode_document_compact(bytes, &Limits::DEFAULT) {
                 assert_eq!(encode_document_compact(&d).expect("re-encodes"), bytes);
+                ecomesh_wire::encode(&d).expect("has canonical bytes");
+            }
+        }
+        _ => {
+            // An update whose author the link authenticated.
+            let known = PeerId::from_digest([0xa1; 32]);
+            if let Ok(d) = decode_state_compact(bytes, Some(&known), &Limits::DEFAULT) {
+                assert_eq!(
+                    encode_state_compact(&d, Some(&known)).expect("re-encodes"),
+                    bytes
+                );
+                ecomesh_wire::encode(&d).expect("has canonical bytes");
             }
         }
     }

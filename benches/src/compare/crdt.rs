@@ -11,8 +11,12 @@
 //! - **B3.4**: two replicas make N/2 sets each (over 1000 keys) and sync both ways.
 //!
 //! Bytes: update bytes are the sum of every update as it travels on its own
-//! (for ecomesh the standalone compact state of the delta, which carries its
-//! writer's 32-byte peer id); document bytes the merged document
+//! from its writer to the receiver (for ecomesh the compact state of the
+//! delta, `encode_state_compact`, with the writer as the known author: the
+//! link authenticated the sender, so its 32-byte peer id is supplied by the
+//! link and not repeated in the update; the receiver decodes with that peer
+//! id and nothing else. A context row shows the same updates naming their
+//! author in full, as a relayed update would); document bytes the merged document
 //! (ecomesh: compact state; yrs: state as update; automerge: `save`; loro:
 //! snapshot); sync bytes everything both sides send. Time is one whole
 //! workload: the writes, encoding, decoding and merging at the receiver.
@@ -23,7 +27,10 @@ use std::time::Duration;
 
 use ecomesh_crdt::{DocumentCrdt, Merge};
 use ecomesh_types::{HlcTimestamp, Map, PeerId, Value};
-use ecomesh_wire::{Limits, decode_document_compact, encode, encode_document_compact};
+use ecomesh_wire::{
+    Limits, decode_document_compact, decode_state_compact, encode, encode_document_compact,
+    encode_state_compact,
+};
 use sha2::{Digest, Sha256};
 
 use super::{Options, Row, Target, seconds_per_call};
@@ -41,6 +48,8 @@ const T0: u64 = 1_767_225_600_000;
 #[derive(Clone, Copy, Debug, Default)]
 struct Figures {
     updates: usize,
+    /// Updates naming their author in full (ecomesh only).
+    standalone: usize,
     document: usize,
     sync: usize,
 }
@@ -105,6 +114,14 @@ fn receive(state: &mut DocumentCrdt, bytes: &[u8]) {
     state.merge(&delta);
 }
 
+/// Applies `bytes` (an update in compact form) received from `sender`, the
+/// peer the link authenticated.
+fn receive_from(state: &mut DocumentCrdt, bytes: &[u8], sender: &PeerId) {
+    let delta =
+        decode_state_compact(bytes, Some(sender), &Limits::DEFAULT).expect("own encoding decodes");
+    state.merge(&delta);
+}
+
 fn one_write(doc: &mut DocumentCrdt, k: String, v: Value, ts: HlcTimestamp) -> DocumentCrdt {
     let mut m = Map::new();
     m.insert(k, v);
@@ -116,11 +133,12 @@ fn one_write(doc: &mut DocumentCrdt, k: String, v: Value, ts: HlcTimestamp) -> D
 fn ecomesh(w: Workload, canonical: bool) -> (Figures, Figures) {
     let mut f = Figures::default();
     let mut c = Figures::default();
-    let count = |f: &mut Figures, c: &mut Figures, delta: &DocumentCrdt| -> Vec<u8> {
-        let bytes = encode_document_compact(delta).expect("encodes");
+    let count = |f: &mut Figures, c: &mut Figures, delta: &DocumentCrdt, author: &PeerId| {
+        let bytes = encode_state_compact(delta, Some(author)).expect("encodes");
         f.updates += bytes.len();
         if canonical {
             c.updates += encode(delta).expect("encodes").len();
+            f.standalone += encode_document_compact(delta).expect("encodes").len();
         }
         bytes
     };
@@ -129,10 +147,11 @@ fn ecomesh(w: Workload, canonical: bool) -> (Figures, Figures) {
         Workload::B31 | Workload::B32 => {
             for i in 0..CLIENTS {
                 let mut doc = DocumentCrdt::new();
-                let ts = HlcTimestamp::new(T0 + i as u64, 0, peer(i));
+                let me = peer(i);
+                let ts = HlcTimestamp::new(T0 + i as u64, 0, me);
                 let delta = one_write(&mut doc, key(w, i), ecomesh_value(w, i), ts);
-                let bytes = count(&mut f, &mut c, &delta);
-                receive(&mut receiver, &bytes);
+                let bytes = count(&mut f, &mut c, &delta, &me);
+                receive_from(&mut receiver, &bytes, &me);
             }
         }
         Workload::B33 => {
@@ -141,8 +160,8 @@ fn ecomesh(w: Workload, canonical: bool) -> (Figures, Figures) {
             for i in 0..N {
                 let ts = HlcTimestamp::new(T0 + i as u64, 0, me);
                 let delta = one_write(&mut doc, key(w, i), ecomesh_value(w, i), ts);
-                let bytes = count(&mut f, &mut c, &delta);
-                receive(&mut receiver, &bytes);
+                let bytes = count(&mut f, &mut c, &delta, &me);
+                receive_from(&mut receiver, &bytes, &me);
             }
         }
         Workload::B34 => {
@@ -505,6 +524,18 @@ pub fn rows(options: &Options) -> Vec<Row> {
                 unit: "B",
                 target: Target::Info,
             });
+            if what == "update bytes" && mine.standalone > 0 {
+                rows.push(Row {
+                    goal: format!("1 {name}"),
+                    what: "update bytes naming the author in full (relayed), vs sent by the author"
+                        .into(),
+                    value: mine.standalone as f64,
+                    baseline: pick(&mine) as f64,
+                    baseline_what: "sent by the author".into(),
+                    unit: "B",
+                    target: Target::Info,
+                });
+            }
             if let Some((anchor, b)) = best(&figs, pick) {
                 rows.push(Row {
                     goal: format!("1 {name}"),

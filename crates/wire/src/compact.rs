@@ -45,8 +45,9 @@
 //! allocation is sized by a count before the bytes are there, values are read
 //! by the bounded DAG-CBOR reader under [`Limits`].
 //!
-//! [`encode_document_compact`] adds the base timestamp in front (peer, time,
-//! counter) so a whole state travels on its own.
+//! A whole state or an update travelling on its own uses the tighter form of
+//! [`crate::compact_state`] ([`encode_document_compact`], [`encode_state_compact`]);
+//! this delta form is the one version nodes embed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -88,11 +89,11 @@ pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
 
 /// Zigzag of a two's-complement difference: small differences either way are
 /// small varints, and every `u64` pair has one (wrapping arithmetic).
-fn zigzag(v: i64) -> u64 {
+pub(crate) fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-fn unzigzag(z: u64) -> i64 {
+pub(crate) fn unzigzag(z: u64) -> i64 {
     ((z >> 1) as i64) ^ -((z & 1) as i64)
 }
 
@@ -547,61 +548,6 @@ pub fn decode_delta_compact(
     Ok(delta)
 }
 
-/// Appends `t` in full: peer (32 bytes), physical ms and logical counter as varints.
-pub fn put_timestamp(out: &mut Vec<u8>, t: &HlcTimestamp) {
-    out.extend_from_slice(t.peer.as_bytes());
-    put_varint(out, t.physical_ms);
-    put_varint(out, u64::from(t.logical));
-}
-
-/// Reads a timestamp written by [`put_timestamp`].
-pub fn read_timestamp(c: &mut Cursor<'_>) -> Result<HlcTimestamp> {
-    let peer = PeerId::from_digest(c.array::<32>()?);
-    let physical = c.varint()?;
-    let logical =
-        u32::try_from(c.varint()?).map_err(|_| invalid("ts", "logical counter out of range"))?;
-    Ok(HlcTimestamp::new(physical, logical, peer))
-}
-
-/// A whole state in compact form, standing on its own: a byte 0 for the empty
-/// state, else 1, the base timestamp (its [`max_timestamp`](DocumentCrdt::max_timestamp))
-/// written with [`put_timestamp`], and the compact delta relative to it.
-pub fn encode_document_compact(state: &DocumentCrdt) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(64);
-    match state.max_timestamp() {
-        None if state.is_empty() => out.push(0),
-        None => {
-            // Fields without any timestamp (counter contents only): base at zero.
-            out.push(1);
-            let base = HlcTimestamp::new(0, 0, PeerId::from_digest([0; 32]));
-            put_timestamp(&mut out, &base);
-            write_delta_compact(&mut out, state, &base, &Limits::DEFAULT)?;
-        }
-        Some(base) => {
-            out.push(1);
-            put_timestamp(&mut out, &base);
-            write_delta_compact(&mut out, state, &base, &Limits::DEFAULT)?;
-        }
-    }
-    Ok(out)
-}
-
-/// Decodes [`encode_document_compact`]'s form strictly (it must re-encode to `bytes`).
-pub fn decode_document_compact(bytes: &[u8], limits: &Limits) -> Result<DocumentCrdt> {
-    let mut c = Cursor::new(bytes);
-    let state = match c.byte()? {
-        0 => DocumentCrdt::new(),
-        1 => {
-            let base = read_timestamp(&mut c)?;
-            let (state, used) = read_delta_compact(c.rest(), &base, limits)?;
-            c.take(used)?;
-            state
-        }
-        _ => return Err(invalid("kind", "unknown state kind")),
-    };
-    c.finish()?;
-    if encode_document_compact(&state)? != bytes {
-        return Err(invalid("*", "not the canonical compact encoding"));
-    }
-    Ok(state)
-}
+pub use crate::compact_state::{
+    decode_document_compact, decode_state_compact, encode_document_compact, encode_state_compact,
+};

@@ -43,6 +43,7 @@ pub mod cbor;
 pub mod cid;
 pub mod codec;
 pub mod compact;
+pub mod compact_state;
 pub mod dag_cbor;
 pub mod dag_json;
 mod error;
@@ -55,8 +56,9 @@ pub use crate::cid::{
     decode_verified, encode_block, from_content_id, link, parse_cid, to_content_id, verify,
 };
 pub use crate::codec::{Canonical, cid_of_canonical, decode, decode_with, encode, encode_with};
-pub use crate::compact::{
-    decode_delta_compact, decode_document_compact, encode_delta_compact, encode_document_compact,
+pub use crate::compact::{decode_delta_compact, encode_delta_compact};
+pub use crate::compact_state::{
+    decode_document_compact, decode_state_compact, encode_document_compact, encode_state_compact,
 };
 pub use crate::dag_cbor::{from_dag_cbor, from_dag_cbor_with, to_dag_cbor, to_dag_cbor_with};
 pub use crate::dag_json::{

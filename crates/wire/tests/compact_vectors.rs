@@ -9,7 +9,8 @@ use ecomesh_crdt::{DocumentCrdt, FieldOp};
 use ecomesh_types::{HlcTimestamp, Map, PeerId, Value};
 use ecomesh_wire::compact::decode_delta_compact;
 use ecomesh_wire::{
-    Limits, decode_document_compact, encode_delta_compact, encode_document_compact,
+    Limits, decode_document_compact, decode_state_compact, encode_delta_compact,
+    encode_document_compact, encode_state_compact,
 };
 
 /// Checks (or with `UPDATE_VECTORS=1` rewrites) the committed vector file
@@ -161,7 +162,7 @@ fn compact_document_vectors() {
     let cases: Vec<(&str, DocumentCrdt)> = deltas()
         .into_iter()
         .map(|(name, (d, _))| (name, d))
-        .chain([("empty", DocumentCrdt::new())])
+        .chain([("empty", DocumentCrdt::new()), ("values", values_doc())])
         .collect();
     check_vectors(
         "compact_document",
@@ -169,6 +170,62 @@ fn compact_document_vectors() {
         &cases,
         |d| encode_document_compact(d).unwrap(),
         |b, _| decode_document_compact(b, &Limits::DEFAULT).unwrap(),
+        |_, _| None,
+    );
+}
+
+/// A state holding every kind of value the compact value form codes apart:
+/// small and large integers, negative, float, bytes, null, nested arrays and
+/// maps, and texts and map keys repeated (string-table references).
+fn values_doc() -> DocumentCrdt {
+    let item = |name: &str| {
+        Value::Map(map(&[
+            ("name", Value::Text(name.into())),
+            ("address", Value::Text("here".into())),
+        ]))
+    };
+    let mut doc = DocumentCrdt::new();
+    doc.set(
+        map(&[
+            ("small", Value::Integer(239)),
+            ("large", Value::Integer(240)),
+            ("negative", Value::Integer(-1_000_000)),
+            ("ratio", Value::Float(0.25)),
+            ("raw", Value::Bytes(vec![0, 1, 2])),
+            ("nothing", Value::Null),
+            (
+                "people",
+                Value::Array(vec![item("ann"), item("bo"), item("here")]),
+            ),
+        ]),
+        HlcTimestamp::new(T0, 0, alice()),
+    )
+    .unwrap();
+    doc
+}
+
+#[test]
+fn compact_update_vectors() {
+    // (state, known author): the author is the authenticated sender, whose
+    // peer id the bytes leave out when it is the base peer.
+    let mut cases: Vec<(&str, (DocumentCrdt, Option<PeerId>))> = deltas()
+        .into_iter()
+        .map(|(name, (d, base))| (name, (d, Some(base.peer))))
+        .collect();
+    cases.push(("values by their author", (values_doc(), Some(alice()))));
+    cases.push(("values by another sender", (values_doc(), Some(bob()))));
+    check_vectors(
+        "compact_update",
+        "a DocumentCrdt state or update in compact form with a known author (ecomesh_wire::compact_state::encode_state_compact)",
+        &cases,
+        |(d, known)| encode_state_compact(d, known.as_ref()).unwrap(),
+        // The known author is context the bytes leave out.
+        |b, (_, known)| {
+            (
+                decode_state_compact(b, known.as_ref(), &Limits::DEFAULT).unwrap(),
+                *known,
+            )
+        },
         |_, _| None,
     );
 }
