@@ -7,9 +7,11 @@
 //!   `MultiTransportManager::process` then `BlobService::process` whenever
 //!   a transport event or the service wakes it (as `ecomesh-sync`'s node
 //!   loop does). A holds the blob (stored with `BlobStore::put_blob`, the
-//!   seed's encoding for its size: 1 MiB chunks for 50 MB); B's
-//!   `get_blob` asks A for the manifest, fetches, verifies, caches and
-//!   rebuilds it. Timed from `get_blob` to the verified bytes.
+//!   seed's encoding for its size: 1 MiB chunks for 50 MB); B does what
+//!   `ecomesh blob get -o FILE` does: `fetch_blob` asks A for the manifest,
+//!   fetches and verifies the pieces into its store, then
+//!   `BlobStore::write_local` streams the blob into a file (synced),
+//!   checking it against its id. Timed from `fetch_blob` to the synced file.
 //! - The baseline is the same wired link moving the same number of bytes as
 //!   unsigned 1 MiB `NetworkMessage`s from A to B, timed until B's
 //!   subscription has seen all of them.
@@ -258,17 +260,29 @@ async fn fetch(data: &[u8]) -> Option<Fetch> {
     let rss_before = status_kib("VmRSS:");
     let start = Instant::now();
     let cpu = cpu_seconds();
-    let got = tokio::time::timeout(Duration::from_secs(120), b.service.get_blob(id, now_ms()))
+    // What `ecomesh blob get -o FILE` does: fetch the pieces into the
+    // store, then stream the verified blob into the file.
+    let len = tokio::time::timeout(Duration::from_secs(120), b.service.fetch_blob(id, now_ms()))
         .await
         .ok()?
         .ok()?;
+    let out = dir.path().join("got.bin");
+    let written = {
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&out).ok()?);
+        let n = b
+            .service
+            .store()
+            .write_local(&id, &mut w, now_ms())
+            .ok()??;
+        w.into_inner().ok()?.sync_all().ok()?;
+        n
+    };
     let seconds = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu;
     let peak_kib = status_kib("VmHWM:").saturating_sub(rss_before);
-    let ok = got == data;
-    drop(got);
     a.shutdown().await;
     b.shutdown().await;
+    let ok = len == written && std::fs::read(&out).ok()? == data;
     if !ok {
         tracing::error!("fetched blob differs from the original");
         return None;

@@ -79,7 +79,8 @@ mod service;
 mod store;
 
 pub use service::{
-    BlobGet, BlobRandom, BlobResult, BlobService, BlobServiceConfig, BlobStats, SHARD_TYPE,
+    BlobFetch, BlobGet, BlobRandom, BlobResult, BlobService, BlobServiceConfig, BlobStats,
+    SHARD_TYPE,
 };
 pub use store::{
     BlobStore, GcDeleted, GcKept, GcReport, HELD_COLLECTION, MAX_HOLDER_LEN, NAMESPACE,

@@ -191,6 +191,29 @@ impl FromStr for BlobId {
     }
 }
 
+/// Hashes a blob fed in order, in any number of slices: [`BlobHasher::finish`]
+/// is the [`BlobId`] of all the bytes fed, as [`BlobId::of`] of their
+/// concatenation, without holding them.
+#[derive(Clone, Debug, Default)]
+pub struct BlobHasher(blake3::Hasher);
+
+impl BlobHasher {
+    /// A hasher that has seen no bytes.
+    pub fn new() -> Self {
+        BlobHasher::default()
+    }
+
+    /// Feeds the next bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The id of every byte fed so far.
+    pub fn finish(&self) -> BlobId {
+        BlobId(*self.0.finalize().as_bytes())
+    }
+}
+
 /// How a blob is cut into pieces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Encoding {

@@ -128,6 +128,7 @@ impl Net {
                 FetchPoll::Wait => {}
                 FetchPoll::Done(blob) => return Ok(blob),
                 FetchPoll::Failed(e) => return Err(e),
+                FetchPoll::Fetched => panic!("keep_pieces is on: the blob comes with Done"),
                 FetchPoll::Finished => panic!("polled after the end"),
             }
             assert!(!pending.is_empty(), "fetcher waits with nothing out");
@@ -523,4 +524,50 @@ proptest! {
             prop_assert_eq!(ShardResponse::decode(&resp.encode()).unwrap(), resp);
         }
     }
+}
+
+#[test]
+fn without_keep_pieces_every_piece_is_handed_over_once_and_none_is_held() {
+    let data: Vec<u8> = (0..1000_u32).map(|i| (i * 7 % 251) as u8).collect();
+    let enc = encode_blob(&data, &chunked(100)).unwrap();
+    let holder = peer(1);
+    let mut net = Net::new(&[(holder, Behaviour::Honest), (peer(2), Behaviour::Liar)]);
+    // The liar is asked first for every piece: its bytes never reach the callback.
+    let holders = vec![vec![peer(2), holder]; 10];
+    net.store(&enc, &holders);
+    let config = FetchConfig {
+        max_in_flight: 4,
+        keep_pieces: false,
+        ..FetchConfig::default()
+    };
+    let mut f = Fetcher::new(enc.manifest.clone(), holders, config).unwrap();
+    let mut handed: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+    let mut most_in_flight = 0;
+    loop {
+        match f.poll() {
+            FetchPoll::Send(reqs) => {
+                most_in_flight = most_in_flight.max(reqs.len());
+                for o in reqs {
+                    let frame = net.answer(&o).unwrap();
+                    let index = o.piece;
+                    let _ = f.on_response_with(o.id, &frame, |id, bytes| {
+                        assert_eq!(id, enc.manifest.pieces()[index]);
+                        assert!(
+                            handed.insert(index, bytes.to_vec()).is_none(),
+                            "piece {index} handed over twice"
+                        );
+                    });
+                }
+            }
+            FetchPoll::Fetched => break,
+            other => panic!("expected requests, then Fetched; got {other:?}"),
+        }
+        // Verified pieces are not held by the fetcher, only their indexes.
+        assert!(f.pieces_verified() <= handed.len());
+    }
+    assert!(most_in_flight <= 4);
+    assert_eq!(f.pieces_verified(), 0);
+    assert!(matches!(f.poll(), FetchPoll::Finished));
+    let rebuilt: Vec<u8> = handed.into_values().flatten().collect();
+    assert_eq!(rebuilt, data);
 }

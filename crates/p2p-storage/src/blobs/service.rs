@@ -24,8 +24,8 @@ use ecomesh_replication::shard::{Fetcher, RequestId, ShardRequest};
 use ecomesh_types::PeerId;
 
 pub use self::config::BlobServiceConfig;
-use self::get::Slot;
-pub use self::get::{BlobGet, BlobResult};
+use self::get::Waiter;
+pub use self::get::{BlobFetch, BlobGet, BlobResult};
 use super::frame::FrameKind;
 use super::store::BlobStore;
 use crate::kv::Backend;
@@ -116,7 +116,7 @@ enum GetState {
 
 struct GetOp {
     id: BlobId,
-    slot: Slot,
+    waiter: Waiter,
     state: GetState,
 }
 

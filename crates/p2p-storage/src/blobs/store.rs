@@ -6,7 +6,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use ecomesh_replication::ReplicationError;
 use ecomesh_replication::blob::{
-    BlobConfig, BlobId, EncodedBlob, Encoding, Manifest, ManifestLimits, encode_blob_with, rebuild,
+    BlobConfig, BlobHasher, BlobId, EncodedBlob, Encoding, Manifest, ManifestLimits,
+    encode_blob_with, rebuild,
 };
 use ecomesh_replication::policy::{
     GcItem, GcVerdict, KeepReason, MAX_NAME_LEN, Pin, PinSet, ReplicationConfig, Scope,
@@ -58,6 +59,10 @@ fn corrupt(id: &str, reason: impl std::fmt::Display) -> StoreError {
         id: id.to_owned(),
         reason: reason.to_string(),
     }
+}
+
+fn write_error(e: std::io::Error) -> StoreError {
+    StoreError::Blob(ReplicationError::Storage(format!("writing a blob: {e}")))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -568,24 +573,132 @@ impl<B: Backend> BlobStore<B> {
 
     /// The blob rebuilt from local pieces alone, if its manifest and enough
     /// pieces are here (all of them, or any 4 of 7 shards). Verified against
-    /// the blob id. Marks the blob used at `now_ms`.
+    /// the blob id. Marks the blob used at `now_ms`. A `none` or `chunked`
+    /// blob is assembled in its own size of memory (each piece is read once
+    /// and hashed once, into the whole blob's hash; see
+    /// [`BlobStore::write_local`]).
     pub fn read_local(&self, blob: &BlobId, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let Some(stored) = self.manifest(blob)? else {
             return Ok(None);
         };
+        if stored.manifest.encoding() != Encoding::Rs4x7 {
+            if !self.holds_all(&stored.manifest)? {
+                return Ok(None);
+            }
+            // Every piece is here, so the length is backed by bytes on disk.
+            let mut out = Vec::with_capacity(usize::try_from(stored.manifest.len()).unwrap_or(0));
+            return match self.stream_local(&stored.manifest, &mut out)? {
+                Some(_) => {
+                    self.touch(blob, now_ms)?;
+                    Ok(Some(out))
+                }
+                None => Ok(None),
+            };
+        }
         let mut pieces = self.local_pieces(&stored.manifest)?;
         if pieces.len() < stored.manifest.pieces_needed() {
             return Ok(None);
         }
-        if stored.manifest.encoding() == Encoding::Rs4x7 {
-            // Data shards first: they rebuild without decoding.
-            while pieces.len() > stored.manifest.pieces_needed() {
-                pieces.pop_last();
-            }
+        // Data shards first: they rebuild without decoding.
+        while pieces.len() > stored.manifest.pieces_needed() {
+            pieces.pop_last();
         }
         let data = rebuild(&stored.manifest, &pieces)?;
         self.touch(blob, now_ms)?;
         Ok(Some(data))
+    }
+
+    /// Writes blob `blob` from local pieces to `out` and returns its length,
+    /// or `None` (nothing written) when its manifest or pieces are not all
+    /// here. A `none` or `chunked` blob streams: one piece in memory at a
+    /// time, each read once and hashed once into the whole blob's hash,
+    /// which is checked at the end (an `rs-4-7` blob is rebuilt in memory
+    /// first, as [`BlobStore::read_local`] does). On an error the bytes
+    /// already written are not the blob and must be discarded; a local
+    /// piece found damaged is removed so that it can be fetched again.
+    /// Marks the blob used at `now_ms`.
+    pub fn write_local(
+        &self,
+        blob: &BlobId,
+        out: &mut dyn std::io::Write,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(stored) = self.manifest(blob)? else {
+            return Ok(None);
+        };
+        if stored.manifest.encoding() == Encoding::Rs4x7 {
+            let Some(data) = self.read_local(blob, now_ms)? else {
+                return Ok(None);
+            };
+            out.write_all(&data).map_err(write_error)?;
+            return Ok(Some(data.len() as u64));
+        }
+        if !self.holds_all(&stored.manifest)? {
+            return Ok(None);
+        }
+        let written = self.stream_local(&stored.manifest, out)?;
+        if written.is_some() {
+            self.touch(blob, now_ms)?;
+        }
+        Ok(written)
+    }
+
+    /// True when every piece of `manifest` is held (their bytes are not read).
+    fn holds_all(&self, manifest: &Manifest) -> Result<bool, StoreError> {
+        for id in manifest.pieces() {
+            if !self.has_piece(id)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Streams the pieces of a `none` or `chunked` blob to `out` in order,
+    /// hashing them into the blob's id; `None` when a piece is missing
+    /// before anything was written.
+    fn stream_local(
+        &self,
+        manifest: &Manifest,
+        out: &mut dyn std::io::Write,
+    ) -> Result<Option<u64>, StoreError> {
+        let blob = manifest.id();
+        let mut hasher = BlobHasher::new();
+        let mut written = 0_u64;
+        for (index, id) in manifest.pieces().iter().enumerate() {
+            let Some(bytes) = self.backend.get(&key(PIECE, &[id.as_bytes()]))? else {
+                if written == 0 {
+                    return Ok(None);
+                }
+                return Err(ReplicationError::Unrecoverable {
+                    what: blob.to_text(),
+                    detail: format!("piece {index} was removed while the blob was read"),
+                }
+                .into());
+            };
+            if manifest.piece_size(index) != Some(bytes.len() as u64) {
+                tracing::warn!(piece = %id, "local blob piece of the wrong length dropped");
+                self.remove_piece(id)?;
+                return Err(corrupt(&id.to_text(), "piece of the wrong length"));
+            }
+            hasher.update(&bytes);
+            out.write_all(&bytes).map_err(write_error)?;
+            written += bytes.len() as u64;
+        }
+        if hasher.finish() == blob {
+            return Ok(Some(written));
+        }
+        // Which piece rotted? Each is hashed on its own to find out, and
+        // dropped so that it is fetched again.
+        for id in manifest.pieces() {
+            if let Err(StoreError::Corrupt { reason, .. }) = self.piece(id) {
+                tracing::warn!(piece = %id, %reason, "damaged blob piece dropped");
+                self.remove_piece(id)?;
+            }
+        }
+        Err(corrupt(
+            &blob.to_text(),
+            "local pieces do not rebuild the blob",
+        ))
     }
 
     /// Marks `blob` used at `now_ms` (a later stored time is kept).

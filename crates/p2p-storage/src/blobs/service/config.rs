@@ -81,7 +81,7 @@ impl Default for BlobServiceConfig {
             request_timeout_ms: 15_000,
             max_in_flight: 32,
             max_queued: 65_536,
-            fetch_in_flight: 4,
+            fetch_in_flight: 8,
             manifest_peers: 3,
             max_part_bytes: (1 << 20) + (64 << 10),
             max_reassembly_bytes: 64 << 20,

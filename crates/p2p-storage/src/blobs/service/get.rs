@@ -13,15 +13,25 @@ use ecomesh_types::PeerId;
 
 use super::super::frame::FrameKind;
 use super::{BlobService, Driver, GetOp, GetState, Purpose, Queued, ShardOrManifest, lock};
+
+impl Waiter {
+    fn fail(self, e: StoreError) {
+        match self {
+            Waiter::Bytes(s) => fill(&s, Err(e)),
+            Waiter::Local(s) => fill(&s, Err(e)),
+        }
+    }
+}
 use crate::StoreError;
 use crate::kv::Backend;
 
 /// What the answer to a get is.
 pub type BlobResult = Result<Vec<u8>, StoreError>;
 
-pub(super) type Slot = Arc<Mutex<(Option<BlobResult>, Option<Waker>)>>;
+/// Where a result waits for its future.
+pub(super) type Slot<T> = Arc<Mutex<(Option<Result<T, StoreError>>, Option<Waker>)>>;
 
-fn fill(slot: &Slot, value: BlobResult) {
+fn fill<T>(slot: &Slot<T>, value: Result<T, StoreError>) {
     let waker = {
         let mut s = lock(slot);
         if s.0.is_none() {
@@ -34,12 +44,31 @@ fn fill(slot: &Slot, value: BlobResult) {
     }
 }
 
+fn poll_slot<T>(slot: &Slot<T>, cx: &Context<'_>) -> Poll<Result<T, StoreError>> {
+    let mut s = lock(slot);
+    match s.0.take() {
+        Some(v) => Poll::Ready(v),
+        None => {
+            s.1 = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
+
+/// Who waits for a get, and for what.
+pub(super) enum Waiter {
+    /// [`BlobService::get_blob`]: the blob's bytes.
+    Bytes(Slot<Vec<u8>>),
+    /// [`BlobService::fetch_blob`]: its length, once every piece is local.
+    Local(Slot<u64>),
+}
+
 /// The pending result of [`BlobService::get_blob`]: a future, or poll it
 /// without an executor with [`BlobGet::try_take`]. It completes during a
 /// later [`BlobService::process`] (or at once when the blob is local).
 #[derive(Debug)]
 pub struct BlobGet {
-    slot: Slot,
+    slot: Slot<Vec<u8>>,
 }
 
 impl BlobGet {
@@ -53,14 +82,31 @@ impl BlobGet {
 impl Future for BlobGet {
     type Output = BlobResult;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut s = lock(&self.slot);
-        match s.0.take() {
-            Some(v) => Poll::Ready(v),
-            None => {
-                s.1 = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
+        poll_slot(&self.slot, cx)
+    }
+}
+
+/// The pending result of [`BlobService::fetch_blob`]: the blob's length once
+/// every piece it needs is stored locally (read it with
+/// [`BlobStore::write_local`](super::super::BlobStore::write_local)). A
+/// future, or poll it with [`BlobFetch::try_take`].
+#[derive(Debug)]
+pub struct BlobFetch {
+    slot: Slot<u64>,
+}
+
+impl BlobFetch {
+    /// The result, once; `None` while it is still being fetched (or after it
+    /// was taken).
+    pub fn try_take(&self) -> Option<Result<u64, StoreError>> {
+        lock(&self.slot).0.take()
+    }
+}
+
+impl Future for BlobFetch {
+    type Output = Result<u64, StoreError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        poll_slot(&self.slot, cx)
     }
 }
 
@@ -73,26 +119,70 @@ impl<B: Backend> BlobService<B> {
     /// Then each missing piece is asked with `Get` of one holder at a time
     /// (local pieces first, then the peers recorded as confirmed replicas,
     /// then every connected peer by reputation), `fetch_in_flight` at most;
-    /// every piece is verified against its id (a mismatch is refused,
-    /// charged to the sender and asked elsewhere), verified pieces are
-    /// cached locally, and the blob is rebuilt (any 4 of 7 shards) and
-    /// checked against `id`. Fails with
+    /// every piece is verified against its id on arrival (a mismatch is
+    /// refused, charged to the sender and asked elsewhere) and cached
+    /// locally, not held; once all are here the blob is read back from the
+    /// local pieces (any 4 of 7 shards) and checked against `id`. Fails with
     /// [`ReplicationError::Unrecoverable`] (in [`StoreError::Blob`]) when no
     /// peer has the manifest or too few pieces can be had.
+    ///
+    /// The result holds the whole blob in memory; [`fetch_blob`](Self::fetch_blob)
+    /// with [`BlobStore::write_local`](super::super::BlobStore::write_local)
+    /// does the same in memory bounded by `fetch_in_flight` pieces.
     pub fn get_blob(&self, id: BlobId, now_ms: u64) -> BlobGet {
-        let slot: Slot = Arc::default();
+        let slot: Slot<Vec<u8>> = Arc::default();
         match self.store.read_local(&id, now_ms) {
             Ok(Some(data)) => {
                 fill(&slot, Ok(data));
                 lock(&self.driver).stats.gets_done += 1;
-                return BlobGet { slot };
             }
-            Ok(None) => {}
-            Err(e) => {
-                fill(&slot, Err(e));
-                return BlobGet { slot };
+            Ok(None) => self.start_get(id, Waiter::Bytes(slot.clone())),
+            Err(e) => fill(&slot, Err(e)),
+        }
+        BlobGet { slot }
+    }
+
+    /// Makes every piece of blob `id` that a read needs local (all of them,
+    /// or 4 of 7 shards), fetching the missing ones as
+    /// [`get_blob`](Self::get_blob) does, and resolves to the blob's length
+    /// without reading it: pieces are verified on arrival and go straight to
+    /// the store, so memory stays bounded by `fetch_in_flight` pieces
+    /// whatever the blob's size. Read the blob with
+    /// [`BlobStore::write_local`](super::super::BlobStore::write_local),
+    /// which checks it against `id`.
+    pub fn fetch_blob(&self, id: BlobId, now_ms: u64) -> BlobFetch {
+        let slot: Slot<u64> = Arc::default();
+        match self.local_len(&id) {
+            Ok(Some(len)) => {
+                if let Err(e) = self.store.touch(&id, now_ms) {
+                    tracing::warn!(error = %e, "blob use not recorded");
+                }
+                fill(&slot, Ok(len));
+                lock(&self.driver).stats.gets_done += 1;
+            }
+            Ok(None) => self.start_get(id, Waiter::Local(slot.clone())),
+            Err(e) => fill(&slot, Err(e)),
+        }
+        BlobFetch { slot }
+    }
+
+    /// The length of blob `id` when its manifest and enough pieces to read
+    /// it are local (their bytes are not read).
+    fn local_len(&self, id: &BlobId) -> Result<Option<u64>, StoreError> {
+        let Some(stored) = self.store.manifest(id)? else {
+            return Ok(None);
+        };
+        let mut held = 0;
+        for piece in stored.manifest.pieces() {
+            if self.store.has_piece(piece)? {
+                held += 1;
             }
         }
+        Ok((held >= stored.manifest.pieces_needed()).then_some(stored.manifest.len()))
+    }
+
+    /// Registers a get that fetches from peers (or fails `waiter` at once).
+    fn start_get(&self, id: BlobId, waiter: Waiter) {
         {
             let mut d = lock(&self.driver);
             let get = d.next_get;
@@ -100,32 +190,18 @@ impl<B: Backend> BlobService<B> {
             let state = match self.store.manifest(&id) {
                 Ok(Some(stored)) => match self.fetcher(stored.manifest) {
                     Ok(f) => GetState::Fetching(Box::new(f)),
-                    Err(e) => {
-                        fill(&slot, Err(e));
-                        return BlobGet { slot };
-                    }
+                    Err(e) => return waiter.fail(e),
                 },
                 Ok(None) => GetState::Manifest {
                     started: false,
                     asked: 0,
                     answered: 0,
                 },
-                Err(e) => {
-                    fill(&slot, Err(e));
-                    return BlobGet { slot };
-                }
+                Err(e) => return waiter.fail(e),
             };
-            d.gets.insert(
-                get,
-                GetOp {
-                    id,
-                    slot: slot.clone(),
-                    state,
-                },
-            );
+            d.gets.insert(get, GetOp { id, waiter, state });
         }
         self.wake();
-        BlobGet { slot }
     }
 
     fn fetcher(&self, manifest: Manifest) -> Result<Fetcher, StoreError> {
@@ -145,6 +221,9 @@ impl<B: Backend> BlobService<B> {
         let config = FetchConfig {
             max_in_flight: self.config.fetch_in_flight.max(1),
             limits: self.config.limits,
+            // Verified pieces go to the store (see `on_shard_response`), so
+            // a get holds only the pieces in flight.
+            keep_pieces: false,
         };
         Ok(Fetcher::new(manifest, holders, config)?)
     }
@@ -194,23 +273,59 @@ impl<B: Backend> BlobService<B> {
         }
     }
 
-    fn finish(&self, d: &mut Driver, get: u64, result: BlobResult) {
+    /// Ends get `get`: `Ok` once its pieces are local (or with the blob
+    /// itself, from a fetcher that kept its pieces), or the failure.
+    fn finish(&self, d: &mut Driver, get: u64, result: Result<Option<Vec<u8>>, StoreError>) {
         // Pieces cached while fetching reach the disk now.
         if let Err(e) = self.store.flush() {
             tracing::warn!(error = %e, "fetched pieces not flushed");
         }
-        if let Some(op) = d.gets.remove(&get) {
-            if result.is_ok() {
-                d.stats.gets_done += 1;
-                if let Err(e) = self.store.touch(&op.id, d.now_ms) {
-                    tracing::warn!(error = %e, "blob use not recorded");
-                }
-            } else {
-                d.stats.gets_failed += 1;
+        let Some(op) = d.gets.remove(&get) else {
+            return; // Requests still out for it are answered into the void.
+        };
+        let done = match (result, op.waiter) {
+            (Err(e), waiter) => {
+                waiter.fail(e);
+                false
             }
-            fill(&op.slot, result);
+            (Ok(bytes), Waiter::Bytes(slot)) => {
+                let read = match bytes {
+                    Some(b) => Ok(b),
+                    None => self.store.read_local(&op.id, d.now_ms).and_then(|b| {
+                        b.ok_or_else(|| {
+                            ReplicationError::Unrecoverable {
+                                what: op.id.to_text(),
+                                detail: "fetched pieces are no longer here".to_owned(),
+                            }
+                            .into()
+                        })
+                    }),
+                };
+                let ok = read.is_ok();
+                fill(&slot, read);
+                ok
+            }
+            (Ok(bytes), Waiter::Local(slot)) => {
+                let len = match bytes {
+                    Some(b) => Ok(b.len() as u64),
+                    None => self
+                        .store
+                        .manifest(&op.id)
+                        .map(|m| m.map_or(0, |m| m.manifest.len())),
+                };
+                let ok = len.is_ok();
+                fill(&slot, len);
+                ok
+            }
+        };
+        if done {
+            d.stats.gets_done += 1;
+            if let Err(e) = self.store.touch(&op.id, d.now_ms) {
+                tracing::warn!(error = %e, "blob use not recorded");
+            }
+        } else {
+            d.stats.gets_failed += 1;
         }
-        // Requests still out for it are answered into the void.
     }
 
     /// Starts manifest lookups and drives fetchers until they wait.
@@ -324,7 +439,8 @@ impl<B: Backend> BlobService<B> {
                     }
                 }
                 FetchPoll::Wait | FetchPoll::Finished => return,
-                FetchPoll::Done(data) => return self.finish(d, get, Ok(data)),
+                FetchPoll::Done(data) => return self.finish(d, get, Ok(Some(data))),
+                FetchPoll::Fetched => return self.finish(d, get, Ok(None)),
                 FetchPoll::Failed(e) => return self.finish(d, get, Err(e.into())),
             }
         }

@@ -29,20 +29,25 @@ impl<B: Backend> BlobService<B> {
             Ok(e) => e,
             Err(e) => return self.charge(d, from, &e),
         };
-        let whole = if env.parts == 1 {
-            env.payload.to_vec()
+        // A one-part frame (every default-sized piece) is used where it lies.
+        let joined;
+        let whole: &[u8] = if env.parts == 1 {
+            env.payload
         } else {
             match self.reassemble(d, from, &env) {
-                Ok(Some(w)) => w,
+                Ok(Some(w)) => {
+                    joined = w;
+                    &joined
+                }
                 Ok(None) => return,
                 Err(e) => return self.charge(d, from, &e),
             }
         };
         let now = d.now_ms;
         match env.kind {
-            FrameKind::ShardRequest => self.serve(d, from, env.request, &whole, now),
-            FrameKind::ShardResponse => self.on_shard_response(d, from, env.request, &whole),
-            FrameKind::ManifestRequest => match frame::decode_manifest_request(&whole) {
+            FrameKind::ShardRequest => self.serve(d, from, env.request, whole, now),
+            FrameKind::ShardResponse => self.on_shard_response(d, from, env.request, whole),
+            FrameKind::ManifestRequest => match frame::decode_manifest_request(whole) {
                 Ok(id) => {
                     d.stats.requests_served += 1;
                     let answer = match self.store.manifest(&id) {
@@ -80,7 +85,7 @@ impl<B: Backend> BlobService<B> {
                     return self.manifest_answer(d, get, None, now);
                 }
                 let expected = d.gets.get(&get).map(|op| op.id);
-                match frame::decode_manifest(&whole, &self.config.manifest_limits) {
+                match frame::decode_manifest(whole, &self.config.manifest_limits) {
                     Ok((c, m)) if Some(m.id()) == expected => {
                         self.manifest_answer(d, get, Some((c, m)), now);
                     }
@@ -96,7 +101,7 @@ impl<B: Backend> BlobService<B> {
                 }
             }
             FrameKind::Announce => {
-                match frame::decode_manifest(&whole, &self.config.manifest_limits) {
+                match frame::decode_manifest(whole, &self.config.manifest_limits) {
                     Ok((c, m)) => {
                         if let Err(e) = self.store.adopt_manifest(&c, &m, now) {
                             tracing::warn!(error = %e, "announced manifest not stored");

@@ -36,6 +36,11 @@ pub enum FetchPoll {
     Wait,
     /// The blob, rebuilt and verified against its id. Returned once.
     Done(Vec<u8>),
+    /// Enough pieces were verified and handed to the driver (the fetcher was
+    /// made with [`FetchConfig::keep_pieces`] false, so it holds none of
+    /// them): the driver rebuilds the blob from where it put them and checks
+    /// it against the blob id. Returned once.
+    Fetched,
     /// Not enough pieces can be had from the known holders. Returned once.
     Failed(ReplicationError),
     /// `Done` or `Failed` was already returned.
@@ -49,6 +54,13 @@ pub struct FetchConfig {
     pub max_in_flight: usize,
     /// Bounds on response frames.
     pub limits: ShardLimits,
+    /// Whether verified pieces are kept until the blob is rebuilt (default
+    /// true: [`FetchPoll::Done`] carries the blob). False: each verified
+    /// piece is only handed to the callback of
+    /// [`Fetcher::on_response_with`], the fetcher holds at most the frames
+    /// it is handed (memory bounded by `max_in_flight` pieces, not by the
+    /// blob), and the end is [`FetchPoll::Fetched`].
+    pub keep_pieces: bool,
 }
 
 impl Default for FetchConfig {
@@ -56,6 +68,7 @@ impl Default for FetchConfig {
         FetchConfig {
             max_in_flight: 4,
             limits: ShardLimits::default(),
+            keep_pieces: true,
         }
     }
 }
@@ -73,6 +86,7 @@ struct Piece {
 enum State {
     Running,
     Done(Vec<u8>),
+    Fetched,
     Failed(ReplicationError),
     Finished,
 }
@@ -145,7 +159,7 @@ impl Fetcher {
     }
 
     /// How many verified pieces are in (they are released, and this is 0,
-    /// once the blob is built).
+    /// once the blob is built or handed over).
     pub fn pieces_verified(&self) -> usize {
         self.have.len()
     }
@@ -164,6 +178,7 @@ impl Fetcher {
     pub fn poll(&mut self) -> FetchPoll {
         match std::mem::replace(&mut self.state, State::Finished) {
             State::Done(blob) => return FetchPoll::Done(blob),
+            State::Fetched => return FetchPoll::Fetched,
             State::Failed(e) => return FetchPoll::Failed(e),
             State::Finished => return FetchPoll::Finished,
             State::Running => self.state = State::Running,
@@ -242,6 +257,11 @@ impl Fetcher {
     /// Rebuilds from the verified pieces; the result waits for `poll`.
     fn complete(&mut self) {
         self.out.clear();
+        if !self.config.keep_pieces {
+            self.have.clear();
+            self.state = State::Fetched;
+            return;
+        }
         // The pieces are released once the blob is built.
         let pieces = std::mem::take(&mut self.have);
         self.state = match rebuild_verified_owned(&self.manifest, pieces) {
@@ -299,7 +319,13 @@ impl Fetcher {
                     });
                 }
                 verified(piece_id, &data);
-                self.have.insert(index, data);
+                // Without keep_pieces only the index is remembered.
+                let kept = if self.config.keep_pieces {
+                    data
+                } else {
+                    Vec::new()
+                };
+                self.have.insert(index, kept);
                 if self.have.len() >= self.manifest.pieces_needed() {
                     self.complete();
                 }

@@ -57,6 +57,7 @@ pub fn frame(data: &[u8]) {
     let config = FetchConfig {
         max_in_flight: 1,
         limits: SMALL,
+        keep_pieces: true,
     };
     let Ok(mut fetcher) = Fetcher::new(enc.manifest, vec![vec![holder]], config) else {
         return;
