@@ -171,11 +171,11 @@ fn populated(n: usize) -> (tempfile::TempDir, BenchStore, tempfile::TempDir, sle
 }
 
 /// Records the batches of two calls of `write` (given -1, then -2; each
-/// write stores new bytes at least under its state and Merkle keys), then returns the seconds per replay on `db`
-/// (which holds what the store holds) of the two alternately, each version
-/// key renamed to a new key: every replay changes what it writes, as the
-/// store's writes do. (Replaying one recording again would rewrite every key
-/// with the bytes it holds, which sled skips without writing.)
+/// stores new bytes at least under its state and Merkle keys), then returns
+/// the seconds per replay of the two alternately on `db` (which holds what the
+/// store holds), each version key renamed to a new key: every replay changes
+/// what it writes, as the store's writes do. (Replaying one recording again
+/// would set every key to the bytes it holds, which sled skips.)
 fn replay_seconds(
     store: &BenchStore,
     db: &sled::Db,
