@@ -12,6 +12,14 @@ use std::process::ExitCode;
 
 use ecomesh_benches::compare::{self, AREAS, Options};
 
+/// The global allocator: mimalloc, as in the node binary (`ecomesh`), so the
+/// store rows measure what ships. The store's write path (sled's
+/// copy-on-write pages and the version, state and Merkle encoders) is
+/// allocation-heavy; with glibc's malloc a single-document write took about
+/// twice the CPU time (issue 16, docs/benchmarks.md "Store writes").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BEGIN: &str = "<!-- compare:begin -->";
 const END: &str = "<!-- compare:end -->";
 

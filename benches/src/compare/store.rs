@@ -99,12 +99,31 @@ type BenchStore = Store<Recording>;
 
 /// Applies recorded batches to raw sled.
 fn replay(db: &sled::Db, batches: &[Vec<(sled::IVec, Option<sled::IVec>)>]) {
+    replay_renaming_versions(db, batches, None);
+}
+
+/// Applies recorded batches to raw sled; with `fresh`, each version key gets
+/// that suffix, so the replay inserts a new version as the store's write did
+/// (sled skips a set of a key to the bytes it already holds).
+fn replay_renaming_versions(
+    db: &sled::Db,
+    batches: &[Vec<(sled::IVec, Option<sled::IVec>)>],
+    fresh: Option<u64>,
+) {
     for batch in batches {
         let mut b = sled::Batch::default();
         for (k, v) in batch {
+            let k = match fresh {
+                Some(n) if k.first() == Some(&b'V') => {
+                    let mut renamed = k.to_vec();
+                    renamed.extend_from_slice(&n.to_be_bytes());
+                    sled::IVec::from(renamed)
+                }
+                _ => k.clone(),
+            };
             match v {
-                Some(v) => b.insert(k.clone(), v.clone()),
-                None => b.remove(k.clone()),
+                Some(v) => b.insert(k, v.clone()),
+                None => b.remove(k),
             }
         }
         db.apply_batch(b).expect("raw batch");
@@ -151,22 +170,33 @@ fn populated(n: usize) -> (tempfile::TempDir, BenchStore, tempfile::TempDir, sle
     (dir, store, raw_dir, db)
 }
 
-/// Records the batch of one call of `write`, then returns the seconds per
-/// replay of it on `db` (which holds what the store holds, so the replay
-/// rewrites the same keys with the same bytes).
+/// Records the batches of two calls of `write` (given -1, then -2; each
+/// stores new bytes at least under its state and Merkle keys), then returns
+/// the seconds per replay of the two alternately on `db` (which holds what the
+/// store holds), each version key renamed to a new key: every replay changes
+/// what it writes, as the store's writes do. (Replaying one recording again
+/// would set every key to the bytes it holds, which sled skips.)
 fn replay_seconds(
     store: &BenchStore,
     db: &sled::Db,
     budget: Duration,
     rounds: u32,
-    write: impl FnOnce(),
+    mut write: impl FnMut(i64),
 ) -> f64 {
     store.backend().recording.store(true, Ordering::Relaxed);
-    write();
+    write(-1);
+    let first = ivecs(store.backend().take());
+    write(-2);
+    let second = ivecs(store.backend().take());
     store.backend().recording.store(false, Ordering::Relaxed);
-    let batches = ivecs(store.backend().take());
-    replay(db, &batches);
-    seconds_per_call(budget, rounds, || replay(db, &batches))
+    replay(db, &first);
+    replay(db, &second);
+    let mut n = 0_u64;
+    seconds_per_call(budget, rounds, || {
+        n += 1;
+        let batches = if n % 2 == 0 { &second } else { &first };
+        replay_renaming_versions(db, batches, Some(n));
+    })
 }
 
 /// Raw sled with its background flush off.
@@ -308,17 +338,19 @@ pub fn rows(options: &Options) -> Vec<Row> {
     let batch_docs_per_s = BATCH as f64 / batch;
 
     // Raw sled writing exactly the keys and values each write stored.
-    let set_same = replay_seconds(&store, &same, budget, rounds, || {
+    // The set row writes a document's own fields again: new state, version
+    // and Merkle path, the same document record and index entries.
+    let set_same = replay_seconds(&store, &same, budget, rounds, |_| {
         store
             .set("c", &doc_id(1), fields(1), SetOptions::REPLACE)
             .expect("set");
     });
-    let batch_same = replay_seconds(&store, &same, budget, rounds, || {
+    let batch_same = replay_seconds(&store, &same, budget, rounds, |amount| {
         let ops = (0..BATCH)
             .map(|k| {
                 let i = k * STRIDE % n;
                 let mut f = fields(i);
-                f.insert("amount".into(), Value::Integer(-1));
+                f.insert("amount".into(), Value::Integer(amount));
                 set_op(i, f)
             })
             .collect();

@@ -16,6 +16,13 @@ use ecomesh_node::paths::DataDir;
 use ecomesh_node::progress::Progress;
 use ecomesh_types::PeerId;
 
+/// The global allocator: mimalloc. The store's write path (sled's
+/// copy-on-write pages and the version, state and Merkle encoders) is
+/// allocation-heavy; with glibc's malloc a single-document write took about
+/// twice the CPU time (issue 16, docs/benchmarks.md "Store writes").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// ecomesh: an offline-first data layer over any network.
 ///
 /// Run `ecomesh node` (it initialises the data directory on first run), then

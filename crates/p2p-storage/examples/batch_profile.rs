@@ -7,6 +7,10 @@
 //!
 //! `cargo run --release -p ecomesh-p2p-storage --example batch_profile [ROUNDS]`
 
+// The allocator of the node binary and the compare bench.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 use ecomesh_identity::Identity;
