@@ -194,7 +194,7 @@ fn replay_seconds(
     let mut n = 0_u64;
     seconds_per_call(budget, rounds, || {
         n += 1;
-        let batches = if n % 2 == 0 { &second } else { &first };
+        let batches = if n.is_multiple_of(2) { &second } else { &first };
         replay_renaming_versions(db, batches, Some(n));
     })
 }
