@@ -42,6 +42,7 @@ fn arg(i: usize, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+#[allow(clippy::print_stdout)]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let size = arg(1, 64 << 10).max(1);
     let total = arg(2, 64) << 20;

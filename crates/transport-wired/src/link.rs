@@ -915,7 +915,7 @@ mod tests {
             for (i, r) in recs.iter().enumerate() {
                 let want = if i + 1 == recs.len() { END } else { MORE };
                 proptest::prop_assert_eq!(r[0], want);
-                proptest::prop_assert!(r.len() - 1 <= chunk.min(MAX_MESSAGE_LEN - 1).max(FIRST_CHUNK));
+                proptest::prop_assert!(r.len() - 1 <= chunk.clamp(FIRST_CHUNK, MAX_MESSAGE_LEN - 1));
                 body.extend_from_slice(&r[1..]);
             }
             proptest::prop_assert_eq!(body, encode_message(&m));
