@@ -353,7 +353,13 @@ fn invalid(e: InternetError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-/// Reads one frame body of at most `max` bytes. The buffer grows only as bytes arrive.
+/// The first read of a frame body takes at most this many bytes; each later one at most
+/// as many as arrived so far, so the buffer grows only as bytes arrive.
+#[cfg(feature = "swarm")]
+const FIRST_READ: usize = 64 << 10;
+
+/// Reads one frame body of at most `max` bytes. The buffer grows only as bytes arrive
+/// (at most doubling, from [`FIRST_READ`]), and is read into in large pieces.
 #[cfg(feature = "swarm")]
 pub async fn read_frame<T: AsyncRead + Unpin + Send>(
     io: &mut T,
@@ -362,13 +368,23 @@ pub async fn read_frame<T: AsyncRead + Unpin + Send>(
     let mut head = [0_u8; 4];
     io.read_exact(&mut head).await?;
     let len = frame_len(u32::from_be_bytes(head), max).map_err(invalid)?;
-    let mut body = Vec::new();
-    io.take(len as u64).read_to_end(&mut body).await?;
-    if body.len() != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "frame ended early",
-        ));
+    let mut body = Vec::with_capacity(len.min(FIRST_READ));
+    while body.len() < len {
+        let have = body.len();
+        let want = (len - have).min(have.max(FIRST_READ));
+        body.resize(have + want, 0);
+        let mut at = have;
+        while at < have + want {
+            match io.read(&mut body[at..]).await? {
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "frame ended early",
+                    ));
+                }
+                n => at += n,
+            }
+        }
     }
     Ok(body)
 }
@@ -485,6 +501,20 @@ impl request_response::Codec for EcomeshCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
+        if let Request::Message(msg) = &req {
+            // The length and tag go out ahead of the message's encoding, which is
+            // written as it is: no tagged copy of the body. Same bytes as
+            // `frame(encode_request(..))`.
+            let encoded = ecomesh_wire::encode_message(msg);
+            let size = encoded.len() + 1;
+            check_size(size, self.limits.max_request).map_err(invalid)?;
+            let len = u32::try_from(size)
+                .map_err(|_| invalid(InternetError::Malformed("frame over 4 GiB")))?;
+            let [a, b, c, d] = len.to_be_bytes();
+            io.write_all(&[a, b, c, d, TAG_MESSAGE]).await?;
+            io.write_all(&encoded).await?;
+            return io.close().await;
+        }
         let body = encode_request(&req, self.limits.max_request).map_err(invalid)?;
         write_frame(io, &body).await
     }
@@ -696,6 +726,84 @@ mod tests {
                 .await
                 .unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        });
+    }
+
+    /// The codec writes a message request as `frame(encode_request(..))` without
+    /// building the tagged body, and reads a body far larger than its first read.
+    #[cfg(feature = "swarm")]
+    #[test]
+    fn async_codec_writes_message_requests_byte_identically() {
+        use request_response::Codec;
+        futures::executor::block_on(async {
+            let mut codec = EcomeshCodec {
+                limits: Limits::default(),
+            };
+            for len in [0usize, 1, 70_000, 1 << 20] {
+                let req = Request::Message(NetworkMessage {
+                    id: MessageId([3; 16]),
+                    message_type: "bulk".into(),
+                    payload: (0..len).map(|i| (i * 7) as u8).collect(),
+                    sender: PeerId::from_digest([1; 32]),
+                    recipient: Some(PeerId::from_digest([2; 32])),
+                    timestamp_ms: 9,
+                    ttl_secs: 60,
+                    hop_count: 0,
+                    max_hops: 3,
+                    signature: Signature::UNSIGNED,
+                });
+                let mut out = Vec::new();
+                codec
+                    .write_request(
+                        &PROTOCOL,
+                        &mut futures::io::Cursor::new(&mut out),
+                        req.clone(),
+                    )
+                    .await
+                    .unwrap();
+                let want = frame(&encode_request(&req, Limits::default().max_request).unwrap());
+                assert_eq!(out, want.unwrap(), "payload {len}");
+                let got = codec
+                    .read_request(&PROTOCOL, &mut futures::io::Cursor::new(&out))
+                    .await
+                    .unwrap();
+                assert_eq!(got, req);
+                // One byte short: the read ends early.
+                let e = codec
+                    .read_request(
+                        &PROTOCOL,
+                        &mut futures::io::Cursor::new(&out[..out.len() - 1]),
+                    )
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+            }
+            // Over the limit: refused before anything is written.
+            let mut small = EcomeshCodec {
+                limits: Limits {
+                    max_request: 64,
+                    max_response: 64,
+                },
+            };
+            let big = Request::Message(NetworkMessage {
+                id: MessageId([3; 16]),
+                message_type: "bulk".into(),
+                payload: vec![0; 100],
+                sender: PeerId::from_digest([1; 32]),
+                recipient: None,
+                timestamp_ms: 9,
+                ttl_secs: 60,
+                hop_count: 0,
+                max_hops: 3,
+                signature: Signature::UNSIGNED,
+            });
+            let mut out = Vec::new();
+            let e = small
+                .write_request(&PROTOCOL, &mut futures::io::Cursor::new(&mut out), big)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            assert!(out.is_empty());
         });
     }
 

@@ -19,12 +19,19 @@
 //! [`RECEIVE_BUFFER`] bytes, the reassembly at most one maximal message plus one record.
 //!
 //! # Copies
-//! A message is encoded once; each record is sealed from that encoding straight into
-//! the output buffer (the record's kind byte borrows the byte before its chunk, so no
-//! record is assembled apart), and the driver writes the output without copying it
+//! A message whose payload is at least [`SPLIT_MIN_PAYLOAD`] bytes is never encoded
+//! whole: its encoding is `head || payload || tail` (`head` and `tail` are a few hundred
+//! bytes at most), sent as a `MORE` record of `head` and the payload's first byte, `MORE`
+//! records of the payload sealed straight from the message (each record's kind byte
+//! borrows the byte before its piece, which is restored), and an `END` record of
+//! `tail`. A smaller message is encoded once and cut from its start (the first record
+//! [`FIRST_CHUNK`] bytes, assembled apart, then pieces sealed the same way). Either
+//! way, the cipher's own copy into the output buffer is the only copy of a payload
+//! byte on the sending side, and the driver writes the output without copying it
 //! ([`Link::swap_output`]). Received bytes are read straight into the link's buffer
-//! ([`Link::read_buf`], [`Link::commit`]), and each record is decrypted straight onto the
-//! end of the reassembly, which is decoded once complete.
+//! ([`Link::read_buf`], [`Link::commit`]), and each record is decrypted straight onto
+//! the end of the reassembly, which is decoded once complete. Size checks use
+//! `ecomesh_wire::encoded_message_len`, never a trial encoding.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,7 +41,7 @@ use ecomesh_identity::noise::{
 };
 use ecomesh_identity::{AccessPolicy, Identity, PublicKey};
 use ecomesh_types::{NetworkMessage, PeerId};
-use ecomesh_wire::{Limits, decode_message_with, encode_message};
+use ecomesh_wire::{Limits, decode_message_with, encode_message, encoded_message_len};
 
 use crate::error::WiredError;
 
@@ -54,6 +61,9 @@ const MIN_READ: usize = FRAME_HEADER_LEN + MAX_MESSAGE_LEN;
 /// Bytes of a message sent in its first record, which is assembled apart (the others
 /// borrow the byte before their chunk for their kind byte).
 const FIRST_CHUNK: usize = 64;
+/// Payloads at least this long are sealed straight from the message ([`seal_split`]);
+/// a shorter message is encoded whole first ([`seal_message`]).
+const SPLIT_MIN_PAYLOAD: usize = 4096;
 /// Reassembly capacity kept between messages; more is released after a message.
 const KEEP_REASSEMBLY: usize = 2 << 20;
 
@@ -108,6 +118,8 @@ pub struct Link {
     rx_start: usize,
     rx_end: usize,
     out: Vec<u8>,
+    /// Small records assembled before sealing (the head and tail of a large message).
+    scratch: Vec<u8>,
     events: VecDeque<LinkEvent>,
     /// A placeholder byte, then the message bytes received so far; records are
     /// decrypted onto its end (see `on_transport_frame`).
@@ -165,6 +177,7 @@ impl Link {
             rx_start: 0,
             rx_end: 0,
             out: Vec::new(),
+            scratch: Vec::new(),
             events: VecDeque::new(),
             reassembly: vec![0],
             peer: None,
@@ -442,25 +455,31 @@ impl Link {
     }
 
     /// Encrypts `msg` into output. Refuses before writing anything if its encoding is
-    /// over [`Link::send_limit`] or the link is not established.
-    pub fn send_message(&mut self, msg: &NetworkMessage) -> Result<(), WiredError> {
+    /// over [`Link::send_limit`] or the link is not established. The message is
+    /// unchanged on return: a large payload is sealed straight from `msg.payload`,
+    /// whose bytes serve as scratch while it is sealed (see [`seal_split`]).
+    pub fn send_message(&mut self, msg: &mut NetworkMessage) -> Result<(), WiredError> {
         if !self.is_established() {
             return Err(WiredError::NotEstablished);
         }
-        let mut bytes = encode_message(msg);
+        let size = encoded_message_len(msg);
         let max = self.send_limit();
-        if bytes.len() > max {
-            return Err(WiredError::TooLarge {
-                size: bytes.len(),
-                max,
-            });
+        if size > max {
+            return Err(WiredError::TooLarge { size, max });
         }
         let State::Open(session) = &mut self.state else {
             return Err(WiredError::NotEstablished);
         };
         let chunk_len = session.max_plaintext_len() - 1;
         let start = self.out.len();
-        if let Err(e) = seal_message(session.as_mut(), &mut bytes, chunk_len, &mut self.out) {
+        let sealed = seal_any(
+            session.as_mut(),
+            msg,
+            chunk_len,
+            &mut self.out,
+            &mut self.scratch,
+        );
+        if let Err(e) = sealed {
             self.out.truncate(start);
             return self.fail(e);
         }
@@ -568,6 +587,112 @@ fn seal_message(
     Ok(())
 }
 
+/// Seals `msg` as `MORE`* `END` records of at most `chunk_len` body bytes, the way a
+/// link does: a payload of at least [`SPLIT_MIN_PAYLOAD`] bytes straight from the
+/// message ([`seal_split`]), anything else from its whole encoding ([`seal_message`]).
+/// `msg` is unchanged on return.
+fn seal_any(
+    sealer: &mut impl Sealer,
+    msg: &mut NetworkMessage,
+    chunk_len: usize,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), WiredError> {
+    if msg.payload.len() >= SPLIT_MIN_PAYLOAD
+        && let Some((head, tail)) = encoding_around_payload(msg)
+        && head.len() < chunk_len
+        && tail.len() <= chunk_len
+    {
+        return seal_split(
+            sealer,
+            (&head, &mut msg.payload, &tail),
+            chunk_len,
+            out,
+            scratch,
+        );
+    }
+    seal_message(sealer, &mut encode_message(msg), chunk_len, out)
+}
+
+/// The full encoding of `msg` around its payload's bytes: `(head, tail)` with
+/// `encode_message(msg) == head || msg.payload || tail` (`head` ends with the payload's
+/// CBOR byte-string head). Found from two small encodings of `msg` with a 0- and a
+/// 1-byte payload, checked against [`encoded_message_len`]; `None` if the encoding
+/// does not have that shape. `msg` is unchanged on return.
+fn encoding_around_payload(msg: &mut NetworkMessage) -> Option<(Vec<u8>, Vec<u8>)> {
+    let payload = std::mem::take(&mut msg.payload);
+    let empty = encode_message(msg);
+    msg.payload.push(0);
+    let one = encode_message(msg);
+    msg.payload = payload;
+    // empty = P || 0x40 || S and one = P || 0x41 0x00 || S.
+    let p = empty.iter().zip(&one).take_while(|(a, b)| a == b).count();
+    let tail = empty.get(p + 1..)?;
+    if empty.get(p) != Some(&0x40)
+        || one.get(p..p + 2) != Some(&[0x41, 0x00][..])
+        || one.get(p + 2..) != Some(tail)
+    {
+        return None;
+    }
+    let mut head = empty[..p].to_vec();
+    let len = msg.payload.len() as u64;
+    match len {
+        0..24 => head.push(0x40 | len as u8),
+        24..=0xff => head.extend_from_slice(&[0x58, len as u8]),
+        0x100..=0xffff => {
+            head.push(0x59);
+            head.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            head.push(0x5a);
+            head.extend_from_slice(&(len as u32).to_be_bytes());
+        }
+        _ => {
+            head.push(0x5b);
+            head.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+    let whole = head.len() + msg.payload.len() + tail.len();
+    (whole == encoded_message_len(msg)).then(|| (head, tail.to_vec()))
+}
+
+/// Seals a message whose encoding is `head || payload || tail` (non-empty `payload`,
+/// `head` shorter than `chunk_len`, `tail` at most `chunk_len`) without encoding it
+/// whole: a first `MORE` record of `head` and the payload's first byte (assembled in
+/// `scratch`), `MORE` records of the rest of the payload in `chunk_len` pieces, each
+/// sealed in place with the byte before its piece lent to the kind byte (and
+/// restored), and an `END` record of `tail`.
+fn seal_split(
+    sealer: &mut impl Sealer,
+    (head, payload, tail): (&[u8], &mut [u8], &[u8]),
+    chunk_len: usize,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), WiredError> {
+    let chunk_len = chunk_len.max(1);
+    let Some(&first) = payload.first() else {
+        return Err(WiredError::Malformed("split message without payload"));
+    };
+    scratch.clear();
+    scratch.push(MORE);
+    scratch.extend_from_slice(head);
+    scratch.push(first);
+    sealer.seal(scratch, out)?;
+    let mut at = 1;
+    while at < payload.len() {
+        let end = (at + chunk_len).min(payload.len());
+        let saved = std::mem::replace(&mut payload[at - 1], MORE);
+        let r = sealer.seal(&payload[at - 1..end], out);
+        payload[at - 1] = saved;
+        r?;
+        at = end;
+    }
+    scratch.clear();
+    scratch.push(END);
+    scratch.extend_from_slice(tail);
+    sealer.seal(scratch, out)
+}
+
 /// The record layer without the cipher, for test vectors and tools: the records
 /// [`Link::send_message`] seals for `msg` when a record carries at most `chunk_len`
 /// body bytes (a link uses the session's maximum, 65518), each framed as
@@ -575,17 +700,11 @@ fn seal_message(
 /// message instead (the record encrypted, plus a 16-byte tag, and the frame length
 /// counts both).
 pub fn message_records(msg: &NetworkMessage, chunk_len: usize) -> Vec<u8> {
-    let mut bytes = encode_message(msg);
-    let mut out = Vec::with_capacity(bytes.len() + 64);
+    let mut msg = msg.clone();
+    let mut out = Vec::with_capacity(encoded_message_len(&msg) + 64);
     // Plain framing fails only on a record over 65535 bytes.
-    if seal_message(
-        &mut Plain,
-        &mut bytes,
-        chunk_len.min(MAX_MESSAGE_LEN - 1),
-        &mut out,
-    )
-    .is_err()
-    {
+    let chunk_len = chunk_len.min(MAX_MESSAGE_LEN - 1);
+    if seal_any(&mut Plain, &mut msg, chunk_len, &mut out, &mut Vec::new()).is_err() {
         out.clear();
     }
     out
@@ -656,15 +775,15 @@ mod tests {
         assert_eq!(a.poll_event(), Some(LinkEvent::Established(ib.peer_id())));
         assert_eq!(b.poll_event(), Some(LinkEvent::Established(ia.peer_id())));
         for len in [0usize, 1, 65_517, 65_518, 65_519, 140_000] {
-            let m = msg(ia.peer_id(), vec![3; len]);
-            a.send_message(&m).unwrap();
+            let mut m = msg(ia.peer_id(), vec![3; len]);
+            a.send_message(&mut m).unwrap();
             pump(&mut a, &mut b, 2).unwrap();
             assert_eq!(b.poll_event(), Some(LinkEvent::Message(m)));
         }
         // Exactly the limit passes, one more byte is refused without output.
-        let over = msg(ia.peer_id(), vec![0; 200_000]);
+        let mut over = msg(ia.peer_id(), vec![0; 200_000]);
         assert!(matches!(
-            a.send_message(&over),
+            a.send_message(&mut over),
             Err(WiredError::TooLarge { max: 200_000, .. })
         ));
         assert!(!a.has_output());
@@ -738,7 +857,70 @@ mod tests {
         assert!(r.receive(&junk, 1).is_err());
     }
 
+    /// Splits plain `u16 length || record` frames.
+    fn records(mut bytes: &[u8]) -> Vec<&[u8]> {
+        let mut out = Vec::new();
+        while bytes.len() >= 2 {
+            let len = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+            out.push(&bytes[2..2 + len]);
+            bytes = &bytes[2 + len..];
+        }
+        assert!(bytes.is_empty(), "trailing bytes");
+        out
+    }
+
+    #[test]
+    fn large_payloads_are_sealed_apart_from_their_head_and_tail() {
+        let (ia, _) = (Identity::generate().unwrap(), ());
+        let m = msg(ia.peer_id(), (0..70_000u32).map(|i| i as u8).collect());
+        let encoded = encode_message(&m);
+        let framed = message_records(&m, 65_518);
+        let recs = records(&framed);
+        // head + first payload byte, 65518 payload bytes, the other 4481, the tail.
+        let lens: Vec<usize> = recs.iter().map(|r| r.len() - 1).collect();
+        let tail = lens[3];
+        let head = encoded.len() - 70_000 - tail;
+        assert_eq!(lens, vec![head + 1, 65_518, 70_000 - 65_519, tail]);
+        assert!(head < 100 && tail < 200, "head {head}, tail {tail}");
+        let kinds: Vec<u8> = recs.iter().map(|r| r[0]).collect();
+        assert_eq!(kinds, vec![MORE, MORE, MORE, END]);
+        // Below the threshold, the whole encoding is cut from its start.
+        let small = msg(ia.peer_id(), vec![1; SPLIT_MIN_PAYLOAD - 1]);
+        let lens: Vec<usize> = records(&message_records(&small, 65_518))
+            .iter()
+            .map(|r| r.len() - 1)
+            .collect();
+        assert_eq!(
+            lens,
+            vec![FIRST_CHUNK, encode_message(&small).len() - FIRST_CHUNK]
+        );
+    }
+
     proptest::proptest! {
+        #[test]
+        fn prop_records_carry_exactly_the_encoding(
+            len in 0usize..20_000,
+            type_len in 0usize..300,
+            chunk in 1usize..70_000,
+            recipient in proptest::prelude::any::<bool>(),
+        ) {
+            let mut m = msg(PeerId::from_digest([7; 32]), (0..len).map(|i| (i * 13) as u8).collect());
+            m.message_type = "t".repeat(type_len);
+            if recipient {
+                m.recipient = Some(PeerId::from_digest([8; 32]));
+            }
+            let framed = message_records(&m, chunk);
+            let recs = records(&framed);
+            let mut body = Vec::new();
+            for (i, r) in recs.iter().enumerate() {
+                let want = if i + 1 == recs.len() { END } else { MORE };
+                proptest::prop_assert_eq!(r[0], want);
+                proptest::prop_assert!(r.len() - 1 <= chunk.clamp(FIRST_CHUNK, MAX_MESSAGE_LEN - 1));
+                body.extend_from_slice(&r[1..]);
+            }
+            proptest::prop_assert_eq!(body, encode_message(&m));
+        }
+
         #[test]
         fn prop_garbage_never_panics(chunks in proptest::collection::vec(
             proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 0..8)) {
@@ -760,8 +942,8 @@ mod tests {
             let (mut a, mut b, ia, _) = pair(AccessPolicy::Open, AccessPolicy::Open);
             pump(&mut a, &mut b, 0).unwrap();
             let _ = (a.poll_event(), b.poll_event());
-            let sent: Vec<NetworkMessage> = lens.iter().map(|&l| msg(ia.peer_id(), vec![9; l])).collect();
-            for m in &sent {
+            let mut sent: Vec<NetworkMessage> = lens.iter().map(|&l| msg(ia.peer_id(), (0..l).map(|i| i as u8).collect())).collect();
+            for m in &mut sent {
                 a.send_message(m).unwrap();
             }
             let out = a.take_output();

@@ -11,7 +11,7 @@ use ecomesh_types::{
     BoxFuture, Error, Listener, Listeners, NetworkMessage, PeerId, PeerInfo, Subscription,
     TransportAdapter, TransportCapabilities, TransportEvent, TransportType, Value,
 };
-use ecomesh_wire::encode_message;
+use ecomesh_wire::encoded_message_len;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -22,10 +22,6 @@ use crate::link::{Link, LinkConfig, LinkEvent};
 
 /// Output buffered per link before the link stops taking new messages from its queue.
 const OUTPUT_HIGH_WATER: usize = 1 << 20;
-
-/// Bytes the full encoding of a `NetworkMessage` adds to its payload and type: keys,
-/// heads, ids, keys and signature come to about 240; this bound is generous.
-const ENCODING_OVERHEAD: usize = 512;
 
 /// Settings of a [`WiredTransport`].
 #[derive(Clone, Debug)]
@@ -213,17 +209,11 @@ impl Inner {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Refuses a message whose encoding is over the maximum. Encodes it only when its
-    /// size is in doubt (the encoding is the payload and type plus less than
-    /// [`ENCODING_OVERHEAD`] bytes); the link checks the exact size again when it
-    /// encodes the message.
+    /// Refuses a message whose encoding is over the maximum, measured without encoding
+    /// it ([`encoded_message_len`]).
     fn check_size(&self, msg: &NetworkMessage) -> Result<(), Error> {
         let max = self.config.link.max_message_size;
-        let bound = msg.payload.len() + msg.message_type.len() + ENCODING_OVERHEAD;
-        if bound <= max {
-            return Ok(());
-        }
-        let size = encode_message(msg).len();
+        let size = encoded_message_len(msg);
         if size > max {
             return Err(Error::MessageTooLarge { size, max });
         }
@@ -427,7 +417,7 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
                 Err(e) => break Err(e.into()),
             },
             cmd = rx.recv(), if can_take => match cmd {
-                Some(Command::Send(m, ack)) => match link.send_message(&m) {
+                Some(Command::Send(mut m, ack)) => match link.send_message(&mut m) {
                     Ok(()) => { let _ = ack.send(Ok(())); }
                     Err(WiredError::TooLarge { size, max }) => {
                         let _ = ack.send(Err(WiredError::TooLarge { size, max }));
