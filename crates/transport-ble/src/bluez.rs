@@ -567,7 +567,10 @@ async fn dial(shared: SharedRef, adapter: Adapter, addr: DeviceAddr) {
         Ok(Ok((ch, mtu))) if !s.by_key.contains_key(&(addr, Role::Central)) => {
             let _ = s.open(&shared, &adapter, addr, Role::Central, mtu, Some(ch));
         }
-        Ok(Ok(_)) => {}
+        Ok(Ok(_)) => {
+            // Already connected as central to this device: this dial is redundant.
+            let _ = s.emit(RadioEvent::ConnectFailed { addr });
+        }
         Ok(Err(e)) => {
             tracing::debug!(%addr, error = %e, "bluez: dial failed");
             let _ = s.emit(RadioEvent::ConnectFailed { addr });
