@@ -47,6 +47,9 @@ enum Probe {
     /// A `pkg-config` module the package provides (for `-dev` packages).
     #[allow(dead_code)] // used once a transport needs a system library (e.g. dbus-1)
     PkgConfig(&'static str),
+    /// A file the package installs (for packages without a command, e.g. Python
+    /// modules of Debian's /usr/bin/python3).
+    File(&'static str),
 }
 
 /// A Debian package `cargo xtask ci` needs.
@@ -57,9 +60,9 @@ struct AptPackage {
     why: &'static str,
 }
 
-/// Debian packages, installed only when their probe fails. Later transports add
-/// theirs here, e.g. `libdbus-1-dev` (probe `PkgConfig("dbus-1")`) with
-/// `pkg-config` for BLE.
+/// Debian packages, installed only when their probe fails. A crate that links a
+/// system library adds its `-dev` package with a `PkgConfig` probe (the BLE backend
+/// needs none: libdbus is built vendored; only its test stand-in needs packages).
 const APT_PACKAGES: &[AptPackage] = &[
     AptPackage {
         package: "g++",
@@ -101,6 +104,21 @@ const APT_PACKAGES: &[AptPackage] = &[
         probe: Probe::Command("chromedriver"),
         why: "chromedriver: the WebDriver server through which the dashboard test drives chromium",
     },
+    AptPackage {
+        package: "dbus-daemon",
+        probe: Probe::Command("dbus-daemon"),
+        why: "the private bus of the stand-in BlueZ (crates/transport-ble/standin) in the BLE tests",
+    },
+    AptPackage {
+        package: "python3-dbus",
+        probe: Probe::File("/usr/lib/python3/dist-packages/dbus/__init__.py"),
+        why: "the stand-in BlueZ of the BLE tests is a dbus-python service run by /usr/bin/python3",
+    },
+    AptPackage {
+        package: "python3-gi",
+        probe: Probe::File("/usr/lib/python3/dist-packages/gi/__init__.py"),
+        why: "the GLib main loop of the stand-in BlueZ (crates/transport-ble/standin)",
+    },
 ];
 
 /// A cargo subcommand and the crate that provides it.
@@ -137,6 +155,7 @@ fn is_present(probe: Probe) -> bool {
         Probe::PkgConfig(module) => Cmd::new("pkg-config")
             .args(["--exists", module])
             .succeeds_quietly(),
+        Probe::File(path) => Path::new(path).exists(),
     }
 }
 

@@ -47,6 +47,8 @@ pub enum TransportSpec {
     Internet,
     /// A Meshtastic radio on this serial device.
     Lora(String),
+    /// Bluetooth LE on this BlueZ adapter (`None`: BlueZ's default, `hci0`).
+    Ble(Option<String>),
 }
 
 impl std::str::FromStr for TransportSpec {
@@ -56,15 +58,25 @@ impl std::str::FromStr for TransportSpec {
         match s.trim() {
             "wired" => Ok(TransportSpec::Wired),
             "internet" => Ok(TransportSpec::Internet),
-            other => match other.strip_prefix("lora:") {
-                Some(dev) if !dev.is_empty() => Ok(TransportSpec::Lora(dev.to_owned())),
+            "ble" => Ok(TransportSpec::Ble(None)),
+            other => match (other.strip_prefix("lora:"), other.strip_prefix("ble:")) {
+                (Some(dev), _) if !dev.is_empty() => Ok(TransportSpec::Lora(dev.to_owned())),
+                (_, Some(adapter)) if is_adapter_name(adapter) => {
+                    Ok(TransportSpec::Ble(Some(adapter.to_owned())))
+                }
                 _ => bail!(
-                    "unknown transport {other:?}: use wired, internet or lora:DEVICE \
-                     (for example lora:/dev/ttyUSB0)"
+                    "unknown transport {other:?}: use wired, internet, lora:DEVICE \
+                     (for example lora:/dev/ttyUSB0) or ble[:ADAPTER] (for example ble:hci0)"
                 ),
             },
         }
     }
+}
+
+/// A BlueZ adapter name as it appears in its D-Bus path (`hci0`): ASCII letters,
+/// digits and `_`, so it cannot reach another object.
+fn is_adapter_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Radio settings of the LoRa transport.
@@ -260,6 +272,10 @@ struct Transports {
     lora: Option<LoraTransport>,
     /// The duty-cycle budget the LoRa transport was configured with.
     lora_duty: Option<DutyBudget>,
+    #[cfg(feature = "ble")]
+    ble: Option<ecomesh_transport_ble::BleTransport>,
+    /// The Bluetooth adapter the BLE transport runs on (`default`: BlueZ's).
+    ble_adapter: Option<String>,
 }
 
 impl Transports {
@@ -272,6 +288,10 @@ impl Transports {
                 .clone()
                 .map(|t| Arc::new(t) as Arc<dyn TransportAdapter>),
             self.lora
+                .clone()
+                .map(|t| Arc::new(t) as Arc<dyn TransportAdapter>),
+            #[cfg(feature = "ble")]
+            self.ble
                 .clone()
                 .map(|t| Arc::new(t) as Arc<dyn TransportAdapter>),
         ]
@@ -369,10 +389,59 @@ async fn start_lora(
     Ok(Some((t, duty)))
 }
 
+/// The BLE adapter `options` names, if any (at most one).
+fn ble_adapter(options: &NodeOptions) -> Result<Option<Option<String>>> {
+    let adapters: Vec<&Option<String>> = options
+        .transports
+        .iter()
+        .filter_map(|t| match t {
+            TransportSpec::Ble(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    if adapters.len() > 1 {
+        bail!("one Bluetooth adapter per node: pass a single ble[:ADAPTER]");
+    }
+    Ok(adapters.first().map(|a| (*a).clone()))
+}
+
+/// Starts the BLE transport on the adapter `options` name, through BlueZ.
+#[cfg(feature = "ble")]
+async fn start_ble(
+    identity: &Identity,
+    options: &NodeOptions,
+) -> Result<Option<ecomesh_transport_ble::BleTransport>> {
+    use ecomesh_transport_ble::bluez::BluezRadio;
+    use ecomesh_transport_ble::presence::PresenceKey;
+    use ecomesh_transport_ble::{BleConfig, BleTransport};
+    let Some(adapter) = ble_adapter(options)? else {
+        return Ok(None);
+    };
+    let name = adapter
+        .clone()
+        .unwrap_or_else(|| "the default adapter".into());
+    let radio = BluezRadio::new(adapter).context("setting up the BlueZ radio")?;
+    // A private presence key: no other device maps this node's rotating tags to it.
+    let key = PresenceKey::derive(identity.secret_seed().as_slice());
+    let t = BleTransport::new(
+        identity.clone(),
+        options.policy.clone(),
+        Arc::new(radio),
+        BleConfig::new(key),
+    );
+    t.start().await.with_context(|| {
+        format!(
+            "starting the BLE transport on {name}: is bluetoothd running and the \
+             adapter present (bluetoothctl list)?"
+        )
+    })?;
+    Ok(Some(t))
+}
+
 /// Starts the transports `options` name.
 async fn start_transports(identity: &Identity, options: &NodeOptions) -> Result<Transports> {
     if options.transports.is_empty() {
-        bail!("no transport to run: pass --transports wired, internet or lora:DEVICE");
+        bail!("no transport to run: pass --transports wired, internet, lora:DEVICE or ble");
     }
     let mut t = Transports::default();
     if options.transports.contains(&TransportSpec::Wired) {
@@ -384,6 +453,18 @@ async fn start_transports(identity: &Identity, options: &NodeOptions) -> Result<
     if let Some((lora, duty)) = start_lora(identity, options).await? {
         t.lora = Some(lora);
         t.lora_duty = Some(duty);
+    }
+    if let Some(adapter) = ble_adapter(options)? {
+        #[cfg(not(feature = "ble"))]
+        {
+            let _ = adapter;
+            bail!("this ecomesh was built without Bluetooth LE (cargo feature `ble`)");
+        }
+        #[cfg(feature = "ble")]
+        {
+            t.ble = start_ble(identity, options).await?;
+            t.ble_adapter = Some(adapter.unwrap_or_else(|| "default".into()));
+        }
     }
     Ok(t)
 }
@@ -473,6 +554,7 @@ pub async fn run(
         wired: transports.wired.clone(),
         internet: transports.internet.clone(),
         lora: transports.lora.clone().zip(transports.lora_duty),
+        ble_adapter: transports.ble_adapter.clone(),
     });
     let api = match &options.api {
         Some(api) => match crate::api::start(served.clone(), &data, api).await {

@@ -50,8 +50,9 @@ enum Command {
     /// create the data directory and identity (as `init` does). Flags not given
     /// are read from `ecomesh.toml` in the data directory when it exists.
     Node {
-        /// Transports to run, comma-separated: wired, internet, lora:DEVICE
-        /// (for example --transports internet,wired,lora:/dev/ttyUSB0).
+        /// Transports to run, comma-separated: wired, internet, lora:DEVICE,
+        /// ble[:ADAPTER] (Bluetooth LE through BlueZ, default adapter hci0)
+        /// (for example --transports internet,wired,lora:/dev/ttyUSB0,ble:hci0).
         #[arg(
             long,
             value_name = "LIST",

@@ -34,6 +34,8 @@ pub(crate) struct Served {
     pub(crate) internet: Option<InternetTransport>,
     /// The LoRa transport and the duty-cycle budget it was configured with.
     pub(crate) lora: Option<(LoraTransport, DutyBudget)>,
+    /// The Bluetooth adapter the BLE transport runs on, when it runs.
+    pub(crate) ble_adapter: Option<String>,
 }
 
 pub(crate) use crate::api::json::cid_text;

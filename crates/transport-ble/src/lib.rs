@@ -18,6 +18,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "bluez")]
+pub mod bluez;
 pub mod engine;
 mod error;
 pub mod frag;

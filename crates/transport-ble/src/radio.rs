@@ -8,7 +8,7 @@
 //! | [`RadioEvent::Advertisement`] | `Device1` added/changed with `RSSI`, `UUIDs`, `ManufacturerData` |
 //! | [`Radio::connect`] | `Device1.Connect`, then the service's characteristics, `AcquireNotify` / `StartNotify` on the notify characteristic, MTU from `AcquireWrite` |
 //! | [`Radio::transmit`] as [`Role::Central`] | write without response to the write characteristic |
-//! | [`Radio::transmit`] as [`Role::Peripheral`] | a notification on the notify characteristic (the local GATT application) |
+//! | [`Radio::transmit`] as [`Role::Peripheral`] | a notification on the notify characteristic (the local GATT application); the BlueZ backend writes to the central's notify characteristic instead, see the `bluez` module (feature `bluez`) |
 //! | [`RadioEvent::Received`] | a write to our write characteristic, or a notification of the peer's |
 //! | [`Radio::disconnect`] / [`RadioEvent::Disconnected`] | `Device1.Disconnect` / `Connected` becoming false |
 //!

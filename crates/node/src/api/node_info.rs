@@ -373,5 +373,13 @@ async fn transports(State(state): State<Arc<ApiState>>) -> Answer {
             "lora": lora,
         }));
     }
+    if let Some(adapter) = &served.ble_adapter {
+        rows.push(serde_json::json!({
+            "type": "bluetooth",
+            "listen": [],
+            "adapter": adapter,
+            "peers": count(TransportType::Bluetooth),
+        }));
+    }
     Ok(Json(serde_json::json!({ "transports": rows })))
 }
