@@ -65,7 +65,8 @@ fn two_nodes_replicate_and_text_over_ble_only() {
 }
 
 /// Three nodes in a line: node 0 and node 2 do not hear each other, node 1 hears
-/// both. A document written on node 0 arrives on node 2 over BLE through node 1.
+/// both. A document written on node 0 and a text from node 0 to node 2 arrive
+/// over BLE through node 1.
 #[test]
 fn three_nodes_relay_over_ble_when_two_are_out_of_range() {
     let t0 = Instant::now();
@@ -106,9 +107,18 @@ fn three_nodes_relay_over_ble_when_two_are_out_of_range() {
         took.as_secs_f64()
     );
 
-    // A text from node 0 to node 2 is not asserted yet: node 0 has no key for
-    // node 2 ("no key known"), the key-discovery gap of issue 18 being fixed on
-    // main; add the text here once that fix is merged.
+    // A text from node 0 to node 2, whose key node 0 never saw: the send finds
+    // it through node 1 (key discovery), node 1 relays the text, and node 2's
+    // ACK comes back the same way.
+    ok_json(&nodes[0].data, &["send", &ids[2], "two hops over ble"]);
+    let (_, took) = wait_within(DELIVER, "node 0's text in node 2's inbox", || {
+        (nodes[2].inbox_texts() == [(ids[0].clone(), "two hops over ble".to_owned())]).then_some(())
+    });
+    eprintln!("text crossed two BLE hops in {:.1} s", took.as_secs_f64());
+    assert!(
+        nodes[1].inbox_texts().is_empty(),
+        "the relay delivers nothing to itself"
+    );
     assert!(
         !nodes[0].peers_on(BT).contains(&ids[2]),
         "node 0 reached node 2 directly"
