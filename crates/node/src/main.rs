@@ -51,7 +51,7 @@ enum Command {
     /// are read from `ecomesh.toml` in the data directory when it exists.
     Node {
         /// Transports to run, comma-separated: wired, internet, lora:DEVICE,
-        /// ble[:ADAPTER] (Bluetooth LE through BlueZ, default adapter hci0)
+        /// ble or ble:ADAPTER (Bluetooth LE through BlueZ; adapter hci0 unless named)
         /// (for example --transports internet,wired,lora:/dev/ttyUSB0,ble:hci0).
         #[arg(
             long,
