@@ -359,7 +359,7 @@ fn invalid(e: InternetError) -> io::Error {
 const FIRST_READ: usize = 64 << 10;
 
 /// Reads one frame body of at most `max` bytes. The buffer grows only as bytes arrive
-/// (at most doubling, from [`FIRST_READ`]), and is read into in large pieces.
+/// (at most doubling, from `FIRST_READ`), and is read into in large pieces.
 #[cfg(feature = "swarm")]
 pub async fn read_frame<T: AsyncRead + Unpin + Send>(
     io: &mut T,

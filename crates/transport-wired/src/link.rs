@@ -19,13 +19,13 @@
 //! [`RECEIVE_BUFFER`] bytes, the reassembly at most one maximal message plus one record.
 //!
 //! # Copies
-//! A message whose payload is at least [`SPLIT_MIN_PAYLOAD`] bytes is never encoded
+//! A message whose payload is at least `SPLIT_MIN_PAYLOAD` bytes is never encoded
 //! whole: its encoding is `head || payload || tail` (`head` and `tail` are a few hundred
 //! bytes at most), sent as a `MORE` record of `head` and the payload's first byte, `MORE`
 //! records of the payload sealed straight from the message (each record's kind byte
 //! borrows the byte before its piece, which is restored), and an `END` record of
 //! `tail`. A smaller message is encoded once and cut from its start (the first record
-//! [`FIRST_CHUNK`] bytes, assembled apart, then pieces sealed the same way). Either
+//! `FIRST_CHUNK` bytes, assembled apart, then pieces sealed the same way). Either
 //! way, the cipher's own copy into the output buffer is the only copy of a payload
 //! byte on the sending side, and the driver writes the output without copying it
 //! ([`Link::swap_output`]). Received bytes are read straight into the link's buffer
@@ -457,7 +457,7 @@ impl Link {
     /// Encrypts `msg` into output. Refuses before writing anything if its encoding is
     /// over [`Link::send_limit`] or the link is not established. The message is
     /// unchanged on return: a large payload is sealed straight from `msg.payload`,
-    /// whose bytes serve as scratch while it is sealed (see [`seal_split`]).
+    /// whose bytes serve as scratch while it is sealed (see `seal_split`).
     pub fn send_message(&mut self, msg: &mut NetworkMessage) -> Result<(), WiredError> {
         if !self.is_established() {
             return Err(WiredError::NotEstablished);
@@ -557,7 +557,7 @@ fn seal_frame(session: &mut Session, record: &[u8], out: &mut Vec<u8>) -> Result
 }
 
 /// Seals the encoded message `bytes` as `MORE`/`END` records of at most `chunk_len`
-/// body bytes. The first [`FIRST_CHUNK`] bytes go in a record assembled apart; every
+/// body bytes. The first `FIRST_CHUNK` bytes go in a record assembled apart; every
 /// later record is the chunk with the byte before it temporarily replaced by the kind
 /// (and restored), so no record is copied before the cipher copies it into `out`.
 fn seal_message(
@@ -588,7 +588,7 @@ fn seal_message(
 }
 
 /// Seals `msg` as `MORE`* `END` records of at most `chunk_len` body bytes, the way a
-/// link does: a payload of at least [`SPLIT_MIN_PAYLOAD`] bytes straight from the
+/// link does: a payload of at least `SPLIT_MIN_PAYLOAD` bytes straight from the
 /// message ([`seal_split`]), anything else from its whole encoding ([`seal_message`]).
 /// `msg` is unchanged on return.
 fn seal_any(
