@@ -461,7 +461,12 @@ fn internet_nodes_meet_through_a_bootstrap_peer_and_replicate() {
     c.terminate();
 
     let bad = ecomesh(&b.data, &["node", "--transports", "carrier-pigeon"]);
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("use wired, internet or lora:DEVICE"));
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        said.contains("unknown transport \"carrier-pigeon\": use wired, internet, lora:DEVICE")
+            && said.contains("ble[:ADAPTER]"),
+        "{said}"
+    );
     a.terminate();
     b.terminate();
 }
