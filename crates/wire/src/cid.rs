@@ -96,17 +96,34 @@ pub fn cid_of(value: &Value) -> Result<Cid> {
 /// The CIDv1 (dag-cbor) of a value's canonical DAG-CBOR encoding, hashed with `alg`.
 pub fn cid_of_with(value: &Value, alg: HashAlg) -> Result<Cid> {
     // Hashed straight from the scratch buffer: the bytes are not kept.
-    crate::dag_cbor::with_encoded(value, &Limits::DEFAULT, |bytes| {
-        cid_for_bytes(DAG_CBOR, alg, bytes)
-    })
+    match alg {
+        HashAlg::Sha2_256 => {
+            crate::dag_cbor::with_encoded_sha256(value, &Limits::DEFAULT, |_, digest| {
+                Cid::new_v1(DAG_CBOR, multihash(alg, &digest))
+            })
+        }
+        HashAlg::Blake3 => crate::dag_cbor::with_encoded(value, &Limits::DEFAULT, |bytes| {
+            cid_for_bytes(DAG_CBOR, alg, bytes)
+        }),
+    }
 }
 
 /// A value's canonical DAG-CBOR bytes together with their CID: a block as a
 /// store keeps it.
 pub fn encode_block(value: &Value, alg: HashAlg) -> Result<(Vec<u8>, Cid)> {
-    crate::dag_cbor::with_encoded(value, &Limits::DEFAULT, |bytes| {
-        (bytes.to_vec(), cid_for_bytes(DAG_CBOR, alg, bytes))
-    })
+    match alg {
+        HashAlg::Sha2_256 => {
+            crate::dag_cbor::with_encoded_sha256(value, &Limits::DEFAULT, |bytes, digest| {
+                (
+                    bytes.to_vec(),
+                    Cid::new_v1(DAG_CBOR, multihash(alg, &digest)),
+                )
+            })
+        }
+        HashAlg::Blake3 => crate::dag_cbor::with_encoded(value, &Limits::DEFAULT, |bytes| {
+            (bytes.to_vec(), cid_for_bytes(DAG_CBOR, alg, bytes))
+        }),
+    }
 }
 
 /// Checks that `bytes` hash to `expected` ("these bytes have this CID").

@@ -48,12 +48,48 @@ pub(crate) fn with_encoded<T>(
     limits: &Limits,
     f: impl FnOnce(&[u8]) -> T,
 ) -> Result<T> {
+    encode_in_scratch(value, limits, false, |bytes, _| f(bytes))
+}
+
+/// Encodes `value` like [`with_encoded`] while hashing it with SHA-256, and
+/// hands `f` the bytes and their digest.
+///
+/// Whole 64-byte blocks are hashed as the encoder passes them, so the
+/// hashing of one block overlaps the encoding of the next in the CPU instead
+/// of running as a second pass over the finished bytes.
+pub(crate) fn with_encoded_sha256<T>(
+    value: &Value,
+    limits: &Limits,
+    f: impl FnOnce(&[u8], [u8; 32]) -> T,
+) -> Result<T> {
+    encode_in_scratch(value, limits, true, |bytes, hash| {
+        let digest = match hash {
+            Some(h) => h.finalize_rest(bytes),
+            None => {
+                let mut h = Running::default();
+                h.finalize_rest(bytes)
+            }
+        };
+        f(bytes, digest)
+    })
+}
+
+fn encode_in_scratch<T>(
+    value: &Value,
+    limits: &Limits,
+    hash: bool,
+    f: impl FnOnce(&[u8], Option<&mut Running>) -> T,
+) -> Result<T> {
     let max = limits.effective_depth();
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut out) => {
             out.pos = 0;
+            out.hash = hash.then(Running::default);
             let result = match out.item(value, 0, max) {
-                Ok(()) => Ok(f(out.as_bytes())),
+                Ok(()) => {
+                    let Out { buf, pos, hash, .. } = &mut *out;
+                    Ok(f(&buf[..*pos], hash.as_mut()))
+                }
                 Err(fail) => Err(fail.into_error(&out, max)),
             };
             if out.buf.len() > SCRATCH_KEEP {
@@ -67,9 +103,43 @@ pub(crate) fn with_encoded<T>(
             if let Err(fail) = out.item(value, 0, max) {
                 return Err(fail.into_error(&out, max));
             }
-            Ok(f(out.as_bytes()))
+            Ok(f(out.as_bytes(), None))
         }
     })
+}
+
+/// A SHA-256 computed over the encoder's output as it grows: `fed` bytes
+/// (always whole blocks) are already in `sha`.
+#[derive(Default)]
+struct Running {
+    sha: sha2::Sha256,
+    fed: usize,
+}
+
+impl Running {
+    /// Hashes the whole 64-byte blocks of `bytes` past `fed`, in one call once
+    /// at least `FEED_AT` bytes wait.
+    #[inline]
+    fn feed(&mut self, bytes: &[u8]) {
+        const FEED_AT: usize = 64;
+        let waiting = bytes.len() - self.fed;
+        if waiting >= FEED_AT {
+            let n = waiting & !63;
+            sha2::Digest::update(&mut self.sha, &bytes[self.fed..self.fed + n]);
+            self.fed += n;
+        }
+    }
+
+    /// The digest of all of `bytes` (of which the first `fed` are hashed).
+    fn finalize_rest(&mut self, bytes: &[u8]) -> [u8; 32] {
+        let sha = std::mem::take(&mut self.sha);
+        let rest = &bytes[self.fed..];
+        self.fed = 0;
+        let out = sha2::Digest::finalize(sha2::Digest::chain_update(sha, rest));
+        let mut digest = [0_u8; 32];
+        digest.copy_from_slice(&out);
+        digest
+    }
 }
 
 /// Why the fast encoder stopped, turned into a [`WireError`] once at the top
@@ -108,6 +178,8 @@ struct Out {
     pos: usize,
     /// Why the last [`Fail::Link`] link was refused.
     link_error: &'static str,
+    /// The running hash of the output, when one is wanted.
+    hash: Option<Running>,
 }
 
 impl Out {
@@ -116,11 +188,20 @@ impl Out {
             buf: vec![0; 1024],
             pos: 0,
             link_error: "",
+            hash: None,
         }
     }
 
     fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.pos]
+    }
+
+    /// Hands the finished whole blocks to the running hash, if any.
+    #[inline(always)]
+    fn feed(&mut self) {
+        if let Some(h) = &mut self.hash {
+            h.feed(&self.buf[..self.pos]);
+        }
     }
 
     /// Makes room for `n` more bytes after the cursor.
@@ -258,6 +339,7 @@ impl Out {
         self.head(MAJOR_ARRAY, items.len() as u64);
         for item in items {
             self.item(item, depth + 1, max)?;
+            self.feed();
         }
         Ok(())
     }
@@ -285,13 +367,17 @@ impl Out {
             9..=16 => self.small_map::<16>(map, depth, max),
             _ => for_each_canonical(map.iter(), |k, v| {
                 self.string(MAJOR_TEXT, k.as_bytes());
-                self.item(v, depth + 1, max)
+                self.item(v, depth + 1, max)?;
+                self.feed();
+                Ok(())
             }),
         }
     }
 
-    /// A map of at most `N` entries, put in order on the stack: a stable
-    /// insertion by length, where keys already in length order move nothing.
+    /// A map of at most `N` (at most 256) entries, put in order on the stack:
+    /// the entries are gathered once; when their keys are not already in
+    /// length order, a stable insertion sort of small `(length, index)` words
+    /// gives the order, so no entry moves.
     #[inline(always)]
     fn small_map<const N: usize>(
         &mut self,
@@ -299,21 +385,52 @@ impl Out {
         depth: usize,
         max: usize,
     ) -> std::result::Result<(), Fail> {
-        let mut sorted: [(&str, &Value); N] = [("", &NULL); N];
+        let mut entries: [(&str, &Value); N] = [("", &NULL); N];
         let mut len = 0;
+        let mut in_order = true;
+        let mut prev = 0;
         for (k, v) in map.iter().take(N) {
-            let mut j = len;
-            while j > 0 && sorted[j - 1].0.len() > k.len() {
-                sorted[j] = sorted[j - 1];
-                j -= 1;
-            }
-            sorted[j] = (k.as_str(), v);
+            entries[len] = (k.as_str(), v);
+            in_order &= k.len() >= prev;
+            prev = k.len();
             len += 1;
         }
-        for &(k, v) in &sorted[..len] {
-            self.string(MAJOR_TEXT, k.as_bytes());
-            self.item(v, depth + 1, max)?;
+        if in_order {
+            for &(k, v) in &entries[..len] {
+                self.entry(k, v, depth, max)?;
+            }
+            return Ok(());
         }
+        // (key length << 8 | index): equal lengths keep their bytewise order.
+        let mut order = [0_u64; N];
+        for (i, (k, _)) in entries[..len].iter().enumerate() {
+            let word = ((k.len() as u64) << 8) | i as u64;
+            let mut j = i;
+            while j > 0 && order[j - 1] > word {
+                order[j] = order[j - 1];
+                j -= 1;
+            }
+            order[j] = word;
+        }
+        for &word in &order[..len] {
+            let (k, v) = entries[(word & 0xff) as usize];
+            self.entry(k, v, depth, max)?;
+        }
+        Ok(())
+    }
+
+    /// One map entry: its key, its value, then whole blocks to the hash.
+    #[inline(always)]
+    fn entry(
+        &mut self,
+        k: &str,
+        v: &Value,
+        depth: usize,
+        max: usize,
+    ) -> std::result::Result<(), Fail> {
+        self.string(MAJOR_TEXT, k.as_bytes());
+        self.item(v, depth + 1, max)?;
+        self.feed();
         Ok(())
     }
 }

@@ -10,9 +10,9 @@ use ecomesh_crdt::{
 };
 use ecomesh_types::{ContentId, HlcTimestamp, Map, NetworkMessage, Value};
 use ecomesh_wire::{
-    Canonical, cid_of, decode, decode_message, decode_message_compact, encode, encode_message,
-    encode_message_compact, from_dag_cbor, from_dag_json, from_dag_json_bytes, parse_cid,
-    to_dag_cbor, to_dag_json,
+    Canonical, HashAlg, cid_of, cid_of_dag_cbor, cid_of_with, decode, decode_message,
+    decode_message_compact, encode, encode_block, encode_message, encode_message_compact,
+    from_dag_cbor, from_dag_json, from_dag_json_bytes, parse_cid, to_dag_cbor, to_dag_json,
 };
 use proptest::prelude::*;
 
@@ -107,6 +107,31 @@ fn arb_dag() -> impl Strategy<Value = VersionDag<ContentId>> {
 }
 
 proptest! {
+    /// The CID hashed while encoding (whole blocks as the encoder passes
+    /// them) is the CID of the finished bytes, for values spanning from
+    /// under one SHA-256 block to many, with either hash.
+    #[test]
+    fn prop_cid_hashed_while_encoding_is_the_cid_of_the_bytes(
+        v in arb_value(),
+        copies in 1_usize..24,
+        long in 0_usize..400,
+    ) {
+        let mut items = vec![v; copies];
+        items.insert(copies / 2, Value::Bytes(vec![7; long]));
+        let v = Value::Array(items);
+        let bytes = to_dag_cbor(&v).unwrap();
+        let expected = cid_of_dag_cbor(&bytes);
+        prop_assert_eq!(cid_of(&v).unwrap(), expected);
+        let (block, cid) = encode_block(&v, HashAlg::Sha2_256).unwrap();
+        prop_assert_eq!(&block, &bytes);
+        prop_assert_eq!(cid, expected);
+        let (block, cid) = encode_block(&v, HashAlg::Blake3).unwrap();
+        prop_assert_eq!(&block, &bytes);
+        prop_assert_eq!(cid, cid_of_with(&v, HashAlg::Blake3).unwrap());
+        let digest = blake3::hash(&bytes);
+        prop_assert_eq!(cid.hash().digest(), digest.as_bytes());
+    }
+
     #[test]
     fn prop_dag_cbor_round_trip(v in arb_value()) {
         let bytes = to_dag_cbor(&v).unwrap();
