@@ -24,6 +24,20 @@ pub enum HybridError {
     /// The primary did not answer within the configured timeout.
     #[error("primary timed out after {0} ms")]
     Timeout(u64),
+    /// The device's authentication failed (bad signature, refused key, wrong message).
+    #[error("authentication: {0}")]
+    Auth(#[from] ecomesh_identity::Error),
+    /// A request without a valid token, or for a session that does not exist.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// A batch longer than the primary merges at once.
+    #[error("{len} versions in one batch, at most {max}")]
+    BatchTooLarge {
+        /// Its length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
     /// The primary answered with an error.
     #[error("primary: {0}")]
     Primary(ecomesh_types::Error),

@@ -32,6 +32,7 @@
 mod adapter;
 mod driver;
 mod error;
+mod gate;
 mod health;
 mod primary;
 mod queue;
@@ -42,6 +43,9 @@ pub use adapter::{
 };
 pub use driver::{Driver, spawn_driver};
 pub use error::HybridError;
+pub use gate::{
+    CHALLENGE_TTL_MS, DeviceAuth, Grant, MAX_PENDING, MAX_TOKEN_LEN, PrimaryGate, TOKEN_TTL_MS,
+};
 pub use health::{Health, HealthConfig, PrimaryHealth, SyncMode};
 pub use primary::{MAX_BATCH, PrimaryStore, VersionApplied, apply_version_to_store};
 pub use queue::ReplayQueue;
