@@ -33,6 +33,15 @@ impl Default for HealthConfig {
 }
 
 impl HealthConfig {
+    /// Sets the heartbeat interval, the sync interval and the stale threshold.
+    #[must_use]
+    pub fn with_intervals(mut self, heartbeat_ms: u64, sync_ms: u64, stale_after_ms: u64) -> Self {
+        self.heartbeat_ms = heartbeat_ms;
+        self.sync_ms = sync_ms;
+        self.stale_after_ms = stale_after_ms;
+        self
+    }
+
     /// Sets the request timeout.
     #[must_use]
     pub fn with_request_timeout_ms(mut self, ms: u64) -> Self {

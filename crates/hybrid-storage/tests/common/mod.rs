@@ -189,6 +189,18 @@ impl Device {
         primary: Arc<dyn PrimaryStore>,
         strategy: Strategy,
     ) -> HybridStorageAdapter<SledBackend> {
+        let health = HealthConfig::default().with_request_timeout_ms(TIMEOUT_MS);
+        self.open_with(primary, strategy, health, self.clock.clone())
+    }
+
+    /// As [`Self::open`] with the health configuration and clock given.
+    pub fn open_with(
+        &self,
+        primary: Arc<dyn PrimaryStore>,
+        strategy: Strategy,
+        health: HealthConfig,
+        clock: Arc<dyn ecomesh_crdt::PhysicalClock + Send + Sync>,
+    ) -> HybridStorageAdapter<SledBackend> {
         let store = SledStore::open(
             &self.dir.join("store"),
             identity(self.n),
@@ -206,16 +218,8 @@ impl Device {
             mesh,
             P2PConfig::default(),
         ));
-        let config = HybridConfig::new(strategy)
-            .with_health(HealthConfig::default().with_request_timeout_ms(TIMEOUT_MS));
-        HybridStorageAdapter::new(
-            primary,
-            local,
-            &self.dir.join("queue"),
-            config,
-            self.clock.clone(),
-        )
-        .unwrap()
+        let config = HybridConfig::new(strategy).with_health(health);
+        HybridStorageAdapter::new(primary, local, &self.dir.join("queue"), config, clock).unwrap()
     }
 }
 
