@@ -37,7 +37,9 @@ pub enum Strategy {
     /// when the primary is down, slow past the request timeout or stale, reads
     /// come from the local store (with what peers replicated) and writes commit
     /// locally and wait in the durable queue, replayed in order, exactly once,
-    /// when the primary answers again. **Stops at:** a read during an outage
+    /// when the primary answers again. A write waits for the primary at most
+    /// the request timeout; past it the write returns, queued, and the primary
+    /// counts as down. **Stops at:** a read during an outage
     /// can be older than the primary (whatever the primary received from
     /// others meanwhile is not here), and a write is acknowledged by the
     /// primary only when it is healthy: during an outage it is durable on this
