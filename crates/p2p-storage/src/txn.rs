@@ -105,7 +105,7 @@ impl<'a> Txn<'a> {
             self.commit()?;
             return Ok(0);
         };
-        let mut deferred = WriteBatch::new();
+        let mut deferred = Vec::new();
         let keys: Vec<Vec<u8>> = self
             .pending
             .keys()
@@ -114,7 +114,7 @@ impl<'a> Txn<'a> {
             .collect();
         for k in keys {
             if let Some(v) = self.pending.remove(&k) {
-                deferred.insert(k, v);
+                deferred.push((k, v));
             }
         }
         let mut guard = lock(overlay);
@@ -126,7 +126,10 @@ impl<'a> Txn<'a> {
             self.backend.apply(self.pending)?;
         }
         guard.marked |= mark;
-        guard.writes.append(&mut deferred);
+        // One insert per key: `BTreeMap::append` rebuilds the whole map.
+        for (k, v) in deferred {
+            guard.writes.insert(k, v);
+        }
         Ok(guard.writes.len())
     }
 
