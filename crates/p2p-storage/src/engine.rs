@@ -15,15 +15,16 @@ use ecomesh_types::{
 
 use crate::StoreError;
 use crate::codec;
-use crate::keys::{self, ARRAY_INDEX, COLLECTION, DOC, INDEX, META, VERSION};
+use crate::keys::{self, ARRAY_INDEX, COLLECTION, DOC, INDEX, META, TRIE, VERSION};
 use crate::kv::{Backend, MemoryBackend, SledBackend, prefix_end};
 use crate::records::{StateRecord, VersionNode};
 use crate::subs::{Event, Subscriptions, Target};
 use crate::trie::{self, ChildRef, Entry};
-use crate::txn::Txn;
+use crate::txn::{Deferred, Txn};
 
 mod integrity;
 mod read;
+mod recovery;
 pub use integrity::IntegrityReport;
 
 /// The on-disk format this build reads and writes.
@@ -31,6 +32,14 @@ pub const FORMAT_VERSION: u32 = 1;
 
 const META_FORMAT: &[u8] = b"format";
 const META_HLC: &[u8] = b"hlc";
+/// Present while the backend's Merkle nodes and collection roots may lag
+/// behind the state records (see [`StoreConfig::deferred_merkle_writes`]).
+const META_MERKLE_STALE: &[u8] = b"merkle-stale";
+
+/// How far ahead of the last issued timestamp the persisted clock bound is
+/// set: the clock is written at most once per this many milliseconds of
+/// writing, and a reopened store issues timestamps after the bound.
+const HLC_MARGIN_MS: u64 = 1_000;
 
 /// When the store makes writes durable.
 ///
@@ -88,6 +97,12 @@ pub struct StoreConfig {
     /// A node takes about 1.5 KiB; the default 4096 holds every branch of a
     /// collection of a million documents.
     pub trie_cache_nodes: usize,
+    /// Merkle index node and collection root writes kept in memory (and read
+    /// from there) before they are persisted in one batch; they are also
+    /// persisted by [`Store::flush`] and when the store is dropped. The index
+    /// is derived from the state records: after a crash lost some of these
+    /// writes, the next open rebuilds it. 0 persists them with every write.
+    pub deferred_merkle_writes: usize,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -97,6 +112,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("max_drift_ms", &self.max_drift_ms)
             .field("subscription_buffer", &self.subscription_buffer)
             .field("trie_cache_nodes", &self.trie_cache_nodes)
+            .field("deferred_merkle_writes", &self.deferred_merkle_writes)
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +125,7 @@ impl Default for StoreConfig {
             subscription_buffer: 1024,
             clock: Arc::new(SystemClock),
             trie_cache_nodes: 4096,
+            deferred_merkle_writes: 4096,
         }
     }
 }
@@ -133,6 +150,14 @@ impl StoreConfig {
     #[must_use]
     pub fn with_trie_cache_nodes(mut self, nodes: usize) -> Self {
         self.trie_cache_nodes = nodes;
+        self
+    }
+
+    /// The default settings with another bound of deferred Merkle writes (see
+    /// [`StoreConfig::deferred_merkle_writes`]).
+    #[must_use]
+    pub fn with_deferred_merkle_writes(mut self, writes: usize) -> Self {
+        self.deferred_merkle_writes = writes;
         self
     }
 
@@ -288,6 +313,9 @@ struct Change {
 
 struct Writer {
     hlc: Hlc,
+    /// The clock bound the backend holds: every timestamp issued so far has
+    /// a smaller physical time.
+    hlc_bound: u64,
     /// Decoded Merkle index nodes as committed (see [`StoreConfig::trie_cache_nodes`]).
     trie: trie::NodeCache,
 }
@@ -305,6 +333,8 @@ pub struct Store<B: Backend> {
     identity: Identity,
     config: StoreConfig,
     writer: Mutex<Writer>,
+    /// Merkle node and root writes not yet in the backend.
+    derived: Mutex<Deferred>,
     subs: Arc<Subscriptions>,
 }
 
@@ -557,18 +587,27 @@ impl<B: Backend> Store<B> {
                 backend.flush()?;
             }
         }
+        if backend
+            .get(&keys::key(META, &[META_MERKLE_STALE]))?
+            .is_some()
+        {
+            recovery::rebuild_merkle(&backend, &keys::key(META, &[META_MERKLE_STALE]))?;
+        }
         let peer = identity.peer_id();
-        let hlc = match backend.get(&keys::key(META, &[META_HLC]))? {
+        let (hlc, hlc_bound) = match backend.get(&keys::key(META, &[META_HLC]))? {
             Some(bytes) => {
                 let last: HlcTimestamp =
                     ecomesh_wire::decode(&bytes).map_err(|e| corrupt("", "hlc", e))?;
-                // Keep issuing after the last persisted time, as this peer.
-                Hlc::from_parts(
+                // Keep issuing after the persisted bound, as this peer. (A
+                // store written before the bound existed holds its last
+                // issued timestamp, which is as good a start.)
+                let hlc = Hlc::from_parts(
                     HlcTimestamp::new(last.physical_ms, last.logical, peer),
                     config.max_drift_ms,
-                )
+                );
+                (hlc, last.physical_ms)
             }
-            None => Hlc::new(peer).with_max_drift(config.max_drift_ms),
+            None => (Hlc::new(peer).with_max_drift(config.max_drift_ms), 0),
         };
         let subs = Arc::new(Subscriptions::new(config.subscription_buffer));
         let trie = trie::NodeCache::new(config.trie_cache_nodes);
@@ -576,7 +615,12 @@ impl<B: Backend> Store<B> {
             backend,
             identity,
             config,
-            writer: Mutex::new(Writer { hlc, trie }),
+            writer: Mutex::new(Writer {
+                hlc,
+                hlc_bound,
+                trie,
+            }),
+            derived: Mutex::new(Deferred::default()),
             subs,
         })
     }
@@ -591,9 +635,47 @@ impl<B: Backend> Store<B> {
         &self.backend
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable, with the Merkle index writes still
+    /// held in memory (see [`StoreConfig::deferred_merkle_writes`]).
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.persist_derived()?;
         self.backend.flush()
+    }
+
+    /// A transaction reading the deferred Merkle writes over the backend.
+    pub(crate) fn txn(&self) -> Txn<'_> {
+        Txn::with_overlay(&self.backend, &self.derived)
+    }
+
+    /// Moves the deferred Merkle writes into the backend (one atomic batch
+    /// that also clears the stale marker).
+    fn persist_derived(&self) -> Result<(), StoreError> {
+        Txn::persist_overlay(
+            &self.backend,
+            &self.derived,
+            keys::key(META, &[META_MERKLE_STALE]),
+        )
+    }
+
+    /// Puts the clock bound into `txn` when `hlc` has reached the persisted
+    /// one; returns the new bound to record once `txn` committed.
+    fn hlc_bound(
+        &self,
+        txn: &mut Txn<'_>,
+        writer: &Writer,
+        hlc: &Hlc,
+    ) -> Result<Option<u64>, StoreError> {
+        let last = hlc.last();
+        if last.physical_ms < writer.hlc_bound {
+            return Ok(None);
+        }
+        let bound = last.physical_ms.saturating_add(HLC_MARGIN_MS);
+        let record = HlcTimestamp::new(bound, 0, last.peer);
+        txn.put(
+            keys::key(META, &[META_HLC]),
+            ecomesh_wire::encode(&record).map_err(|e| StoreError::Encode(e.to_string()))?,
+        );
+        Ok(Some(bound))
     }
 
     /// A fresh hybrid-logical-clock timestamp from the store's clock (the
@@ -847,7 +929,7 @@ impl<B: Backend> Store<B> {
         let mut guard = lock(&self.writer);
         let writer = &mut *guard;
         let mut hlc = writer.hlc.clone();
-        let mut txn = Txn::new(&self.backend);
+        let mut txn = self.txn();
         let mut work = trie::Work::new();
         let mut results = Vec::with_capacity(ops.len());
         let mut changes = Vec::with_capacity(ops.len());
@@ -910,14 +992,12 @@ impl<B: Backend> Store<B> {
                 deleted: !record.state.exists(),
             });
         }
-        txn.put(
-            keys::key(META, &[META_HLC]),
-            ecomesh_wire::encode(&hlc.last()).map_err(|e| StoreError::Encode(e.to_string()))?,
-        );
+        let bound = self.hlc_bound(&mut txn, writer, &hlc)?;
         self.seal_trie(&mut txn, &mut work)?;
         self.commit(txn)?;
         work.release(&mut writer.trie);
         writer.hlc = hlc;
+        writer.hlc_bound = bound.unwrap_or(writer.hlc_bound);
         self.notify(changes);
         drop(guard);
         Ok(results)
@@ -949,7 +1029,7 @@ impl<B: Backend> Store<B> {
         node.verify()?;
         let mut guard = lock(&self.writer);
         let writer = &mut *guard;
-        let mut txn = Txn::new(&self.backend);
+        let mut txn = self.txn();
         if txn.get(&version_key(&cid))?.is_some() {
             return Ok(ApplyOutcome::AlreadyPresent(cid));
         }
@@ -985,14 +1065,12 @@ impl<B: Backend> Store<B> {
             &record,
             before,
         )?;
-        txn.put(
-            keys::key(META, &[META_HLC]),
-            ecomesh_wire::encode(&hlc.last()).map_err(|e| StoreError::Encode(e.to_string()))?,
-        );
+        let bound = self.hlc_bound(&mut txn, writer, &hlc)?;
         self.seal_trie(&mut txn, &mut work)?;
         self.commit(txn)?;
         work.release(&mut writer.trie);
         writer.hlc = hlc;
+        writer.hlc_bound = bound.unwrap_or(writer.hlc_bound);
         self.notify(vec![change]);
         drop(guard);
         Ok(ApplyOutcome::Applied {
@@ -1002,8 +1080,22 @@ impl<B: Backend> Store<B> {
         })
     }
 
+    /// Commits a write: everything but the Merkle nodes and roots to the
+    /// backend atomically, those to the deferred writes (persisted now when
+    /// they pass the bound), then flushes as the policy says.
     fn commit(&self, txn: Txn<'_>) -> Result<(), StoreError> {
-        txn.commit()?;
+        if self.config.deferred_merkle_writes == 0 {
+            txn.commit()?;
+            self.persist_derived()?;
+        } else {
+            let held = txn.commit_deferring(
+                |k| matches!(k.first(), Some(&TRIE | &COLLECTION)),
+                (keys::key(META, &[META_MERKLE_STALE]), vec![1]),
+            )?;
+            if held > self.config.deferred_merkle_writes {
+                self.persist_derived()?;
+            }
+        }
         if self.config.flush == FlushPolicy::EveryWrite {
             self.backend.flush()?;
         }
@@ -1067,26 +1159,7 @@ impl<B: Backend> Store<B> {
     /// collection roots.
     fn seal_trie(&self, txn: &mut Txn<'_>, work: &mut trie::Work) -> Result<(), StoreError> {
         for (collection, root) in work.seal(txn)? {
-            self.put_collection_root(txn, &collection, root)?;
-        }
-        Ok(())
-    }
-
-    fn put_collection_root(
-        &self,
-        txn: &mut Txn<'_>,
-        collection: &str,
-        root: Option<ChildRef>,
-    ) -> Result<(), StoreError> {
-        match root {
-            Some(root) => {
-                let record = Value::Array(vec![
-                    Value::Link(root.cid),
-                    Value::Integer(i64::try_from(root.count).unwrap_or(i64::MAX)),
-                ]);
-                txn.put(collection_key(collection), codec::encode(&record)?);
-            }
-            None => txn.delete(collection_key(collection)),
+            put_collection_root(txn, &collection, root)?;
         }
         Ok(())
     }
@@ -1109,7 +1182,7 @@ impl<B: Backend> Store<B> {
                 victims.push((c, i, record));
             }
         }
-        let mut txn = Txn::new(&self.backend);
+        let mut txn = self.txn();
         let mut work = trie::Work::new();
         for (c, i, record) in &victims {
             for cid in self.ancestors(&record.heads)?.keys() {
@@ -1231,6 +1304,38 @@ impl<B: Backend> Store<B> {
     }
 
     // ----- verification ------------------------------------------------------
+}
+
+/// Persists the deferred Merkle writes when the store goes away, so a clean
+/// shutdown never needs the rebuild at the next open.
+impl<B: Backend> Drop for Store<B> {
+    fn drop(&mut self) {
+        if let Err(e) = self.persist_derived().and_then(|()| self.backend.flush()) {
+            tracing::warn!(
+                error = %e,
+                "deferred Merkle writes not persisted at close; the next open rebuilds them"
+            );
+        }
+    }
+}
+
+/// Puts the collection root record (or deletes it when the collection is empty).
+pub(crate) fn put_collection_root(
+    txn: &mut Txn<'_>,
+    collection: &str,
+    root: Option<ChildRef>,
+) -> Result<(), StoreError> {
+    match root {
+        Some(root) => {
+            let record = Value::Array(vec![
+                Value::Link(root.cid),
+                Value::Integer(i64::try_from(root.count).unwrap_or(i64::MAX)),
+            ]);
+            txn.put(collection_key(collection), codec::encode(&record)?);
+        }
+        None => txn.delete(collection_key(collection)),
+    }
+    Ok(())
 }
 
 impl From<TypesError> for StoreError {

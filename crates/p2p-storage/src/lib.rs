@@ -13,6 +13,10 @@
 //! [`FlushPolicy::EveryWrite`], a write that returned `Ok` was flushed (and
 //! fsynced by sled) first and survives a process crash (`kill -9`). sled's
 //! flush is not a guarantee against power loss; see [`FlushPolicy`].
+//! The Merkle index nodes and collection roots are derived from the state
+//! records and kept in memory between persists
+//! ([`StoreConfig::deferred_merkle_writes`]); after a crash the next open
+//! rebuilds them, so they are never part of what a crash can lose.
 //!
 //! # Untrusted input
 //! Everything read back from disk is decoded strictly; a record that does not

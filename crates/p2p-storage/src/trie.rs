@@ -759,17 +759,27 @@ pub(crate) fn entries(txn: &Txn<'_>, collection: &str) -> Result<Vec<Entry>, Sto
 /// transaction (for verification: it must equal the incrementally maintained root).
 pub(crate) fn recompute_root(
     collection: &str,
+    entries: Vec<Entry>,
+) -> Result<Option<ChildRef>, StoreError> {
+    let scratch = crate::kv::MemoryBackend::new();
+    build_into(&mut Txn::new(&scratch), collection, entries)
+}
+
+/// Builds the trie holding exactly `entries` from scratch, putting every node
+/// into `txn` (which must hold none of the collection's old nodes), and
+/// returns its root (`None` when `entries` is empty).
+pub(crate) fn build_into(
+    txn: &mut Txn<'_>,
+    collection: &str,
     mut entries: Vec<Entry>,
 ) -> Result<Option<ChildRef>, StoreError> {
     if entries.is_empty() {
         return Ok(None);
     }
     entries.sort_by_key(|e| e.key_hash);
-    let scratch = crate::kv::MemoryBackend::new();
-    let mut txn = Txn::new(&scratch);
     let mut work = Work::new();
     work.build(collection, &mut Vec::new(), entries);
-    Ok(work.seal(&mut txn)?.pop().and_then(|(_, root)| root))
+    Ok(work.seal(txn)?.pop().and_then(|(_, root)| root))
 }
 
 #[cfg(test)]

@@ -67,7 +67,18 @@ fn crash_child() {
         .unwrap()
         .parse()
         .unwrap();
-    let store = open(Path::new(&dir));
+    // "bounded" persists the deferred Merkle writes every few writes, so the
+    // kill lands before, during and after such persists.
+    let store = if scenario == "bounded" {
+        SledStore::open(
+            Path::new(&dir),
+            common::identity(1),
+            StoreConfig::default().with_deferred_merkle_writes(5),
+        )
+        .unwrap()
+    } else {
+        open(Path::new(&dir))
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready").unwrap();
     out.flush().unwrap();
@@ -75,7 +86,7 @@ fn crash_child() {
         seq += 1;
         let padding = Value::Bytes(vec![(seq % 251) as u8; 64 + (seq % 200) as usize]);
         match scenario.as_str() {
-            "single" => {
+            "single" | "bounded" => {
                 let doc = format!("d{}", seq % 40);
                 let w = store
                     .set(
@@ -224,7 +235,7 @@ fn scenario(name: &str) {
             );
         }
         match name {
-            "single" => {
+            "single" | "bounded" => {
                 for (doc, seq) in &last_seq {
                     let got = store.get("c", doc).unwrap().unwrap();
                     let stored = got.fields.get("seq").and_then(Value::as_i64).unwrap();
@@ -271,6 +282,13 @@ fn crash_recovery_single_writes() {
 #[test]
 fn crash_recovery_batches() {
     scenario("batch");
+}
+
+/// Kills while the Merkle index writes are persisted every few writes (the
+/// other scenarios keep them all in memory, so every reopen rebuilds).
+#[test]
+fn crash_recovery_with_merkle_persists() {
+    scenario("bounded");
 }
 
 #[test]

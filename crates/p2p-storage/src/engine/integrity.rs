@@ -29,7 +29,7 @@ impl<B: Backend> Store<B> {
     /// maintained root equal to a root rebuilt from scratch.
     pub fn verify_integrity(&self) -> Result<IntegrityReport, StoreError> {
         let _writer = lock(&self.writer);
-        let txn = Txn::new(&self.backend);
+        let txn = self.txn();
         let mut report = IntegrityReport::default();
         let mut reachable: BTreeSet<ContentId> = BTreeSet::new();
         let mut expected_index: BTreeSet<Vec<u8>> = BTreeSet::new();

@@ -8,7 +8,7 @@ impl<B: Backend> Store<B> {
     /// Reads a document (its materialized fields), `None` when absent or deleted.
     pub fn get(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {
         validate_key(collection, id)?;
-        self.read_doc(&Txn::new(&self.backend), collection, id)
+        self.read_doc(&self.txn(), collection, id)
     }
 
     pub(super) fn read_doc(
@@ -42,17 +42,13 @@ impl<B: Backend> Store<B> {
     /// The document's CRDT state (empty when never written).
     pub fn crdt_state(&self, collection: &str, id: &str) -> Result<DocumentCrdt, StoreError> {
         validate_key(collection, id)?;
-        Ok(self
-            .read_state(&Txn::new(&self.backend), collection, id)?
-            .state)
+        Ok(self.read_state(&self.txn(), collection, id)?.state)
     }
 
     /// The document's version heads (several after concurrent remote versions).
     pub fn heads(&self, collection: &str, id: &str) -> Result<Vec<ContentId>, StoreError> {
         validate_key(collection, id)?;
-        Ok(self
-            .read_state(&Txn::new(&self.backend), collection, id)?
-            .heads)
+        Ok(self.read_state(&self.txn(), collection, id)?.heads)
     }
 
     /// The raw bytes of a version node, as stored and hashed.
@@ -148,7 +144,7 @@ impl<B: Backend> Store<B> {
     /// Root CID of one collection's Merkle index (`None` when empty).
     pub fn collection_root(&self, collection: &str) -> Result<Option<ContentId>, StoreError> {
         Ok(self
-            .read_collection_root(&Txn::new(&self.backend), collection)?
+            .read_collection_root(&self.txn(), collection)?
             .map(|c| c.cid))
     }
 
@@ -179,9 +175,18 @@ impl<B: Backend> Store<B> {
     pub fn collections(&self) -> Result<Vec<String>, StoreError> {
         let start = [COLLECTION];
         let end = prefix_end(&start).unwrap_or_default();
-        let mut out = Vec::new();
+        // The backend's root records, with the deferred ones over them.
+        let deferred = crate::txn::overlay_range(&self.derived, &start, &end);
+        let mut present = BTreeSet::new();
         for item in self.backend.scan(&start, Some(&end)) {
             let (k, _) = item?;
+            if !deferred.contains_key(&k) {
+                present.insert(k);
+            }
+        }
+        present.extend(deferred.into_iter().filter_map(|(k, v)| v.map(|_| k)));
+        let mut out = Vec::with_capacity(present.len());
+        for k in present {
             let (name, _) =
                 keys::take_escaped(&k[1..]).ok_or_else(|| corrupt("", "collections", "bad key"))?;
             out.push(String::from_utf8(name).map_err(|_| corrupt("", "collections", "bad key"))?);
@@ -192,7 +197,7 @@ impl<B: Backend> Store<B> {
     /// The one CID of the whole database (seed 5.1): a DAG-CBOR map from each
     /// collection name to its Merkle index root. Equal contents give equal roots.
     pub fn root_cid(&self) -> Result<ContentId, StoreError> {
-        let txn = Txn::new(&self.backend);
+        let txn = self.txn();
         let mut map = Map::new();
         for collection in self.collections()? {
             if let Some(root) = self.read_collection_root(&txn, &collection)? {
@@ -209,7 +214,7 @@ impl<B: Backend> Store<B> {
         collection: &str,
         path: &[u8],
     ) -> Result<Option<trie::Node>, StoreError> {
-        trie::load(&Txn::new(&self.backend), collection, path)
+        trie::load(&self.txn(), collection, path)
     }
 
     /// Runs a query over one collection; results equal [`Query::execute`] over all its documents.
@@ -226,7 +231,7 @@ impl<B: Backend> Store<B> {
             ));
         }
         query.validate()?;
-        let txn = Txn::new(&self.backend);
+        let txn = self.txn();
         let docs = match self.plan(collection, query)? {
             Some(ids) => {
                 let mut docs = Vec::with_capacity(ids.len());
