@@ -86,7 +86,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use ecomesh_types::{PeerId, Signature};
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use snow::{HandshakeState, StatelessTransportState};
+use zeroize::Zeroizing;
 
 use crate::codec::{Reader, Writer};
 use crate::error::{Error, Result};
@@ -191,7 +193,8 @@ enum Phase {
     Handshaking(Box<HandshakeState>),
     /// IK after message 2: transport keys exist, the confirm message is pending.
     Confirming(Box<StatelessTransportState>),
-    Finished(Box<StatelessTransportState>),
+    /// Transport keys in `Handshake::split`.
+    Finished,
     Failed,
 }
 
@@ -211,6 +214,9 @@ pub struct Handshake {
     /// Messages processed so far (0..=3).
     step: u8,
     phase: Phase,
+    /// Noise `Split()`'s two transport keys (initiator to responder, responder to
+    /// initiator), taken when the handshake finished; the [`Session`] seals with them.
+    split: Option<Zeroizing<[[u8; 32]; 2]>>,
 }
 
 impl Handshake {
@@ -302,6 +308,7 @@ impl Handshake {
             handshake_hash: [0; HASH_LEN],
             step: 0,
             phase: Phase::Handshaking(Box::new(state)),
+            split: None,
         })
     }
 
@@ -317,7 +324,7 @@ impl Handshake {
 
     /// True when this side must produce the next message.
     pub fn wants_write(&self) -> bool {
-        !matches!(self.phase, Phase::Finished(_) | Phase::Failed) && self.my_turn()
+        !matches!(self.phase, Phase::Finished | Phase::Failed) && self.my_turn()
     }
 
     fn my_turn(&self) -> bool {
@@ -326,7 +333,7 @@ impl Handshake {
 
     /// True once the handshake completed on this side.
     pub fn is_finished(&self) -> bool {
-        matches!(self.phase, Phase::Finished(_))
+        matches!(self.phase, Phase::Finished)
     }
 
     /// True once an error closed the handshake.
@@ -381,7 +388,7 @@ impl Handshake {
                 hs.write_message(&payload, &mut out)?
             }
             Phase::Confirming(ts) => ts.write_message(0, &[], &mut out)?,
-            Phase::Finished(_) | Phase::Failed => return Err(Error::Closed),
+            Phase::Finished | Phase::Failed => return Err(Error::Closed),
         };
         out.truncate(n);
         self.advance()?;
@@ -455,7 +462,7 @@ impl Handshake {
                     });
                 }
             }
-            Phase::Finished(_) | Phase::Failed => return Err(Error::Closed),
+            Phase::Finished | Phase::Failed => return Err(Error::Closed),
         }
         self.advance()
     }
@@ -479,15 +486,17 @@ impl Handshake {
         self.step += 1;
         let phase = std::mem::replace(&mut self.phase, Phase::Failed);
         self.phase = match phase {
-            Phase::Handshaking(hs) if hs.is_handshake_finished() => {
+            Phase::Handshaking(mut hs) if hs.is_handshake_finished() => {
                 self.handshake_hash.copy_from_slice(hs.get_handshake_hash());
+                let (k1, k2) = hs.dangerously_get_raw_split();
+                self.split = Some(Zeroizing::new([k1, k2]));
                 let ts = Box::new(hs.into_stateless_transport_mode()?);
                 match self.pattern {
-                    Pattern::XX => Phase::Finished(ts),
+                    Pattern::XX => Phase::Finished,
                     Pattern::IK => Phase::Confirming(ts),
                 }
             }
-            Phase::Confirming(ts) => Phase::Finished(ts),
+            Phase::Confirming(_) => Phase::Finished,
             other => other,
         };
         if self.is_finished() {
@@ -503,7 +512,7 @@ impl Handshake {
 
     /// The established session; [`Error::UnexpectedMessage`] before the handshake finished.
     pub fn into_session(self) -> Result<Session> {
-        let Phase::Finished(transport) = self.phase else {
+        let (Phase::Finished, Some(split)) = (&self.phase, &self.split) else {
             return Err(if matches!(self.phase, Phase::Failed) {
                 Error::Closed
             } else {
@@ -519,8 +528,13 @@ impl Handshake {
             Role::Initiator => (first, 0),
             Role::Responder => (0, first),
         };
+        let (send_key, recv_key) = match self.role {
+            Role::Initiator => (&split[0], &split[1]),
+            Role::Responder => (&split[1], &split[0]),
+        };
         Ok(Session {
-            transport,
+            send_key: TransportKey::new(send_key),
+            recv_key: TransportKey::new(recv_key),
             config: self.config,
             remote,
             handshake_hash: self.handshake_hash,
@@ -670,13 +684,61 @@ impl ReplayWindow {
 /// caller. Output sizes: plaintext + 16 ([`Delivery::Ordered`]) or + 24
 /// ([`Delivery::Datagram`]).
 pub struct Session {
-    transport: Box<StatelessTransportState>,
+    send_key: TransportKey,
+    recv_key: TransportKey,
     config: SessionConfig,
     remote: PublicKey,
     handshake_hash: [u8; HASH_LEN],
     send_nonce: u64,
     recv: ReplayWindow,
     closed: bool,
+}
+
+/// One direction's Noise `CipherState` key for `ChaChaPoly`, sealed and opened with ring in
+/// place: the nonce is 32 zero bits then the 64-bit counter little-endian, the associated
+/// data is empty (transport messages), and `REKEY(k)` is the first 32 bytes of
+/// `ENCRYPT(k, 2^64 - 1, "", zeros(32))` (Noise specification, sections 5.1 and 11.3;
+/// byte-identical to snow's transport state, pinned by a test against snow).
+struct TransportKey(LessSafeKey);
+
+impl TransportKey {
+    fn new(key: &[u8; 32]) -> Self {
+        TransportKey(LessSafeKey::new(
+            UnboundKey::new(&aead::CHACHA20_POLY1305, key)
+                .unwrap_or_else(|_| unreachable!("ChaCha20-Poly1305 takes 32-byte keys")),
+        ))
+    }
+
+    fn nonce(n: u64) -> Nonce {
+        let mut bytes = [0u8; 12];
+        bytes[4..].copy_from_slice(&n.to_le_bytes());
+        Nonce::assume_unique_for_key(bytes)
+    }
+
+    /// Encrypts `in_out` in place and returns its tag.
+    fn seal(&self, n: u64, in_out: &mut [u8]) -> [u8; TAG_LEN] {
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(Self::nonce(n), Aad::empty(), in_out)
+            .unwrap_or_else(|_| unreachable!("ring refuses only inputs above 2^38 bytes"));
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Checks and decrypts `ciphertext || tag` in place; the plaintext's length on success.
+    fn open(&self, n: u64, in_out: &mut [u8]) -> Result<usize> {
+        self.0
+            .open_in_place(Self::nonce(n), Aad::empty(), in_out)
+            .map(|p| p.len())
+            .map_err(|_| Error::DecryptFailed)
+    }
+
+    fn rekey(&mut self) {
+        let mut k = Zeroizing::new([0u8; 32]);
+        let _tag = self.seal(u64::MAX, &mut k[..]);
+        *self = TransportKey::new(&k);
+    }
 }
 
 impl Session {
@@ -732,46 +794,67 @@ impl Session {
         Ok(out)
     }
 
-    /// Encrypts one message, appending it to `out` (lets transports reuse buffers).
+    /// Encrypts one message, appending it to `out` (lets transports reuse buffers). The
+    /// plaintext is copied once, into `out`, and sealed there.
     pub fn encrypt_into(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        self.check_plaintext(plaintext.len())?;
+        if self.config.delivery == Delivery::Datagram {
+            out.extend_from_slice(&self.send_nonce.to_be_bytes());
+        }
+        let body = out.len();
+        out.extend_from_slice(plaintext);
+        let tag = self.seal_next(&mut out[body..]);
+        out.extend_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Encrypts the plaintext `buf[start..]` in place and appends its tag: the same Noise
+    /// message as [`encrypt_into`](Self::encrypt_into) of that plaintext, without a copy.
+    /// Ordered sessions only ([`Error::UnexpectedMessage`] for datagram sessions, whose
+    /// nonce goes in front of the message); on error `buf` is unchanged.
+    pub fn encrypt_in_place(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<()> {
+        if self.config.delivery != Delivery::Ordered {
+            return Err(Error::UnexpectedMessage(
+                "in-place encryption of a datagram session",
+            ));
+        }
+        let len = buf.len().checked_sub(start).ok_or(Error::Truncated {
+            what: "noise plaintext",
+            needed: start,
+            available: buf.len(),
+        })?;
+        self.check_plaintext(len)?;
+        let tag = self.seal_next(&mut buf[start..]);
+        buf.extend_from_slice(&tag);
+        Ok(())
+    }
+
+    fn check_plaintext(&self, len: usize) -> Result<()> {
         if self.closed {
             return Err(Error::Closed);
         }
         let max = self.max_plaintext_len();
-        if plaintext.len() > max {
+        if len > max {
             return Err(Error::TooLarge {
                 what: "noise plaintext",
-                len: plaintext.len(),
+                len,
                 max,
             });
         }
-        let nonce = self.send_nonce;
-        if nonce == u64::MAX {
+        if self.send_nonce == u64::MAX {
             return Err(Error::NonceExhausted);
         }
+        Ok(())
+    }
+
+    /// Seals with the next send nonce (checked by `check_plaintext`), rekeying when due.
+    fn seal_next(&mut self, in_out: &mut [u8]) -> [u8; TAG_LEN] {
+        let nonce = self.send_nonce;
         if self.rekey_due(nonce) {
-            self.transport.rekey_outgoing();
+            self.send_key.rekey();
         }
-        let start = out.len();
-        if self.config.delivery == Delivery::Datagram {
-            out.extend_from_slice(&nonce.to_be_bytes());
-        }
-        let body = out.len();
-        out.resize(body + plaintext.len() + TAG_LEN, 0);
-        match self
-            .transport
-            .write_message(nonce, plaintext, &mut out[body..])
-        {
-            Ok(n) => {
-                out.truncate(body + n);
-                self.send_nonce += 1;
-                Ok(())
-            }
-            Err(e) => {
-                out.truncate(start);
-                Err(Error::Noise(e))
-            }
-        }
+        self.send_nonce += 1;
+        self.send_key.seal(nonce, in_out)
     }
 
     /// Decrypts one message from the peer.
@@ -781,7 +864,8 @@ impl Session {
         Ok(out)
     }
 
-    /// Decrypts one message from the peer, appending the plaintext to `out`.
+    /// Decrypts one message from the peer, appending the plaintext to `out` (the
+    /// ciphertext is copied once, into `out`, and opened there).
     ///
     /// Ordered mode: any failure closes the session (a stream cannot resynchronise).
     /// Datagram mode: a replayed, too old, or forged datagram is refused
@@ -790,28 +874,85 @@ impl Session {
         if self.closed {
             return Err(Error::Closed);
         }
-        let result = self.decrypt_inner(message, out);
+        if message.len() > MAX_MESSAGE_LEN {
+            // Checked before copying anything.
+            return self.fail(Error::TooLarge {
+                what: "noise message",
+                len: message.len(),
+                max: MAX_MESSAGE_LEN,
+            });
+        }
+        let start = out.len();
+        let prefix = match self.config.delivery {
+            Delivery::Ordered => 0,
+            Delivery::Datagram => DATAGRAM_NONCE_LEN.min(message.len()),
+        };
+        out.extend_from_slice(&message[prefix..]);
+        let result = self.open_at(&message[..prefix], &mut out[start..]);
+        match result {
+            Ok(n) => {
+                out.truncate(start + n);
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// Decrypts one message from the peer in place: returns the plaintext, a part of
+    /// `message` (after the nonce of a datagram message, without the tag). Same checks and
+    /// failure rules as [`decrypt_into`](Self::decrypt_into); on failure the bytes of
+    /// `message` are unspecified.
+    pub fn decrypt_in_place<'a>(&mut self, message: &'a mut [u8]) -> Result<&'a mut [u8]> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        let prefix = match self.config.delivery {
+            Delivery::Ordered => 0,
+            Delivery::Datagram => DATAGRAM_NONCE_LEN.min(message.len()),
+        };
+        if message.len() > MAX_MESSAGE_LEN {
+            return self.fail(Error::TooLarge {
+                what: "noise message",
+                len: message.len(),
+                max: MAX_MESSAGE_LEN,
+            });
+        }
+        let (head, body) = message.split_at_mut(prefix);
+        let n = self.open_at(head, body)?;
+        Ok(&mut body[..n])
+    }
+
+    fn fail<T>(&mut self, e: Error) -> Result<T> {
+        if self.config.delivery == Delivery::Ordered {
+            self.closed = true;
+        }
+        Err(e)
+    }
+
+    /// Opens `body` (ciphertext and tag) in place; `nonce_prefix` is the datagram nonce
+    /// (empty for ordered sessions). Closes an ordered session on any failure.
+    fn open_at(&mut self, nonce_prefix: &[u8], body: &mut [u8]) -> Result<usize> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        let result = self.open_inner(nonce_prefix, body);
         if result.is_err() && self.config.delivery == Delivery::Ordered {
             self.closed = true;
         }
         result
     }
 
-    fn decrypt_inner(&mut self, message: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        if message.len() > MAX_MESSAGE_LEN {
-            return Err(Error::TooLarge {
-                what: "noise message",
-                len: message.len(),
-                max: MAX_MESSAGE_LEN,
-            });
-        }
-        let (nonce, body) = match self.config.delivery {
-            Delivery::Ordered => (self.recv.next, message),
+    fn open_inner(&mut self, nonce_prefix: &[u8], body: &mut [u8]) -> Result<usize> {
+        let nonce = match self.config.delivery {
+            Delivery::Ordered => self.recv.next,
             Delivery::Datagram => {
-                let mut r = Reader::new(message, "noise datagram");
+                let mut r = Reader::new(nonce_prefix, "noise datagram");
                 let nonce = r.u64()?;
                 self.recv.check(nonce)?;
-                (nonce, r.rest())
+                nonce
             }
         };
         if body.len() < TAG_LEN {
@@ -825,21 +966,11 @@ impl Session {
             return Err(Error::NonceExhausted);
         }
         if self.rekey_due(nonce) && self.recv.next == nonce {
-            self.transport.rekey_incoming();
+            self.recv_key.rekey();
         }
-        let start = out.len();
-        out.resize(start + body.len() - TAG_LEN, 0);
-        match self.transport.read_message(nonce, body, &mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                self.recv.accept(nonce);
-                Ok(())
-            }
-            Err(e) => {
-                out.truncate(start);
-                Err(noise_read_error(e))
-            }
-        }
+        let n = self.recv_key.open(nonce, body)?;
+        self.recv.accept(nonce);
+        Ok(n)
     }
 }
 
@@ -934,6 +1065,54 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ring transport keys produce the very Noise transport messages snow's
+    /// transport state produces from the same `Split()`, across nonces and rekeys.
+    #[test]
+    fn transport_keys_match_snow_byte_for_byte() {
+        let params: snow::params::NoiseParams =
+            "Noise_NN_25519_ChaChaPoly_BLAKE2s".parse().unwrap();
+        let mut i = snow::Builder::new(params.clone())
+            .build_initiator()
+            .unwrap();
+        let mut r = snow::Builder::new(params).build_responder().unwrap();
+        let (mut buf, mut tmp) = ([0u8; 256], [0u8; 256]);
+        let n = i.write_message(&[], &mut buf).unwrap();
+        r.read_message(&buf[..n], &mut tmp).unwrap();
+        let n = r.write_message(&[], &mut buf).unwrap();
+        i.read_message(&buf[..n], &mut tmp).unwrap();
+        let (k1, k2) = i.dangerously_get_raw_split();
+        let mut snow_i = i.into_stateless_transport_mode().unwrap();
+        let mut snow_r = r.into_stateless_transport_mode().unwrap();
+        let (mut send, mut recv) = (TransportKey::new(&k1), TransportKey::new(&k2));
+        for round in 0..3usize {
+            for (nonce, len) in [
+                (0u64, 0usize),
+                (1, 1),
+                (2, 100),
+                (3, 65519),
+                (1 << 40, 5000),
+            ] {
+                let plain: Vec<u8> = (0..len).map(|x| (x * 7 + round) as u8).collect();
+                let mut ours = plain.clone();
+                let tag = send.seal(nonce, &mut ours);
+                ours.extend_from_slice(&tag);
+                let mut theirs = vec![0; len + TAG_LEN];
+                snow_i.write_message(nonce, &plain, &mut theirs).unwrap();
+                assert_eq!(ours, theirs, "round {round} nonce {nonce} len {len}");
+                let mut back = vec![0; len + TAG_LEN];
+                snow_r.write_message(nonce, &plain, &mut back).unwrap();
+                let n = recv.open(nonce, &mut back).unwrap();
+                assert_eq!(&back[..n], &plain[..]);
+                back[0] ^= 1;
+                assert!(recv.open(nonce, &mut back).is_err());
+            }
+            send.rekey();
+            recv.rekey();
+            snow_i.rekey_outgoing();
+            snow_r.rekey_outgoing();
+        }
+    }
 
     #[test]
     fn replay_window() {

@@ -332,3 +332,66 @@ fn out_of_turn_and_garbage_are_typed_errors() {
         Err(Error::Truncated { .. })
     ));
 }
+
+/// In-place sealing and opening give the same messages as the copying calls and
+/// interoperate with them, across rekeys; datagram sessions refuse in-place sealing.
+#[test]
+fn in_place_encrypt_and_decrypt_interoperate_with_the_copying_calls() {
+    for pattern in PATTERNS {
+        let config = SessionConfig {
+            delivery: Delivery::Ordered,
+            rekey_interval: 3,
+        };
+        let (mut a, mut b) = open_pair(pattern, config);
+        for n in 0..40_usize {
+            let msg: Vec<u8> = (0..n * 97).map(|x| (x * 13 + n) as u8).collect();
+            let mut buf = vec![0xEE; 5];
+            buf.extend_from_slice(&msg);
+            if n % 2 == 0 {
+                a.encrypt_in_place(&mut buf, 5).unwrap();
+            } else {
+                buf.truncate(5);
+                a.encrypt_into(&msg, &mut buf).unwrap();
+            }
+            assert_eq!(&buf[..5], &[0xEE; 5]);
+            assert_eq!(buf.len(), 5 + msg.len() + 16);
+            let wire = &mut buf[5..];
+            if n % 3 == 0 {
+                assert_eq!(b.decrypt(wire).unwrap(), msg);
+            } else {
+                assert_eq!(b.decrypt_in_place(wire).unwrap(), &msg[..]);
+            }
+        }
+        // A tampered message fails in place and closes the ordered session.
+        let mut buf = b"hello".to_vec();
+        a.encrypt_in_place(&mut buf, 0).unwrap();
+        buf[2] ^= 0x40;
+        assert!(matches!(
+            b.decrypt_in_place(&mut buf),
+            Err(Error::DecryptFailed)
+        ));
+        assert!(b.is_closed());
+        assert!(matches!(b.decrypt_in_place(&mut buf), Err(Error::Closed)));
+        // Too large: refused, buffer unchanged.
+        let mut big = vec![1; a.max_plaintext_len() + 1];
+        assert!(matches!(
+            a.encrypt_in_place(&mut big, 0),
+            Err(Error::TooLarge { .. })
+        ));
+        assert_eq!(big.len(), a.max_plaintext_len() + 1);
+        let past = big.len() + 1;
+        assert!(matches!(
+            a.encrypt_in_place(&mut big, past),
+            Err(Error::Truncated { .. })
+        ));
+    }
+    let (mut a, mut b) = open_pair(Pattern::XX, SessionConfig::datagram());
+    let mut buf = b"datagram".to_vec();
+    assert!(matches!(
+        a.encrypt_in_place(&mut buf, 0),
+        Err(Error::UnexpectedMessage(_))
+    ));
+    assert_eq!(buf, b"datagram");
+    let mut wire = a.encrypt(&buf).unwrap();
+    assert_eq!(b.decrypt_in_place(&mut wire).unwrap(), b"datagram");
+}
