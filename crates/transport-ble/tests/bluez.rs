@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use ecomesh_identity::{AccessPolicy, Identity};
 use ecomesh_transport_ble::bluez::BluezRadio;
 use ecomesh_transport_ble::engine::EngineConfig;
+use ecomesh_transport_ble::frag::Channel;
 use ecomesh_transport_ble::presence::PresenceKey;
 use ecomesh_transport_ble::{BleConfig, BleTransport};
 use ecomesh_transport_tests::{EventLog, test_message};
@@ -24,8 +25,8 @@ mod standin;
 use standin::Standin;
 
 /// Runs the `#[ignore]`d test `body` of this binary with the stand-in's bus as the
-/// system bus; panics (printing its output) unless it passed.
-fn run_body(standin: &Standin, body: &str) {
+/// system bus; panics (printing its output) unless it passed. Returns its stderr.
+fn run_body(standin: &Standin, body: &str) -> String {
     let exe = std::env::current_exe().unwrap();
     let started = Instant::now();
     let out = std::process::Command::new(exe)
@@ -45,6 +46,7 @@ fn run_body(standin: &Standin, body: &str) {
         String::from_utf8_lossy(&out.stdout).contains("1 passed"),
         "{body} did not run"
     );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// `RUST_LOG` (default `info`) to stderr, which [`run_body`] prints.
@@ -73,13 +75,21 @@ fn transport(adapter: &str) -> BleTransport {
     let mut cfg = BleConfig::new(PresenceKey::derive(id.peer_id().as_bytes()));
     cfg.engine = engine();
     let radio = BluezRadio::new(Some(adapter.to_owned())).unwrap();
+    assert!(radio.offers_coc());
     BleTransport::new(id, AccessPolicy::Open, Arc::new(radio), cfg)
 }
 
 #[test]
 fn two_transports_exchange_messages_over_standin_bluez() {
     let standin = Standin::start(2, &[]);
-    run_body(&standin, "two_transports_body");
+    let log = run_body(&standin, "two_transports_body");
+    // Both radios tried to offer an L2CAP channel; the stand-in has no Bluetooth
+    // sockets, so each fell back to GATT at start (and served no PSM characteristic).
+    assert_eq!(
+        log.matches("no L2CAP channel offered, GATT only").count(),
+        2,
+        "both radios fall back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,6 +138,11 @@ async fn two_transports_body() {
             t.elapsed().as_secs_f64() * 1e3
         );
     }
+    // The links run over GATT: neither side could open an L2CAP socket.
+    assert!(matches!(
+        a.link_channel(idb).await.unwrap(),
+        Some(Channel::Gatt { .. })
+    ));
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
