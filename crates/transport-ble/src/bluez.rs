@@ -83,6 +83,9 @@ pub const COC_MTU: u16 = MAX_COC_FRAGMENT as u16;
 /// How long connecting a socket to a peer's PSM may take before the link stays on GATT.
 pub const COC_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Devices whose `Connected` property is watched at once (a task each).
+pub const MAX_WATCHED: usize = 64;
+
 const COMMAND_QUEUE: usize = 256;
 
 /// A BLE radio on a BlueZ adapter (`hci0` or another), over the system D-Bus
@@ -319,7 +322,9 @@ impl Shared {
                 tasks,
             },
         );
-        if self.watched.insert(addr) {
+        // One watcher per device, at most MAX_WATCHED: a connection of a device
+        // beyond that ends by the engine's timers (handshake, keepalive) instead.
+        if self.watched.len() < MAX_WATCHED && self.watched.insert(addr) {
             tokio::spawn(watch(shared.clone(), adapter.clone(), addr));
         }
         if self.emit(RadioEvent::Connected {
