@@ -1,6 +1,7 @@
 //! The BLE transport's decoders of untrusted radio input: advertising data, GATT
 //! fragments through the framer (split at the first byte's value, at the minimum and a
-//! large MTU), and a link in handshake fed the same values.
+//! large ATT MTU and on an L2CAP channel of one unit per SDU), and a link in handshake
+//! fed the same values.
 //! Nothing may panic; the framer's buffered bytes stay within window x unit + one unit;
 //! whatever decodes as a fragment re-encodes to exactly its input; an advertisement that
 //! decodes re-encodes to the canonical 31 bytes that decode to it again.
@@ -9,7 +10,8 @@
 use std::sync::Arc;
 
 use ecomesh_identity::{AccessPolicy, Identity};
-use ecomesh_transport_ble::frag::{Fragment, Framer, FramerConfig, MAX_UNIT_LEN};
+use ecomesh_transport_ble::frag::{Channel, Fragment, Framer, FramerConfig, MAX_UNIT_LEN};
+use ecomesh_transport_ble::gatt::L2CAP_PSM;
 use ecomesh_transport_ble::gatt::Advertisement;
 use ecomesh_transport_ble::link::{BleLink, LinkConfig};
 use libfuzzer_sys::fuzz_target;
@@ -19,7 +21,14 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(Advertisement::decode(&adv.encode()).ok().flatten(), Some(adv));
     }
     let split = usize::from(data.first().copied().unwrap_or(1)).max(1);
-    for mtu in [23u16, 247] {
+    for mtu in [
+        Channel::Gatt { mtu: 23 },
+        Channel::Gatt { mtu: 247 },
+        Channel::Coc {
+            psm: L2CAP_PSM,
+            sdu_mtu: 4099,
+        },
+    ] {
         let config = FramerConfig::default();
         let Ok(mut framer) = Framer::new(config, mtu) else {
             return;

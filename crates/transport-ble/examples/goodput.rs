@@ -10,6 +10,12 @@
 //!   (150 us), the peer's empty PDU (11 bytes, 44 us) and T_IFS again.
 //! - The floor: the message's encoded bytes as raw values of MTU - 3 bytes each, with
 //!   nothing of ours (no fragment header, no Noise tag, no record byte).
+//! - L2CAP CoC rows (both sides offer a channel): each fragment is one SDU; the SDU
+//!   plus its 2-byte length is cut into K-frames of at most MPS = 247 bytes, each with
+//!   its 4-byte L2CAP header (so one 251-byte LL PDU), costed as above. The SDU MTU is
+//!   4099 (one whole unit). The receiver returns one LE Flow Control Credit packet
+//!   (12-byte L2CAP signalling PDU) per SDU, costed on the reverse direction. The CoC
+//!   floor: the encoded bytes as raw SDUs of at most 4099 bytes in the same K-frames.
 //!
 //! Measured on the sans-io link (Noise XX established, ordered session), one direction.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -17,7 +23,7 @@
 use std::sync::Arc;
 
 use ecomesh_identity::{AccessPolicy, Identity};
-use ecomesh_transport_ble::frag::ATT_HEADER_LEN;
+use ecomesh_transport_ble::frag::{ATT_HEADER_LEN, Channel};
 use ecomesh_transport_ble::gatt::{ADVERTISEMENT_LEN, Advertisement};
 use ecomesh_transport_ble::link::{BleLink, LinkConfig};
 use ecomesh_transport_ble::presence::PresenceTag;
@@ -31,10 +37,31 @@ const US_PER_BYTE: f64 = 4.0;
 const T_IFS: f64 = 150.0;
 const EMPTY_PDU_US: f64 = 44.0;
 
+const MPS: usize = 247;
+const SDU_MTU: u16 = 4099;
+const CREDIT_PDU: usize = 4 + 4 + 4;
+
 /// Airtime in microseconds of one ATT value of `v` bytes.
 fn value_us(v: usize) -> f64 {
-    let sdu = v + ATT_HEADER_LEN + L2CAP;
-    let mut left = sdu;
+    ll_us(v + ATT_HEADER_LEN + L2CAP)
+}
+
+/// Airtime of one SDU of `v` bytes on an L2CAP channel (K-frames of MPS), plus the
+/// credit packet the receiver returns for it.
+fn sdu_us(v: usize) -> f64 {
+    let mut left = v + 2;
+    let mut us = 0.0;
+    while left > 0 {
+        let n = left.min(MPS);
+        us += ll_us(n + L2CAP);
+        left -= n;
+    }
+    us + ll_us(CREDIT_PDU)
+}
+
+/// Airtime of one L2CAP PDU of `pdu` bytes (header included) in LL PDUs.
+fn ll_us(pdu: usize) -> f64 {
+    let mut left = pdu;
     let mut us = 0.0;
     while left > 0 {
         let n = left.min(LL_MAX);
@@ -72,65 +99,109 @@ fn main() {
         "advertisement: {} bytes of legacy advertising data (limit 31)",
         adv.len()
     );
-    println!("mtu  message  values  our_us     floor_us   goodput_kB/s  floor_kB/s  efficiency");
-    for mtu in [23u16, 185, 247, 517] {
+    println!(
+        "channel     message  values  our_us     floor_us   goodput_kB/s  floor_kB/s  efficiency"
+    );
+    let mut rows = Vec::new();
+    for ch in [23u16, 185, 247, 517]
+        .map(|mtu| Channel::Gatt { mtu })
+        .into_iter()
+        .chain([Channel::Coc {
+            psm: ecomesh_transport_ble::gatt::L2CAP_PSM,
+            sdu_mtu: SDU_MTU,
+        }])
+    {
         for size in [1024usize, 64 * 1024 - 64] {
-            let open = Arc::new(AccessPolicy::Open);
-            let (ia, ib) = (
-                Identity::from_secret_bytes(&[1; 32]),
-                Identity::from_secret_bytes(&[2; 32]),
-            );
-            let sender = ia.peer_id();
-            let mut a =
-                BleLink::initiator(ia, open.clone(), None, LinkConfig::default(), mtu, 0).unwrap();
-            let mut b = BleLink::responder(ib, open, LinkConfig::default(), mtu, 0).unwrap();
-            loop {
-                let mut moved = false;
-                while let Some(f) = a.poll_transmit() {
-                    b.receive(&f, 0).unwrap();
-                    moved = true;
-                }
-                while let Some(f) = b.poll_transmit() {
-                    a.receive(&f, 0).unwrap();
-                    moved = true;
-                }
-                if !moved {
-                    break;
-                }
-            }
-            let m = message(sender, size);
-            let encoded = encode_message(&m).len();
-            a.send_message(&m, Priority::Normal).unwrap();
-            let (mut values, mut us) = (0usize, 0.0f64);
-            loop {
-                let mut moved = false;
-                while let Some(f) = a.poll_transmit() {
-                    values += 1;
-                    us += value_us(f.len());
-                    b.receive(&f, 0).unwrap();
-                    moved = true;
-                }
-                // Credits flow back on the other direction's notifications.
-                while let Some(f) = b.poll_transmit() {
-                    us += value_us(f.len());
-                    a.receive(&f, 0).unwrap();
-                    moved = true;
-                }
-                if !moved {
-                    break;
-                }
-            }
-            let payload = usize::from(mtu) - ATT_HEADER_LEN;
-            let floor_us: f64 = (0..encoded.div_ceil(payload))
-                .map(|i| value_us(payload.min(encoded - i * payload)))
-                .sum();
+            let (encoded, values, us, floor_us) = run(ch, size);
             let kbps = |t: f64| encoded as f64 / 1024.0 / (t / 1e6);
+            let name = match ch {
+                Channel::Gatt { mtu } => format!("gatt {mtu}"),
+                _ => format!("coc {SDU_MTU}"),
+            };
             println!(
-                "{mtu:<4} {encoded:<8} {values:<7} {us:<10.0} {floor_us:<10.0} {:<13.1} {:<11.1} {:.3}",
+                "{name:<11} {encoded:<8} {values:<7} {us:<10.0} {floor_us:<10.0} {:<13.1} {:<11.1} {:.3}",
                 kbps(us),
                 kbps(floor_us),
                 floor_us / us
             );
+            rows.push((ch, size, us));
         }
     }
+    for size in [1024usize, 64 * 1024 - 64] {
+        let t = |c: &Channel| {
+            rows.iter()
+                .find(|(ch, s, _)| ch == c && *s == size)
+                .map_or(f64::NAN, |r| r.2)
+        };
+        let coc = t(&Channel::Coc {
+            psm: ecomesh_transport_ble::gatt::L2CAP_PSM,
+            sdu_mtu: SDU_MTU,
+        });
+        println!(
+            "message ~{size} B: CoC airtime / GATT airtime = {:.3} (MTU 247), {:.3} (MTU 517)",
+            coc / t(&Channel::Gatt { mtu: 247 }),
+            coc / t(&Channel::Gatt { mtu: 517 })
+        );
+    }
+}
+
+/// One message of about `size` encoded bytes over a fresh link on `ch`: (encoded
+/// bytes, values or SDUs sent, airtime with credits both ways, floor airtime).
+fn run(ch: Channel, size: usize) -> (usize, usize, f64, f64) {
+    let cost = |v: usize| match ch {
+        Channel::Gatt { .. } => value_us(v),
+        _ => sdu_us(v),
+    };
+    let open = Arc::new(AccessPolicy::Open);
+    let (ia, ib) = (
+        Identity::from_secret_bytes(&[1; 32]),
+        Identity::from_secret_bytes(&[2; 32]),
+    );
+    let sender = ia.peer_id();
+    let mut a = BleLink::initiator(ia, open.clone(), None, LinkConfig::default(), ch, 0).unwrap();
+    let mut b = BleLink::responder(ib, open, LinkConfig::default(), ch, 0).unwrap();
+    loop {
+        let mut moved = false;
+        while let Some(f) = a.poll_transmit() {
+            b.receive(&f, 0).unwrap();
+            moved = true;
+        }
+        while let Some(f) = b.poll_transmit() {
+            a.receive(&f, 0).unwrap();
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    let m = message(sender, size);
+    let encoded = encode_message(&m).len();
+    a.send_message(&m, Priority::Normal).unwrap();
+    let (mut values, mut us) = (0usize, 0.0f64);
+    loop {
+        let mut moved = false;
+        while let Some(f) = a.poll_transmit() {
+            values += 1;
+            us += cost(f.len());
+            b.receive(&f, 0).unwrap();
+            moved = true;
+        }
+        // Credits flow back on the other direction.
+        while let Some(f) = b.poll_transmit() {
+            us += cost(f.len());
+            a.receive(&f, 0).unwrap();
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    let payload = match ch {
+        Channel::Gatt { mtu } => usize::from(mtu) - ATT_HEADER_LEN,
+        _ => usize::from(SDU_MTU),
+    };
+    let floor_us: f64 = (0..encoded.div_ceil(payload))
+        .map(|i| cost(payload.min(encoded - i * payload)))
+        .sum();
+    (encoded, values, us, floor_us)
 }

@@ -16,6 +16,17 @@
 //! [`Role::Central`] connection with X; so two connections with one device (crossed
 //! dials) stay apart, as the engine expects.
 //!
+//! # L2CAP channels
+//! Unless made with [`BluezRadio::gatt_only`], the radio tries to offer an L2CAP LE
+//! connection-oriented channel: at start it opens an `AF_BLUETOOTH` `SOCK_SEQPACKET`
+//! socket, binds it to [`L2CAP_PSM`] with a receive MTU of [`COC_MTU`] and listens; if
+//! that works it also serves [`PSM_CHAR_UUID`] (read: the PSM). A dial reads the
+//! peer's [`PSM_CHAR_UUID`] once connected; if both offer, it connects a socket to the
+//! peer's PSM and the link runs over it ([`Channel::Coc`], one fragment per SDU);
+//! an accepted socket is a [`Role::Peripheral`] connection the same way. Any failure
+//! (no Bluetooth sockets in this kernel or sandbox, no such characteristic, a refused
+//! or timed-out connect) leaves the link on GATT as before, logged at debug.
+//!
 //! # Threads and order
 //! bluer runs on a thread of its own with a current-thread tokio runtime: BlueZ calls
 //! the application's `WriteValue` once per ATT write, bluer spawns one task per call,
@@ -36,8 +47,8 @@ use std::time::Duration;
 
 use bluer::gatt::WriteOp;
 use bluer::gatt::local::{
-    Application, Characteristic, CharacteristicWrite, CharacteristicWriteMethod,
-    CharacteristicWriteRequest as LocalWrite, ReqError, Service,
+    Application, Characteristic, CharacteristicRead, CharacteristicWrite,
+    CharacteristicWriteMethod, CharacteristicWriteRequest as LocalWrite, ReqError, Service,
 };
 use bluer::gatt::remote::CharacteristicWriteRequest;
 use bluer::{Adapter, AdapterEvent, Address, DeviceEvent, DeviceProperty, DiscoveryFilter};
@@ -48,8 +59,11 @@ use ecomesh_types::BoxFuture;
 
 use crate::engine::{ConnId, DeviceAddr, Role};
 use crate::error::BleError;
-use crate::frag::check_mtu;
-use crate::gatt::{Advertisement, COMPANY_ID, NOTIFY_CHAR_UUID, SERVICE_UUID, WRITE_CHAR_UUID};
+use crate::frag::{Channel, MAX_COC_FRAGMENT, MIN_COC_MTU, check_mtu};
+use crate::gatt::{
+    Advertisement, COMPANY_ID, L2CAP_PSM, NOTIFY_CHAR_UUID, PSM_CHAR_UUID, SERVICE_UUID,
+    WRITE_CHAR_UUID, psm_of_value,
+};
 use crate::radio::{Radio, RadioEvent};
 
 /// Largest characteristic value accepted (the ATT attribute value limit).
@@ -64,6 +78,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// same margin off the `mtu` of a write, so both ends of a link use one MTU.
 pub const MTU_MARGIN: u16 = 5;
 
+/// The receive SDU MTU asked for on an L2CAP channel: one whole unit per SDU.
+pub const COC_MTU: u16 = MAX_COC_FRAGMENT as u16;
+/// How long connecting a socket to a peer's PSM may take before the link stays on GATT.
+pub const COC_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Devices whose `Connected` property is watched at once (a task each).
+pub const MAX_WATCHED: usize = 64;
+
 const COMMAND_QUEUE: usize = 256;
 
 /// A BLE radio on a BlueZ adapter (`hci0` or another), over the system D-Bus
@@ -71,6 +93,7 @@ const COMMAND_QUEUE: usize = 256;
 #[derive(Debug)]
 pub struct BluezRadio {
     adapter: Option<String>,
+    coc: bool,
     cmd: mpsc::Sender<Command>,
 }
 
@@ -87,10 +110,20 @@ enum Command {
 }
 
 impl BluezRadio {
-    /// A radio on `adapter` (`None`: BlueZ's default, `hci0` if present). Starts its
+    /// A radio on `adapter` (`None`: BlueZ's default, `hci0` if present) that offers
+    /// an L2CAP channel where it can (see the module documentation). Starts its
     /// backend thread; D-Bus is first reached by [`Radio::start`], which reports a
     /// missing BlueZ or adapter.
     pub fn new(adapter: Option<String>) -> Result<Self, BleError> {
+        Self::build(adapter, true)
+    }
+
+    /// A radio that never offers nor opens an L2CAP channel: GATT only.
+    pub fn gatt_only(adapter: Option<String>) -> Result<Self, BleError> {
+        Self::build(adapter, false)
+    }
+
+    fn build(adapter: Option<String>, coc: bool) -> Result<Self, BleError> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let name = adapter.clone();
         std::thread::Builder::new()
@@ -100,12 +133,21 @@ impl BluezRadio {
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(backend(name, rx)),
+                    Ok(rt) => rt.block_on(backend(name, coc, rx)),
                     Err(e) => tracing::error!(error = %e, "bluez backend: no runtime"),
                 }
             })
             .map_err(|e| BleError::Radio(format!("bluez thread: {e}")))?;
-        Ok(BluezRadio { adapter, cmd: tx })
+        Ok(BluezRadio {
+            adapter,
+            coc,
+            cmd: tx,
+        })
+    }
+
+    /// Whether this radio tries to offer and open L2CAP channels.
+    pub fn offers_coc(&self) -> bool {
+        self.coc
     }
 
     /// The adapter name asked for (`None`: the default one).
@@ -170,7 +212,15 @@ struct Conn {
     addr: DeviceAddr,
     role: Role,
     writes: mpsc::Sender<Vec<u8>>,
-    writer: tokio::task::AbortHandle,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+/// Where a connection's fragments go.
+enum Target {
+    /// GATT writes to this characteristic (found later when `None`).
+    Gatt(Option<bluer::gatt::remote::Characteristic>),
+    /// SDUs on this L2CAP socket, at this channel.
+    Coc(Arc<bluer::l2cap::SeqPacket>, Channel),
 }
 
 /// What the backend loop and the GATT write handlers share (one thread).
@@ -200,8 +250,12 @@ impl Shared {
     /// Forgets `conn` and stops its writer; tells the engine when `notify`.
     fn close(&mut self, conn: ConnId, notify: bool) -> Option<DeviceAddr> {
         let c = self.conns.remove(&conn)?;
-        self.by_key.remove(&(c.addr, c.role));
-        c.writer.abort();
+        if self.by_key.get(&(c.addr, c.role)) == Some(&conn) {
+            self.by_key.remove(&(c.addr, c.role));
+        }
+        for t in &c.tasks {
+            t.abort();
+        }
         if notify {
             let _ = self.emit(RadioEvent::Disconnected { conn });
         }
@@ -224,8 +278,9 @@ impl Shared {
         self.conns.values().any(|c| c.addr == addr)
     }
 
-    /// Registers a connection whose fragments `writer` (a task started with the
-    /// returned receiver) writes; reports it to the engine.
+    /// Registers a connection whose fragments go to `target` (a writer task, and a
+    /// reader task on an L2CAP socket); reports it to the engine. GATT connections are
+    /// found by device and role for the writes BlueZ hands us.
     fn open(
         &mut self,
         shared: &SharedRef,
@@ -233,43 +288,202 @@ impl Shared {
         addr: DeviceAddr,
         role: Role,
         mtu: u16,
-        target: Option<bluer::gatt::remote::Characteristic>,
+        target: Target,
     ) -> Option<ConnId> {
         self.next_conn += 1;
         let conn = self.next_conn;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let writer = tokio::spawn(writer(
-            shared.clone(),
-            adapter.clone(),
-            conn,
-            addr,
-            role,
-            target,
-            rx,
-        ))
-        .abort_handle();
+        let (channel, tasks) = match target {
+            Target::Gatt(ch) => {
+                let w = tokio::spawn(writer(
+                    shared.clone(),
+                    adapter.clone(),
+                    conn,
+                    addr,
+                    role,
+                    ch,
+                    rx,
+                ));
+                self.by_key.insert((addr, role), conn);
+                (Channel::Gatt { mtu }, vec![w.abort_handle()])
+            }
+            Target::Coc(sock, channel) => {
+                let w = tokio::spawn(coc_writer(shared.clone(), conn, sock.clone(), rx));
+                let r = tokio::spawn(coc_reader(shared.clone(), conn, sock));
+                (channel, vec![w.abort_handle(), r.abort_handle()])
+            }
+        };
         self.conns.insert(
             conn,
             Conn {
                 addr,
                 role,
                 writes: tx,
-                writer,
+                tasks,
             },
         );
-        self.by_key.insert((addr, role), conn);
-        if self.watched.insert(addr) {
+        // One watcher per device, at most MAX_WATCHED: a connection of a device
+        // beyond that ends by the engine's timers (handshake, keepalive) instead.
+        if self.watched.len() < MAX_WATCHED && self.watched.insert(addr) {
             tokio::spawn(watch(shared.clone(), adapter.clone(), addr));
         }
         if self.emit(RadioEvent::Connected {
             conn,
             addr,
             role,
-            mtu,
+            channel,
         }) {
             Some(conn)
         } else {
             self.close(conn, false);
+            None
+        }
+    }
+}
+
+/// Sends one connection's fragments in order, one SDU each, on its L2CAP socket.
+async fn coc_writer(
+    shared: SharedRef,
+    conn: ConnId,
+    sock: Arc<bluer::l2cap::SeqPacket>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
+    while let Some(bytes) = rx.recv().await {
+        match sock.send(&bytes).await {
+            Ok(n) if n == bytes.len() => {}
+            Ok(n) => {
+                tracing::debug!(conn, sent = n, len = bytes.len(), "bluez: short L2CAP send");
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(conn, error = %e, "bluez: L2CAP send failed");
+                break;
+            }
+        }
+    }
+    lock(&shared).close(conn, true);
+}
+
+/// Hands one connection's received SDUs to the engine, in order; an SDU over
+/// [`MAX_COC_FRAGMENT`] bytes reaches the engine as such (it refuses it), the end of
+/// the socket closes the connection.
+async fn coc_reader(shared: SharedRef, conn: ConnId, sock: Arc<bluer::l2cap::SeqPacket>) {
+    let mut buf = vec![0u8; MAX_COC_FRAGMENT + 1];
+    loop {
+        match sock.recv(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                let mut s = lock(&shared);
+                let bytes = buf[..n].to_vec();
+                if !s.emit(RadioEvent::Received { conn, bytes }) {
+                    s.close(conn, true);
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(conn, error = %e, "bluez: L2CAP receive failed");
+                break;
+            }
+        }
+    }
+    lock(&shared).close(conn, true);
+}
+
+/// The channel of a connected L2CAP socket: the PSM and the smaller of its two MTUs
+/// (at least [`MIN_COC_MTU`]).
+fn coc_channel(sock: &bluer::l2cap::SeqPacket, psm: u16) -> Channel {
+    let send = sock.send_mtu().unwrap_or(usize::from(MIN_COC_MTU));
+    let recv = sock.recv_mtu().unwrap_or(usize::from(MIN_COC_MTU));
+    let sdu_mtu = u16::try_from(send.min(recv))
+        .unwrap_or(u16::MAX)
+        .max(MIN_COC_MTU);
+    Channel::Coc { psm, sdu_mtu }
+}
+
+/// Opens the listening L2CAP socket on [`L2CAP_PSM`]; an error means this radio
+/// offers GATT only (no `AF_BLUETOOTH` sockets here, or the PSM is taken).
+async fn coc_listen(adapter: &Adapter) -> Result<bluer::l2cap::SeqPacketListener, BleError> {
+    let addr = adapter
+        .address()
+        .await
+        .map_err(|e| radio_err("adapter address", e))?;
+    let kind = adapter
+        .address_type()
+        .await
+        .unwrap_or(bluer::AddressType::LePublic);
+    let sock = bluer::l2cap::Socket::new_seq_packet().map_err(|e| radio_err("L2CAP socket", e))?;
+    sock.bind(bluer::l2cap::SocketAddr::new(addr, kind, L2CAP_PSM))
+        .map_err(|e| radio_err("L2CAP bind", e))?;
+    sock.set_recv_mtu(COC_MTU)
+        .map_err(|e| radio_err("L2CAP receive MTU", e))?;
+    sock.listen(8).map_err(|e| radio_err("L2CAP listen", e))
+}
+
+/// Accepts L2CAP channels: each is our [`Role::Peripheral`] connection with its device.
+async fn coc_accept(
+    shared: SharedRef,
+    adapter: Adapter,
+    listener: bluer::l2cap::SeqPacketListener,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, sa)) => {
+                let channel = coc_channel(&sock, L2CAP_PSM);
+                let addr = addr_of(sa.addr);
+                tracing::debug!(%addr, ?channel, "bluez: L2CAP channel accepted");
+                let mut s = lock(&shared);
+                if s.events.is_none() {
+                    continue;
+                }
+                let target = Target::Coc(Arc::new(sock), channel);
+                let _ = s.open(&shared, &adapter, addr, Role::Peripheral, 0, target);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "bluez: L2CAP accept failed; GATT only from now on");
+                return;
+            }
+        }
+    }
+}
+
+/// Our L2CAP channel to `addr`, if it offers one ([`PSM_CHAR_UUID`]) and the socket
+/// connects in time; `None` keeps the link on GATT.
+async fn coc_dial(
+    adapter: &Adapter,
+    addr: DeviceAddr,
+) -> Option<(bluer::l2cap::SeqPacket, Channel)> {
+    let attempt = async {
+        let ch = remote_char(adapter, addr, PSM_CHAR_UUID).await?;
+        let value = ch.read().await.map_err(|e| radio_err("PSM read", e))?;
+        let psm = psm_of_value(&value).ok_or(BleError::Malformed("PSM characteristic value"))?;
+        let device = adapter
+            .device(Address(addr.0))
+            .map_err(|e| radio_err("device", e))?;
+        let kind = device
+            .address_type()
+            .await
+            .unwrap_or(bluer::AddressType::LePublic);
+        let sock =
+            bluer::l2cap::Socket::new_seq_packet().map_err(|e| radio_err("L2CAP socket", e))?;
+        sock.bind(bluer::l2cap::SocketAddr::new(Address::any(), kind, 0))
+            .map_err(|e| radio_err("L2CAP bind", e))?;
+        sock.set_recv_mtu(COC_MTU)
+            .map_err(|e| radio_err("L2CAP receive MTU", e))?;
+        let sock = sock
+            .connect(bluer::l2cap::SocketAddr::new(Address(addr.0), kind, psm))
+            .await
+            .map_err(|e| radio_err("L2CAP connect", e))?;
+        let channel = coc_channel(&sock, psm);
+        Ok::<_, BleError>((sock, channel))
+    };
+    match tokio::time::timeout(COC_CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "bluez: no L2CAP channel, GATT");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%addr, "bluez: L2CAP connect timed out, GATT");
             None
         }
     }
@@ -407,7 +621,7 @@ fn on_write(
                 addr,
                 role,
                 clamp_mtu(req.mtu.saturating_sub(MTU_MARGIN)),
-                None,
+                Target::Gatt(None),
             )
             .ok_or(ReqError::Failed)?,
         // A server-to-client write on no connection of ours.
@@ -445,17 +659,33 @@ fn write_char(
     }
 }
 
+/// The read-only characteristic offering our PSM.
+fn psm_char() -> Characteristic {
+    Characteristic {
+        uuid: uuid(PSM_CHAR_UUID),
+        read: Some(CharacteristicRead {
+            read: true,
+            fun: Box::new(|_| Box::pin(async { Ok(L2CAP_PSM.to_le_bytes().to_vec()) })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The backend's state while started.
 struct Started {
     adapter: Adapter,
     _app: bluer::gatt::local::ApplicationHandle,
     adv: Option<bluer::adv::AdvertisementHandle>,
     discovery: tokio::task::AbortHandle,
+    /// The L2CAP accept loop, when this radio offers a channel.
+    coc: Option<tokio::task::AbortHandle>,
 }
 
 async fn start(
     session: &bluer::Session,
     name: Option<&str>,
+    offer_coc: bool,
     shared: &SharedRef,
 ) -> Result<Started, BleError> {
     let adapter = match name {
@@ -467,14 +697,29 @@ async fn start(
         .set_powered(true)
         .await
         .map_err(|e| radio_err("power", e))?;
+    let listener = if offer_coc {
+        match coc_listen(&adapter).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::info!(error = %e, "bluez: no L2CAP channel offered, GATT only");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut characteristics = vec![
+        write_char(shared, &adapter, WRITE_CHAR_UUID, Role::Peripheral),
+        write_char(shared, &adapter, NOTIFY_CHAR_UUID, Role::Central),
+    ];
+    if listener.is_some() {
+        characteristics.push(psm_char());
+    }
     let app = Application {
         services: vec![Service {
             uuid: uuid(SERVICE_UUID),
             primary: true,
-            characteristics: vec![
-                write_char(shared, &adapter, WRITE_CHAR_UUID, Role::Peripheral),
-                write_char(shared, &adapter, NOTIFY_CHAR_UUID, Role::Central),
-            ],
+            characteristics,
             ..Default::default()
         }],
         ..Default::default()
@@ -497,11 +742,14 @@ async fn start(
         .await
         .map_err(|e| radio_err("StartDiscovery", e))?;
     let discovery = tokio::spawn(discover(shared.clone(), adapter.clone(), stream)).abort_handle();
+    let coc = listener
+        .map(|l| tokio::spawn(coc_accept(shared.clone(), adapter.clone(), l)).abort_handle());
     Ok(Started {
         adapter,
         _app: app,
         adv: None,
         discovery,
+        coc,
     })
 }
 
@@ -547,8 +795,9 @@ async fn discover(
     }
 }
 
-/// Dials `addr`: `Device1.Connect`, then our service's write characteristic.
-async fn dial(shared: SharedRef, adapter: Adapter, addr: DeviceAddr) {
+/// Dials `addr`: `Device1.Connect`, then our service's write characteristic; then,
+/// if we offer an L2CAP channel (`coc`), the peer's channel when it offers one.
+async fn dial(shared: SharedRef, adapter: Adapter, addr: DeviceAddr, coc: bool) {
     let attempt = async {
         let device = adapter
             .device(Address(addr.0))
@@ -562,10 +811,23 @@ async fn dial(shared: SharedRef, adapter: Adapter, addr: DeviceAddr) {
         Ok::<_, BleError>((ch, clamp_mtu(u16::try_from(mtu).unwrap_or(u16::MAX))))
     };
     let result = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await;
+    let channel = match &result {
+        Ok(Ok(_)) if coc => coc_dial(&adapter, addr).await,
+        _ => None,
+    };
     let mut s = lock(&shared);
+    let central = |s: &Shared| {
+        s.conns
+            .values()
+            .any(|c| c.addr == addr && c.role == Role::Central)
+    };
     match result {
-        Ok(Ok((ch, mtu))) if !s.by_key.contains_key(&(addr, Role::Central)) => {
-            let _ = s.open(&shared, &adapter, addr, Role::Central, mtu, Some(ch));
+        Ok(Ok((ch, mtu))) if !central(&s) => {
+            let target = match channel {
+                Some((sock, channel)) => Target::Coc(Arc::new(sock), channel),
+                None => Target::Gatt(Some(ch)),
+            };
+            let _ = s.open(&shared, &adapter, addr, Role::Central, mtu, target);
         }
         Ok(Ok(_)) => {
             // Already connected as central to this device: this dial is redundant.
@@ -582,7 +844,7 @@ async fn dial(shared: SharedRef, adapter: Adapter, addr: DeviceAddr) {
     }
 }
 
-async fn backend(name: Option<String>, mut rx: mpsc::Receiver<Command>) {
+async fn backend(name: Option<String>, coc: bool, mut rx: mpsc::Receiver<Command>) {
     let shared: SharedRef = Arc::default();
     let mut session: Option<bluer::Session> = None;
     let mut started: Option<Started> = None;
@@ -602,7 +864,7 @@ async fn backend(name: Option<String>, mut rx: mpsc::Receiver<Command>) {
                     };
                     if started.is_none() {
                         lock(&shared).events = Some(events);
-                        match start(sess, name.as_deref(), &shared).await {
+                        match start(sess, name.as_deref(), coc, &shared).await {
                             Ok(s) => started = Some(s),
                             Err(e) => {
                                 lock(&shared).events = None;
@@ -618,6 +880,9 @@ async fn backend(name: Option<String>, mut rx: mpsc::Receiver<Command>) {
             Command::Stop(ack) => {
                 if let Some(st) = started.take() {
                     st.discovery.abort();
+                    if let Some(c) = &st.coc {
+                        c.abort();
+                    }
                     let devices = {
                         let mut s = lock(&shared);
                         s.events = None;
@@ -666,7 +931,7 @@ async fn backend(name: Option<String>, mut rx: mpsc::Receiver<Command>) {
                 let result = match started.as_ref() {
                     None => Err(BleError::Radio("not started".into())),
                     Some(st) => {
-                        tokio::spawn(dial(shared.clone(), st.adapter.clone(), addr));
+                        tokio::spawn(dial(shared.clone(), st.adapter.clone(), addr, coc));
                         Ok(())
                     }
                 };

@@ -39,6 +39,7 @@ use ecomesh_identity::{AccessPolicy, Identity, PublicKey};
 use ecomesh_types::{NetworkMessage, PeerId, Priority};
 
 use crate::error::BleError;
+use crate::frag::Channel;
 use crate::gatt::Advertisement;
 use crate::link::{BleLink, LinkConfig, LinkEvent, check_policy};
 use crate::presence::{PresenceKey, PresenceResolver, PresenceTag};
@@ -287,6 +288,12 @@ impl Engine {
             .collect()
     }
 
+    /// The channel of the link carrying `peer`'s traffic (GATT or L2CAP), if linked.
+    pub fn link_channel(&self, peer: &PeerId) -> Option<Channel> {
+        let c = self.conns.get(self.by_peer.get(peer)?)?;
+        Some(c.link.framer().channel())
+    }
+
     /// Links open or being dialled.
     pub fn link_count(&self) -> usize {
         self.conns.len() + self.dialing.len()
@@ -404,8 +411,17 @@ impl Engine {
         self.backoff(&addr, now);
     }
 
-    /// A connection is up (ours as [`Role::Central`] or the peer's), at ATT MTU `mtu`.
-    pub fn on_connected(&mut self, conn: ConnId, addr: DeviceAddr, role: Role, mtu: u16, now: u64) {
+    /// A connection is up (ours as [`Role::Central`] or the peer's) over `channel`: GATT
+    /// at an ATT MTU (a bare `u16` converts to it) or an L2CAP channel both sides offered.
+    pub fn on_connected(
+        &mut self,
+        conn: ConnId,
+        addr: DeviceAddr,
+        role: Role,
+        channel: impl Into<Channel>,
+        now: u64,
+    ) {
+        let channel = channel.into();
         let dial = self.dialing.remove(&addr);
         let dialled = dial.is_some();
         let asked = dial.is_some_and(|(_, w)| w);
@@ -420,21 +436,27 @@ impl Engine {
                 let expect = self
                     .peer_at(&addr)
                     .filter(|p| self.wanted.contains_key(p) && dialled);
-                BleLink::initiator(id, self.policy.clone(), expect, self.config.link, mtu, now).map(
-                    |mut l| {
-                        let deny = self
-                            .parted
-                            .iter()
-                            .filter(|p| !self.wanted.contains_key(p))
-                            .copied()
-                            .collect();
-                        l.deny(deny);
-                        l
-                    },
+                BleLink::initiator(
+                    id,
+                    self.policy.clone(),
+                    expect,
+                    self.config.link,
+                    channel,
+                    now,
                 )
+                .map(|mut l| {
+                    let deny = self
+                        .parted
+                        .iter()
+                        .filter(|p| !self.wanted.contains_key(p))
+                        .copied()
+                        .collect();
+                    l.deny(deny);
+                    l
+                })
             }
             Role::Peripheral => {
-                BleLink::responder(id, self.policy.clone(), self.config.link, mtu, now).map(
+                BleLink::responder(id, self.policy.clone(), self.config.link, channel, now).map(
                     |mut l| {
                         l.set_report_last(!self.wanted.is_empty());
                         l

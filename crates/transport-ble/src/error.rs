@@ -12,12 +12,13 @@ pub enum BleError {
     /// A fragment that does not follow the framing of [`crate::frag`].
     #[error("malformed fragment: {0}")]
     Malformed(&'static str),
-    /// A fragment longer than the ATT payload of the link's MTU.
-    #[error("fragment of {len} bytes exceeds the ATT payload of {max} bytes")]
+    /// A fragment longer than the link's channel takes (the ATT payload of its MTU, or
+    /// its L2CAP SDU MTU).
+    #[error("fragment of {len} bytes exceeds the channel's limit of {max} bytes")]
     FragmentTooLarge {
         /// Length received.
         len: usize,
-        /// ATT payload (MTU - 3).
+        /// The channel's fragment limit (ATT MTU - 3, or the SDU MTU).
         max: usize,
     },
     /// A unit (one Noise message) over the link's unit limit.

@@ -1,10 +1,21 @@
-//! Framing over GATT, sans-io: units (whole Noise messages) cut into fragments of at
-//! most one ATT payload, reassembled with hard caps, under per-link credits.
+//! Framing over GATT or an L2CAP channel, sans-io: units (whole Noise messages) cut
+//! into fragments of at most one ATT payload or one L2CAP SDU, reassembled with hard
+//! caps, under per-link credits.
+//!
+//! # Channels
+//! A link runs over one [`Channel`]:
+//! - [`Channel::Gatt`]: each fragment is one value written to the write characteristic
+//!   (GATT client to server) or notified on the notify characteristic (server to
+//!   client), at most `ATT_MTU - 3` bytes;
+//! - [`Channel::Coc`]: an L2CAP LE connection-oriented channel (both sides offer one,
+//!   PSM [`crate::gatt::L2CAP_PSM`]); each fragment is one SDU, at most the channel's
+//!   SDU MTU and never over [`MAX_COC_FRAGMENT`] (a whole unit of [`MAX_UNIT_LEN`]
+//!   bytes with its `FIRST` header), so a unit takes one SDU. The channel's own
+//!   credit-based flow control paces K-frames below; the unit credits here still bound
+//!   what each side buffers.
 //!
 //! # Fragments
-//! Each fragment is one value written to the write characteristic (GATT client to
-//! server) or notified on the notify characteristic (server to client), at most
-//! `ATT_MTU - 3` bytes. Its first byte is its kind:
+//! Whatever the channel, a fragment's first byte is its kind:
 //! - `FIRST` (`0x01`): `0x01 || unit_len (u16 BE) || data`: starts a unit of
 //!   `unit_len` bytes (`1..=`[`MAX_UNIT_LEN`]), `data` its first bytes (may be all);
 //! - `CONT` (`0x02`): `0x02 || data` (non-empty): the next bytes of the unit;
@@ -52,6 +63,63 @@ pub const CONT: u8 = 0x02;
 pub const CREDIT: u8 = 0x03;
 /// Header bytes of a `FIRST` fragment.
 pub const FIRST_HEADER_LEN: usize = 3;
+/// Smallest SDU MTU of an L2CAP LE credit-based channel (Bluetooth Core, 23).
+pub const MIN_COC_MTU: u16 = 23;
+/// Largest fragment on an L2CAP channel: one whole unit with its `FIRST` header.
+pub const MAX_COC_FRAGMENT: usize = FIRST_HEADER_LEN + MAX_UNIT_LEN;
+
+/// What a link's fragments travel over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Channel {
+    /// GATT writes (and notifications) at this ATT MTU (`23..=517`).
+    Gatt {
+        /// The negotiated ATT MTU.
+        mtu: u16,
+    },
+    /// An L2CAP LE connection-oriented channel: one SDU per fragment.
+    Coc {
+        /// The PSM it was opened on.
+        psm: u16,
+        /// The largest SDU both ends take (the smaller of the two MTUs, at least
+        /// [`MIN_COC_MTU`]).
+        sdu_mtu: u16,
+    },
+}
+
+impl From<u16> for Channel {
+    /// A GATT channel at ATT MTU `mtu`.
+    fn from(mtu: u16) -> Self {
+        Channel::Gatt { mtu }
+    }
+}
+
+impl Channel {
+    /// Checks the channel's size is in range (ATT MTU `23..=517`, SDU MTU at least 23).
+    pub fn check(self) -> Result<Self, BleError> {
+        match self {
+            Channel::Gatt { mtu } => check_mtu(mtu).map(|_| self),
+            Channel::Coc { sdu_mtu, .. } if sdu_mtu < MIN_COC_MTU => {
+                Err(BleError::MtuOutOfRange(sdu_mtu))
+            }
+            Channel::Coc { .. } => Ok(self),
+        }
+    }
+
+    /// Largest fragment on this channel: the ATT payload (`mtu - 3`) or the SDU MTU
+    /// capped at [`MAX_COC_FRAGMENT`].
+    pub fn max_fragment_len(self) -> usize {
+        match self {
+            Channel::Gatt { mtu } => usize::from(mtu).saturating_sub(ATT_HEADER_LEN),
+            Channel::Coc { sdu_mtu, .. } => usize::from(sdu_mtu).min(MAX_COC_FRAGMENT),
+        }
+    }
+
+    /// Whether this is an L2CAP channel.
+    pub fn is_coc(self) -> bool {
+        matches!(self, Channel::Coc { .. })
+    }
+}
 
 /// One decoded fragment, borrowing its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,7 +195,12 @@ pub fn check_mtu(mtu: u16) -> Result<u16, BleError> {
 
 /// How many fragments a unit of `len` bytes takes at ATT MTU `mtu`.
 pub fn fragments_for(len: usize, mtu: u16) -> usize {
-    let payload = usize::from(mtu).saturating_sub(ATT_HEADER_LEN);
+    fragments_for_payload(len, usize::from(mtu).saturating_sub(ATT_HEADER_LEN))
+}
+
+/// How many fragments a unit of `len` bytes takes with fragments of at most `payload`
+/// bytes ([`Channel::max_fragment_len`]).
+pub fn fragments_for_payload(len: usize, payload: usize) -> usize {
     let first = payload.saturating_sub(FIRST_HEADER_LEN).max(1);
     let cont = payload.saturating_sub(1).max(1);
     if len <= first {
@@ -168,7 +241,7 @@ struct Partial {
 /// After an error from [`Framer::receive`] the link must be closed.
 pub struct Framer {
     config: FramerConfig,
-    mtu: u16,
+    channel: Channel,
     /// Credits we hold: units we may still start.
     send_credits: usize,
     queue: VecDeque<Vec<u8>>,
@@ -184,7 +257,7 @@ pub struct Framer {
 impl std::fmt::Debug for Framer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Framer")
-            .field("mtu", &self.mtu)
+            .field("channel", &self.channel)
             .field("send_credits", &self.send_credits)
             .field("queued", &self.queue.len())
             .field("peer_credits", &self.peer_credits)
@@ -193,17 +266,18 @@ impl std::fmt::Debug for Framer {
 }
 
 impl Framer {
-    /// A framer at ATT MTU `mtu`. If `config.window` exceeds [`INITIAL_CREDITS`], the
-    /// extra credits are granted at once (the first output).
-    pub fn new(mut config: FramerConfig, mtu: u16) -> Result<Self, BleError> {
-        check_mtu(mtu)?;
+    /// A framer over `channel` (an ATT MTU converts to [`Channel::Gatt`]). If
+    /// `config.window` exceeds [`INITIAL_CREDITS`], the extra credits are granted at
+    /// once (the first output).
+    pub fn new(mut config: FramerConfig, channel: impl Into<Channel>) -> Result<Self, BleError> {
+        let channel = channel.into().check()?;
         config.max_unit_len = config.max_unit_len.clamp(1, MAX_UNIT_LEN);
         config.window = config
             .window
             .clamp(INITIAL_CREDITS, MAX_UNITS_IN_FLIGHT as u8);
         let mut f = Framer {
             config,
-            mtu,
+            channel,
             send_credits: usize::from(INITIAL_CREDITS),
             queue: VecDeque::new(),
             out: VecDeque::new(),
@@ -219,19 +293,31 @@ impl Framer {
         Ok(f)
     }
 
-    /// The ATT MTU in use.
+    /// The ATT MTU in use on a GATT channel; on an L2CAP channel, its SDU MTU.
     pub fn mtu(&self) -> u16 {
-        self.mtu
+        match self.channel {
+            Channel::Gatt { mtu } => mtu,
+            Channel::Coc { sdu_mtu, .. } => sdu_mtu,
+        }
     }
 
-    /// Largest fragment: the ATT payload, `mtu - 3`.
+    /// The channel the fragments travel over.
+    pub fn channel(&self) -> Channel {
+        self.channel
+    }
+
+    /// Largest fragment ([`Channel::max_fragment_len`]).
     pub fn max_fragment_len(&self) -> usize {
-        usize::from(self.mtu) - ATT_HEADER_LEN
+        self.channel.max_fragment_len()
     }
 
-    /// Sets the MTU after an exchange; units not yet cut use it.
+    /// Sets the ATT MTU after an exchange; units not yet cut use it. An L2CAP channel
+    /// keeps its SDU MTU (the ATT MTU is not its size); the value is still checked.
     pub fn set_mtu(&mut self, mtu: u16) -> Result<(), BleError> {
-        self.mtu = check_mtu(mtu)?;
+        let mtu = check_mtu(mtu)?;
+        if let Channel::Gatt { .. } = self.channel {
+            self.channel = Channel::Gatt { mtu };
+        }
         Ok(())
     }
 
@@ -258,7 +344,7 @@ impl Framer {
                 max: self.config.max_unit_len,
             });
         }
-        if fragments_for(unit.len(), self.mtu) > MAX_FRAGMENTS_PER_UNIT {
+        if fragments_for_payload(unit.len(), self.max_fragment_len()) > MAX_FRAGMENTS_PER_UNIT {
             return Err(BleError::TooManyFragments {
                 max: MAX_FRAGMENTS_PER_UNIT,
             });
@@ -449,6 +535,60 @@ mod tests {
                 return got;
             }
         }
+    }
+
+    #[test]
+    fn on_an_l2cap_channel_a_whole_unit_is_one_sdu_and_caps_hold() {
+        let coc = Channel::Coc {
+            psm: 0xC5,
+            sdu_mtu: 65_535,
+        };
+        // The SDU MTU is capped at one unit with its header.
+        assert_eq!(coc.max_fragment_len(), MAX_COC_FRAGMENT);
+        let c = FramerConfig::default();
+        let (mut a, mut b) = (Framer::new(c, coc).unwrap(), Framer::new(c, coc).unwrap());
+        assert_eq!(a.channel(), coc);
+        while a.poll_transmit().is_some() {}
+        while b.poll_transmit().is_some() {}
+        let unit: Vec<u8> = (0..MAX_UNIT_LEN).map(|i| i as u8).collect();
+        a.send_unit(unit.clone()).unwrap();
+        let f = a.poll_transmit().unwrap();
+        assert_eq!(f.len(), MAX_COC_FRAGMENT);
+        assert!(a.poll_transmit().is_none());
+        b.receive(&f).unwrap();
+        assert_eq!(b.next_unit().unwrap(), unit);
+        // Over the SDU MTU, or over the unit cap, is refused.
+        assert!(matches!(
+            b.receive(&vec![CONT; MAX_COC_FRAGMENT + 1]),
+            Err(BleError::FragmentTooLarge { .. })
+        ));
+        let small = Channel::Coc {
+            psm: 0xC5,
+            sdu_mtu: 100,
+        };
+        let mut s = Framer::new(c, small).unwrap();
+        assert_eq!(s.max_fragment_len(), 100);
+        assert!(matches!(
+            s.receive(&[CONT; 101]),
+            Err(BleError::FragmentTooLarge { len: 101, max: 100 })
+        ));
+        // An ATT MTU exchange does not resize the channel.
+        s.set_mtu(517).unwrap();
+        assert_eq!(s.channel(), small);
+        assert!(matches!(
+            Framer::new(
+                c,
+                Channel::Coc {
+                    psm: 0xC5,
+                    sdu_mtu: 22
+                }
+            ),
+            Err(BleError::MtuOutOfRange(22))
+        ));
+        assert_eq!(
+            fragments_for_payload(MAX_UNIT_LEN, 100),
+            1 + (MAX_UNIT_LEN - 97).div_ceil(99)
+        );
     }
 
     #[test]

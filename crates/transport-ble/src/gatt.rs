@@ -7,7 +7,10 @@
 //! - [`NOTIFY_CHAR_UUID`] (notify): the server notifies its fragments to the client.
 //!
 //! So one connection carries both directions, whichever side connected; each device
-//! runs the service (server) and connects to others (client) at once.
+//! runs the service (server) and connects to others (client) at once. A device that
+//! offers an L2CAP connection-oriented channel also serves [`PSM_CHAR_UUID`] (read:
+//! its PSM); a client that offers one too opens the channel and runs the link over it
+//! instead of the characteristics ([`crate::frag::Channel`]).
 //!
 //! # Advertisement (legacy advertising data, at most 31 bytes)
 //! Three AD structures, 31 bytes in all ([`ADVERTISEMENT_LEN`]):
@@ -30,9 +33,20 @@ pub const SERVICE_UUID: u128 = 0x6c9e_4c1a_3b5f_4f2e_9d0a_7e21_b4c8_e001;
 pub const WRITE_CHAR_UUID: u128 = 0x6c9e_4c1a_3b5f_4f2e_9d0a_7e21_b4c8_e002;
 /// The notify characteristic: server to client fragments.
 pub const NOTIFY_CHAR_UUID: u128 = 0x6c9e_4c1a_3b5f_4f2e_9d0a_7e21_b4c8_e003;
-/// The optional L2CAP connection-oriented channel PSM (dynamic range), for a later
-/// backend that offers it; the fragments stay the same.
+/// The L2CAP LE connection-oriented channel PSM (LE dynamic range `0x80..=0xFF`) a
+/// device listens on when it offers a channel; the fragments stay the same, one per SDU.
 pub const L2CAP_PSM: u16 = 0x00C5;
+/// The optional read characteristic of a device offering an L2CAP channel: its PSM,
+/// `u16` little-endian. Absent: the device offers GATT only. (The 31 bytes of the
+/// advertisement are all taken, so the offer is read over GATT once connected.)
+pub const PSM_CHAR_UUID: u128 = 0x6c9e_4c1a_3b5f_4f2e_9d0a_7e21_b4c8_e004;
+
+/// The PSM a [`PSM_CHAR_UUID`] value offers: exactly two bytes, little-endian, in the
+/// LE dynamic range; anything else offers nothing (GATT then).
+pub fn psm_of_value(value: &[u8]) -> Option<u16> {
+    let psm = u16::from_le_bytes(value.try_into().ok()?);
+    (0x80..=0xFF).contains(&psm).then_some(psm)
+}
 /// Company identifier of the manufacturer data (`0xFFFF`: reserved by the SIG for
 /// tests and unassigned use).
 pub const COMPANY_ID: u16 = 0xFFFF;
@@ -193,6 +207,15 @@ mod tests {
                 Err(BleError::Malformed(_))
             ));
         }
+    }
+
+    #[test]
+    fn psm_value_is_two_bytes_in_the_le_dynamic_range() {
+        assert_eq!(psm_of_value(&L2CAP_PSM.to_le_bytes()), Some(L2CAP_PSM));
+        assert_eq!(psm_of_value(&[0xC5]), None);
+        assert_eq!(psm_of_value(&[0xC5, 0, 0]), None);
+        assert_eq!(psm_of_value(&0x0025u16.to_le_bytes()), None);
+        assert_eq!(psm_of_value(&0x0100u16.to_le_bytes()), None);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use ecomesh_types::{NetworkMessage, PeerId, Priority};
 use ecomesh_wire::{Limits, decode_message_with, encode_message};
 
 use crate::error::BleError;
-use crate::frag::{Framer, FramerConfig};
+use crate::frag::{Channel, Framer, FramerConfig};
 
 /// Version byte of the HELLO record.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -152,40 +152,46 @@ impl std::fmt::Debug for BleLink {
 
 impl BleLink {
     /// The GATT client's end (Noise initiator); `expect` requires a given peer.
+    /// `channel` is what the fragments travel over (an ATT MTU means GATT).
     pub fn initiator(
         identity: Identity,
         policy: Arc<AccessPolicy>,
         expect: Option<PeerId>,
         config: LinkConfig,
-        mtu: u16,
+        channel: impl Into<Channel>,
         now_ms: u64,
     ) -> Result<Self, BleError> {
         let mut hs = Handshake::xx_initiator(identity, policy, SessionConfig::default())?;
         if let Some(p) = expect {
             hs = hs.expect_peer(p);
         }
-        let mut link = Self::new(hs, config, mtu, now_ms)?;
+        let mut link = Self::new(hs, config, channel.into(), now_ms)?;
         link.drive_handshake()?;
         Ok(link)
     }
 
-    /// The GATT server's end (Noise responder).
+    /// The GATT server's end (Noise responder), over `channel` (an ATT MTU means GATT).
     pub fn responder(
         identity: Identity,
         policy: Arc<AccessPolicy>,
         config: LinkConfig,
-        mtu: u16,
+        channel: impl Into<Channel>,
         now_ms: u64,
     ) -> Result<Self, BleError> {
         let hs = Handshake::xx_responder(identity, policy, SessionConfig::default())?;
-        Self::new(hs, config, mtu, now_ms)
+        Self::new(hs, config, channel.into(), now_ms)
     }
 
-    fn new(hs: Handshake, config: LinkConfig, mtu: u16, now_ms: u64) -> Result<Self, BleError> {
+    fn new(
+        hs: Handshake,
+        config: LinkConfig,
+        channel: Channel,
+        now_ms: u64,
+    ) -> Result<Self, BleError> {
         let initiator = hs.is_initiator();
         Ok(BleLink {
             config,
-            framer: Framer::new(config.framer, mtu)?,
+            framer: Framer::new(config.framer, channel)?,
             state: State::Handshaking(Box::new(hs)),
             events: VecDeque::new(),
             reassembly: Vec::new(),

@@ -12,8 +12,11 @@
 //! | [`RadioEvent::Received`] | a write to our write characteristic, or a notification of the peer's |
 //! | [`Radio::disconnect`] / [`RadioEvent::Disconnected`] | `Device1.Disconnect` / `Connected` becoming false |
 //!
-//! An L2CAP connection-oriented channel ([`crate::gatt::L2CAP_PSM`]) may later carry
-//! the same fragments where both sides offer one; the engine does not change.
+//! | [`Channel::Coc`] in [`RadioEvent::Connected`] | both sides offer an L2CAP channel (the peer's PSM read from its [`crate::gatt::PSM_CHAR_UUID`]): an `AF_BLUETOOTH` `SOCK_SEQPACKET` socket on [`crate::gatt::L2CAP_PSM`], one fragment per SDU |
+//!
+//! The radio picks the channel of a connection: an L2CAP connection-oriented channel
+//! where both sides offer one (and one can be opened), GATT otherwise. The engine and
+//! the link only size their fragments to it ([`Channel::max_fragment_len`]).
 
 use tokio::sync::mpsc;
 
@@ -21,6 +24,7 @@ use ecomesh_types::BoxFuture;
 
 use crate::engine::{ConnId, DeviceAddr, Role};
 use crate::error::BleError;
+use crate::frag::Channel;
 use crate::gatt::Advertisement;
 
 /// Something the radio observed.
@@ -36,7 +40,8 @@ pub enum RadioEvent {
         /// What it carried.
         adv: Advertisement,
     },
-    /// A connection is up, with its ATT MTU negotiated.
+    /// A connection is up, over GATT with its ATT MTU negotiated, or over an L2CAP
+    /// channel when both sides offer one.
     Connected {
         /// Handle for later calls.
         conn: ConnId,
@@ -44,8 +49,8 @@ pub enum RadioEvent {
         addr: DeviceAddr,
         /// Our side of it.
         role: Role,
-        /// The negotiated ATT MTU.
-        mtu: u16,
+        /// What the fragments travel over, and its size.
+        channel: Channel,
     },
     /// A [`Radio::connect`] failed (out of range, limit, refused).
     ConnectFailed {
@@ -86,6 +91,7 @@ pub trait Radio: Send + Sync + 'static {
     /// Closes `conn`.
     fn disconnect(&self, conn: ConnId) -> BoxFuture<'_, Result<(), BleError>>;
 
-    /// Sends one fragment on `conn` (write or notification by role).
+    /// Sends one fragment on `conn` (write or notification by role, or one SDU on an
+    /// L2CAP channel).
     fn transmit(&self, conn: ConnId, bytes: Vec<u8>) -> BoxFuture<'_, Result<(), BleError>>;
 }

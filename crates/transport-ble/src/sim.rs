@@ -15,6 +15,16 @@
 //!   Values arrive in order, once (the link layer retransmits); a connection drops
 //!   when its ends move out of range, with probability [`SimConfig::drop_per_value`]
 //!   per value (supervision timeout), or when an event cannot be delivered.
+//! - **L2CAP channels**: a radio given a [`SimCoc`] ([`SimAir::offer_coc`]) offers an
+//!   LE connection-oriented channel. A dial between two offering radios, each with a
+//!   free channel, is a [`Channel::Coc`] connection (the target's PSM, the smaller SDU
+//!   MTU); any other dial is GATT, so mixed neighbourhoods work. An SDU (one fragment,
+//!   at most the SDU MTU) is cut into K-frames of at most the MPS plus the 2-byte SDU
+//!   length; each direction has the receiver's credits in SDUs: the sender's SDUs
+//!   queue behind them and move on as the receiving host takes its events (credits
+//!   return), loss-free and in order, and the channel's end arrives after its
+//!   last SDU. A full receiver queue never drops an L2CAP channel (credits pace the
+//!   sender instead), unlike a GATT connection.
 //!
 //! Randomness comes from one SplitMix64 seeded by [`SimConfig::seed`].
 
@@ -28,7 +38,7 @@ use ecomesh_types::BoxFuture;
 
 use crate::engine::{ConnId, DeviceAddr, Role};
 use crate::error::BleError;
-use crate::frag::{ATT_HEADER_LEN, check_mtu};
+use crate::frag::{ATT_HEADER_LEN, Channel, MIN_COC_MTU, check_mtu};
 use crate::gatt::Advertisement;
 use crate::radio::{Radio, RadioEvent};
 
@@ -65,10 +75,51 @@ pub fn rssi_at(d: f64) -> i16 {
     (-59.0 - 20.0 * d.log10()).round().clamp(-127.0, 20.0) as i16
 }
 
+/// An L2CAP LE connection-oriented channel a simulated radio offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimCoc {
+    /// The PSM it listens on.
+    pub psm: u16,
+    /// Its SDU MTU (at least 23).
+    pub mtu: u16,
+    /// Its maximum PDU payload (K-frame), at least 23.
+    pub mps: u16,
+    /// SDUs it lets a sender have in flight towards it (its credits).
+    pub credits: usize,
+    /// Most L2CAP channels at once; a dial beyond falls back to GATT.
+    pub max_channels: usize,
+}
+
+impl Default for SimCoc {
+    /// PSM [`crate::gatt::L2CAP_PSM`], SDU MTU 4099 (one whole unit), MPS 247 (a
+    /// 251-byte LE data PDU less the 4-byte L2CAP header), 16 SDU credits, 7 channels.
+    fn default() -> Self {
+        SimCoc {
+            psm: crate::gatt::L2CAP_PSM,
+            mtu: 4099,
+            mps: 247,
+            credits: 16,
+            max_channels: 7,
+        }
+    }
+}
+
+/// What the simulated air carried so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// GATT values (writes and notifications).
+    pub gatt_values: u64,
+    /// SDUs on L2CAP channels.
+    pub coc_sdus: u64,
+    /// K-frames those SDUs took (each SDU plus its 2-byte length, cut at the MPS).
+    pub coc_kframes: u64,
+}
+
 struct Device {
     pos: (f64, f64),
     max_mtu: u16,
     max_conns: usize,
+    coc: Option<SimCoc>,
     on: bool,
     adv: Option<Advertisement>,
     events: Option<mpsc::Sender<RadioEvent>>,
@@ -78,6 +129,26 @@ struct Conn {
     owner: DeviceAddr,
     peer: DeviceAddr,
     peer_conn: ConnId,
+    channel: Channel,
+    /// On an L2CAP channel: the peer's MPS.
+    peer_mps: u16,
+    /// On an L2CAP channel: the SDUs towards the peer, behind its credits.
+    sdus: Option<mpsc::Sender<RadioEvent>>,
+}
+
+/// One direction of an L2CAP channel: a queue of `credits` SDUs whose task hands them
+/// to the receiving host in order, waiting while its event queue is full (credits
+/// return only as the host takes events).
+fn coc_queue(credits: usize, to: mpsc::Sender<RadioEvent>) -> mpsc::Sender<RadioEvent> {
+    let (tx, mut rx) = mpsc::channel::<RadioEvent>(credits.max(1));
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if to.send(ev).await.is_err() {
+                return;
+            }
+        }
+    });
+    tx
 }
 
 struct State {
@@ -87,7 +158,7 @@ struct State {
     links: HashMap<(DeviceAddr, DeviceAddr), bool>,
     conns: HashMap<ConnId, Conn>,
     next_conn: ConnId,
-    values: u64,
+    stats: SimStats,
 }
 
 impl State {
@@ -129,6 +200,28 @@ impl State {
         self.conns.values().filter(|c| c.owner == *a).count()
     }
 
+    fn channels_of(&self, a: &DeviceAddr) -> usize {
+        self.conns
+            .values()
+            .filter(|c| c.owner == *a && c.channel.is_coc())
+            .count()
+    }
+
+    /// The L2CAP channel a dial from `a` to `b` opens, if both offer one and have one
+    /// free: `b`'s PSM, the smaller SDU MTU, and the credits each side grants.
+    fn coc_between(&self, a: &DeviceAddr, b: &DeviceAddr) -> Option<(Channel, SimCoc, SimCoc)> {
+        let ca = self.devices.get(a)?.coc?;
+        let cb = self.devices.get(b)?.coc?;
+        if self.channels_of(a) >= ca.max_channels || self.channels_of(b) >= cb.max_channels {
+            return None;
+        }
+        let channel = Channel::Coc {
+            psm: cb.psm,
+            sdu_mtu: ca.mtu.min(cb.mtu),
+        };
+        Some((channel, ca, cb))
+    }
+
     /// Delivers an event; false if the device is off or its queue is full.
     fn deliver(&self, to: &DeviceAddr, ev: RadioEvent) -> bool {
         let Some(d) = self.devices.get(to) else {
@@ -140,14 +233,35 @@ impl State {
         }
     }
 
-    /// Ends `conn` and its other end, telling both owners.
+    /// Ends `conn` and its other end, telling both owners (on an L2CAP channel, after
+    /// the SDUs still on their way to each).
     fn drop_conn(&mut self, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
-        self.conns.remove(&c.peer_conn);
-        let _ = self.deliver(&c.owner, RadioEvent::Disconnected { conn });
-        let _ = self.deliver(&c.peer, RadioEvent::Disconnected { conn: c.peer_conn });
+        let other = self.conns.remove(&c.peer_conn);
+        let to_peer = RadioEvent::Disconnected { conn: c.peer_conn };
+        match &c.sdus {
+            Some(q) => {
+                if let Err(e) = q.try_send(to_peer) {
+                    let _ = self.deliver(&c.peer, e.into_inner());
+                }
+            }
+            None => {
+                let _ = self.deliver(&c.peer, to_peer);
+            }
+        }
+        let to_owner = RadioEvent::Disconnected { conn };
+        match other.as_ref().and_then(|o| o.sdus.as_ref()) {
+            Some(q) => {
+                if let Err(e) = q.try_send(to_owner) {
+                    let _ = self.deliver(&c.owner, e.into_inner());
+                }
+            }
+            None => {
+                let _ = self.deliver(&c.owner, to_owner);
+            }
+        }
     }
 
     fn drop_out_of_range(&mut self) {
@@ -190,7 +304,7 @@ impl SimAir {
                 links: HashMap::new(),
                 conns: HashMap::new(),
                 next_conn: 1,
-                values: 0,
+                stats: SimStats::default(),
             })),
         }
     }
@@ -211,6 +325,7 @@ impl SimAir {
                 pos,
                 max_mtu,
                 max_conns,
+                coc: None,
                 on: false,
                 adv: None,
                 events: None,
@@ -243,9 +358,45 @@ impl SimAir {
         st.drop_out_of_range();
     }
 
-    /// Values carried so far (every fragment on every connection).
+    /// Offers (`Some`) or withdraws (`None`) an L2CAP channel on `addr`, for later
+    /// dials; an invalid offer (MTU or MPS under 23, no credits) is refused.
+    pub fn offer_coc(&self, addr: DeviceAddr, coc: Option<SimCoc>) -> Result<(), BleError> {
+        if let Some(c) = coc
+            && (c.mtu < MIN_COC_MTU || c.mps < MIN_COC_MTU || c.credits == 0)
+        {
+            return Err(BleError::MtuOutOfRange(c.mtu.min(c.mps)));
+        }
+        let mut st = lock(&self.state);
+        let d = st
+            .devices
+            .get_mut(&addr)
+            .ok_or(BleError::Radio("unknown simulated radio".into()))?;
+        d.coc = coc;
+        Ok(())
+    }
+
+    /// Values carried so far (every fragment on every connection, GATT or L2CAP).
     pub fn values_carried(&self) -> u64 {
-        lock(&self.state).values
+        let s = lock(&self.state).stats;
+        s.gatt_values + s.coc_sdus
+    }
+
+    /// What was carried so far, by channel kind.
+    pub fn stats(&self) -> SimStats {
+        lock(&self.state).stats
+    }
+
+    /// The channels of `addr`'s open connections, by connection.
+    pub fn channels(&self, addr: DeviceAddr) -> Vec<(ConnId, Channel)> {
+        let st = lock(&self.state);
+        let mut v: Vec<(ConnId, Channel)> = st
+            .conns
+            .iter()
+            .filter(|(_, c)| c.owner == addr)
+            .map(|(id, c)| (*id, c.channel))
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
     }
 
     /// One advertising round of `addr`: its advertisement to every radio in range.
@@ -385,6 +536,22 @@ impl Radio for SimRadio {
                 (Some(a), Some(b)) => a.max_mtu.min(b.max_mtu),
                 _ => return Ok(()),
             };
+            let (channel, to_peer, to_me) = match st.coc_between(&me, &addr) {
+                Some((channel, mine, theirs)) => {
+                    let peer_events = st.devices.get(&addr).and_then(|d| d.events.clone());
+                    let my_events = st.devices.get(&me).and_then(|d| d.events.clone());
+                    let (Some(pe), Some(me_ev)) = (peer_events, my_events) else {
+                        let _ = st.deliver(&me, RadioEvent::ConnectFailed { addr });
+                        return Ok(());
+                    };
+                    (
+                        channel,
+                        Some((coc_queue(theirs.credits, pe), theirs.mps)),
+                        Some((coc_queue(mine.credits, me_ev), mine.mps)),
+                    )
+                }
+                None => (Channel::Gatt { mtu }, None, None),
+            };
             let (ci, cp) = (st.next_conn, st.next_conn + 1);
             st.next_conn += 2;
             st.conns.insert(
@@ -393,6 +560,9 @@ impl Radio for SimRadio {
                     owner: me,
                     peer: addr,
                     peer_conn: cp,
+                    channel,
+                    peer_mps: to_peer.as_ref().map_or(0, |(_, m)| *m),
+                    sdus: to_peer.map(|(q, _)| q),
                 },
             );
             st.conns.insert(
@@ -401,6 +571,9 @@ impl Radio for SimRadio {
                     owner: addr,
                     peer: me,
                     peer_conn: ci,
+                    channel,
+                    peer_mps: to_me.as_ref().map_or(0, |(_, m)| *m),
+                    sdus: to_me.map(|(q, _)| q),
                 },
             );
             // The server learns of the connection first, so it is ready for the
@@ -409,13 +582,13 @@ impl Radio for SimRadio {
                 conn: cp,
                 addr: me,
                 role: Role::Peripheral,
-                mtu,
+                channel,
             };
             let client = RadioEvent::Connected {
                 conn: ci,
                 addr,
                 role: Role::Central,
-                mtu,
+                channel,
             };
             if !(st.deliver(&addr, server) && st.deliver(&me, client)) {
                 st.drop_conn(ci);
@@ -436,41 +609,64 @@ impl Radio for SimRadio {
 
     fn transmit(&self, conn: ConnId, bytes: Vec<u8>) -> BoxFuture<'_, Result<(), BleError>> {
         Box::pin(async move {
-            let mut st = self.state();
-            let Some(c) = st.conns.get(&conn) else {
-                return Err(BleError::Closed);
+            let queue = {
+                let mut st = self.state();
+                let Some(c) = st.conns.get(&conn) else {
+                    return Err(BleError::Closed);
+                };
+                if c.owner != self.addr {
+                    return Err(BleError::Closed);
+                }
+                let (peer, peer_conn, channel) = (c.peer, c.peer_conn, c.channel);
+                let (sdus, peer_mps) = (c.sdus.clone(), c.peer_mps);
+                let max = match channel {
+                    Channel::Coc { .. } => channel.max_fragment_len(),
+                    Channel::Gatt { .. } => {
+                        let mtu = match (st.devices.get(&self.addr), st.devices.get(&peer)) {
+                            (Some(a), Some(b)) => a.max_mtu.min(b.max_mtu),
+                            _ => return Err(BleError::Closed),
+                        };
+                        usize::from(mtu) - ATT_HEADER_LEN
+                    }
+                };
+                if bytes.len() > max {
+                    return Err(BleError::FragmentTooLarge {
+                        len: bytes.len(),
+                        max,
+                    });
+                }
+                let drop = st.config.drop_per_value;
+                if !st.in_range(&self.addr, &peer) || (drop > 0.0 && st.draw() < drop) {
+                    st.drop_conn(conn);
+                    return Err(BleError::Closed);
+                }
+                let len = bytes.len();
+                let ev = RadioEvent::Received {
+                    conn: peer_conn,
+                    bytes,
+                };
+                match sdus {
+                    Some(q) => {
+                        st.stats.coc_sdus += 1;
+                        let mps = usize::from(peer_mps.max(MIN_COC_MTU));
+                        let kframes = (len + 2).div_ceil(mps);
+                        st.stats.coc_kframes += kframes as u64;
+                        (q, ev)
+                    }
+                    None => {
+                        st.stats.gatt_values += 1;
+                        if !st.deliver(&peer, ev) {
+                            tracing::warn!(%peer, "simulated controller queue full: connection dropped");
+                            st.drop_conn(conn);
+                            return Err(BleError::Closed);
+                        }
+                        return Ok(());
+                    }
+                }
             };
-            if c.owner != self.addr {
-                return Err(BleError::Closed);
-            }
-            let (peer, peer_conn) = (c.peer, c.peer_conn);
-            let mtu = match (st.devices.get(&self.addr), st.devices.get(&peer)) {
-                (Some(a), Some(b)) => a.max_mtu.min(b.max_mtu),
-                _ => return Err(BleError::Closed),
-            };
-            let max = usize::from(mtu) - ATT_HEADER_LEN;
-            if bytes.len() > max {
-                return Err(BleError::FragmentTooLarge {
-                    len: bytes.len(),
-                    max,
-                });
-            }
-            let drop = st.config.drop_per_value;
-            if !st.in_range(&self.addr, &peer) || (drop > 0.0 && st.draw() < drop) {
-                st.drop_conn(conn);
-                return Err(BleError::Closed);
-            }
-            st.values += 1;
-            let ev = RadioEvent::Received {
-                conn: peer_conn,
-                bytes,
-            };
-            if !st.deliver(&peer, ev) {
-                tracing::warn!(%peer, "simulated controller queue full: connection dropped");
-                st.drop_conn(conn);
-                return Err(BleError::Closed);
-            }
-            Ok(())
+            // An L2CAP SDU waits for a credit (a free place towards the peer).
+            let (q, ev) = queue;
+            q.send(ev).await.map_err(|_| BleError::Closed)
         })
     }
 }

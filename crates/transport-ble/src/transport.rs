@@ -20,6 +20,7 @@ use ecomesh_types::{
 
 use crate::engine::{Engine, EngineConfig, Output};
 use crate::error::BleError;
+use crate::frag::Channel;
 use crate::link::check_policy;
 use crate::presence::{EPOCH_SECS, PresenceKey, epoch_of};
 use crate::radio::{Radio, RadioEvent};
@@ -70,6 +71,7 @@ enum Command {
     ),
     Connect(PeerId, oneshot::Sender<Result<(), BleError>>),
     Disconnect(PeerId, oneshot::Sender<Result<(), BleError>>),
+    LinkChannel(PeerId, oneshot::Sender<Result<Option<Channel>, BleError>>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -164,6 +166,12 @@ impl BleTransport {
             Ok(r) => r.map_err(BleError::into_transport_error),
             Err(_) => Err(Error::Closed),
         }
+    }
+
+    /// The channel of the link to `peer` (GATT at its ATT MTU, or an L2CAP channel
+    /// both sides offered), `None` if not linked.
+    pub async fn link_channel(&self, peer: PeerId) -> Result<Option<Channel>, Error> {
+        self.call(|ack| Command::LinkChannel(peer, ack)).await
     }
 
     /// Sends at an explicit priority: [`Priority::Bulk`] is refused
@@ -301,8 +309,8 @@ impl Driver {
                 conn,
                 addr,
                 role,
-                mtu,
-            } => self.engine.on_connected(conn, addr, role, mtu, now),
+                channel,
+            } => self.engine.on_connected(conn, addr, role, channel, now),
             RadioEvent::ConnectFailed { addr } => self.engine.on_connect_failed(addr, now),
             RadioEvent::Received { conn, bytes } => self.engine.on_fragment(conn, &bytes, now),
             RadioEvent::Disconnected { conn } => self.engine.on_disconnected(conn, now),
@@ -326,6 +334,9 @@ impl Driver {
             Command::Disconnect(peer, ack) => {
                 self.engine.disconnect(peer, now);
                 let _ = ack.send(Ok(()));
+            }
+            Command::LinkChannel(peer, ack) => {
+                let _ = ack.send(Ok(self.engine.link_channel(&peer)));
             }
             Command::Stop(ack) => return Some(ack),
         }

@@ -225,6 +225,14 @@ class Adapter(Obj):
         proxy.GetManagedObjects(dbus_interface=OM, reply_handler=got,
                                 error_handler=lambda e: err(Err("InvalidArguments", str(e))))
 
+    @dbus.service.method("org.ecomesh.Standin1", out_signature="sa{ss}")
+    def App(self):
+        """Tests only (not BlueZ): the registered application's bus name and its
+        characteristics (uuid -> object path), for hostile.py to write to directly."""
+        if not self.app:
+            raise Err("DoesNotExist", "no application")
+        return (self.app[0], {u: p for u, (p, _) in self.app[1].items()})
+
     @dbus.service.method(GATT_MANAGER, in_signature="o", sender_keyword="sender")
     def UnregisterApplication(self, path, sender=None):
         self.app = None

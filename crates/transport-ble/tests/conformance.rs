@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use ecomesh_identity::{AccessPolicy, Identity};
 use ecomesh_transport_ble::engine::{DeviceAddr, EngineConfig};
 use ecomesh_transport_ble::presence::PresenceKey;
-use ecomesh_transport_ble::sim::{SimAir, SimConfig};
+use ecomesh_transport_ble::sim::{SimAir, SimCoc, SimConfig};
 use ecomesh_transport_ble::{BleConfig, BleTransport};
 use ecomesh_transport_tests as suite;
 use ecomesh_types::{BoxFuture, Error, PeerId, TransportAdapter};
@@ -19,11 +19,14 @@ use ecomesh_types::{BoxFuture, Error, PeerId, TransportAdapter};
 struct Ble {
     air: SimAir,
     radios: Mutex<Vec<(PeerId, DeviceAddr)>>,
+    /// Every radio offers an L2CAP channel.
+    coc: bool,
 }
 
 impl Ble {
     fn new() -> Self {
         Ble {
+            coc: false,
             air: SimAir::new(SimConfig {
                 adv_interval: std::time::Duration::from_millis(20),
                 ..SimConfig::default()
@@ -68,6 +71,11 @@ impl suite::TransportFactory for Ble {
                 .air
                 .radio(addr, (1000.0 * n as f64, 0.0), 247, 7)
                 .map_err(|e| e.into_transport_error())?;
+            if self.coc {
+                self.air
+                    .offer_coc(addr, Some(SimCoc::default()))
+                    .map_err(|e| e.into_transport_error())?;
+            }
             let me = identity.peer_id();
             let mut cfg = BleConfig::new(PresenceKey::derive(me.as_bytes()));
             cfg.engine = config();
@@ -101,6 +109,46 @@ impl suite::TransportFactory for Ble {
 }
 
 suite::conformance_tests!(Ble::new());
+
+/// The suite again with every radio offering an L2CAP channel: every link runs over
+/// one (checked after a run: no GATT value was carried).
+mod coc {
+    use super::*;
+
+    fn ble() -> Ble {
+        Ble {
+            coc: true,
+            ..Ble::new()
+        }
+    }
+
+    suite::conformance_tests!(ble());
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn links_run_over_the_channel() {
+        use suite::TransportFactory;
+        let f = ble();
+        let a = f
+            .create(Identity::generate().unwrap(), AccessPolicy::Open)
+            .await
+            .unwrap();
+        let b = f
+            .create(Identity::generate().unwrap(), AccessPolicy::Open)
+            .await
+            .unwrap();
+        let pb = f.introduce(&a, &b).await.unwrap();
+        suite::send_and_receive(&f).await.unwrap();
+        assert!(matches!(
+            a.link_channel(pb).await.unwrap(),
+            Some(ecomesh_transport_ble::frag::Channel::Coc { .. })
+        ));
+        let s = f.air.stats();
+        assert_eq!(s.gatt_values, 0, "{s:?}");
+        assert!(s.coc_sdus > 0, "{s:?}");
+        a.stop().await.unwrap();
+        b.stop().await.unwrap();
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_raw_input_has_no_socket_target() {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ecomesh_identity::{AccessPolicy, Identity};
 use ecomesh_transport_ble::engine::{DeviceAddr, EngineConfig, Role};
+use ecomesh_transport_ble::frag::Channel;
 use ecomesh_transport_ble::gatt::Advertisement;
 use ecomesh_transport_ble::presence::{PresenceKey, PresenceTag};
 use ecomesh_transport_ble::radio::{Radio, RadioEvent};
@@ -98,7 +99,7 @@ async fn mtu_is_negotiated_and_values_over_it_are_refused() {
     let (conn, mtu) = next(&mut ra, |e| match e {
         RadioEvent::Connected {
             conn,
-            mtu,
+            channel: Channel::Gatt { mtu },
             role: Role::Central,
             ..
         } => Some((*conn, *mtu)),
@@ -108,7 +109,7 @@ async fn mtu_is_negotiated_and_values_over_it_are_refused() {
     assert_eq!(mtu, 185);
     let peer_mtu = next(&mut rb, |e| match e {
         RadioEvent::Connected {
-            mtu,
+            channel: Channel::Gatt { mtu },
             role: Role::Peripheral,
             ..
         } => Some(*mtu),
