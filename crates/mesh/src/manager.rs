@@ -195,6 +195,9 @@ struct State {
     /// most `relay_fanout` per message; entries of messages that left the
     /// buffer are pruned on every pass).
     relayed_to: BTreeMap<MessageId, BTreeSet<PeerId>>,
+    /// Message types whose protocol carries reliability end to end (see
+    /// [`MultiTransportManager::carry_unacknowledged`]).
+    unacked_types: BTreeSet<String>,
 }
 
 /// What the key discovery step left to do with a control message.
@@ -296,6 +299,7 @@ impl MultiTransportManager {
                 awaiting: AwaitingKeys::new(config.key_discovery),
                 replay: VecDeque::new(),
                 relayed_to: BTreeMap::new(),
+                unacked_types: BTreeSet::new(),
             }),
             listeners: Listeners::new(),
         }
@@ -304,6 +308,23 @@ impl MultiTransportManager {
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.identity.peer_id()
+    }
+
+    /// Carries messages of `message_type` without the mesh's delivery
+    /// confirmation, for protocols that carry reliability end to end (their
+    /// own requests, deadlines and re-requests, as the blob protocol's):
+    /// this node does not acknowledge such messages it receives, and does
+    /// not wait for an ACK of those it sends, so it keeps no retransmission
+    /// copy of them once a transport took them. Everything else still
+    /// applies: signatures, expiry, deduplication, and store-and-forward
+    /// when the recipient is not reachable. A sender that still waits for
+    /// ACKs of this type (an older node) resends its message when this node
+    /// is next discovered, until the message's TTL; the copy is dropped
+    /// here as a duplicate.
+    pub fn carry_unacknowledged(&self, message_type: &str) {
+        lock(&self.state)
+            .unacked_types
+            .insert(message_type.to_owned());
     }
 
     /// Remembers `key` so messages signed by its peer verify even when they
@@ -619,6 +640,7 @@ impl MultiTransportManager {
             if message.sender == self.identity.peer_id()
                 && message.message_type != ACK_TYPE
                 && !is_key_message(&message.message_type)
+                && !st.unacked_types.contains(&message.message_type)
             {
                 st.pending.track(&message);
             }
@@ -945,10 +967,13 @@ impl MultiTransportManager {
         }
         let first_seen = lock(&self.state).seen.insert(message.id, now_ms);
         let control = message.message_type == ACK_TYPE || is_key_message(&message.message_type);
+        let unacked = lock(&self.state)
+            .unacked_types
+            .contains(&message.message_type);
         if !first_seen {
             // The sender retransmits until it hears an ACK, so the first one was
             // lost: acknowledge again (the ACK's id is derived, so it dedups too).
-            if message.recipient == Some(me) && !control {
+            if message.recipient == Some(me) && !control && !unacked {
                 self.acknowledge(&message, now_ms).await;
             }
             return;
@@ -979,6 +1004,15 @@ impl MultiTransportManager {
                     return;
                 }
                 if control {
+                    return;
+                }
+                if unacked {
+                    // Nothing to acknowledge: no copy of it kept.
+                    self.listeners.emit(&MeshEvent::Message {
+                        from,
+                        transport: ty,
+                        message,
+                    });
                     return;
                 }
                 self.listeners.emit(&MeshEvent::Message {

@@ -1313,3 +1313,40 @@ fn a_link_authenticated_message_is_delivered_only_from_its_sender_and_never_rela
     assert_eq!(b.received().len(), 1);
     assert_eq!(b.mgr.buffered(), 0);
 }
+
+#[test]
+fn unacknowledged_types_are_delivered_once_without_ack_or_retransmission_copy() {
+    let (a, b) = wired_pair();
+    for n in [&a, &b] {
+        n.mgr.carry_unacknowledged("bulk");
+    }
+    let m = a
+        .mgr
+        .new_message("bulk", vec![7; 4096], Some(b.pid()), 0, [3; 16])
+        .unwrap();
+    block_on(a.mgr.send(b.pid(), m.clone(), Priority::Bulk, 0)).unwrap();
+    pump(&[&a, &b], 0);
+    assert_eq!(b.received(), vec![m.clone()]);
+    assert!(!a.mgr.is_pending(&m.id), "no ACK waited for");
+    assert_eq!(a.mgr.buffered(), 0, "no retransmission copy kept");
+    let acks = sent(&b.t[&Wired])
+        .into_iter()
+        .filter(|(to, _)| *to == a.pid())
+        .count();
+    assert_eq!(acks, 0, "B sent no ACK");
+    // A copy of the same id again (a resend by a node that still waits for
+    // ACKs) is dropped as a duplicate and not acknowledged either.
+    a.t[&Wired].inject(b.pid(), m);
+    pump(&[&a, &b], 0);
+    assert_eq!(b.received().len(), 1);
+    assert!(sent(&b.t[&Wired]).is_empty());
+    // Other types are still acknowledged.
+    let chat = a.msg(&b, "hi", 0, 4);
+    block_on(a.mgr.send(b.pid(), chat.clone(), Priority::Normal, 0)).unwrap();
+    pump(&[&a, &b], 0);
+    assert!(a.has(|e| *e
+        == MeshEvent::Acked {
+            id: chat.id,
+            by: b.pid()
+        }));
+}

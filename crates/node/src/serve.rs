@@ -247,13 +247,10 @@ impl Served {
         let blob = BlobId::parse(id).map_err(|e| {
             anyhow!("{id} is not a blob id ({e}); copy one from `ecomesh blob list`")
         })?;
-        let bytes = self
-            .node
-            .get_blob(blob)
+        self.node
+            .get_blob_to_file(blob, Path::new(path))
             .await
-            .with_context(|| format!("fetching blob {id}"))?;
-        ecomesh_sync::write_atomic(Path::new(path), &bytes)
-            .with_context(|| format!("writing {path}"))?;
+            .with_context(|| format!("fetching blob {id} into {path}"))?;
         self.node
             .blob(&blob)?
             .map(|b| Response::Blob(blob_row(b)))

@@ -2,7 +2,7 @@
 //! the streaming ones: `doc watch` (a snapshot line after every change until
 //! the client goes away) and `blob put`/`blob get` with progress lines.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -188,7 +188,9 @@ impl Served {
     }
 
     /// Fetches blob `id` into `path`, streaming `fetch` lines when fetching
-    /// starts (total unknown) and ends, then `write` progress lines.
+    /// starts (total unknown) and when the verified blob is in the file.
+    /// The blob is never held whole in memory: fetched pieces go to the
+    /// store and are streamed from there into the file.
     pub(crate) async fn blob_get_progress<W: AsyncWrite + Unpin>(
         &self,
         id: &str,
@@ -199,23 +201,12 @@ impl Served {
             anyhow!("{id} is not a blob id ({e}); copy one from `ecomesh blob list`")
         })?;
         send_line(wr, &progress("fetch", 0, None)).await?;
-        let bytes = self
+        let total = self
             .node
-            .get_blob(blob)
+            .get_blob_to_file(blob, Path::new(path))
             .await
-            .with_context(|| format!("fetching blob {id}"))?;
-        let total = bytes.len() as u64;
+            .with_context(|| format!("fetching blob {id} into {path}"))?;
         send_line(wr, &progress("fetch", total, Some(total))).await?;
-        let (tx, mut rx) = mpsc::channel(8);
-        let file = PathBuf::from(path);
-        let write = tokio::task::spawn_blocking(move || write_chunked(&file, &bytes, &tx));
-        while let Some(done) = rx.recv().await {
-            send_line(wr, &progress("write", done, Some(total))).await?;
-        }
-        write
-            .await
-            .context("the file writer failed")?
-            .with_context(|| format!("writing {path}"))?;
         self.node
             .blob(&blob)?
             .map(|b| Response::Blob(blob_row(b)))
@@ -252,23 +243,4 @@ fn read_chunked(path: &Path, limit: u64, tx: &mpsc::Sender<u64>) -> std::io::Res
         let _ = tx.blocking_send(bytes.len() as u64);
     }
     Ok(bytes)
-}
-
-/// Writes `bytes` to `path` atomically (a temporary file beside it, fsync,
-/// rename) in [`CHUNK`]s, sending the count written after each.
-fn write_chunked(path: &Path, bytes: &[u8], tx: &mpsc::Sender<u64>) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    let mut done = 0u64;
-    for chunk in bytes.chunks(CHUNK) {
-        f.write_all(chunk)?;
-        done += chunk.len() as u64;
-        let _ = tx.blocking_send(done);
-    }
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }

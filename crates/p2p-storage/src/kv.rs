@@ -26,6 +26,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Reads one key and lends its value to `f` (called at most once);
+    /// false when the key is absent. Backends that hold values in memory
+    /// lend them without copying (large blob pieces are served this way).
+    fn get_with(&self, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, StoreError> {
+        Ok(self.get(key)?.map(|v| f(&v)).is_some())
+    }
+
     /// Keys in `[start, end)` (or to the end when `end` is `None`), ascending.
     fn scan(&self, start: &[u8], end: Option<&[u8]>) -> ScanIter<'_>;
 
@@ -148,6 +155,10 @@ fn sled_err(err: sled::Error) -> StoreError {
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get(key).map_err(sled_err)?.map(|v| v.to_vec()))
+    }
+
+    fn get_with(&self, key: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<bool, StoreError> {
+        Ok(self.db.get(key).map_err(sled_err)?.map(|v| f(&v)).is_some())
     }
 
     fn scan(&self, start: &[u8], end: Option<&[u8]>) -> ScanIter<'_> {

@@ -187,6 +187,18 @@ impl Node {
         self.inner.blobs.get(id).await
     }
 
+    /// Blob `id`, from this node or fetched from peers as
+    /// [`get_blob`](Self::get_blob) does, written to the file `path`
+    /// (through a temporary file beside it, synced and renamed, so `path`
+    /// is the whole verified blob or untouched); returns its length. Memory
+    /// stays bounded whatever the blob's size: fetched pieces are verified
+    /// on arrival and stored, then streamed to the file one at a time and
+    /// checked against `id`.
+    pub async fn get_blob_to_file(&self, id: BlobId, path: &std::path::Path) -> Result<u64> {
+        self.running()?;
+        self.inner.blobs.get_to_file(id, path).await
+    }
+
     /// What this node knows of blob `id`, when it has its manifest.
     pub fn blob(&self, id: &BlobId) -> Result<Option<BlobInfo>> {
         self.inner.blobs.info(id)

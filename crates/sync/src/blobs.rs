@@ -1,6 +1,7 @@
 //! Large content-addressed data: the blob service, its garbage collection
 //! and the provider records of held blobs in the content location index.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,45 @@ pub struct GcSummary {
     pub freed_bytes: u64,
     /// Pieces kept (pinned, referenced, young or under-replicated).
     pub kept: usize,
+}
+
+/// Writes local blob `blob` to `path` through a temporary file beside it
+/// (synced, then renamed over `path`), so `path` is the whole verified blob
+/// or untouched.
+fn write_blob_file(store: &BlobStore<SledBackend>, blob: &BlobId, path: &Path) -> Result<u64> {
+    let tmp = path.with_extension("tmp");
+    let written = (|| {
+        let file = std::fs::File::create(&tmp).map_err(|e| SyncError::io("creating", &tmp, e))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
+        let len = store
+            .write_local(blob, &mut out, now_ms())?
+            .ok_or_else(|| {
+                SyncError::InvalidArgument(format!(
+                    "blob {} was fetched but is no longer complete here",
+                    blob.to_text()
+                ))
+            })?;
+        let file = out
+            .into_inner()
+            .map_err(|e| SyncError::io("writing", &tmp, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| SyncError::io("syncing", &tmp, e))?;
+        Ok(len)
+    })();
+    let len = match written {
+        Ok(len) => len,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&tmp, path).map_err(|e| SyncError::io("renaming", path, e))?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(len)
 }
 
 /// The blob service with content routing.
@@ -152,6 +192,31 @@ impl Blobs {
                 ))
             })??;
         Ok(bytes)
+    }
+
+    /// Makes blob `blob` local (fetching missing pieces straight into the
+    /// store) and writes it to `path` atomically, one piece in memory at a
+    /// time; returns its length.
+    pub(crate) async fn get_to_file(&self, blob: BlobId, path: &Path) -> Result<u64> {
+        if self.service.store().manifest(&blob)?.is_none() {
+            self.meet_providers(&blob).await;
+        }
+        let fetch = self.service.fetch_blob(blob, now_ms());
+        self.wake.notify_one();
+        tokio::time::timeout(self.get_timeout, fetch)
+            .await
+            .map_err(|_| {
+                SyncError::Timeout(format!(
+                    "no reachable peer delivered blob {} within {} s",
+                    blob.to_text(),
+                    self.get_timeout.as_secs()
+                ))
+            })??;
+        let store = self.service.store().clone();
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || write_blob_file(&store, &blob, &path))
+            .await
+            .map_err(|e| SyncError::InvalidArgument(format!("the blob writer failed: {e}")))?
     }
 
     pub(crate) fn list(&self) -> Result<Vec<BlobInfo>> {

@@ -65,7 +65,17 @@ async fn a_blob_put_on_one_node_is_got_by_id_on_the_others() {
         async move { c.peers().len() == 2 }
     })
     .await;
-    assert_eq!(c.get_blob(info.id).await.unwrap(), bytes);
+    // c fetches it straight into a file, as `ecomesh blob get -o` does.
+    let out = tmp.path().join("got.bin");
+    assert_eq!(
+        c.get_blob_to_file(info.id, &out).await.unwrap(),
+        bytes.len() as u64
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == bytes,
+        "the file is the blob"
+    );
+    assert!(!out.with_extension("tmp").exists());
     let held = c.blob(&info.id).unwrap().unwrap();
     assert_eq!((held.len, held.held), (info.len, held.pieces));
 
@@ -94,6 +104,16 @@ async fn a_blob_nobody_holds_fails_within_the_timeout() {
         .unwrap_err();
     assert!(started.elapsed() < LIMIT, "bounded: {e}");
     assert!(!matches!(e, SyncError::Stopped), "{e}");
+    // Into a file: the failure leaves the file as it was.
+    let out = da.path().join("kept.txt");
+    std::fs::write(&out, b"old").unwrap();
+    assert!(
+        a.get_blob_to_file(BlobId::of(b"nobody has this"), &out)
+            .await
+            .is_err()
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"old");
+    assert!(!out.with_extension("tmp").exists());
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

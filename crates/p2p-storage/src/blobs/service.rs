@@ -102,6 +102,8 @@ struct Outgoing {
     request: u64,
     frame: Vec<u8>,
     bulk: bool,
+    /// `frame` is already one whole envelope (built in place by the server).
+    enveloped: bool,
 }
 
 enum GetState {
@@ -176,6 +178,10 @@ impl<B: Backend> BlobService<B> {
         mesh: Arc<MultiTransportManager>,
         config: BlobServiceConfig,
     ) -> Self {
+        // Every blob request has a deadline and a lost answer is asked for
+        // again (pieces are verified on arrival), so blob frames need no
+        // mesh ACK nor retransmission copy.
+        mesh.carry_unacknowledged(SHARD_TYPE);
         let inbox: Arc<Mutex<(VecDeque<MeshEvent>, u64)>> = Arc::default();
         let cap = config.inbox_capacity;
         let q = inbox.clone();

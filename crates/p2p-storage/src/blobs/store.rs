@@ -537,6 +537,35 @@ impl<B: Backend> BlobStore<B> {
         Ok(Some(bytes))
     }
 
+    /// Lends the stored bytes of piece `id` to `f` without copying or
+    /// re-hashing them, and returns what `f` returned (`None` when the
+    /// piece is not held). For serving: the receiver verifies every piece
+    /// against its id anyway, so a piece that rotted here is refused there
+    /// (and asked elsewhere), not passed on. A stored value over the piece
+    /// limit is reported as [`StoreError::Corrupt`] and `f` is not called.
+    pub fn with_piece_unverified<R>(
+        &self,
+        id: &BlobId,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        let max = self.limits.max_piece_len;
+        let mut f = Some(f);
+        let mut out = None;
+        let mut too_large = false;
+        self.backend
+            .get_with(&key(PIECE, &[id.as_bytes()]), &mut |bytes: &[u8]| {
+                if bytes.len() as u64 > max {
+                    too_large = true;
+                } else if let Some(f) = f.take() {
+                    out = Some(f(bytes));
+                }
+            })?;
+        if too_large {
+            return Err(corrupt(&id.to_text(), "piece larger than the piece limit"));
+        }
+        Ok(out)
+    }
+
     /// Forgets a piece (its bytes and last use); true when it was held.
     pub fn remove_piece(&self, id: &BlobId) -> Result<bool, StoreError> {
         let held =

@@ -347,6 +347,33 @@ impl ShardResponse {
         w.into_bytes()
     }
 
+    /// Appends the frame of `ShardResponse::Data(data)` to `out`, the
+    /// same bytes as its [`encode`](Self::encode), without building the
+    /// response first: a server can write a stored piece straight into an
+    /// outgoing buffer.
+    pub fn encode_data_into(out: &mut Vec<u8>, data: &[u8]) {
+        out.reserve(11 + data.len());
+        // array(2), uint(R_DATA), then a byte string head in its shortest form.
+        out.push(0x82);
+        out.push(R_DATA as u8);
+        let len = data.len() as u64;
+        if len < 24 {
+            out.push(0x40 | len as u8);
+        } else if let Ok(n) = u8::try_from(len) {
+            out.extend_from_slice(&[0x58, n]);
+        } else if let Ok(n) = u16::try_from(len) {
+            out.push(0x59);
+            out.extend_from_slice(&n.to_be_bytes());
+        } else if let Ok(n) = u32::try_from(len) {
+            out.push(0x5a);
+            out.extend_from_slice(&n.to_be_bytes());
+        } else {
+            out.push(0x5b);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+        out.extend_from_slice(data);
+    }
+
     /// Decodes one frame under the default [`ShardLimits`].
     pub fn decode(frame: &[u8]) -> Result<Self> {
         Self::decode_with(frame, &ShardLimits::default())
@@ -399,6 +426,20 @@ impl ShardResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_written_in_place_is_the_encoded_response() {
+        for len in [0, 1, 23, 24, 255, 256, 65_535, 65_536, (1 << 20) + 7] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let mut out = vec![9_u8; 5];
+            ShardResponse::encode_data_into(&mut out, &data);
+            assert_eq!(out[..5], [9; 5]);
+            assert!(
+                out[5..] == ShardResponse::Data(data.clone()).encode(),
+                "length {len}"
+            );
+        }
+    }
 
     #[test]
     fn frames_are_compact_and_round_trip() {

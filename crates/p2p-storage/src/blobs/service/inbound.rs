@@ -69,6 +69,7 @@ impl<B: Backend> BlobService<B> {
                         request: env.request,
                         frame: answer,
                         bulk: false,
+                        enveloped: false,
                     });
                 }
                 Err(e) => self.charge(d, from, &e),

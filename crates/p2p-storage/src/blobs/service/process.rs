@@ -81,6 +81,7 @@ impl<B: Backend> BlobService<B> {
                 request,
                 frame,
                 bulk,
+                enveloped: false,
             });
         }
     }
@@ -182,6 +183,10 @@ impl<B: Backend> BlobService<B> {
             self.replicate_originated();
         }
         for o in outbox {
+            if o.enveloped {
+                self.send(o.peer, o.frame, o.bulk, now_ms).await;
+                continue;
+            }
             let parts = frame::split(o.kind, o.request, &o.frame, self.config.max_part_bytes);
             for part in parts {
                 self.send(o.peer, part, o.bulk, now_ms).await;

@@ -142,6 +142,7 @@ impl<B: Backend> BlobService<B> {
                     request,
                     frame: announce.clone(),
                     bulk: false,
+                    enveloped: false,
                 });
             }
             for (piece, peer) in targets {

@@ -6,7 +6,7 @@ use ecomesh_replication::blob::BlobId;
 use ecomesh_replication::shard::{ShardRequest, ShardResponse, ShardServer, ShardStore};
 use ecomesh_types::PeerId;
 
-use super::super::frame::FrameKind;
+use super::super::frame::{self, FrameKind, HEADER_LEN};
 use super::super::store::BlobStore;
 use super::{BlobService, Driver, Outgoing};
 use crate::StoreError;
@@ -76,6 +76,47 @@ impl<B: Backend> BlobService<B> {
         Ok(!known)
     }
 
+    /// The one envelope answering `Get` request `request` for piece `id`
+    /// with its data, written straight from the store's copy (no re-hash:
+    /// the fetcher verifies the piece): `None` when `from` may not have it,
+    /// it is not held, or the frame needs more than one part (the general
+    /// path answers those).
+    fn data_envelope(&self, from: &PeerId, request: u64, id: &BlobId) -> Option<Vec<u8>> {
+        match self.may_serve(from, id) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "blob index unreadable");
+                return None;
+            }
+        }
+        let max_part = self.config.max_part_bytes;
+        let built = self.store.with_piece_unverified(id, |bytes| {
+            // array(2) + uint + byte string head (at most 9 bytes).
+            let frame_len = 11 + bytes.len();
+            if frame_len > max_part {
+                return None;
+            }
+            let mut envelope = Vec::with_capacity(HEADER_LEN + frame_len);
+            envelope.extend_from_slice(&frame::encode(
+                FrameKind::ShardResponse,
+                request,
+                0,
+                1,
+                &[],
+            ));
+            ShardResponse::encode_data_into(&mut envelope, bytes);
+            Some(envelope)
+        });
+        match built {
+            Ok(envelope) => envelope.flatten(),
+            Err(e) => {
+                tracing::warn!(piece = %id, error = %e, "blob piece unreadable");
+                None
+            }
+        }
+    }
+
     pub(super) fn serve(
         &self,
         d: &mut Driver,
@@ -86,6 +127,19 @@ impl<B: Backend> BlobService<B> {
     ) {
         d.stats.requests_served += 1;
         let decoded = ShardRequest::decode_with(frame, &self.config.limits);
+        if let Ok(ShardRequest::Get { id }) = &decoded
+            && let Some(envelope) = self.data_envelope(&from, request, id)
+        {
+            d.outbox.push_back(Outgoing {
+                peer: from,
+                kind: FrameKind::ShardResponse,
+                request,
+                frame: envelope,
+                bulk: true,
+                enveloped: true,
+            });
+            return;
+        }
         let hidden = |id: &BlobId| match self.may_serve(&from, id) {
             Ok(ok) => !ok,
             Err(e) => {
@@ -125,6 +179,7 @@ impl<B: Backend> BlobService<B> {
             request,
             frame: served.encode(),
             bulk,
+            enveloped: false,
         });
     }
 }
