@@ -315,10 +315,8 @@ fn writes_queued_while_the_primary_process_is_down_replay_exactly_once() {
             tokio::time::sleep(Duration::from_millis(50)).await;
             health = h.heartbeat().await;
         }
-        let r = h.replay().await.unwrap();
-        assert_eq!(r.applied, usize::try_from(N).unwrap() + 2, "{r:?}");
-        assert_eq!((r.already_present, r.refused), (0, 0), "{r:?}");
-        assert_eq!(h.queued(), 0);
+        // The heartbeat that saw the return replayed the queue.
+        assert_eq!(h.queued(), 0, "the return replays the whole queue");
         let again = h.replay().await.unwrap();
         assert_eq!(again.applied + again.already_present, 0, "{again:?}");
         for n in 2..=N {
