@@ -315,9 +315,10 @@ async fn query(
     admitted(&state, &presented(&state, &req)?, 0)?;
     let q: Query = json_body(req, super::json::MAX_JSON_BODY).await?;
     let documents = state.node().query(&collection, &q).await?;
-    let mut page = QueryPage::default();
-    page.documents = documents;
-    Ok(axum::Json(page))
+    Ok(axum::Json(QueryPage {
+        documents,
+        ..QueryPage::default()
+    }))
 }
 
 /// The routes, to nest under `/primary/v1`.
