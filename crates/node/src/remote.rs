@@ -548,3 +548,86 @@ impl PrimaryStore for RemoteStorageAdapter {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn client(addr: SocketAddr) -> RemoteStorageAdapter {
+        RemoteStorageAdapter::new(
+            RemoteConfig::new(addr)
+                .with_timeout(Duration::from_millis(500))
+                .with_max_response(1024),
+            Identity::from_secret_bytes(&[7; 32]),
+            Arc::new(AccessPolicy::Open),
+        )
+    }
+
+    /// A one-shot server that reads a request and answers `answer` (or
+    /// nothing, keeping the connection open, when `None`).
+    async fn server(answer: Option<Vec<u8>>) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            match answer {
+                Some(a) => {
+                    let _ = s.write_all(&a).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_oversized_answer_a_silent_primary_and_a_closed_port_are_typed_errors() {
+        let big = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 4096\r\n\r\n{}",
+            "x".repeat(4096)
+        );
+        let c = client(server(Some(big.into_bytes())).await);
+        let e = c
+            .exchange(Method::GET, "/primary/v1/ping", None, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, RemoteError::ResponseTooLarge { limit: 1024 }),
+            "{e:?}"
+        );
+
+        let c = client(server(None).await);
+        let e = c
+            .exchange(Method::GET, "/primary/v1/ping", None, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RemoteError::Timeout(_)), "{e:?}");
+
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let e = client(closed).ping().await.unwrap_err();
+        assert!(e.to_string().contains("connecting to the primary"), "{e}");
+
+        let refusal = "HTTP/1.1 401 Unauthorized\r\ncontent-length: 53\r\n\r\n\
+                       {\"error\":{\"kind\":\"unauthorized\",\"message\":\"forged!\"}}";
+        let c = client(server(Some(refusal.as_bytes().to_vec())).await);
+        let e = c
+            .call::<serde_json::Value>(Method::GET, "/primary/v1/ping", Some("t"), None::<&()>)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, RemoteError::Status { status: 401, kind, .. } if kind == "unauthorized"),
+            "{e:?}"
+        );
+        assert!(
+            c.set("c", "d", Map::new(), SetOptions::default())
+                .await
+                .is_err_and(|e| matches!(e, Error::InvalidArgument(_)))
+        );
+    }
+}
