@@ -46,6 +46,20 @@ pub struct Grant {
     pub device: PeerId,
 }
 
+impl Grant {
+    /// A grant as a device receives it from a transport (the fields the
+    /// primary's [`PrimaryGate::verify`] returned); [`DeviceAuth::on_grant`]
+    /// checks its Confirm before trusting the token.
+    pub fn new(confirm: Vec<u8>, token: String, expires_ms: u64, device: PeerId) -> Self {
+        Grant {
+            confirm,
+            token,
+            expires_ms,
+            device,
+        }
+    }
+}
+
 /// The primary's side: pending challenges and token checks.
 pub struct PrimaryGate {
     identity: Identity,
@@ -179,6 +193,21 @@ impl PrimaryGate {
         Ok(device)
     }
 
+    /// Admits a batch of `len` versions: the token is genuine and unexpired
+    /// and `len` is at most [`MAX_BATCH`]. For a primary that merges through
+    /// something other than a bare [`Store`] (the node's sync engine).
+    pub fn admit(&self, token: &str, len: usize, now_ms: u64) -> Result<PeerId, HybridError> {
+        let device = self.check(token, now_ms)?;
+        if len > MAX_BATCH {
+            return Err(HybridError::BatchTooLarge {
+                len,
+                max: MAX_BATCH,
+            });
+        }
+        tracing::debug!(%device, versions = len, "admitting a device's batch");
+        Ok(device)
+    }
+
     /// Merges a device's batch into `store` after checking its token and the
     /// batch bound; one outcome per version, in order.
     pub fn apply<B: Backend>(
@@ -188,14 +217,7 @@ impl PrimaryGate {
         versions: &[Vec<u8>],
         now_ms: u64,
     ) -> Result<Vec<VersionApplied>, HybridError> {
-        let device = self.check(token, now_ms)?;
-        if versions.len() > MAX_BATCH {
-            return Err(HybridError::BatchTooLarge {
-                len: versions.len(),
-                max: MAX_BATCH,
-            });
-        }
-        tracing::debug!(%device, versions = versions.len(), "merging a device's batch");
+        self.admit(token, versions.len(), now_ms)?;
         Ok(versions
             .iter()
             .map(|v| apply_version_to_store(store, v))

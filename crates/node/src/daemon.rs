@@ -521,6 +521,11 @@ pub async fn run(
         .with_buffer_messages(options.buffer_messages)
         .with_outbox_max(options.outbox_max);
     let transports = start_transports(&identity, &options).await?;
+    let gate = ecomesh_hybrid_storage::PrimaryGate::new(
+        identity.clone(),
+        Arc::new(options.policy.clone()),
+    )
+    .context("creating the primary's gate")?;
     let mut builder = Node::builder(data.root()).identity(identity).config(config);
     for a in transports.adapters() {
         builder = builder.transport(a);
@@ -555,6 +560,7 @@ pub async fn run(
         internet: transports.internet.clone(),
         lora: transports.lora.clone().zip(transports.lora_duty),
         ble_adapter: transports.ble_adapter.clone(),
+        gate: Some(Arc::new(std::sync::Mutex::new(gate))),
     });
     let api = match &options.api {
         Some(api) => match crate::api::start(served.clone(), &data, api).await {

@@ -13,6 +13,7 @@
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise.
 //! - [`output`]: the CLI's answer lines on stdout (a closed pipe ends it quietly).
 //! - [`paths`]: the data directory (XDG default) and the files in it.
+//! - [`remote`]: `RemoteStorageAdapter`, another node as this device's primary (issue 19).
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod human;
 pub mod output;
 pub mod paths;
 pub mod progress;
+pub mod remote;
 mod serve;
 mod serve_stream;
 pub mod sneakernet;

@@ -36,6 +36,9 @@ pub(crate) struct Served {
     pub(crate) lora: Option<(LoraTransport, DutyBudget)>,
     /// The Bluetooth adapter the BLE transport runs on, when it runs.
     pub(crate) ble_adapter: Option<String>,
+    /// The gate devices authenticate at to use this node as their primary
+    /// (issue 19), admitting the devices the node's access policy admits.
+    pub(crate) gate: Option<crate::api::primary::SharedGate>,
 }
 
 pub(crate) use crate::api::json::cid_text;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ecomesh_p2p_storage::ClockReport;
 use ecomesh_replication::blob::BlobId;
+use ecomesh_replication::merkle::ApplyResult;
 use ecomesh_replication::stream::{EventKind, MAX_DELTA, Source};
 use ecomesh_types::{ContentId, PeerId, PeerInfo, TransportType};
 
@@ -65,6 +66,25 @@ pub struct Change {
     /// When its author wrote it: the physical part of its hybrid timestamp,
     /// Unix ms (0 when the version is unreadable).
     pub time_ms: u64,
+}
+
+/// What [`Node::merge_version`] did with one signed version node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MergedVersion {
+    /// New here and merged; `concurrent` is true when the document had a
+    /// head the version does not follow (a write made elsewhere meanwhile).
+    Applied {
+        /// Whether it was concurrent with this node's heads.
+        concurrent: bool,
+    },
+    /// This node already held it.
+    AlreadyPresent,
+    /// Some parents are not here; nothing was changed.
+    MissingParents(Vec<ContentId>),
+    /// Refused (does not decode, bad signature, author or clock, or a
+    /// collection outside the author's reach); nothing was changed.
+    Refused(String),
 }
 
 /// A page of [`Node::changes`].
@@ -213,6 +233,29 @@ impl Node {
     /// [`NodeConfig::blob_gc_interval`](crate::NodeConfig::blob_gc_interval)).
     pub fn gc_blobs(&self) -> Result<GcSummary> {
         self.inner.blobs.gc()
+    }
+
+    /// Merges one signed version node that arrived without a mesh peer (a
+    /// device's write handed to this node as its primary), through the path
+    /// of [`P2PStorageAdapter::import_version`](ecomesh_p2p_storage::P2PStorageAdapter::import_version):
+    /// strict decoding, signature and author checks, parents present, the
+    /// author's reach, then merging, the stream and partners. Says whether
+    /// the version was concurrent with the document's heads.
+    pub fn merge_version(&self, bytes: &[u8]) -> Result<MergedVersion> {
+        let node = match ecomesh_wire::decode::<ecomesh_p2p_storage::VersionNode>(bytes) {
+            Ok(n) => n,
+            Err(e) => return Ok(MergedVersion::Refused(format!("not a version node: {e}"))),
+        };
+        let heads = self.inner.store.heads(&node.collection, &node.id)?;
+        Ok(match self.inner.p2p.import_version(bytes)? {
+            ApplyResult::Applied => MergedVersion::Applied {
+                concurrent: heads.iter().any(|h| !node.parents.contains(h)),
+            },
+            ApplyResult::AlreadyPresent => MergedVersion::AlreadyPresent,
+            ApplyResult::MissingParents(p) => MergedVersion::MissingParents(p),
+            ApplyResult::Invalid(reason) => MergedVersion::Refused(reason),
+            other => MergedVersion::Refused(format!("not merged: {other:?}")),
+        })
     }
 
     /// The bytes of version `cid` for `peer`, when it exists and the peer's

@@ -46,7 +46,7 @@ mod sneakernet;
 mod texts;
 mod watch;
 
-pub use api::{Change, Changes, NodeStatus};
+pub use api::{Change, Changes, MergedVersion, NodeStatus};
 pub use blobs::{BlobInfo, GcSummary};
 pub use builder::NodeBuilder;
 pub use config::{DEFAULT_OUTBOX_MAX, NodeConfig};

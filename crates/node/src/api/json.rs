@@ -36,7 +36,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 /// A declared `Content-Length` over the limit is refused before any of the
 /// body is read, so a client that waits for `100 Continue` gets the 413 at once
 /// instead of a connection closed under its upload.
-async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)

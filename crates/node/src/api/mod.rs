@@ -30,6 +30,7 @@ pub mod error;
 pub mod json;
 pub mod live;
 pub mod node_info;
+pub mod primary;
 pub mod query;
 pub mod rest;
 
@@ -68,6 +69,9 @@ pub struct ApiState {
     pub local_addr: SocketAddr,
     /// Bound on a non-loopback address by request (`--api-expose`): any Host is accepted.
     pub exposed: bool,
+    /// The gate devices authenticate at when this node serves as their
+    /// primary (`/primary/v1/`); `None`: those routes answer 404 `not_a_primary`.
+    pub gate: Option<primary::SharedGate>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -154,11 +158,13 @@ pub(crate) async fn start(
     if options.expose && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "the API listens beyond loopback (--api-expose), over plain HTTP");
     }
+    let gate = served.gate.clone();
     let state = Arc::new(ApiState {
         served,
         token,
         local_addr: addr,
         exposed: options.expose,
+        gate,
     });
     let app = router(state);
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -209,6 +215,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         ));
     Router::new()
         .nest("/api/v1", v1)
+        .nest("/primary/v1", primary::routes())
         .merge(dashboard::routes())
         .fallback(unknown_route)
         .with_state(state)

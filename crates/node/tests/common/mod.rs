@@ -84,6 +84,9 @@ pub(crate) struct Node {
     /// The node runs under a wrapper (faketime) that forks it: signals go to
     /// the wrapper's child, the node itself.
     wrapped: bool,
+    /// The `--api` address of the next start (`127.0.0.1:0` unless a test
+    /// restarts a node where it was, as a primary must be).
+    pub(crate) api: String,
 }
 
 impl Node {
@@ -98,6 +101,7 @@ impl Node {
                 child: None,
                 runs: 0,
                 wrapped: false,
+                api: "127.0.0.1:0".to_owned(),
             },
             id,
         )
@@ -112,6 +116,7 @@ impl Node {
             child: None,
             runs: 0,
             wrapped: false,
+            api: "127.0.0.1:0".to_owned(),
         }
     }
 
@@ -153,7 +158,7 @@ impl Node {
             .arg("--data")
             .arg(&self.data)
             .args(["node", "--no-mdns", "--keepalive", "1", "--redial-max", "1"])
-            .args(["--api", "127.0.0.1:0"])
+            .args(["--api", &self.api])
             .args(extra)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
