@@ -11,7 +11,7 @@ use crate::capability::{Action, Capability};
 use crate::device_link::DeviceLinkDeclaration;
 use crate::group::{GroupId, GroupKey, GroupShare};
 use crate::noise::{FrameDecoder, Handshake, SessionConfig};
-use crate::{AccessPolicy, Identity, sealed};
+use crate::{AccessPolicy, Identity, backup, sealed};
 
 fn local() -> Identity {
     Identity::from_secret_bytes(&[0x11; 32])
@@ -48,6 +48,22 @@ pub fn device_link(data: &[u8]) {
             "declaration does not round-trip"
         );
         let _ = decl.verify();
+    }
+}
+
+/// Identity backups: `params_of` and `import` never panic, and nothing forged opens
+/// under a passphrase the input does not hold. Backups that name costs above 64 KiB
+/// and 2 passes are only parsed, so one input cannot stall the fuzzer.
+pub fn backup(data: &[u8]) {
+    let Ok(params) = backup::params_of(data) else {
+        assert!(backup::import(data, b"fuzzing passphrase").is_err());
+        return;
+    };
+    if params.m_cost_kib <= 64 && params.t_cost <= 2 && params.p_cost <= 2 {
+        assert!(
+            backup::import(data, b"fuzzing passphrase").is_err(),
+            "a backup forged without the passphrase opened"
+        );
     }
 }
 

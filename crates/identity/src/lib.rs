@@ -5,6 +5,7 @@
 //! - [`sealed`]: end-to-end sealed boxes to a recipient's identity (seed 8.2).
 //! - [`group`]: k-of-n Shamir group keys with rotation (seed 8.2).
 //! - [`capability`]: capability tokens; [`device_link`]: "these PeerIds belong to me".
+//! - [`backup`]: passphrase-protected export and import of the identity (Argon2id + XChaCha20-Poly1305).
 //! - [`auth`]: the seed 8.3 challenge-response as a sans-io state machine.
 //! - [`noise`]: Noise XX / IK sessions bound to the Ed25519 identity, the secure channel
 //!   every transport shares, with the [`AccessPolicy`] deciding who may finish a handshake.
@@ -24,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod backup;
 pub mod capability;
 mod codec;
 pub mod device_link;

@@ -27,7 +27,8 @@ fn replay_fuzz_regressions() {
     let total = replay("identity_capability", fuzzing::capability)
         + replay("identity_device_link", fuzzing::device_link)
         + replay("identity_sealed", fuzzing::sealed)
-        + replay("identity_handshake", fuzzing::handshake);
+        + replay("identity_handshake", fuzzing::handshake)
+        + replay("identity_backup", fuzzing::backup);
     assert!(total > 0, "no regression inputs found");
 }
 
@@ -54,4 +55,11 @@ fn fuzz_checks_accept_valid_inputs() {
         fuzzing::handshake(&[selector, 1, 2, 3]);
     }
     fuzzing::sealed(&[1; 100]);
+    let backup = ecomesh_identity::backup::export(
+        &a,
+        b"the real passphrase",
+        ecomesh_identity::backup::BackupParams::INSECURE_FOR_TESTS,
+    )
+    .unwrap();
+    fuzzing::backup(&backup);
 }

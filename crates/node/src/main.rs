@@ -157,6 +157,9 @@ enum Command {
     /// Store, fetch and list content-addressed blobs (files).
     #[command(subcommand)]
     Blob(BlobCommand),
+    /// Back up the node's identity under a passphrase, or restore it on a new device.
+    #[command(subcommand)]
+    Identity(ecomesh_node::backup::IdentityCommand),
     /// Write the node's versions (and with --blobs its blobs) to a CARv1 file (sneakernet).
     Export(ecomesh_node::sneakernet::ExportArgs),
     /// Verify and merge a CARv1 file written by `ecomesh export` on any node.
@@ -456,6 +459,7 @@ fn run(cli: Cli, config: Option<config::Loaded>) -> Result<()> {
             }
             Ok(())
         }
+        Command::Identity(c) => ecomesh_node::backup::command(&data, c, cli.json),
         Command::Export(a) => ecomesh_node::sneakernet::export_command(&data, a, cli.json),
         Command::Import(a) => ecomesh_node::sneakernet::import_command(&data, a, cli.json),
         Command::Doc(d) => doc_command(d, &data, cli.json),
@@ -576,13 +580,14 @@ fn control_command(command: Command, data: &DataDir, json_out: bool) -> Result<(
         Command::Init
         | Command::Node { .. }
         | Command::Api(_)
+        | Command::Identity(_)
         | Command::Export(_)
         | Command::Import(_)
         | Command::Doc(_)
         | Command::Blob(_)
         | Command::Dashboard { .. } => {
             bail!(
-                "init, node, api, dashboard, export, import, doc and blob are dispatched in run()"
+                "init, node, api, dashboard, identity, export, import, doc and blob are dispatched in run()"
             )
         }
     }
