@@ -1,7 +1,15 @@
 //! The store-and-forward buffer (seed 7.1).
 //!
 //! Bounded by message count (default 1000) and accounted bytes (default
-//! 10 MiB). When an insertion goes over a bound, messages are evicted in this
+//! 10 MiB), and per destination (seed 003's offline queue: at most 100
+//! messages and 1 MiB for any one recipient, each held at most 72 hours by
+//! this node's clock, counted from when it was stored here). When an insertion
+//! goes over its destination's bounds, that destination's own messages are the
+//! only candidates for eviction, and a newcomer that ranks lowest among them is
+//! refused with [`MeshError::DestinationFull`]; the global bounds are then
+//! applied to everyone. The hold applies to copies held for others; the
+//! manager exempts the messages this node originated, which stay until their
+//! own TTL ([`StoreBuffer::expire_keeping`]). When an insertion goes over a global bound, messages are evicted in this
 //! order: lowest priority first (`Bulk` before `Critical`), then shortest
 //! remaining TTL, then lowest reputation of the recipient, then the larger id
 //! (so eviction is deterministic). The message being inserted takes part: if
@@ -19,9 +27,11 @@
 //! file, fsync, rename, fsync of the directory); [`StoreBuffer::load`] decodes it
 //! strictly under the buffer's bounds and returns typed errors for any corrupt
 //! file. File format (all integers big-endian):
-//! `"ECMESHSF"` magic, `u8` version 1, `u32` count, then per entry `u8`
-//! priority (0 = critical .. 4 = bulk), `u32` length and the message in the
-//! full DAG-CBOR form of `ecomesh_wire::encode_message`.
+//! `"ECMESHSF"` magic, `u8` version 2, `u32` count, then per entry `u8`
+//! priority (0 = critical .. 4 = bulk), `u64` the local time in ms it was
+//! stored here, `u32` length and the message in the full DAG-CBOR form of
+//! `ecomesh_wire::encode_message`. Version 1 files (no stored time) still load;
+//! their messages count their hold from the first [`StoreBuffer::expire`].
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -41,7 +51,13 @@ pub const DEFAULT_MAX_BYTES: usize = 10 * 1024 * 1024;
 pub const PER_MESSAGE_OVERHEAD: usize = 160;
 
 const MAGIC: &[u8; 8] = b"ECMESHSF";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// Default bound on the messages held for one recipient (seed 003).
+pub const DEFAULT_PER_DESTINATION_MESSAGES: usize = 100;
+/// Default bound on the accounted bytes held for one recipient: 1 MiB (seed 003's 1 MB).
+pub const DEFAULT_PER_DESTINATION_BYTES: usize = 1024 * 1024;
+/// Default longest hold of a message by this node: 72 hours (seed 003).
+pub const DEFAULT_MAX_HOLD_MS: u64 = 72 * 3600 * 1000;
 
 /// Bounds of a [`StoreBuffer`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +66,13 @@ pub struct BufferConfig {
     pub max_messages: usize,
     /// Most accounted bytes held (see [`accounted_size`]).
     pub max_bytes: usize,
+    /// Most messages held for any one recipient (broadcasts are not counted).
+    pub per_destination_messages: usize,
+    /// Most accounted bytes held for any one recipient.
+    pub per_destination_bytes: usize,
+    /// Longest a message stays here, by this node's clock from when it was
+    /// stored; it leaves earlier when its own TTL passes.
+    pub max_hold_ms: u64,
 }
 
 impl Default for BufferConfig {
@@ -57,6 +80,9 @@ impl Default for BufferConfig {
         BufferConfig {
             max_messages: DEFAULT_MAX_MESSAGES,
             max_bytes: DEFAULT_MAX_BYTES,
+            per_destination_messages: DEFAULT_PER_DESTINATION_MESSAGES,
+            per_destination_bytes: DEFAULT_PER_DESTINATION_BYTES,
+            max_hold_ms: DEFAULT_MAX_HOLD_MS,
         }
     }
 }
@@ -89,6 +115,9 @@ pub struct Entry {
     pub message: NetworkMessage,
     /// Its delivery priority.
     pub priority: Priority,
+    /// This node's clock (ms) when the message was stored here; `None` for
+    /// a message loaded from a version 1 file until the next expiry pass.
+    pub held_since_ms: Option<u64>,
 }
 
 /// Bounded store-and-forward buffer of messages addressed to absent peers.
@@ -230,8 +259,13 @@ impl StoreBuffer {
         if self.contains(&id) {
             return Ok(Vec::new());
         }
+        let destination = message.recipient;
         self.bytes += size;
-        self.entries.push(Entry { message, priority });
+        self.entries.push(Entry {
+            message,
+            priority,
+            held_since_ms: Some(now_ms),
+        });
         let newcomer = self.entries.len() - 1;
         // Kept entries of equal or higher priority than the newcomer are not
         // candidates; the newcomer itself always is.
@@ -246,8 +280,38 @@ impl StoreBuffer {
         // Choose victims worst-first without touching the buffer, so a refused
         // newcomer costs nobody else their place.
         let (mut count, mut bytes) = (self.entries.len(), self.bytes);
+        if let Some(dest) = destination {
+            let mine = |e: &Entry| e.message.recipient == Some(dest);
+            let (mut dcount, mut dbytes) = self
+                .entries
+                .iter()
+                .filter(|e| mine(e))
+                .fold((0_usize, 0_usize), |(c, b), e| {
+                    (c + 1, b + accounted_size(&e.message))
+                });
+            while dcount > self.config.per_destination_messages
+                || dbytes > self.config.per_destination_bytes
+            {
+                let worst = self.worst(now_ms, reputation, &chosen, &mine);
+                if worst.is_none() || worst == Some(newcomer) {
+                    self.entries.pop();
+                    self.bytes -= size;
+                    return Err(MeshError::DestinationFull {
+                        id,
+                        peer: dest,
+                        max_messages: self.config.per_destination_messages,
+                        max_bytes: self.config.per_destination_bytes,
+                    });
+                }
+                let Some(worst) = worst else { break };
+                chosen.push(worst);
+                let freed = accounted_size(&self.entries[worst].message);
+                (dcount, dbytes) = (dcount - 1, dbytes - freed);
+                (count, bytes) = (count - 1, bytes - freed);
+            }
+        }
         while count > self.config.max_messages || bytes > self.config.max_bytes {
-            let Some(worst) = self.worst(now_ms, reputation, &chosen) else {
+            let Some(worst) = self.worst(now_ms, reputation, &chosen, &|_| true) else {
                 break;
             };
             if worst == newcomer {
@@ -279,6 +343,7 @@ impl StoreBuffer {
         now_ms: u64,
         reputation: &dyn Fn(&PeerId) -> f64,
         skip: &[usize],
+        among: &dyn Fn(&Entry) -> bool,
     ) -> Option<usize> {
         let key = |e: &Entry| {
             let remaining = e.message.expires_at_ms().saturating_sub(now_ms);
@@ -287,7 +352,7 @@ impl StoreBuffer {
         };
         let mut best: Option<(usize, (u8, u64, f64, MessageId))> = None;
         for (i, e) in self.entries.iter().enumerate() {
-            if skip.contains(&i) {
+            if skip.contains(&i) || !among(e) {
                 continue;
             }
             let k = key(e);
@@ -339,11 +404,26 @@ impl StoreBuffer {
         }
     }
 
-    /// Discards every message whose TTL has passed at `now_ms`; returns their ids.
+    /// Discards every message whose TTL has passed at `now_ms`, or that was
+    /// held here longer than the configured hold; returns their ids.
     pub fn expire(&mut self, now_ms: u64) -> Vec<MessageId> {
+        self.expire_keeping(now_ms, &|_| false)
+    }
+
+    /// Like [`expire`](Self::expire), but the hold does not apply to entries
+    /// for which `kept` is true (the manager keeps the messages this node
+    /// originated until their own TTL): only their TTL ends them.
+    pub fn expire_keeping(
+        &mut self,
+        now_ms: u64,
+        kept: &dyn Fn(&MessageId) -> bool,
+    ) -> Vec<MessageId> {
         let mut gone = Vec::new();
-        self.entries.retain(|e| {
-            let expired = e.message.is_expired(now_ms);
+        let max_hold = self.config.max_hold_ms;
+        self.entries.retain_mut(|e| {
+            let since = *e.held_since_ms.get_or_insert(now_ms);
+            let held_out = now_ms.saturating_sub(since) >= max_hold && !kept(&e.message.id);
+            let expired = e.message.is_expired(now_ms) || held_out;
             if expired {
                 gone.push(e.message.id);
             }
@@ -369,6 +449,8 @@ impl StoreBuffer {
         for e in &self.entries {
             let enc = encode_message(&e.message);
             out.push(priority_code(e.priority));
+            // A version 1 entry not yet through an expiry pass: stored as "now or later".
+            out.extend_from_slice(&e.held_since_ms.unwrap_or(u64::MAX).to_be_bytes());
             out.extend_from_slice(&(enc.len() as u32).to_be_bytes());
             out.extend_from_slice(&enc);
         }
@@ -393,7 +475,7 @@ impl StoreBuffer {
             return Err(corrupt("wrong magic"));
         }
         let version = take(1, "version")?[0];
-        if version != VERSION {
+        if version != VERSION && version != 1 {
             return Err(corrupt(&format!("unsupported version {version}")));
         }
         let count = u32_of(take(4, "count")?) as usize;
@@ -413,6 +495,13 @@ impl StoreBuffer {
             let code = take(1, "priority")?[0];
             let priority = priority_from(code)
                 .ok_or_else(|| corrupt(&format!("unknown priority code {code}")))?;
+            let held_since_ms = if version == 1 {
+                None
+            } else {
+                let mut t = [0_u8; 8];
+                t.copy_from_slice(take(8, "time")?);
+                Some(u64::from_be_bytes(t)).filter(|&t| t != u64::MAX)
+            };
             let len = u32_of(take(4, "length")?) as usize;
             if len > max_len {
                 return Err(corrupt(&format!("message of {len} bytes over the bound")));
@@ -426,7 +515,11 @@ impl StoreBuffer {
             if buf.bytes > config.max_bytes {
                 return Err(corrupt("messages exceed the byte bound"));
             }
-            buf.entries.push(Entry { message, priority });
+            buf.entries.push(Entry {
+                message,
+                priority,
+                held_since_ms,
+            });
         }
         if !r.is_empty() {
             return Err(corrupt("trailing bytes"));
@@ -445,7 +538,7 @@ impl StoreBuffer {
     pub fn load(path: &Path, config: BufferConfig) -> Result<Self, MeshError> {
         let bound = config
             .max_messages
-            .saturating_mul(4096 + 5)
+            .saturating_mul(4096 + 13)
             .saturating_add(config.max_bytes.saturating_mul(2))
             .saturating_add(13);
         match read_bounded(path, bound)? {
@@ -541,11 +634,143 @@ mod tests {
         0.5
     }
 
+    /// Global bounds only: the per-destination bounds and the hold are lifted.
     fn cfg(max_messages: usize, max_bytes: usize) -> BufferConfig {
         BufferConfig {
             max_messages,
             max_bytes,
+            per_destination_messages: usize::MAX,
+            per_destination_bytes: usize::MAX,
+            max_hold_ms: u64::MAX,
         }
+    }
+
+    fn msg_id(id: u16, to: u8, payload: usize) -> NetworkMessage {
+        let mut m = msg(0, to, 0, 7 * 24 * 3600, payload);
+        m.id = MessageId([0; 16]);
+        m.id.0[..2].copy_from_slice(&id.to_be_bytes());
+        m.id.0[2] = to;
+        m
+    }
+
+    #[test]
+    fn per_destination_count_refuses_the_101st_and_leaves_other_peers_room() {
+        let mut b = StoreBuffer::new(BufferConfig::default());
+        for i in 0..100 {
+            b.insert(msg_id(i, 9, 10), Priority::Normal, 0, &neutral)
+                .unwrap();
+        }
+        let extra = msg_id(100, 9, 10);
+        match b.insert(extra.clone(), Priority::Normal, 0, &neutral) {
+            Err(MeshError::DestinationFull {
+                id,
+                peer: p,
+                max_messages,
+                max_bytes,
+            }) => {
+                assert_eq!((id, p), (extra.id, peer(9)));
+                assert_eq!((max_messages, max_bytes), (100, 1024 * 1024));
+            }
+            other => panic!("expected DestinationFull, got {other:?}"),
+        }
+        assert!(!b.contains(&extra.id));
+        assert_eq!(b.len(), 100);
+        // Another recipient, and broadcasts, are not limited by peer 9's share.
+        b.insert(msg_id(0, 8, 10), Priority::Normal, 0, &neutral)
+            .unwrap();
+        let mut bc = msg_id(1, 7, 10);
+        bc.recipient = None;
+        b.insert(bc, Priority::Normal, 0, &neutral).unwrap();
+        assert_eq!(b.len(), 102);
+    }
+
+    #[test]
+    fn per_destination_bytes_bound_a_peer_below_the_global_bound() {
+        let mut b = StoreBuffer::new(BufferConfig::default());
+        let big = 300 * 1024;
+        for i in 0..3 {
+            b.insert(msg_id(i, 9, big), Priority::Normal, 0, &neutral)
+                .unwrap();
+        }
+        assert!(matches!(
+            b.insert(msg_id(3, 9, big), Priority::Normal, 0, &neutral),
+            Err(MeshError::DestinationFull { .. })
+        ));
+        b.insert(msg_id(3, 8, big), Priority::Normal, 0, &neutral)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_more_urgent_newcomer_evicts_only_from_its_own_destination() {
+        let config = BufferConfig {
+            per_destination_messages: 2,
+            ..BufferConfig::default()
+        };
+        let mut b = StoreBuffer::new(config);
+        b.insert(msg_id(1, 8, 0), Priority::Bulk, 0, &neutral)
+            .unwrap();
+        b.insert(msg_id(1, 9, 0), Priority::Low, 0, &neutral)
+            .unwrap();
+        b.insert(msg_id(2, 9, 0), Priority::Normal, 0, &neutral)
+            .unwrap();
+        let ev = b
+            .insert(msg_id(3, 9, 0), Priority::Critical, 0, &neutral)
+            .unwrap();
+        assert_eq!(ev, vec![msg_id(1, 9, 0).id], "peer 9's least urgent goes");
+        assert!(
+            b.contains(&msg_id(1, 8, 0).id),
+            "peer 8's bulk message stays"
+        );
+        // Entries the owner keeps are not evicted for an equal priority.
+        let keep = msg_id(2, 9, 0).id;
+        assert!(matches!(
+            b.insert_keeping(msg_id(4, 9, 0), Priority::Normal, 0, &neutral, &|id| *id
+                == keep),
+            Err(MeshError::DestinationFull { .. })
+        ));
+    }
+
+    #[test]
+    fn a_message_is_held_at_most_72_hours_by_this_nodes_clock() {
+        let mut b = StoreBuffer::new(BufferConfig::default());
+        // The sender's clock says the message is from long ago: that does not shorten the hold.
+        let mut m = msg_id(1, 9, 4);
+        m.timestamp_ms = 10_000 * DAY_MS;
+        let t0 = 20_000 * DAY_MS;
+        m.timestamp_ms = t0 - 2 * DAY_MS; // TTL (7 days) still has 5 days to run at t0
+        b.insert(m.clone(), Priority::Normal, t0, &neutral).unwrap();
+        assert!(b.expire(t0 + 72 * 3600 * 1000 - 1).is_empty());
+        assert_eq!(b.expire(t0 + 72 * 3600 * 1000), vec![m.id]);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn hold_times_survive_a_save_and_version_1_files_still_load() {
+        let mut b = StoreBuffer::new(BufferConfig::default());
+        let t0 = 1_000 * DAY_MS;
+        let m = msg_id(1, 9, 4);
+        let mut m = m;
+        m.timestamp_ms = t0;
+        b.insert(m.clone(), Priority::High, t0, &neutral).unwrap();
+        let back = StoreBuffer::from_bytes(&b.to_bytes(), BufferConfig::default()).unwrap();
+        assert_eq!(back.entries(), b.entries());
+        assert_eq!(back.entries()[0].held_since_ms, Some(t0));
+        // A version 1 image: no stored time; the hold counts from the first expiry pass.
+        let enc = encode_message(&m);
+        let mut v1 = MAGIC.to_vec();
+        v1.push(1);
+        v1.extend_from_slice(&1_u32.to_be_bytes());
+        v1.push(priority_code(Priority::High));
+        v1.extend_from_slice(&(enc.len() as u32).to_be_bytes());
+        v1.extend_from_slice(&enc);
+        let mut old = StoreBuffer::from_bytes(&v1, BufferConfig::default()).unwrap();
+        assert_eq!(old.entries()[0].held_since_ms, None);
+        assert!(old.expire(t0 + DAY_MS).is_empty());
+        assert!(
+            old.expire(t0 + 3 * DAY_MS).is_empty(),
+            "held since t0 + 1 day"
+        );
+        assert_eq!(old.expire(t0 + 4 * DAY_MS), vec![m.id]);
     }
 
     #[test]
@@ -601,6 +826,14 @@ mod tests {
     fn defaults_are_the_seed_figures() {
         let c = BufferConfig::default();
         assert_eq!((c.max_messages, c.max_bytes), (1000, 10 * 1024 * 1024));
+        assert_eq!(
+            (
+                c.per_destination_messages,
+                c.per_destination_bytes,
+                c.max_hold_ms
+            ),
+            (100, 1024 * 1024, 72 * 3600 * 1000)
+        );
     }
 
     #[test]
@@ -722,7 +955,8 @@ mod tests {
     fn count_bound_holds_at_default() {
         let mut b = StoreBuffer::new(BufferConfig::default());
         for n in 0..1100_u32 {
-            let mut m = msg(0, 9, 0, 100, 0);
+            // Spread over 20 recipients, so the per-destination bound (100) is not the one met.
+            let mut m = msg(0, (n % 20) as u8 + 1, 0, 100, 0);
             m.id = MessageId::new_v4([
                 (n % 256) as u8,
                 (n / 256) as u8,
@@ -850,12 +1084,12 @@ mod tests {
         ));
         // A huge length prefix.
         let mut bad = good.clone();
-        bad[14..18].copy_from_slice(&u32::MAX.to_be_bytes());
+        bad[22..26].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(StoreBuffer::from_bytes(&bad, c).is_err());
         // Garbage message bytes decode to a typed wire error.
         let mut bad = good;
         let last = bad.len() - 1;
-        bad[18] = 0xFF;
+        bad[26] = 0xFF;
         bad[last] ^= 0xFF;
         assert!(StoreBuffer::from_bytes(&bad, c).is_err());
         let dir = tempfile::tempdir().unwrap();

@@ -69,6 +69,23 @@ pub enum MeshError {
         /// The buffer's bound on accounted bytes.
         max_bytes: usize,
     },
+    /// The recipient's share of the store-and-forward buffer is full (seed
+    /// 003's offline queue limits): the message is not stored, and may be
+    /// offered again once earlier ones to the same peer are delivered or expire.
+    #[error(
+        "the offline queue for {peer} is full: message {id} not stored \
+         (limit {max_messages} messages, {max_bytes} bytes per destination)"
+    )]
+    DestinationFull {
+        /// The message refused.
+        id: MessageId,
+        /// Its recipient.
+        peer: PeerId,
+        /// The bound on messages per destination.
+        max_messages: usize,
+        /// The bound on accounted bytes per destination.
+        max_bytes: usize,
+    },
     /// A key request or reply whose payload is malformed (wrong length, not a
     /// valid Ed25519 key).
     #[error("malformed key discovery message: {reason}")]

@@ -705,7 +705,14 @@ impl MultiTransportManager {
         }
         let (expired, disconnect) = {
             let mut st = lock(&self.state);
-            let dropped = st.buffer.expire(now_ms);
+            // The hold (seed 003's 72 h) is for copies held for others: this
+            // node's own messages wait for their ACK until their TTL.
+            let dropped = {
+                let State {
+                    buffer, pending, ..
+                } = &mut *st;
+                buffer.expire_keeping(now_ms, &|id| pending.is_pending(id))
+            };
             if !dropped.is_empty() {
                 tracing::debug!(count = dropped.len(), "buffered messages expired");
             }

@@ -1269,6 +1269,75 @@ fn a_full_buffer_refuses_own_messages_instead_of_evicting_them_silently() {
     assert_eq!(a.mgr.buffered(), 0);
 }
 
+/// Issue 20 item 6: seed 003's offline queue per destination. The sender of
+/// the 101st message to one absent peer gets a typed refusal naming that peer
+/// and the bound, while messages to another absent peer still queue; a copy
+/// relayed for someone else leaves after 72 hours of this node's clock, while
+/// the node's own message waits for its ACK until its TTL.
+#[test]
+fn the_offline_queue_is_bounded_per_destination_and_holds_relayed_copies_72_hours() {
+    let dir = Arc::new(Directory::default());
+    let a = Node::new(1, &dir, &[Wired]);
+    let b = Node::new(2, &dir, &[Wired]);
+    let c = Node::new(3, &dir, &[Wired]);
+    let d = Node::new(4, &dir, &[Wired]);
+    let msg_n = |to: &Node, i: u16, now: u64| {
+        let mut id = [0_u8; 16];
+        id[..2].copy_from_slice(&i.to_be_bytes());
+        id[2] = 0xAB;
+        a.mgr
+            .new_message("chat", vec![1; 8], Some(to.pid()), now, id)
+            .unwrap()
+    };
+    for i in 0..100 {
+        let m = msg_n(&b, i, 1);
+        assert_eq!(
+            block_on(a.mgr.send(b.pid(), m, Priority::Normal, 1)).unwrap(),
+            SendOutcome::Queued
+        );
+    }
+    let extra = msg_n(&b, 100, 1);
+    match block_on(a.mgr.send(b.pid(), extra.clone(), Priority::Normal, 1)) {
+        Err(ecomesh_mesh::MeshError::DestinationFull {
+            id,
+            peer,
+            max_messages,
+            ..
+        }) => assert_eq!((id, peer, max_messages), (extra.id, b.pid(), 100)),
+        other => panic!("expected DestinationFull, got {other:?}"),
+    }
+    assert!(
+        !a.mgr.is_pending(&extra.id),
+        "a refused message is not tracked"
+    );
+    let to_c = msg_n(&c, 0, 1);
+    assert_eq!(
+        block_on(a.mgr.send(c.pid(), to_c.clone(), Priority::Normal, 1)).unwrap(),
+        SendOutcome::Queued,
+        "another destination has its own share"
+    );
+    // D hands A a copy for the absent C: A holds it 72 hours, then lets it go.
+    connect(&a, &d, Wired);
+    pump(&[&a, &d], 2);
+    let relayed = d.msg(&c, "for c", 2, 77);
+    d.t[&Wired].inject(a.pid(), relayed.clone());
+    pump(&[&a, &d], 2);
+    assert!(a.mgr.is_buffered(&relayed.id));
+    let hold = 72 * 3600 * 1000;
+    pump(&[&a], 2 + hold - 1);
+    assert!(a.mgr.is_buffered(&relayed.id));
+    pump(&[&a], 2 + hold);
+    assert!(
+        !a.mgr.is_buffered(&relayed.id),
+        "the relayed copy left after 72 h"
+    );
+    assert!(
+        a.mgr.is_buffered(&to_c.id),
+        "A's own message waits for its TTL"
+    );
+    assert!(a.mgr.is_pending(&to_c.id));
+}
+
 #[test]
 fn a_link_authenticated_message_is_delivered_only_from_its_sender_and_never_relayed() {
     let dir = Arc::new(Directory::default());

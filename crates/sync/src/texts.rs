@@ -361,6 +361,11 @@ impl Texts {
                     "the mesh buffer is full; the text waits in the outbox until it has room");
                 SendOutcome::Queued
             }
+            Err(MeshError::DestinationFull { max_messages, .. }) => {
+                tracing::info!(%id, %to, max_messages,
+                    "the offline queue for this peer is full; the text waits in the outbox");
+                SendOutcome::Queued
+            }
             Err(e) => {
                 // Refused up front: it is queued nowhere, so it leaves the outbox.
                 self.pending().remove(&mid);
@@ -434,13 +439,14 @@ impl Texts {
         let now = now_ms();
         let ttl_ms = u64::from(NetworkMessage::DEFAULT_TTL_SECS) * 1000;
         let mut full = false;
+        let mut full_for = std::collections::BTreeSet::new();
         for w in self.waiting(None) {
             if w.sent_ms.saturating_add(ttl_ms) <= now {
                 tracing::warn!(id = %w.id, to = %w.to, "expired without delivery");
                 self.mark(&w.id, &TextStatus::Expired);
                 continue;
             }
-            if full && self.mesh.peer_transports(&w.to).is_empty() {
+            if (full || full_for.contains(&w.to)) && self.mesh.peer_transports(&w.to).is_empty() {
                 continue;
             }
             let message = match self.rebuild(&w) {
@@ -460,6 +466,9 @@ impl Texts {
                     self.state.mark_dirty();
                 }
                 Err(MeshError::BufferFull { .. }) => full = true,
+                Err(MeshError::DestinationFull { peer, .. }) => {
+                    full_for.insert(peer);
+                }
                 Err(MeshError::Expired(_)) => self.mark(&w.id, &TextStatus::Expired),
                 Err(e) => tracing::warn!(id = %w.id, error = %e, "outbox text not offered again"),
             }
