@@ -319,8 +319,28 @@ fn document_subscription_sees_every_change_in_order() {
         expected.push(None);
         assert_eq!(*seen.lock().unwrap(), expected);
         drop(sub);
+        // A probe subscribed after the drop: one delivery thread serves both in
+        // commit order, and the dropped one would come first, so once the probe
+        // has the write, the dropped listener would have had it too.
+        let probe: Arc<Mutex<Vec<Option<i64>>>> = Arc::default();
+        let probe_sink = probe.clone();
+        let _probe = s
+            .subscribe_document(
+                "c",
+                "d",
+                Arc::new(move |doc: &Option<Document>| {
+                    probe_sink.lock().unwrap().push(
+                        doc.as_ref()
+                            .and_then(|d| d.fields.get("n"))
+                            .and_then(Value::as_i64),
+                    );
+                }),
+            )
+            .unwrap();
         ready(s.set("c", "d", fields(&[("n", 7.into())]), SetOptions::REPLACE)).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        wait_until("the probe sees the write", || {
+            probe.lock().unwrap().last() == Some(&Some(7))
+        });
         assert_eq!(seen.lock().unwrap().len(), 52, "no event after unsubscribe");
     });
 }
@@ -363,14 +383,30 @@ fn query_subscription_fires_on_relevant_changes_only() {
         ))
         .unwrap();
         ready(s.delete("c", "a")).unwrap();
-        wait_until("4 query events", || seen.lock().unwrap().len() >= 4);
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        // A write that changes nothing the query sees fires nothing; the next
+        // relevant one is the fifth event, so no extra event came in between.
+        ready(s.set(
+            "c",
+            "x",
+            fields(&[("ok", false.into())]),
+            SetOptions::REPLACE,
+        ))
+        .unwrap();
+        ready(s.set(
+            "c",
+            "z",
+            fields(&[("ok", true.into())]),
+            SetOptions::REPLACE,
+        ))
+        .unwrap();
+        wait_until("5 query events", || seen.lock().unwrap().len() >= 5);
         let got = seen.lock().unwrap().clone();
         let expect: Vec<Vec<String>> = vec![
             vec![],
             vec!["a".into()],
             vec!["a".into(), "b".into()],
             vec!["b".into()],
+            vec!["b".into(), "z".into()],
         ];
         assert_eq!(got, expect);
     });

@@ -83,7 +83,26 @@ async fn collection_messages_reach_every_subscriber_along_a_chain() {
             assert_eq!(m.source, Some(nodes[from].peer_id()));
         }
     }
-    assert!(other.try_recv().is_err(), "the bystander got nothing");
+    // The bystander's neighbour carried both messages, yet its subscription to
+    // another topic got nothing; once it subscribes to this topic, the same
+    // machinery delivers the next message to it, and only that one.
+    let mut late = bystander.subscribe_topic(&topic).await.unwrap();
+    wait_mesh(&bystander, &topic, 1).await;
+    let third = b"after the bystander joined".to_vec();
+    nodes[0].publish(&topic, third.clone()).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(20), late.recv())
+        .await
+        .expect("the bystander gets the message once subscribed")
+        .unwrap();
+    assert_eq!(
+        m.data, third,
+        "the first message it gets is the one after it joined"
+    );
+    assert_eq!(m.source, Some(nodes[0].peer_id()));
+    assert!(
+        other.try_recv().is_err(),
+        "the bystander's other topic got nothing"
+    );
     // Too large for the configured limit.
     assert!(
         nodes[0]

@@ -145,12 +145,21 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn fuzz_findings_stay_fixed() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions");
+    let mut replayed = 0;
     for target in TARGETS {
         for file in files(&root.join(target)) {
             // Must not panic; acceptance is whatever the property allows.
             run(target, &std::fs::read(&file).unwrap());
+            replayed += 1;
         }
     }
+    // The two CAR inputs that once broke the re-encoding check are committed;
+    // a path or filter mistake that finds none must fail, not pass quietly.
+    assert!(
+        replayed >= 2,
+        "replayed {replayed} fuzz findings from {}",
+        root.display()
+    );
 }
 
 #[test]
