@@ -1016,6 +1016,68 @@ mod tests {
         assert!(!a.has_output());
     }
 
+    /// The halves of a split link carry messages both ways, answer a PING with a PONG
+    /// through the writer, and report a due keepalive; a link splits only once
+    /// established, and bytes that arrived with the HELLO stay with the reader.
+    #[test]
+    fn split_halves_carry_messages_and_keepalive() {
+        let (mut a, mut b, ia, ib) = pair(AccessPolicy::Open, AccessPolicy::Open);
+        let a = match a.split() {
+            Err((WiredError::NotEstablished, link)) => *link,
+            other => panic!("split before the handshake: {other:?}"),
+        };
+        let mut a = a;
+        pump(&mut a, &mut b, 1).unwrap();
+        // b sends a message that reaches a together with the rest of the exchange.
+        let mut early = msg(ib.peer_id(), vec![9; 70_000]);
+        b.send_message(&mut early).unwrap();
+        let o = b.take_output();
+        a.receive(&o, 1).unwrap();
+        let (mut aw, mut ar) = a.split().unwrap();
+        assert_eq!(ar.poll_event(), Some(LinkEvent::Established(ib.peer_id())));
+        assert_eq!(ar.poll_event(), Some(LinkEvent::Message(early)));
+        assert_eq!(aw.send_limit(), 200_000);
+        let mut out = Vec::new();
+        assert!(aw.swap_output(&mut out));
+        b.receive(&out, 2).unwrap();
+        assert_eq!(b.poll_event(), Some(LinkEvent::Established(ia.peer_id())));
+        for len in [0usize, 5, 65_519, 150_000] {
+            let mut m = msg(ia.peer_id(), vec![4; len]);
+            aw.send_message(&mut m).unwrap();
+            let mut out = Vec::new();
+            aw.swap_output(&mut out);
+            b.receive(&out, 3).unwrap();
+            assert_eq!(b.poll_event(), Some(LinkEvent::Message(m)));
+        }
+        let mut over = msg(ia.peer_id(), vec![0; 200_000]);
+        assert!(matches!(
+            aw.send_message(&mut over),
+            Err(WiredError::TooLarge { .. })
+        ));
+        assert!(!aw.has_output());
+        // b pings (its keepalive is due); a's reader owes a PONG, a's writer seals it.
+        b.handle_timeout(3 + 500).unwrap();
+        let ping = b.take_output();
+        let buf = ar.read_buf();
+        buf[..ping.len()].copy_from_slice(&ping);
+        ar.commit(ping.len(), 600).unwrap();
+        assert_eq!(ar.take_pongs(), 1);
+        aw.send_pong().unwrap();
+        let mut out = Vec::new();
+        aw.swap_output(&mut out);
+        b.receive(&out, 601).unwrap();
+        assert_eq!(b.next_timeout(), 601 + 500, "the PONG reset b's keepalive");
+        // a's reader: quiet for the interval, a PING is due, then the timeout fails it.
+        assert_eq!(ar.next_timeout(), 1100);
+        assert!(!ar.handle_timeout(1099).unwrap());
+        assert!(ar.handle_timeout(1100).unwrap());
+        assert!(matches!(
+            ar.handle_timeout(1400),
+            Err(WiredError::Timeout("keepalive"))
+        ));
+        assert!(matches!(ar.commit(0, 1401), Err(WiredError::Closed)));
+    }
+
     #[test]
     fn policy_refusal_never_establishes() {
         let (mut a, _, ia, _) = pair(AccessPolicy::Open, AccessPolicy::Open);
