@@ -29,9 +29,15 @@
 //! way, the cipher's own copy into the output buffer is the only copy of a payload
 //! byte on the sending side, and the driver writes the output without copying it
 //! ([`Link::swap_output`]). Received bytes are read straight into the link's buffer
-//! ([`Link::read_buf`], [`Link::commit`]), and each record is decrypted straight onto
-//! the end of the reassembly, which is decoded once complete. Size checks use
-//! `ecomesh_wire::encoded_message_len`, never a trial encoding.
+//! ([`Link::read_buf`], [`Link::commit`]), each record is opened in place there
+//! (`decrypt_in_place`) and its body appended to the reassembly, which is decoded once
+//! complete. Size checks use `ecomesh_wire::encoded_message_len`, never a trial encoding.
+//!
+//! # Halves
+//! An established link splits ([`Link::split`]) into a [`LinkWriter`] (the session's
+//! sending key: messages, PING, PONG) and a [`LinkReader`] (the receiving key, the
+//! reassembly and the keepalive clock), so a driver seals on one task while it opens on
+//! another; [`Link`] itself is the two joined, for tests and simple drivers.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -103,7 +109,7 @@ pub enum LinkEvent {
 
 enum State {
     Handshaking(Box<Handshake>),
-    Open(LinkWriter),
+    Open(Box<LinkWriter>),
     Failed,
 }
 
@@ -247,7 +253,7 @@ impl Link {
         match state {
             State::Open(mut w) => {
                 w.send_limit = reader.send_limit();
-                Ok((w, reader))
+                Ok((*w, reader))
             }
             state => Err((
                 WiredError::NotEstablished,
@@ -348,7 +354,7 @@ impl Link {
                 scratch: Vec::new(),
             };
             w.write_record(&hello_record(self.reader.config.max_message_size))?;
-            self.state = State::Open(w);
+            self.state = State::Open(Box::new(w));
         }
         Ok(())
     }
@@ -1021,7 +1027,7 @@ mod tests {
     /// established, and bytes that arrived with the HELLO stay with the reader.
     #[test]
     fn split_halves_carry_messages_and_keepalive() {
-        let (mut a, mut b, ia, ib) = pair(AccessPolicy::Open, AccessPolicy::Open);
+        let (a, mut b, ia, ib) = pair(AccessPolicy::Open, AccessPolicy::Open);
         let a = match a.split() {
             Err((WiredError::NotEstablished, link)) => *link,
             other => panic!("split before the handshake: {other:?}"),

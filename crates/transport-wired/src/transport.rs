@@ -525,9 +525,10 @@ async fn run_halves(
         let mut failed = None;
         while let Some(ev) = reader.poll_event() {
             match ev {
-                LinkEvent::Message(message) => inner
-                    .listeners
-                    .emit(&TransportEvent::Message { from: peer, message }),
+                LinkEvent::Message(message) => inner.listeners.emit(&TransportEvent::Message {
+                    from: peer,
+                    message,
+                }),
                 LinkEvent::Established(_) => {
                     failed = Some(WiredError::Malformed("established twice"));
                     break;
