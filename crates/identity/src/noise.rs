@@ -533,14 +533,19 @@ impl Handshake {
             Role::Responder => (&split[1], &split[0]),
         };
         Ok(Session {
-            send_key: TransportKey::new(send_key),
-            recv_key: TransportKey::new(recv_key),
-            config: self.config,
+            sender: SessionSender {
+                key: TransportKey::new(send_key),
+                config: self.config,
+                nonce: send_start,
+            },
+            receiver: SessionReceiver {
+                key: TransportKey::new(recv_key),
+                config: self.config,
+                window: ReplayWindow::new(recv_start),
+                closed: false,
+            },
             remote,
             handshake_hash: self.handshake_hash,
-            send_nonce: send_start,
-            recv: ReplayWindow::new(recv_start),
-            closed: false,
         })
     }
 }
@@ -682,15 +687,29 @@ impl ReplayWindow {
 /// [`max_plaintext_len`](Self::max_plaintext_len) bytes into one Noise message; the peer's
 /// [`decrypt`](Self::decrypt) turns it back. Larger application messages are split by the
 /// caller. Output sizes: plaintext + 16 ([`Delivery::Ordered`]) or + 24
-/// ([`Delivery::Datagram`]).
+/// ([`Delivery::Datagram`]). [`split`](Self::split) separates the two directions, so that
+/// one task (or core) can encrypt while another decrypts.
 pub struct Session {
-    send_key: TransportKey,
-    recv_key: TransportKey,
-    config: SessionConfig,
+    sender: SessionSender,
+    receiver: SessionReceiver,
     remote: PublicKey,
     handshake_hash: [u8; HASH_LEN],
-    send_nonce: u64,
-    recv: ReplayWindow,
+}
+
+/// The sending direction of a [`Session`] ([`Session::split`]): the same messages, byte
+/// for byte, as the session's own `encrypt*` calls would have produced.
+pub struct SessionSender {
+    key: TransportKey,
+    config: SessionConfig,
+    nonce: u64,
+}
+
+/// The receiving direction of a [`Session`] ([`Session::split`]): the same checks as the
+/// session's own `decrypt*` calls; in ordered mode any failure closes it for good.
+pub struct SessionReceiver {
+    key: TransportKey,
+    config: SessionConfig,
+    window: ReplayWindow,
     closed: bool,
 }
 
@@ -741,6 +760,20 @@ impl TransportKey {
     }
 }
 
+fn rekey_due(config: &SessionConfig, nonce: u64) -> bool {
+    config.delivery == Delivery::Ordered
+        && config.rekey_interval != 0
+        && nonce != 0
+        && nonce.is_multiple_of(config.rekey_interval)
+}
+
+fn nonce_prefix_len(config: &SessionConfig) -> usize {
+    match config.delivery {
+        Delivery::Ordered => 0,
+        Delivery::Datagram => DATAGRAM_NONCE_LEN,
+    }
+}
+
 impl Session {
     /// The peer's proven Ed25519 key.
     pub fn remote_public_key(&self) -> &PublicKey {
@@ -760,46 +793,98 @@ impl Session {
 
     /// The session's configuration.
     pub fn config(&self) -> SessionConfig {
-        self.config
+        self.sender.config
     }
 
     /// Whether a failure closed the session (ordered mode).
     pub fn is_closed(&self) -> bool {
-        self.closed
+        self.receiver.closed
     }
 
     /// Largest plaintext per message: 65519 (ordered) or 65511 (datagram) bytes.
     pub fn max_plaintext_len(&self) -> usize {
-        MAX_MESSAGE_LEN - TAG_LEN - self.nonce_prefix_len()
+        self.sender.max_plaintext_len()
     }
 
-    fn nonce_prefix_len(&self) -> usize {
-        match self.config.delivery {
-            Delivery::Ordered => 0,
-            Delivery::Datagram => DATAGRAM_NONCE_LEN,
+    /// Separates the two directions: encrypting and decrypting then need no shared state
+    /// (each half keeps its key and nonce). A session closed by a failure stays closed
+    /// on its receiving half; its sending half goes on (the caller closes the link).
+    pub fn split(self) -> (SessionSender, SessionReceiver) {
+        (self.sender, self.receiver)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.receiver.closed {
+            return Err(Error::Closed);
         }
-    }
-
-    fn rekey_due(&self, nonce: u64) -> bool {
-        self.config.delivery == Delivery::Ordered
-            && self.config.rekey_interval != 0
-            && nonce != 0
-            && nonce.is_multiple_of(self.config.rekey_interval)
+        Ok(())
     }
 
     /// Encrypts one message.
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN + self.nonce_prefix_len());
-        self.encrypt_into(plaintext, &mut out)?;
-        Ok(out)
+        self.check_open()?;
+        self.sender.encrypt(plaintext)
     }
 
     /// Encrypts one message, appending it to `out` (lets transports reuse buffers). The
     /// plaintext is copied once, into `out`, and sealed there.
     pub fn encrypt_into(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        self.check_open()?;
+        self.sender.encrypt_into(plaintext, out)
+    }
+
+    /// Encrypts the plaintext `buf[start..]` in place and appends its tag: the same Noise
+    /// message as [`encrypt_into`](Self::encrypt_into) of that plaintext, without a copy.
+    /// Ordered sessions only ([`Error::UnexpectedMessage`] for datagram sessions, whose
+    /// nonce goes in front of the message); on error `buf` is unchanged.
+    pub fn encrypt_in_place(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<()> {
+        self.check_open()?;
+        self.sender.encrypt_in_place(buf, start)
+    }
+
+    /// Decrypts one message from the peer.
+    pub fn decrypt(&mut self, message: &[u8]) -> Result<Vec<u8>> {
+        self.receiver.decrypt(message)
+    }
+
+    /// Decrypts one message from the peer, appending the plaintext to `out` (the
+    /// ciphertext is copied once, into `out`, and opened there).
+    ///
+    /// Ordered mode: any failure closes the session (a stream cannot resynchronise).
+    /// Datagram mode: a replayed, too old, or forged datagram is refused
+    /// ([`Error::Replay`], [`Error::DecryptFailed`]) and the session goes on.
+    pub fn decrypt_into(&mut self, message: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        self.receiver.decrypt_into(message, out)
+    }
+
+    /// Decrypts one message from the peer in place: returns the plaintext, a part of
+    /// `message` (after the nonce of a datagram message, without the tag). Same checks and
+    /// failure rules as [`decrypt_into`](Self::decrypt_into); on failure the bytes of
+    /// `message` are unspecified.
+    pub fn decrypt_in_place<'a>(&mut self, message: &'a mut [u8]) -> Result<&'a mut [u8]> {
+        self.receiver.decrypt_in_place(message)
+    }
+}
+
+impl SessionSender {
+    /// Largest plaintext per message: 65519 (ordered) or 65511 (datagram) bytes.
+    pub fn max_plaintext_len(&self) -> usize {
+        MAX_MESSAGE_LEN - TAG_LEN - nonce_prefix_len(&self.config)
+    }
+
+    /// Encrypts one message (see [`Session::encrypt`]).
+    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let mut out =
+            Vec::with_capacity(plaintext.len() + TAG_LEN + nonce_prefix_len(&self.config));
+        self.encrypt_into(plaintext, &mut out)?;
+        Ok(out)
+    }
+
+    /// Encrypts one message, appending it to `out` (see [`Session::encrypt_into`]).
+    pub fn encrypt_into(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
         self.check_plaintext(plaintext.len())?;
         if self.config.delivery == Delivery::Datagram {
-            out.extend_from_slice(&self.send_nonce.to_be_bytes());
+            out.extend_from_slice(&self.nonce.to_be_bytes());
         }
         let body = out.len();
         out.extend_from_slice(plaintext);
@@ -808,10 +893,8 @@ impl Session {
         Ok(())
     }
 
-    /// Encrypts the plaintext `buf[start..]` in place and appends its tag: the same Noise
-    /// message as [`encrypt_into`](Self::encrypt_into) of that plaintext, without a copy.
-    /// Ordered sessions only ([`Error::UnexpectedMessage`] for datagram sessions, whose
-    /// nonce goes in front of the message); on error `buf` is unchanged.
+    /// Encrypts `buf[start..]` in place and appends its tag (see
+    /// [`Session::encrypt_in_place`]); on error `buf` is unchanged.
     pub fn encrypt_in_place(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<()> {
         if self.config.delivery != Delivery::Ordered {
             return Err(Error::UnexpectedMessage(
@@ -830,9 +913,6 @@ impl Session {
     }
 
     fn check_plaintext(&self, len: usize) -> Result<()> {
-        if self.closed {
-            return Err(Error::Closed);
-        }
         let max = self.max_plaintext_len();
         if len > max {
             return Err(Error::TooLarge {
@@ -841,7 +921,7 @@ impl Session {
                 max,
             });
         }
-        if self.send_nonce == u64::MAX {
+        if self.nonce == u64::MAX {
             return Err(Error::NonceExhausted);
         }
         Ok(())
@@ -849,27 +929,30 @@ impl Session {
 
     /// Seals with the next send nonce (checked by `check_plaintext`), rekeying when due.
     fn seal_next(&mut self, in_out: &mut [u8]) -> [u8; TAG_LEN] {
-        let nonce = self.send_nonce;
-        if self.rekey_due(nonce) {
-            self.send_key.rekey();
+        let nonce = self.nonce;
+        if rekey_due(&self.config, nonce) {
+            self.key.rekey();
         }
-        self.send_nonce += 1;
-        self.send_key.seal(nonce, in_out)
+        self.nonce += 1;
+        self.key.seal(nonce, in_out)
+    }
+}
+
+impl SessionReceiver {
+    /// Whether a failure closed this direction (ordered mode).
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 
-    /// Decrypts one message from the peer.
+    /// Decrypts one message from the peer (see [`Session::decrypt`]).
     pub fn decrypt(&mut self, message: &[u8]) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(message.len());
         self.decrypt_into(message, &mut out)?;
         Ok(out)
     }
 
-    /// Decrypts one message from the peer, appending the plaintext to `out` (the
-    /// ciphertext is copied once, into `out`, and opened there).
-    ///
-    /// Ordered mode: any failure closes the session (a stream cannot resynchronise).
-    /// Datagram mode: a replayed, too old, or forged datagram is refused
-    /// ([`Error::Replay`], [`Error::DecryptFailed`]) and the session goes on.
+    /// Decrypts one message, appending the plaintext to `out` (see
+    /// [`Session::decrypt_into`]).
     pub fn decrypt_into(&mut self, message: &[u8], out: &mut Vec<u8>) -> Result<()> {
         if self.closed {
             return Err(Error::Closed);
@@ -901,10 +984,8 @@ impl Session {
         }
     }
 
-    /// Decrypts one message from the peer in place: returns the plaintext, a part of
-    /// `message` (after the nonce of a datagram message, without the tag). Same checks and
-    /// failure rules as [`decrypt_into`](Self::decrypt_into); on failure the bytes of
-    /// `message` are unspecified.
+    /// Decrypts one message in place, returning the plaintext (see
+    /// [`Session::decrypt_in_place`]).
     pub fn decrypt_in_place<'a>(&mut self, message: &'a mut [u8]) -> Result<&'a mut [u8]> {
         if self.closed {
             return Err(Error::Closed);
@@ -947,11 +1028,11 @@ impl Session {
 
     fn open_inner(&mut self, nonce_prefix: &[u8], body: &mut [u8]) -> Result<usize> {
         let nonce = match self.config.delivery {
-            Delivery::Ordered => self.recv.next,
+            Delivery::Ordered => self.window.next,
             Delivery::Datagram => {
                 let mut r = Reader::new(nonce_prefix, "noise datagram");
                 let nonce = r.u64()?;
-                self.recv.check(nonce)?;
+                self.window.check(nonce)?;
                 nonce
             }
         };
@@ -965,11 +1046,11 @@ impl Session {
         if nonce == u64::MAX {
             return Err(Error::NonceExhausted);
         }
-        if self.rekey_due(nonce) && self.recv.next == nonce {
-            self.recv_key.rekey();
+        if rekey_due(&self.config, nonce) && self.window.next == nonce {
+            self.key.rekey();
         }
-        let n = self.recv_key.open(nonce, body)?;
-        self.recv.accept(nonce);
+        let n = self.key.open(nonce, body)?;
+        self.window.accept(nonce);
         Ok(n)
     }
 }
@@ -978,8 +1059,27 @@ impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
             .field("remote", &self.remote.peer_id())
+            .field("config", &self.sender.config)
+            .field("send_nonce", &self.sender.nonce)
+            .field("closed", &self.receiver.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for SessionSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionSender")
             .field("config", &self.config)
-            .field("send_nonce", &self.send_nonce)
+            .field("nonce", &self.nonce)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for SessionReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionReceiver")
+            .field("config", &self.config)
+            .field("next_nonce", &self.window.next)
             .field("closed", &self.closed)
             .finish_non_exhaustive()
     }

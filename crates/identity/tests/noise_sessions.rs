@@ -395,3 +395,51 @@ fn in_place_encrypt_and_decrypt_interoperate_with_the_copying_calls() {
     let mut wire = a.encrypt(&buf).unwrap();
     assert_eq!(b.decrypt_in_place(&mut wire).unwrap(), b"datagram");
 }
+
+/// The halves of a split session produce and accept exactly the messages the whole
+/// session on the other side expects (nonces in step across rekeys, both directions, each half on its own thread), and a forged
+/// message closes the receiving half.
+#[test]
+fn split_halves_match_the_whole_session_byte_for_byte() {
+    for pattern in PATTERNS {
+        let config = SessionConfig {
+            delivery: Delivery::Ordered,
+            rekey_interval: 5,
+        };
+        let (a, mut b) = open_pair(pattern, config);
+        let (mut tx, mut rx) = a.split();
+        assert_eq!(tx.max_plaintext_len(), MAX_MESSAGE_LEN - 16);
+        let msgs: Vec<Vec<u8>> = (0..30_usize)
+            .map(|n| (0..n * 211).map(|x| (x * 7 + n) as u8).collect())
+            .collect();
+        // a's sending half on another thread; b's replies opened by a's receiving half.
+        let sent = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                msgs.iter()
+                    .map(|m| {
+                        let mut out = Vec::new();
+                        tx.encrypt_into(m, &mut out).unwrap();
+                        out
+                    })
+                    .collect::<Vec<_>>()
+            });
+            for m in &msgs {
+                let mut wire = b.encrypt(m).unwrap();
+                assert_eq!(rx.decrypt_in_place(&mut wire).unwrap(), &m[..]);
+            }
+            h.join().unwrap()
+        });
+        for (wire, m) in sent.iter().zip(&msgs) {
+            assert_eq!(wire.len(), m.len() + 16);
+            assert_eq!(b.decrypt(wire).unwrap(), *m);
+        }
+        let mut forged = b.encrypt(b"x").unwrap();
+        forged[0] ^= 1;
+        assert!(matches!(rx.decrypt(&forged), Err(Error::DecryptFailed)));
+        assert!(rx.is_closed());
+        assert!(matches!(rx.decrypt(&forged), Err(Error::Closed)));
+        // The sending half goes on.
+        let wire = tx.encrypt(b"still").unwrap();
+        assert_eq!(b.decrypt(&wire).unwrap(), b"still");
+    }
+}

@@ -22,5 +22,5 @@ mod transport;
 
 pub use discovery::{Announcement, MdnsDiscovery, SERVICE_TYPE};
 pub use error::WiredError;
-pub use link::{Link, LinkConfig, LinkEvent, PROTOCOL_VERSION};
+pub use link::{Link, LinkConfig, LinkEvent, LinkReader, LinkWriter, PROTOCOL_VERSION};
 pub use transport::{WiredConfig, WiredTransport};

@@ -29,15 +29,22 @@
 //! way, the cipher's own copy into the output buffer is the only copy of a payload
 //! byte on the sending side, and the driver writes the output without copying it
 //! ([`Link::swap_output`]). Received bytes are read straight into the link's buffer
-//! ([`Link::read_buf`], [`Link::commit`]), and each record is decrypted straight onto
-//! the end of the reassembly, which is decoded once complete. Size checks use
-//! `ecomesh_wire::encoded_message_len`, never a trial encoding.
+//! ([`Link::read_buf`], [`Link::commit`]), each record is opened in place there
+//! (`decrypt_in_place`) and its body appended to the reassembly, which is decoded once
+//! complete. Size checks use `ecomesh_wire::encoded_message_len`, never a trial encoding.
+//!
+//! # Halves
+//! An established link splits ([`Link::split`]) into a [`LinkWriter`] (the session's
+//! sending key: messages, PING, PONG) and a [`LinkReader`] (the receiving key, the
+//! reassembly and the keepalive clock), so a driver seals on one task while it opens on
+//! another; [`Link`] itself is the two joined, for tests and simple drivers.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ecomesh_identity::noise::{
-    FRAME_HEADER_LEN, Handshake, MAX_MESSAGE_LEN, Session, SessionConfig, TAG_LEN, frame,
+    FRAME_HEADER_LEN, Handshake, MAX_MESSAGE_LEN, SessionConfig, SessionReceiver, SessionSender,
+    TAG_LEN, frame,
 };
 use ecomesh_identity::{AccessPolicy, Identity, PublicKey};
 use ecomesh_types::{NetworkMessage, PeerId};
@@ -102,39 +109,28 @@ pub enum LinkEvent {
 
 enum State {
     Handshaking(Box<Handshake>),
-    Open(Box<Session>),
+    Open(Box<LinkWriter>),
     Failed,
 }
 
 /// One end of a link, sans-io: feed it received bytes with [`Link::receive`] and
 /// the time with [`Link::handle_timeout`]; write out [`Link::take_output`]; react to
 /// [`Link::poll_event`]. After any error the link is dead and must be closed.
+///
+/// Once established, [`Link::split`] separates it into a [`LinkWriter`] (sealing) and a
+/// [`LinkReader`] (opening, keepalive timing), so a driver can run them on two tasks.
 pub struct Link {
-    config: LinkConfig,
     state: State,
-    /// Received bytes: `rx[rx_start..rx_end]` is not yet processed (less than a frame
-    /// once [`Link::commit`] returned).
-    rx: Vec<u8>,
-    rx_start: usize,
-    rx_end: usize,
-    out: Vec<u8>,
-    /// Small records assembled before sealing (the head and tail of a large message).
-    scratch: Vec<u8>,
-    events: VecDeque<LinkEvent>,
-    /// A placeholder byte, then the message bytes received so far; records are
-    /// decrypted onto its end (see `on_transport_frame`).
-    reassembly: Vec<u8>,
-    peer: Option<PeerId>,
-    peer_max: Option<usize>,
-    started_ms: u64,
-    last_rx_ms: u64,
-    ping_sent_ms: Option<u64>,
+    reader: LinkReader,
+    /// Output before the writer exists (the handshake messages).
+    hs_out: Vec<u8>,
+    peer_key: Option<PublicKey>,
 }
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Link")
-            .field("peer", &self.peer)
+            .field("peer", &self.reader.peer)
             .field("established", &self.is_established())
             .finish_non_exhaustive()
     }
@@ -171,83 +167,104 @@ impl Link {
 
     fn new(hs: Handshake, config: LinkConfig, now_ms: u64) -> Self {
         Link {
-            config,
             state: State::Handshaking(Box::new(hs)),
-            rx: Vec::new(),
-            rx_start: 0,
-            rx_end: 0,
-            out: Vec::new(),
-            scratch: Vec::new(),
-            events: VecDeque::new(),
-            reassembly: vec![0],
-            peer: None,
-            peer_max: None,
-            started_ms: now_ms,
-            last_rx_ms: now_ms,
-            ping_sent_ms: None,
+            reader: LinkReader::new(config, now_ms),
+            hs_out: Vec::new(),
+            peer_key: None,
         }
     }
 
     /// The authenticated peer, once the handshake proved it (possibly before the link
     /// is established).
     pub fn peer(&self) -> Option<PeerId> {
-        self.peer
+        self.reader.peer
     }
 
     /// The authenticated peer's Ed25519 public key, once the session is open.
     pub fn peer_key(&self) -> Option<PublicKey> {
-        match &self.state {
-            State::Open(session) => Some(*session.remote_public_key()),
-            _ => None,
-        }
+        self.peer_key
     }
 
     /// Whether the peer's HELLO arrived.
     pub fn is_established(&self) -> bool {
-        self.peer_max.is_some()
+        self.reader.is_established()
     }
 
     /// The largest encoded message this link sends: the smaller of both sides' limits.
     pub fn send_limit(&self) -> usize {
-        self.peer_max.map_or(self.config.max_message_size, |p| {
-            p.min(self.config.max_message_size)
-        })
+        self.reader.send_limit()
+    }
+
+    fn out_mut(&mut self) -> &mut Vec<u8> {
+        match &mut self.state {
+            State::Open(w) => &mut w.out,
+            _ => &mut self.hs_out,
+        }
+    }
+
+    fn out_ref(&self) -> &Vec<u8> {
+        match &self.state {
+            State::Open(w) => &w.out,
+            _ => &self.hs_out,
+        }
     }
 
     /// Bytes waiting to be written to the socket (taken, in order).
     pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.out)
+        std::mem::take(self.out_mut())
     }
 
     /// Hands the pending output over without copying: swaps it with `buf`, which must
     /// be empty (its capacity is kept for the next output). Bytes in a non-empty `buf`
     /// would be lost, so then nothing happens and `false` is returned.
     pub fn swap_output(&mut self, buf: &mut Vec<u8>) -> bool {
-        if !buf.is_empty() {
-            return false;
-        }
-        std::mem::swap(&mut self.out, buf);
-        true
+        swap_out(self.out_mut(), buf)
     }
 
     /// Whether output is pending.
     pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
+        !self.out_ref().is_empty()
     }
 
     /// Bytes of output pending.
     pub fn output_len(&self) -> usize {
-        self.out.len()
+        self.out_ref().len()
     }
 
     /// The next event, in the order they happened.
     pub fn poll_event(&mut self) -> Option<LinkEvent> {
-        self.events.pop_front()
+        self.reader.poll_event()
     }
 
     fn fail<T>(&mut self, e: WiredError) -> Result<T, WiredError> {
         self.state = State::Failed;
+        self.reader.failed = true;
         Err(e)
+    }
+
+    /// Separates an established link into its sending and receiving halves; pending
+    /// output stays with the writer, pending events and received bytes with the reader.
+    /// [`WiredError::NotEstablished`] (and the link back) before the peer's HELLO.
+    pub fn split(self) -> Result<(LinkWriter, LinkReader), (WiredError, Box<Link>)> {
+        if !self.is_established() {
+            return Err((WiredError::NotEstablished, Box::new(self)));
+        }
+        let Link { state, reader, .. } = self;
+        match state {
+            State::Open(mut w) => {
+                w.send_limit = reader.send_limit();
+                Ok((*w, reader))
+            }
+            state => Err((
+                WiredError::NotEstablished,
+                Box::new(Link {
+                    state,
+                    reader,
+                    hs_out: Vec::new(),
+                    peer_key: None,
+                }),
+            )),
+        }
     }
 
     /// Processes bytes read from the socket, in any chunking (copies them into the
@@ -272,6 +289,291 @@ impl Link {
     /// Free space at the end of the receive buffer, at least one maximal frame: read
     /// from the socket into it, then call [`Link::commit`] with the count read.
     pub fn read_buf(&mut self) -> &mut [u8] {
+        self.reader.read_buf()
+    }
+
+    /// Processes the first `n` bytes of the last [`Link::read_buf`] (`n` is capped to
+    /// its length).
+    pub fn commit(&mut self, n: usize, now_ms: u64) -> Result<(), WiredError> {
+        if matches!(self.state, State::Failed) {
+            return Err(WiredError::Closed);
+        }
+        self.reader.advance(n, now_ms);
+        let result = self.process();
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Runs the handshake over the received frames, then hands the rest to the reader
+    /// and the reader's PONGs to the writer.
+    fn process(&mut self) -> Result<(), WiredError> {
+        while let State::Handshaking(hs) = &mut self.state {
+            let Some(range) = self.reader.take_frame() else {
+                return Ok(());
+            };
+            hs.read_message(&self.reader.rx[range])?;
+            if self.reader.peer.is_none() {
+                self.reader.peer = hs.remote_public_key().map(|k| k.peer_id());
+            }
+            self.drive_handshake()?;
+        }
+        self.reader.drain()?;
+        let State::Open(w) = &mut self.state else {
+            return Err(WiredError::Closed);
+        };
+        w.send_limit = self.reader.send_limit();
+        for _ in 0..self.reader.take_pongs() {
+            w.send_pong()?;
+        }
+        Ok(())
+    }
+
+    fn drive_handshake(&mut self) -> Result<(), WiredError> {
+        let State::Handshaking(hs) = &mut self.state else {
+            return Ok(());
+        };
+        while hs.wants_write() {
+            let m = hs.write_message()?;
+            self.hs_out.extend_from_slice(&frame(&m)?);
+        }
+        if hs.is_finished() {
+            let State::Handshaking(hs) = std::mem::replace(&mut self.state, State::Failed) else {
+                return Err(WiredError::Closed);
+            };
+            let session = hs.into_session()?;
+            self.reader.peer = Some(session.remote_peer_id());
+            self.peer_key = Some(*session.remote_public_key());
+            let (tx, rx) = session.split();
+            self.reader.session = Some(rx);
+            let mut w = LinkWriter {
+                session: tx,
+                send_limit: self.reader.config.max_message_size,
+                out: std::mem::take(&mut self.hs_out),
+                scratch: Vec::new(),
+            };
+            w.write_record(&hello_record(self.reader.config.max_message_size))?;
+            self.state = State::Open(Box::new(w));
+        }
+        Ok(())
+    }
+
+    /// Encrypts `msg` into output. Refuses before writing anything if its encoding is
+    /// over [`Link::send_limit`] or the link is not established. The message is
+    /// unchanged on return: a large payload is sealed straight from `msg.payload`,
+    /// whose bytes serve as scratch while it is sealed (see `seal_split`).
+    pub fn send_message(&mut self, msg: &mut NetworkMessage) -> Result<(), WiredError> {
+        if !self.is_established() {
+            return Err(WiredError::NotEstablished);
+        }
+        let State::Open(w) = &mut self.state else {
+            return Err(WiredError::NotEstablished);
+        };
+        match w.send_message(msg) {
+            Ok(()) => Ok(()),
+            Err(e @ WiredError::TooLarge { .. }) => Err(e),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// When [`Link::handle_timeout`] must next be called, in ms.
+    pub fn next_timeout(&self) -> u64 {
+        self.reader.next_timeout()
+    }
+
+    /// Advances time: sends a PING when the peer was quiet, fails the link when the
+    /// handshake or a PING went unanswered too long.
+    pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), WiredError> {
+        match self.reader.handle_timeout(now_ms) {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                let State::Open(w) = &mut self.state else {
+                    return self.fail(WiredError::Closed);
+                };
+                match w.send_ping() {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.fail(e),
+                }
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+}
+
+fn swap_out(out: &mut Vec<u8>, buf: &mut Vec<u8>) -> bool {
+    if !buf.is_empty() {
+        return false;
+    }
+    std::mem::swap(out, buf);
+    true
+}
+
+/// The sending half of an established link ([`Link::split`]): seals messages and
+/// keepalive records into its output, which the driver writes to the socket in order.
+pub struct LinkWriter {
+    session: SessionSender,
+    send_limit: usize,
+    out: Vec<u8>,
+    /// Small records assembled before sealing (the head and tail of a large message).
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for LinkWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkWriter")
+            .field("send_limit", &self.send_limit)
+            .field("pending", &self.out.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkWriter {
+    /// The largest encoded message this link sends: the smaller of both sides' limits.
+    pub fn send_limit(&self) -> usize {
+        self.send_limit
+    }
+
+    /// Seals `msg` into the output, as [`Link::send_message`] does: refuses a message
+    /// over [`LinkWriter::send_limit`] with [`WiredError::TooLarge`] and no output; any
+    /// other error leaves the link unusable. `msg` is unchanged on return.
+    pub fn send_message(&mut self, msg: &mut NetworkMessage) -> Result<(), WiredError> {
+        let size = encoded_message_len(msg);
+        if size > self.send_limit {
+            return Err(WiredError::TooLarge {
+                size,
+                max: self.send_limit,
+            });
+        }
+        let chunk_len = self.session.max_plaintext_len() - 1;
+        let start = self.out.len();
+        let sealed = seal_any(
+            &mut self.session,
+            msg,
+            chunk_len,
+            &mut self.out,
+            &mut self.scratch,
+        );
+        if let Err(e) = sealed {
+            self.out.truncate(start);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Seals a keepalive PING (the reader asked for it, [`LinkReader::handle_timeout`]).
+    pub fn send_ping(&mut self) -> Result<(), WiredError> {
+        self.write_record(&PING_RECORD)
+    }
+
+    /// Seals the PONG answering a PING the reader received ([`LinkReader::take_pongs`]).
+    pub fn send_pong(&mut self) -> Result<(), WiredError> {
+        self.write_record(&PONG_RECORD)
+    }
+
+    fn write_record(&mut self, record: &[u8]) -> Result<(), WiredError> {
+        seal_frame(&mut self.session, record, &mut self.out)
+    }
+
+    /// Hands the pending output over without copying (see [`Link::swap_output`]).
+    pub fn swap_output(&mut self, buf: &mut Vec<u8>) -> bool {
+        swap_out(&mut self.out, buf)
+    }
+
+    /// Whether output is pending.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Bytes of output pending.
+    pub fn output_len(&self) -> usize {
+        self.out.len()
+    }
+}
+
+/// The receiving half of a link ([`Link::split`]): takes received bytes into its
+/// buffer ([`LinkReader::read_buf`], [`LinkReader::commit`]), opens each record in
+/// place there, reassembles and decodes messages, and keeps the keepalive time. PINGs
+/// it receives are owed PONGs ([`LinkReader::take_pongs`]) and a due keepalive is
+/// reported by [`LinkReader::handle_timeout`]; the writer seals both.
+pub struct LinkReader {
+    config: LinkConfig,
+    session: Option<SessionReceiver>,
+    peer: Option<PeerId>,
+    /// Received bytes: `rx[rx_start..rx_end]` is not yet processed (less than a frame
+    /// once [`LinkReader::commit`] returned).
+    rx: Vec<u8>,
+    rx_start: usize,
+    rx_end: usize,
+    events: VecDeque<LinkEvent>,
+    /// The message bytes received so far.
+    reassembly: Vec<u8>,
+    peer_max: Option<usize>,
+    started_ms: u64,
+    last_rx_ms: u64,
+    ping_sent_ms: Option<u64>,
+    pongs_owed: usize,
+    failed: bool,
+}
+
+impl std::fmt::Debug for LinkReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkReader")
+            .field("peer", &self.peer)
+            .field("established", &self.is_established())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkReader {
+    fn new(config: LinkConfig, now_ms: u64) -> Self {
+        LinkReader {
+            config,
+            session: None,
+            peer: None,
+            rx: Vec::new(),
+            rx_start: 0,
+            rx_end: 0,
+            events: VecDeque::new(),
+            reassembly: Vec::new(),
+            peer_max: None,
+            started_ms: now_ms,
+            last_rx_ms: now_ms,
+            ping_sent_ms: None,
+            pongs_owed: 0,
+            failed: false,
+        }
+    }
+
+    /// The authenticated peer.
+    pub fn peer(&self) -> Option<PeerId> {
+        self.peer
+    }
+
+    /// Whether the peer's HELLO arrived.
+    pub fn is_established(&self) -> bool {
+        self.peer_max.is_some()
+    }
+
+    fn send_limit(&self) -> usize {
+        self.peer_max.map_or(self.config.max_message_size, |p| {
+            p.min(self.config.max_message_size)
+        })
+    }
+
+    /// The next event, in the order they happened.
+    pub fn poll_event(&mut self) -> Option<LinkEvent> {
+        self.events.pop_front()
+    }
+
+    /// PONGs owed for PINGs received since the last call (the writer sends them).
+    pub fn take_pongs(&mut self) -> usize {
+        std::mem::take(&mut self.pongs_owed)
+    }
+
+    /// Free space at the end of the receive buffer, at least one maximal frame: read
+    /// from the socket into it, then call [`LinkReader::commit`] with the count read.
+    pub fn read_buf(&mut self) -> &mut [u8] {
         if self.rx.len() < RECEIVE_BUFFER {
             self.rx.resize(RECEIVE_BUFFER, 0);
         }
@@ -287,101 +589,79 @@ impl Link {
         &mut self.rx[self.rx_end..]
     }
 
-    /// Processes the first `n` bytes of the last [`Link::read_buf`] (`n` is capped to
-    /// its length).
-    pub fn commit(&mut self, n: usize, now_ms: u64) -> Result<(), WiredError> {
-        if matches!(self.state, State::Failed) {
-            return Err(WiredError::Closed);
-        }
+    fn advance(&mut self, n: usize, now_ms: u64) {
         self.last_rx_ms = now_ms;
         self.ping_sent_ms = None;
         self.rx_end = (self.rx_end + n).min(self.rx.len());
-        let rx = std::mem::take(&mut self.rx);
-        let result = self.drain_frames(&rx);
-        self.rx = rx;
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) => self.fail(e),
-        }
     }
 
-    /// Handles every complete frame of `rx[rx_start..rx_end]`.
-    fn drain_frames(&mut self, rx: &[u8]) -> Result<(), WiredError> {
-        loop {
-            let pending = &rx[self.rx_start..self.rx_end];
-            let Some(head) = pending.get(..FRAME_HEADER_LEN) else {
-                return Ok(());
-            };
-            let len = usize::from(u16::from_be_bytes([head[0], head[1]]));
-            let Some(f) = pending.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else {
-                return Ok(());
-            };
-            self.rx_start += FRAME_HEADER_LEN + len;
-            self.on_frame(f)?;
+    /// Processes the first `n` bytes of the last [`LinkReader::read_buf`] (`n` is capped
+    /// to its length). After an error the reader is dead.
+    pub fn commit(&mut self, n: usize, now_ms: u64) -> Result<(), WiredError> {
+        if self.failed {
+            return Err(WiredError::Closed);
         }
+        self.advance(n, now_ms);
+        let r = self.drain();
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
     }
 
-    fn on_frame(&mut self, f: &[u8]) -> Result<(), WiredError> {
-        match &mut self.state {
-            State::Handshaking(hs) => {
-                hs.read_message(f)?;
-                if self.peer.is_none() {
-                    self.peer = hs.remote_public_key().map(|k| k.peer_id());
-                }
-                self.drive_handshake()
-            }
-            State::Open(_) => self.on_transport_frame(f),
-            State::Failed => Err(WiredError::Closed),
+    /// The range in `rx` of the next complete frame's body, taken off the pending bytes.
+    fn take_frame(&mut self) -> Option<std::ops::Range<usize>> {
+        let pending = self.rx.get(self.rx_start..self.rx_end)?;
+        let head = pending.get(..FRAME_HEADER_LEN)?;
+        let len = usize::from(u16::from_be_bytes([head[0], head[1]]));
+        if pending.len() < FRAME_HEADER_LEN + len {
+            return None;
         }
+        let start = self.rx_start + FRAME_HEADER_LEN;
+        self.rx_start = start + len;
+        Some(start..start + len)
     }
 
-    /// Decrypts a transport frame straight onto the end of the reassembly: the last
-    /// byte there (the placeholder, or the last byte received) is set aside, the
-    /// record `kind || body` lands over it, and it is put back over the kind byte, so
-    /// the body extends the message bytes without another copy.
-    fn on_transport_frame(&mut self, f: &[u8]) -> Result<(), WiredError> {
-        let State::Open(session) = &mut self.state else {
+    /// Handles every complete transport frame pending.
+    fn drain(&mut self) -> Result<(), WiredError> {
+        while let Some(range) = self.take_frame() {
+            self.on_transport_frame(range)?;
+        }
+        Ok(())
+    }
+
+    /// Opens a transport frame in place in the receive buffer and appends a message
+    /// record's body to the reassembly.
+    fn on_transport_frame(&mut self, range: std::ops::Range<usize>) -> Result<(), WiredError> {
+        let Some(session) = self.session.as_mut() else {
             return Err(WiredError::Closed);
         };
         // Bound before decrypting: the message so far plus this record's body.
-        let size = (self.reassembly.len() - 1) + f.len().saturating_sub(TAG_LEN + 1);
+        let size = self.reassembly.len() + range.len().saturating_sub(TAG_LEN + 1);
         if size > self.config.max_message_size {
             return Err(WiredError::TooLarge {
                 size,
                 max: self.config.max_message_size,
             });
         }
-        let saved = self.reassembly.pop().unwrap_or(0);
-        let at = self.reassembly.len();
-        if let Err(e) = session.decrypt_into(f, &mut self.reassembly) {
-            self.reassembly.push(saved);
-            return Err(e.into());
-        }
-        let Some(&kind) = self.reassembly.get(at) else {
-            self.reassembly.push(saved);
+        let record = session.decrypt_in_place(&mut self.rx[range])?;
+        let Some((&kind, body)) = record.split_first() else {
             return Err(WiredError::Malformed("empty record"));
         };
-        self.reassembly[at] = saved;
         if matches!(kind, MORE | END) && self.peer_max.is_some() {
+            self.reassembly.extend_from_slice(body);
             if kind == END {
                 self.finish_message()?;
             }
             return Ok(());
         }
-        // A control record: take its body off the reassembly.
-        let mut body = [0_u8; 8];
-        let len = self.reassembly.len() - (at + 1);
-        let short = body.get_mut(..len);
-        let result = match short {
-            Some(b) => {
-                b.copy_from_slice(&self.reassembly[at + 1..]);
-                Ok(len)
-            }
-            None => Err(WiredError::Malformed("control record too long")),
+        let mut short = [0_u8; 8];
+        let Some(b) = short.get_mut(..body.len()) else {
+            return Err(WiredError::Malformed("control record too long"));
         };
-        self.reassembly.truncate(at + 1);
-        let len = result?;
-        self.on_control(kind, &body[..len])
+        b.copy_from_slice(body);
+        let len = body.len();
+        self.on_control(kind, &short[..len])
     }
 
     fn finish_message(&mut self) -> Result<(), WiredError> {
@@ -389,40 +669,13 @@ impl Link {
             max_len: self.config.max_message_size as u64,
             ..Limits::DEFAULT
         };
-        let decoded = decode_message_with(&self.reassembly[1..], &limits);
-        self.reassembly.truncate(1);
+        let decoded = decode_message_with(&self.reassembly, &limits);
+        self.reassembly.clear();
         if self.reassembly.capacity() > KEEP_REASSEMBLY {
             self.reassembly.shrink_to(KEEP_REASSEMBLY);
         }
         self.events.push_back(LinkEvent::Message(decoded?));
         Ok(())
-    }
-
-    fn drive_handshake(&mut self) -> Result<(), WiredError> {
-        let State::Handshaking(hs) = &mut self.state else {
-            return Ok(());
-        };
-        while hs.wants_write() {
-            let m = hs.write_message()?;
-            self.out.extend_from_slice(&frame(&m)?);
-        }
-        if hs.is_finished() {
-            let State::Handshaking(hs) = std::mem::replace(&mut self.state, State::Failed) else {
-                return Err(WiredError::Closed);
-            };
-            let session = hs.into_session()?;
-            self.peer = Some(session.remote_peer_id());
-            self.state = State::Open(Box::new(session));
-            self.write_record(&hello_record(self.config.max_message_size))?;
-        }
-        Ok(())
-    }
-
-    fn write_record(&mut self, record: &[u8]) -> Result<(), WiredError> {
-        let State::Open(session) = &mut self.state else {
-            return Err(WiredError::NotEstablished);
-        };
-        seal_frame(session, record, &mut self.out)
     }
 
     fn on_control(&mut self, kind: u8, body: &[u8]) -> Result<(), WiredError> {
@@ -448,45 +701,16 @@ impl Link {
             return Err(WiredError::Malformed("record before HELLO"));
         }
         match kind {
-            PING if body.is_empty() => self.write_record(&PONG_RECORD),
+            PING if body.is_empty() => {
+                self.pongs_owed = self.pongs_owed.saturating_add(1);
+                Ok(())
+            }
             PONG if body.is_empty() => Ok(()),
             _ => Err(WiredError::Malformed("unknown record")),
         }
     }
 
-    /// Encrypts `msg` into output. Refuses before writing anything if its encoding is
-    /// over [`Link::send_limit`] or the link is not established. The message is
-    /// unchanged on return: a large payload is sealed straight from `msg.payload`,
-    /// whose bytes serve as scratch while it is sealed (see `seal_split`).
-    pub fn send_message(&mut self, msg: &mut NetworkMessage) -> Result<(), WiredError> {
-        if !self.is_established() {
-            return Err(WiredError::NotEstablished);
-        }
-        let size = encoded_message_len(msg);
-        let max = self.send_limit();
-        if size > max {
-            return Err(WiredError::TooLarge { size, max });
-        }
-        let State::Open(session) = &mut self.state else {
-            return Err(WiredError::NotEstablished);
-        };
-        let chunk_len = session.max_plaintext_len() - 1;
-        let start = self.out.len();
-        let sealed = seal_any(
-            session.as_mut(),
-            msg,
-            chunk_len,
-            &mut self.out,
-            &mut self.scratch,
-        );
-        if let Err(e) = sealed {
-            self.out.truncate(start);
-            return self.fail(e);
-        }
-        Ok(())
-    }
-
-    /// When [`Link::handle_timeout`] must next be called, in ms.
+    /// When [`LinkReader::handle_timeout`] must next be called, in ms.
     pub fn next_timeout(&self) -> u64 {
         if !self.is_established() {
             self.started_ms + self.config.handshake_timeout_ms
@@ -497,20 +721,25 @@ impl Link {
         }
     }
 
-    /// Advances time: sends a PING when the peer was quiet, fails the link when the
-    /// handshake or a PING went unanswered too long.
-    pub fn handle_timeout(&mut self, now_ms: u64) -> Result<(), WiredError> {
+    /// Advances time: `Ok(true)` when a PING is due now (the writer sends it), an error
+    /// when the handshake or a PING went unanswered too long.
+    pub fn handle_timeout(&mut self, now_ms: u64) -> Result<bool, WiredError> {
+        if self.failed {
+            return Err(WiredError::Closed);
+        }
         if now_ms < self.next_timeout() {
-            return Ok(());
+            return Ok(false);
         }
-        if !self.is_established() {
-            return self.fail(WiredError::Timeout("handshake"));
-        }
-        if self.ping_sent_ms.is_some() {
-            return self.fail(WiredError::Timeout("keepalive"));
-        }
-        self.ping_sent_ms = Some(now_ms);
-        self.write_record(&PING_RECORD)
+        let e = if !self.is_established() {
+            WiredError::Timeout("handshake")
+        } else if self.ping_sent_ms.is_some() {
+            WiredError::Timeout("keepalive")
+        } else {
+            self.ping_sent_ms = Some(now_ms);
+            return Ok(true);
+        };
+        self.failed = true;
+        Err(e)
     }
 }
 
@@ -520,7 +749,7 @@ trait Sealer {
     fn seal(&mut self, record: &[u8], out: &mut Vec<u8>) -> Result<(), WiredError>;
 }
 
-impl Sealer for Session {
+impl Sealer for SessionSender {
     fn seal(&mut self, record: &[u8], out: &mut Vec<u8>) -> Result<(), WiredError> {
         seal_frame(self, record, out)
     }
@@ -540,7 +769,11 @@ impl Sealer for Plain {
 }
 
 /// Appends one frame `u16 length || Noise message of record` to `out`.
-fn seal_frame(session: &mut Session, record: &[u8], out: &mut Vec<u8>) -> Result<(), WiredError> {
+fn seal_frame(
+    session: &mut SessionSender,
+    record: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), WiredError> {
     let head = out.len();
     out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
     if let Err(e) = session.encrypt_into(record, out) {
@@ -787,6 +1020,68 @@ mod tests {
             Err(WiredError::TooLarge { max: 200_000, .. })
         ));
         assert!(!a.has_output());
+    }
+
+    /// The halves of a split link carry messages both ways, answer a PING with a PONG
+    /// through the writer, and report a due keepalive; a link splits only once
+    /// established, and bytes that arrived with the HELLO stay with the reader.
+    #[test]
+    fn split_halves_carry_messages_and_keepalive() {
+        let (a, mut b, ia, ib) = pair(AccessPolicy::Open, AccessPolicy::Open);
+        let a = match a.split() {
+            Err((WiredError::NotEstablished, link)) => *link,
+            other => panic!("split before the handshake: {other:?}"),
+        };
+        let mut a = a;
+        pump(&mut a, &mut b, 1).unwrap();
+        // b sends a message that reaches a together with the rest of the exchange.
+        let mut early = msg(ib.peer_id(), vec![9; 70_000]);
+        b.send_message(&mut early).unwrap();
+        let o = b.take_output();
+        a.receive(&o, 1).unwrap();
+        let (mut aw, mut ar) = a.split().unwrap();
+        assert_eq!(ar.poll_event(), Some(LinkEvent::Established(ib.peer_id())));
+        assert_eq!(ar.poll_event(), Some(LinkEvent::Message(early)));
+        assert_eq!(aw.send_limit(), 200_000);
+        let mut out = Vec::new();
+        assert!(aw.swap_output(&mut out));
+        b.receive(&out, 2).unwrap();
+        assert_eq!(b.poll_event(), Some(LinkEvent::Established(ia.peer_id())));
+        for len in [0usize, 5, 65_519, 150_000] {
+            let mut m = msg(ia.peer_id(), vec![4; len]);
+            aw.send_message(&mut m).unwrap();
+            let mut out = Vec::new();
+            aw.swap_output(&mut out);
+            b.receive(&out, 3).unwrap();
+            assert_eq!(b.poll_event(), Some(LinkEvent::Message(m)));
+        }
+        let mut over = msg(ia.peer_id(), vec![0; 200_000]);
+        assert!(matches!(
+            aw.send_message(&mut over),
+            Err(WiredError::TooLarge { .. })
+        ));
+        assert!(!aw.has_output());
+        // b pings (its keepalive is due); a's reader owes a PONG, a's writer seals it.
+        b.handle_timeout(3 + 500).unwrap();
+        let ping = b.take_output();
+        let buf = ar.read_buf();
+        buf[..ping.len()].copy_from_slice(&ping);
+        ar.commit(ping.len(), 600).unwrap();
+        assert_eq!(ar.take_pongs(), 1);
+        aw.send_pong().unwrap();
+        let mut out = Vec::new();
+        aw.swap_output(&mut out);
+        b.receive(&out, 601).unwrap();
+        assert_eq!(b.next_timeout(), 601 + 500, "the PONG reset b's keepalive");
+        // a's reader: quiet for the interval, a PING is due, then the timeout fails it.
+        assert_eq!(ar.next_timeout(), 1100);
+        assert!(!ar.handle_timeout(1099).unwrap());
+        assert!(ar.handle_timeout(1100).unwrap());
+        assert!(matches!(
+            ar.handle_timeout(1400),
+            Err(WiredError::Timeout("keepalive"))
+        ));
+        assert!(matches!(ar.commit(0, 1401), Err(WiredError::Closed)));
     }
 
     #[test]

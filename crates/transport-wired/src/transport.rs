@@ -1,4 +1,5 @@
-//! The tokio driver: TCP listener, dialling with backoff, one task per link.
+//! The tokio driver: TCP listener, dialling with backoff, per link a reader task and a
+//! writer task.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,12 +14,13 @@ use ecomesh_types::{
 };
 use ecomesh_wire::encoded_message_len;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::error::WiredError;
-use crate::link::{Link, LinkConfig, LinkEvent};
+use crate::link::{Link, LinkConfig, LinkEvent, LinkReader, LinkWriter};
 
 /// Output buffered per link before the link stops taking new messages from its queue.
 const OUTPUT_HIGH_WATER: usize = 1 << 20;
@@ -56,8 +58,9 @@ impl Default for WiredConfig {
     }
 }
 
+/// A message handed over to a link's writer (`send` resolved when it was queued).
 enum Command {
-    Send(NetworkMessage, oneshot::Sender<Result<(), WiredError>>),
+    Send(NetworkMessage),
 }
 
 struct PeerEntry {
@@ -65,6 +68,8 @@ struct PeerEntry {
     link: u64,
     initiator: PeerId,
     tx: mpsc::Sender<Command>,
+    /// The largest encoded message the link sends (the smaller of both sides' limits).
+    send_limit: usize,
 }
 
 struct DialEntry {
@@ -229,7 +234,7 @@ impl Inner {
         (peer, key): (PeerId, Option<PublicKey>),
         initiator: PeerId,
         addr: SocketAddr,
-        tx: mpsc::Sender<Command>,
+        (tx, send_limit): (mpsc::Sender<Command>, usize),
     ) -> bool {
         let info = {
             let mut st = lock(&self.state);
@@ -270,6 +275,7 @@ impl Inner {
                     link,
                     initiator,
                     tx,
+                    send_limit,
                 },
             );
             if replaced {
@@ -326,7 +332,8 @@ struct LinkCtx {
     pending: Option<PendingGuard>,
 }
 
-/// Runs one link until it ends.
+/// Runs one link until it ends: the handshake on this task, then (once established)
+/// a writer task that seals and writes, while this task reads and opens.
 async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
     let LinkCtx {
         inner,
@@ -338,13 +345,6 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
         mut pending,
     } = ctx;
     let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Command>(inner.config.send_queue.max(1));
-    let mut tx = Some(tx);
-    // The bytes being written, `out[pos..]`; the link seals into its own buffer
-    // meanwhile, and the two are swapped (not copied) when `out` is done.
-    let mut out: Vec<u8> = Vec::new();
-    let mut pos = 0usize;
-    let mut registered: Option<PeerId> = None;
     // Unregisters however the task ends, including when it is aborted.
     let mut guard = Unregister {
         inner: inner.clone(),
@@ -352,87 +352,40 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
         peer: None,
     };
     let mut superseded = false;
-    let result: Result<(), WiredError> = loop {
-        if pos == out.len() {
-            out.clear();
-            pos = 0;
-            link.swap_output(&mut out);
+    let mut registered: Option<PeerId> = None;
+    let peer_seen;
+    let result = match handshake(&inner, &mut rd, &mut wr, &mut link).await {
+        Err(e) => {
+            peer_seen = link.peer();
+            Err(e)
         }
-        let mut stop = None;
-        while let Some(ev) = link.poll_event() {
-            match ev {
-                LinkEvent::Established(peer) => {
-                    pending.take();
-                    let init = if initiator { inner.me } else { peer };
-                    let Some(t) = tx.take() else {
-                        stop = Some(Err(WiredError::Malformed("established twice")));
-                        break;
-                    };
-                    let key = link.peer_key();
-                    if inner.register(generation, link_id, (peer, key), init, addr, t) {
-                        registered = Some(peer);
-                        guard.peer = Some(peer);
-                        if let Some(d) = done.take() {
-                            let _ = d.send(Ok(peer));
-                        }
-                    } else {
-                        superseded = true;
-                        if let Some(d) = done.take() {
-                            let _ = d.send(Ok(peer));
-                        }
-                        stop = Some(Ok(()));
-                        break;
-                    }
+        Ok((peer, out)) => {
+            peer_seen = Some(peer);
+            pending.take();
+            let init = if initiator { inner.me } else { peer };
+            let key = link.peer_key();
+            let (tx, rx) = mpsc::channel::<Command>(inner.config.send_queue.max(1));
+            let limit = link.send_limit();
+            let reg = (peer, key);
+            if inner.register(generation, link_id, reg, init, addr, (tx, limit)) {
+                registered = Some(peer);
+                guard.peer = Some(peer);
+                if let Some(d) = done.take() {
+                    let _ = d.send(Ok(peer));
                 }
-                LinkEvent::Message(message) => {
-                    if let Some(from) = registered {
-                        inner
-                            .listeners
-                            .emit(&TransportEvent::Message { from, message });
+                match link.split() {
+                    Ok((writer, reader)) => {
+                        let io = (rd, wr, out);
+                        run_halves(&inner, peer, io, writer, reader, rx).await
                     }
+                    Err((e, _)) => Err(e),
                 }
-            }
-        }
-        if let Some(s) = stop {
-            break s;
-        }
-        let deadline = tokio::time::Instant::from_std(
-            inner.epoch + Duration::from_millis(link.next_timeout()),
-        );
-        let can_take =
-            registered.is_some() && out.len() - pos + link.output_len() < OUTPUT_HIGH_WATER;
-        tokio::select! {
-            // Read straight into the link's receive buffer.
-            r = rd.read(link.read_buf()) => match r {
-                Ok(0) => break Err(WiredError::Closed),
-                Ok(n) => {
-                    if let Err(e) = link.commit(n, inner.now_ms()) {
-                        break Err(e);
-                    }
+            } else {
+                superseded = true;
+                if let Some(d) = done.take() {
+                    let _ = d.send(Ok(peer));
                 }
-                Err(e) => break Err(e.into()),
-            },
-            r = wr.write(&out[pos..]), if pos < out.len() => match r {
-                Ok(n) => pos += n,
-                Err(e) => break Err(e.into()),
-            },
-            cmd = rx.recv(), if can_take => match cmd {
-                Some(Command::Send(mut m, ack)) => match link.send_message(&mut m) {
-                    Ok(()) => { let _ = ack.send(Ok(())); }
-                    Err(WiredError::TooLarge { size, max }) => {
-                        let _ = ack.send(Err(WiredError::TooLarge { size, max }));
-                    }
-                    Err(e) => {
-                        let _ = ack.send(Err(WiredError::Closed));
-                        break Err(e);
-                    }
-                },
-                None => break Ok(()),
-            },
-            _ = tokio::time::sleep_until(deadline) => {
-                if let Err(e) = link.handle_timeout(inner.now_ms()) {
-                    break Err(e);
-                }
+                Ok(())
             }
         }
     };
@@ -440,7 +393,7 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
     // learned who we are (its policy). Timeouts and garbage are not refusals.
     let refused = registered.is_none()
         && !superseded
-        && link.peer().is_some()
+        && peer_seen.is_some()
         && matches!(
             &result,
             Err(WiredError::Noise(
@@ -458,8 +411,8 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
     }
     if let Some(d) = done.take() {
         let err = match result {
-            Err(WiredError::Closed | WiredError::Io(_)) if link.peer().is_some() && initiator => {
-                link.peer().map_or(WiredError::Closed, WiredError::Refused)
+            Err(WiredError::Closed | WiredError::Io(_)) if peer_seen.is_some() && initiator => {
+                peer_seen.map_or(WiredError::Closed, WiredError::Refused)
             }
             Err(e) => e,
             Ok(()) => WiredError::Closed,
@@ -471,6 +424,259 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
         established: registered,
         superseded,
         refused,
+    }
+}
+
+/// Bytes being written: `buf[pos..]` is still to go.
+struct Pending {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Pending {
+    fn is_done(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    fn left(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+}
+
+/// Runs the handshake and the HELLO exchange: returns the peer and the output not yet
+/// written once the link is established (the `Established` event taken).
+async fn handshake(
+    inner: &Inner,
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    link: &mut Link,
+) -> Result<(PeerId, Pending), WiredError> {
+    let mut out = Pending {
+        buf: Vec::new(),
+        pos: 0,
+    };
+    loop {
+        if out.is_done() {
+            out.buf.clear();
+            out.pos = 0;
+            link.swap_output(&mut out.buf);
+        }
+        if let Some(ev) = link.poll_event() {
+            return match ev {
+                LinkEvent::Established(peer) => Ok((peer, out)),
+                LinkEvent::Message(_) => Err(WiredError::Malformed("message before HELLO")),
+            };
+        }
+        let deadline = tokio::time::Instant::from_std(
+            inner.epoch + Duration::from_millis(link.next_timeout()),
+        );
+        tokio::select! {
+            r = rd.read(link.read_buf()) => match r {
+                Ok(0) => return Err(WiredError::Closed),
+                Ok(n) => link.commit(n, inner.now_ms())?,
+                Err(e) => return Err(e.into()),
+            },
+            r = wr.write(&out.buf[out.pos..]), if !out.is_done() => match r {
+                Ok(n) => out.pos += n,
+                Err(e) => return Err(e.into()),
+            },
+            _ = tokio::time::sleep_until(deadline) => link.handle_timeout(inner.now_ms())?,
+        }
+    }
+}
+
+/// What the reader asks the writer to seal.
+#[derive(Clone, Copy, Debug)]
+enum Control {
+    Ping,
+    Pong,
+}
+
+/// Aborts a task when dropped (the link's task was aborted or ended).
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs an established link: a writer task seals and writes (so sealing runs beside
+/// this task's reading and opening, on another core when one is free), this task
+/// reads, opens and delivers. Ends when either half fails, the peer closes, or every
+/// sender of `rx` is gone (the peer was disconnected); messages handed over but not
+/// written then are counted in a warning.
+async fn run_halves(
+    inner: &Arc<Inner>,
+    peer: PeerId,
+    (mut rd, wr, out): (OwnedReadHalf, OwnedWriteHalf, Pending),
+    writer: LinkWriter,
+    mut reader: LinkReader,
+    rx: mpsc::Receiver<Command>,
+) -> Result<(), WiredError> {
+    // Control records are few (a PONG per PING received, a PING per keepalive
+    // interval); when the writer is this far behind, more PONGs would say nothing new.
+    let (ctl_tx, ctl_rx) = mpsc::channel::<Control>(8);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let mut writer_task = tokio::spawn(run_writer(wr, writer, out, rx, ctl_rx, stop_rx));
+    let _abort = AbortOnDrop(writer_task.abort_handle());
+    let mut ended: Option<WriterEnd> = None;
+    let result: Result<(), WiredError> = loop {
+        let mut failed = None;
+        while let Some(ev) = reader.poll_event() {
+            match ev {
+                LinkEvent::Message(message) => inner.listeners.emit(&TransportEvent::Message {
+                    from: peer,
+                    message,
+                }),
+                LinkEvent::Established(_) => {
+                    failed = Some(WiredError::Malformed("established twice"));
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            break Err(e);
+        }
+        for _ in 0..reader.take_pongs() {
+            let _ = ctl_tx.try_send(Control::Pong);
+        }
+        let deadline = tokio::time::Instant::from_std(
+            inner.epoch + Duration::from_millis(reader.next_timeout()),
+        );
+        tokio::select! {
+            r = rd.read(reader.read_buf()) => match r {
+                Ok(0) => break Err(WiredError::Closed),
+                Ok(n) => {
+                    if let Err(e) = reader.commit(n, inner.now_ms()) {
+                        break Err(e);
+                    }
+                }
+                Err(e) => break Err(e.into()),
+            },
+            w = &mut writer_task => match w {
+                Ok(mut end) => {
+                    let r = std::mem::replace(&mut end.result, Ok(()));
+                    ended = Some(end);
+                    break r;
+                }
+                Err(_) => {
+                    ended = Some(WriterEnd { result: Ok(()), unsent_messages: 0, unsent_bytes: 0 });
+                    break Err(WiredError::Closed);
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => match reader.handle_timeout(inner.now_ms()) {
+                Ok(true) => { let _ = ctl_tx.try_send(Control::Ping); }
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            }
+        }
+    };
+    // Stop the writer (if it still runs) and count what it did not write.
+    let _ = stop_tx.send(());
+    if ended.is_none() {
+        ended = (&mut writer_task).await.ok();
+    }
+    if let Some(end) = ended
+        && (end.unsent_messages > 0 || end.unsent_bytes > 0)
+    {
+        tracing::warn!(
+            %peer,
+            messages = end.unsent_messages,
+            sealed_bytes = end.unsent_bytes,
+            "link ended with sends handed over but not written; they are dropped"
+        );
+    }
+    result
+}
+
+/// How the writer task ended.
+struct WriterEnd {
+    result: Result<(), WiredError>,
+    /// Messages handed over (`send` resolved) but never sealed.
+    unsent_messages: usize,
+    /// Sealed bytes not written to the socket.
+    unsent_bytes: usize,
+}
+
+/// Seals handed-over messages and the reader's control records into one buffer, and
+/// writes it while the next messages are sealed into the other one: each write
+/// carries every record sealed since the previous write (up to [`OUTPUT_HIGH_WATER`]).
+async fn run_writer(
+    mut wr: OwnedWriteHalf,
+    mut writer: LinkWriter,
+    mut out: Pending,
+    mut rx: mpsc::Receiver<Command>,
+    mut ctl: mpsc::Receiver<Control>,
+    mut stop: oneshot::Receiver<()>,
+) -> WriterEnd {
+    let seal = |writer: &mut LinkWriter, Command::Send(mut m): Command| {
+        match writer.send_message(&mut m) {
+            Ok(()) => Ok(()),
+            Err(WiredError::TooLarge { size, max }) => {
+                // `send` checked the peer's limit; this is a bug, not the peer's fault.
+                tracing::warn!(size, max, "message over the link's limit dropped");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let result = loop {
+        // Take what is already queued, up to the high-water mark, before writing.
+        let mut failed = None;
+        while out.left() + writer.output_len() < OUTPUT_HIGH_WATER {
+            let Ok(cmd) = rx.try_recv() else { break };
+            if let Err(e) = seal(&mut writer, cmd) {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            break Err(e);
+        }
+        if out.is_done() {
+            out.buf.clear();
+            out.pos = 0;
+            writer.swap_output(&mut out.buf);
+        }
+        let can_take = out.left() + writer.output_len() < OUTPUT_HIGH_WATER;
+        tokio::select! {
+            biased;
+            _ = &mut stop => break Ok(()),
+            c = ctl.recv() => {
+                let r = match c {
+                    Some(Control::Ping) => writer.send_ping(),
+                    Some(Control::Pong) => writer.send_pong(),
+                    // The reader ended: so does the link.
+                    None => break Ok(()),
+                };
+                if let Err(e) = r {
+                    break Err(e);
+                }
+            }
+            r = wr.write(&out.buf[out.pos..]), if !out.is_done() => match r {
+                Ok(n) => out.pos += n,
+                Err(e) => break Err(e.into()),
+            },
+            cmd = rx.recv(), if can_take => match cmd {
+                Some(cmd) => {
+                    if let Err(e) = seal(&mut writer, cmd) {
+                        break Err(e);
+                    }
+                }
+                None => break Ok(()),
+            },
+        }
+    };
+    rx.close();
+    let mut unsent_messages = 0;
+    while rx.try_recv().is_ok() {
+        unsent_messages += 1;
+    }
+    WriterEnd {
+        result,
+        unsent_messages,
+        unsent_bytes: out.left() + writer.output_len(),
     }
 }
 
@@ -808,19 +1014,19 @@ impl TransportAdapter for WiredTransport {
                 if !st.active {
                     return Err(Error::NotStarted);
                 }
-                st.peers.get(&peer).map(|e| e.tx.clone())
+                st.peers.get(&peer).map(|e| (e.tx.clone(), e.send_limit))
             };
-            let Some(tx) = tx else {
+            let Some((tx, max)) = tx else {
                 return Err(Error::Unreachable(peer));
             };
-            let (ack, rx) = oneshot::channel();
-            tx.send(Command::Send(message, ack))
-                .await
-                .map_err(|_| Error::Unreachable(peer))?;
-            match rx.await {
-                Ok(r) => r.map_err(WiredError::into_transport_error),
-                Err(_) => Err(Error::Unreachable(peer)),
+            let size = encoded_message_len(&message);
+            if size > max {
+                return Err(Error::MessageTooLarge { size, max });
             }
+            // Resolved on hand-over: the link's writer seals and writes it in order.
+            tx.send(Command::Send(message))
+                .await
+                .map_err(|_| Error::Unreachable(peer))
         })
     }
 
