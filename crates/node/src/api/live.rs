@@ -545,6 +545,16 @@ fn event_json(ev: &SyncEvent) -> Json {
             };
             json!({ "kind": "own_clock", "verdict": verdict, "by_ms": by_ms })
         }
+        SyncEvent::PrimaryConflict {
+            collection,
+            id,
+            version,
+        } => json!({
+            "kind": "primary_conflict",
+            "collection": collection,
+            "id": id,
+            "version": cid_json(version),
+        }),
         other => json!({ "kind": "unknown", "debug": format!("{other:?}") }),
     }
 }
