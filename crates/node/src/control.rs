@@ -322,7 +322,7 @@ pub struct Status {
     /// address, health, the mode, last sync and queued writes; `None` (JSON
     /// `null`) without one.
     #[serde(default)]
-    pub primary: Option<crate::hybrid::PrimaryStatus>,
+    pub primary: Option<Box<crate::hybrid::PrimaryStatus>>,
 }
 
 /// A peer's clock as this node sees it.

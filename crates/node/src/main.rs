@@ -43,6 +43,8 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per run: the size of `Node`'s flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Create the data directory and a new identity (Ed25519 key).
     Init,

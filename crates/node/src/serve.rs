@@ -231,7 +231,11 @@ impl Served {
                 OwnClock::Ahead { by_ms } | OwnClock::Behind { by_ms } => by_ms,
                 _ => 0,
             },
-            primary: self.primary.as_ref().and_then(|p| p.status(s.peers)),
+            primary: self
+                .primary
+                .as_ref()
+                .and_then(|p| p.status(s.peers))
+                .map(Box::new),
         })
     }
 
