@@ -213,14 +213,17 @@ fn run_step(step: &str, metadata: &Metadata, nextest: bool, fuzz_seconds: u64) -
             .args(["--", "-D", "warnings"])
             .run()?,
         // CI must run the interop test against the js-libp2p peer `cargo xtask
-        // deps` installs, not skip it.
+        // deps` installs, and the node's fault-injection test in network
+        // namespaces (root and iproute2), not skip them.
         "test" if nextest => cargo()
             .args(["nextest", "run", "--workspace", "--all-features"])
             .env("ECOMESH_REQUIRE_INTEROP", "1")
+            .env("ECOMESH_REQUIRE_NETNS", "1")
             .run()?,
         "test" => cargo()
             .args(["test", "--workspace", "--all-features"])
             .env("ECOMESH_REQUIRE_INTEROP", "1")
+            .env("ECOMESH_REQUIRE_NETNS", "1")
             .run()?,
         "example" => cargo()
             .args(["run", "-p", "ecomesh-sync", "--example", "notes"])
