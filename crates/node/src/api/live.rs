@@ -824,6 +824,25 @@ mod tests {
     use super::*;
     use ecomesh_sync::PeerId;
 
+    #[test]
+    fn a_primary_conflict_is_forwarded_with_its_document_and_version() {
+        let ev = SyncEvent::PrimaryConflict {
+            collection: "c".into(),
+            id: "k".into(),
+            version: ecomesh_sync::ContentId(vec![1, 2, 3]),
+        };
+        let j = event_json(&ev);
+        assert_eq!(j["kind"], "primary_conflict");
+        assert_eq!(
+            (j["collection"].as_str(), j["id"].as_str()),
+            (Some("c"), Some("k"))
+        );
+        assert_eq!(
+            j["version"],
+            cid_json(&ecomesh_sync::ContentId(vec![1, 2, 3]))
+        );
+    }
+
     fn state_event(b: u8) -> SyncEvent {
         SyncEvent::PeerState {
             peer: PeerId::from_digest([b; 32]),
