@@ -213,8 +213,8 @@ fn run_step(step: &str, metadata: &Metadata, nextest: bool, fuzz_seconds: u64) -
             .args(["--", "-D", "warnings"])
             .run()?,
         // CI must run the interop test against the js-libp2p peer `cargo xtask
-        // deps` installs, and the network-namespace tests (CI runs as root),
-        // not skip them.
+        // deps` installs, and the network-namespace tests (the relay test, the
+        // node's fault injection; CI runs as root with iproute2), not skip them.
         "test" if nextest => cargo()
             .args(["nextest", "run", "--workspace", "--all-features"])
             .env("ECOMESH_REQUIRE_INTEROP", "1")

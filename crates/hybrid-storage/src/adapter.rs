@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -156,6 +157,11 @@ pub struct HybridStatus {
     pub last_ok_ms: Option<u64>,
     /// Writes waiting for the primary.
     pub queued: usize,
+    /// Reads (`get` and `query`) the primary answered since the adapter was built.
+    pub reads_primary: u64,
+    /// Reads the local store answered since the adapter was built (the
+    /// strategy reads locally, or the primary was away or too slow).
+    pub reads_local: u64,
 }
 
 /// What one replay did.
@@ -190,7 +196,12 @@ pub struct HybridStorageAdapter<B: Backend> {
     strategy: Strategy,
     replay_lock: tokio::sync::Mutex<()>,
     events: Mutex<(VecDeque<HybridEvent>, u64)>,
+    listener: Mutex<Option<EventListener>>,
+    reads: [AtomicU64; 2],
 }
+
+/// A callback [`HybridStorageAdapter::set_listener`] installs.
+pub type EventListener = Arc<dyn Fn(&HybridEvent) + Send + Sync>;
 
 impl<B: Backend> std::fmt::Debug for HybridStorageAdapter<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,6 +236,8 @@ impl<B: Backend> HybridStorageAdapter<B> {
             strategy: config.strategy,
             replay_lock: tokio::sync::Mutex::new(()),
             events: Mutex::new((VecDeque::new(), 0)),
+            listener: Mutex::new(None),
+            reads: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
 
@@ -253,7 +266,33 @@ impl<B: Backend> HybridStorageAdapter<B> {
             last_sync_ms: h.last_sync_ms(),
             last_ok_ms: h.last_ok_ms(),
             queued: self.queue.len(),
+            reads_primary: self.reads[0].load(Ordering::Relaxed),
+            reads_local: self.reads[1].load(Ordering::Relaxed),
         }
+    }
+
+    /// Calls `listener` with every event from now on, as it happens (on the
+    /// task that caused it: keep it short, and never call back into the
+    /// adapter from it). The events also stay queued for
+    /// [`Self::drain_events`]. Replaces an earlier listener.
+    pub fn set_listener(&self, listener: EventListener) {
+        *lock(&self.listener) = Some(listener);
+    }
+
+    /// Queues the versions of writes committed on the local store beside the
+    /// adapter (field operations, restores), as the adapter's own writes
+    /// are: durably, and under [`Strategy::PrimaryWithOfflineFallback`] with
+    /// a usable primary replayed at once.
+    ///
+    /// # Errors
+    /// The queue could not be written.
+    pub async fn record_local_writes(&self, results: &[WriteResult]) -> Result<(), Error> {
+        self.after_local_write(results).await
+    }
+
+    fn count_read(&self, source: ReadSource) {
+        let i = usize::from(source != ReadSource::Primary);
+        self.reads[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The events since the last call, oldest first, and how many were
@@ -265,6 +304,10 @@ impl<B: Backend> HybridStorageAdapter<B> {
     }
 
     fn emit(&self, event: HybridEvent) {
+        let listener = lock(&self.listener).clone();
+        if let Some(l) = listener {
+            l(&event);
+        }
         let mut e = lock(&self.events);
         if e.0.len() >= MAX_EVENTS {
             e.0.pop_front();
@@ -348,13 +391,16 @@ impl<B: Backend> HybridStorageAdapter<B> {
         if self.read_from_primary()
             && let Ok(value) = self.on_primary(self.primary.get(collection, id)).await
         {
+            self.count_read(ReadSource::Primary);
             return Ok(Sourced {
                 value,
                 source: ReadSource::Primary,
             });
         }
+        let value = self.local.get(collection, id).await?;
+        self.count_read(ReadSource::Local);
         Ok(Sourced {
-            value: self.local.get(collection, id).await?,
+            value,
             source: ReadSource::Local,
         })
     }
@@ -368,13 +414,16 @@ impl<B: Backend> HybridStorageAdapter<B> {
         if self.read_from_primary()
             && let Ok(value) = self.on_primary(self.primary.query(collection, query)).await
         {
+            self.count_read(ReadSource::Primary);
             return Ok(Sourced {
                 value,
                 source: ReadSource::Primary,
             });
         }
+        let value = self.local.query(collection, query).await?;
+        self.count_read(ReadSource::Local);
         Ok(Sourced {
-            value: self.local.query(collection, query).await?,
+            value,
             source: ReadSource::Local,
         })
     }

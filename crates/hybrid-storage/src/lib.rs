@@ -38,8 +38,8 @@ mod primary;
 mod queue;
 
 pub use adapter::{
-    HybridConfig, HybridEvent, HybridStatus, HybridStorageAdapter, MAX_EVENTS, ReadSource,
-    ReplayReport, Sourced, Strategy,
+    EventListener, HybridConfig, HybridEvent, HybridStatus, HybridStorageAdapter, MAX_EVENTS,
+    ReadSource, ReplayReport, Sourced, Strategy,
 };
 pub use driver::{Driver, spawn_driver};
 pub use error::HybridError;

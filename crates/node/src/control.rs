@@ -318,6 +318,11 @@ pub struct Status {
     /// `ahead` or `behind`).
     #[serde(default)]
     pub own_clock_off_ms: u64,
+    /// The primary this node syncs with (`ecomesh node --primary`): its
+    /// address, health, the mode, last sync and queued writes; `None` (JSON
+    /// `null`) without one.
+    #[serde(default)]
+    pub primary: Option<Box<crate::hybrid::PrimaryStatus>>,
 }
 
 /// A peer's clock as this node sees it.

@@ -198,6 +198,8 @@ pub struct NodeOptions {
     pub outbox_max: usize,
     /// The HTTP API: where it listens, or `None` for no API.
     pub api: Option<crate::api::ApiOptions>,
+    /// The primary this node syncs with (`--primary`), if any.
+    pub primary: Option<crate::hybrid::PrimaryOptions>,
 }
 
 impl Default for NodeOptions {
@@ -220,6 +222,7 @@ impl Default for NodeOptions {
             buffer_messages: DEFAULT_MAX_MESSAGES,
             outbox_max: DEFAULT_OUTBOX_MAX,
             api: Some(crate::api::ApiOptions::default()),
+            primary: None,
         }
     }
 }
@@ -526,7 +529,16 @@ pub async fn run(
         Arc::new(options.policy.clone()),
     )
     .context("creating the primary's gate")?;
-    let mut builder = Node::builder(data.root()).identity(identity).config(config);
+    let mut builder = Node::builder(data.root())
+        .identity(identity.clone())
+        .config(config);
+    let mut attached = None;
+    if let Some(p) = &options.primary {
+        let policy = Arc::new(options.policy.clone());
+        let (b, a) = crate::hybrid::attach(builder, identity, policy, p, data.root());
+        builder = b;
+        attached = Some(a);
+    }
     for a in transports.adapters() {
         builder = builder.transport(a);
     }
@@ -552,6 +564,13 @@ pub async fn run(
         data = %data.root().display(),
         "node started"
     );
+    let driver = match &attached {
+        Some(a) => {
+            tracing::info!(primary = ?options.primary.as_ref().map(|p| p.addr), "syncing with a primary");
+            Some(a.bind(&node)?)
+        }
+        None => None,
+    };
     let discovery = start_mdns(transports.wired.as_ref(), &options);
     dial_peers(transports.wired.as_ref(), &options.peers);
     let served = Arc::new(Served {
@@ -561,6 +580,7 @@ pub async fn run(
         lora: transports.lora.clone().zip(transports.lora_duty),
         ble_adapter: transports.ble_adapter.clone(),
         gate: Some(Arc::new(std::sync::Mutex::new(gate))),
+        primary: attached,
     });
     let api = match &options.api {
         Some(api) => match crate::api::start(served.clone(), &data, api).await {
@@ -592,6 +612,7 @@ pub async fn run(
         api.stop().await;
     }
     drop(discovery);
+    drop(driver);
     node.shutdown().await?;
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::debug!(error = %e, "removing the control socket");

@@ -13,6 +13,7 @@
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise.
 //! - [`output`]: the CLI's answer lines on stdout (a closed pipe ends it quietly).
 //! - [`paths`]: the data directory (XDG default) and the files in it.
+//! - [`hybrid`]: `ecomesh node --primary ADDR`, the node's documents through the hybrid adapter.
 //! - [`remote`]: `RemoteStorageAdapter`, another node as this device's primary (issue 19).
 
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod human;
+pub mod hybrid;
 pub mod output;
 pub mod paths;
 pub mod progress;

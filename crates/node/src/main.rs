@@ -43,6 +43,8 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per run: the size of `Node`'s flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Create the data directory and a new identity (Ed25519 key).
     Init,
@@ -126,6 +128,8 @@ enum Command {
         /// Run without the HTTP API and dashboard.
         #[arg(long, conflicts_with_all = ["api", "api_expose"])]
         no_api: bool,
+        #[command(flatten)]
+        primary: ecomesh_node::hybrid::PrimaryArgs,
     },
     /// The HTTP API: its token.
     #[command(subcommand)]
@@ -377,6 +381,7 @@ fn run(cli: Cli, config: Option<config::Loaded>) -> Result<()> {
             api,
             api_expose,
             no_api,
+            primary,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -432,6 +437,7 @@ fn run(cli: Cli, config: Option<config::Loaded>) -> Result<()> {
                     addr: api,
                     expose: api_expose,
                 }),
+                primary: primary.options()?,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -918,6 +924,9 @@ fn status_command(ask: &dyn Fn(Request) -> Result<Response>, json_out: bool) -> 
                     s.own_clock
                 )),
                 other => out(format!("own clock   {other}")),
+            }
+            for line in s.primary.iter().flat_map(|p| p.human_lines()) {
+                out(line);
             }
             Ok(())
         }

@@ -39,6 +39,8 @@ pub(crate) struct Served {
     /// The gate devices authenticate at to use this node as their primary
     /// (issue 19), admitting the devices the node's access policy admits.
     pub(crate) gate: Option<crate::api::primary::SharedGate>,
+    /// The primary this node syncs with (`--primary`), if any.
+    pub(crate) primary: Option<crate::hybrid::Attached>,
 }
 
 pub(crate) use crate::api::json::cid_text;
@@ -229,6 +231,11 @@ impl Served {
                 OwnClock::Ahead { by_ms } | OwnClock::Behind { by_ms } => by_ms,
                 _ => 0,
             },
+            primary: self
+                .primary
+                .as_ref()
+                .and_then(|p| p.status(s.peers))
+                .map(Box::new),
         })
     }
 

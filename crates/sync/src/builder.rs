@@ -8,6 +8,7 @@ use ecomesh_types::TransportAdapter;
 
 use crate::config::NodeConfig;
 use crate::error::{Result, SyncError};
+use crate::front::{DocumentFront, FrontFactory, LocalStorage};
 use crate::layout::DataLayout;
 use crate::node::Node;
 use crate::routing::ContentRouting;
@@ -20,6 +21,7 @@ pub struct NodeBuilder {
     pub(crate) transports: Vec<Arc<dyn TransportAdapter>>,
     pub(crate) config: NodeConfig,
     pub(crate) routing: Option<Arc<dyn ContentRouting>>,
+    pub(crate) front: Option<FrontFactory>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -29,6 +31,7 @@ impl std::fmt::Debug for NodeBuilder {
             .field("transports", &self.transports.len())
             .field("config", &self.config)
             .field("content_routing", &self.routing.is_some())
+            .field("front", &self.front.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -41,6 +44,7 @@ impl NodeBuilder {
             transports: Vec::new(),
             config: NodeConfig::default(),
             routing: None,
+            front: None,
         }
     }
 
@@ -68,6 +72,17 @@ impl NodeBuilder {
     /// holders up in. Without one, blobs are found only among connected peers.
     pub fn content_routing(mut self, routing: Arc<dyn ContentRouting>) -> Self {
         self.routing = Some(routing);
+        self
+    }
+
+    /// A layer the replicated collections' reads and writes go through (see
+    /// [`DocumentFront`]), built by `factory` over the node's local store
+    /// when the node starts. Without one they use the local store.
+    pub fn documents(
+        mut self,
+        factory: impl FnOnce(Arc<LocalStorage>) -> Result<Arc<dyn DocumentFront>> + Send + 'static,
+    ) -> Self {
+        self.front = Some(Box::new(factory));
         self
     }
 

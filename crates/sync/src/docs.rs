@@ -81,7 +81,7 @@ impl DocRef {
         self.node.running()?;
         let _w = self.writing();
         let w = StorageAdapter::set(
-            &self.node.inner.p2p,
+            self.node.documents(&self.collection),
             &self.collection,
             &self.id,
             fields,
@@ -96,14 +96,24 @@ impl DocRef {
     pub async fn update(&self, fields: Map) -> Result<WriteResult> {
         self.node.running()?;
         let _w = self.writing();
-        let w = StorageAdapter::update(&self.node.inner.p2p, &self.collection, &self.id, fields)
-            .await?;
+        let w = StorageAdapter::update(
+            self.node.documents(&self.collection),
+            &self.collection,
+            &self.id,
+            fields,
+        )
+        .await?;
         Ok(w)
     }
 
     /// The document, or `None` when it does not exist (or was deleted).
     pub async fn get(&self) -> Result<Option<Document>> {
-        let d = StorageAdapter::get(&self.node.inner.p2p, &self.collection, &self.id).await?;
+        let d = StorageAdapter::get(
+            self.node.documents(&self.collection),
+            &self.collection,
+            &self.id,
+        )
+        .await?;
         Ok(d)
     }
 
@@ -111,12 +121,44 @@ impl DocRef {
     pub async fn delete(&self) -> Result<WriteResult> {
         self.node.running()?;
         let _w = self.writing();
-        let w = StorageAdapter::delete(&self.node.inner.p2p, &self.collection, &self.id).await?;
+        let w = StorageAdapter::delete(
+            self.node.documents(&self.collection),
+            &self.collection,
+            &self.id,
+        )
+        .await?;
         Ok(w)
     }
 }
 
 impl Node {
+    /// The front `collection`'s documents go through, if it has one: the
+    /// node's front for a replicated collection, none for a local one.
+    fn front_for(&self, collection: &str) -> Option<&dyn StorageAdapter> {
+        let local = collection.starts_with(&self.inner.config.p2p.local_prefix);
+        match &self.inner.front {
+            Some(f) if !local => Some(f.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// Where `collection`'s documents are read and written: its front, or the local store.
+    fn documents(&self, collection: &str) -> &dyn StorageAdapter {
+        self.front_for(collection)
+            .unwrap_or_else(|| self.inner.p2p.as_ref())
+    }
+
+    /// Hands a write made on the store directly to the front, when
+    /// `collection` has one.
+    async fn written_beside(&self, collection: &str, w: &WriteResult) -> Result<()> {
+        if let Some(f) = &self.inner.front
+            && self.front_for(collection).is_some()
+        {
+            f.local_writes(std::slice::from_ref(w)).await?;
+        }
+        Ok(())
+    }
+
     /// The Merkle root of every collection of the store (equal contents give
     /// equal roots).
     pub fn root_cid(&self) -> Result<ecomesh_types::ContentId> {
@@ -139,11 +181,13 @@ impl DocRef {
     pub async fn apply(&self, ops: Vec<(String, FieldOp)>) -> Result<WriteResult> {
         self.node.running()?;
         let _w = self.writing();
-        Ok(self
+        let w = self
             .node
             .inner
             .p2p
-            .apply_ops(&self.collection, &self.id, ops)?)
+            .apply_ops(&self.collection, &self.id, ops)?;
+        self.node.written_beside(&self.collection, &w).await?;
+        Ok(w)
     }
 
     /// Adds `by` (negative to subtract) to counter field `field`.
@@ -168,11 +212,13 @@ impl DocRef {
     pub async fn restore(&self, cid: &ContentId) -> Result<WriteResult> {
         self.node.running()?;
         let _w = self.writing();
-        Ok(self
+        let w = self
             .node
             .inner
             .p2p
-            .restore(&self.collection, &self.id, cid)?)
+            .restore(&self.collection, &self.id, cid)?;
+        self.node.written_beside(&self.collection, &w).await?;
+        Ok(w)
     }
 
     /// A stream of this document's snapshots: the current one first, then
@@ -206,6 +252,11 @@ fn pending_of(node: &Node) -> PendingOf {
 impl Collection {
     /// The documents matching `query`, in its order.
     pub async fn query(&self, query: &Query) -> Result<Vec<Document>> {
+        if let Some(front) = self.node.front_for(&self.name) {
+            return Ok(StorageAdapter::query(front, &self.name, query)
+                .await?
+                .documents);
+        }
         Ok(self.node.inner.store.query(&self.name, query)?.documents)
     }
 
@@ -247,6 +298,16 @@ impl Node {
             })
             .collect();
         let _w = self.inner.writes.begin(keys);
-        Ok(StorageAdapter::batch_write(&self.inner.p2p, operations).await?)
+        // One front for the whole batch: a batch touching a local collection
+        // stays on the local store (its replicated versions reach a primary
+        // only through replication).
+        let any_local = operations
+            .iter()
+            .any(|o| self.front_for(o.target().0).is_none());
+        let adapter: &dyn StorageAdapter = match &self.inner.front {
+            Some(f) if !any_local => f.as_ref(),
+            _ => self.inner.p2p.as_ref(),
+        };
+        Ok(StorageAdapter::batch_write(adapter, operations).await?)
     }
 }

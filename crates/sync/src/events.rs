@@ -120,6 +120,20 @@ pub enum SyncEvent {
     /// The verdict on this node's own clock changed: most peers find it ahead
     /// or behind theirs (it looks wrong), or it agrees again.
     OwnClock(OwnClock),
+    /// A local write replayed to this node's primary (a front such as
+    /// `ecomesh-hybrid-storage`'s, reported through
+    /// [`Node::report_primary_conflict`](crate::Node::report_primary_conflict))
+    /// was concurrent with writes the primary got from elsewhere while this
+    /// node was away; the CRDT merge resolved it on the primary, and this
+    /// node gets the merged result by replication like any other version.
+    PrimaryConflict {
+        /// The document's collection.
+        collection: String,
+        /// The document's id.
+        id: String,
+        /// The replayed version.
+        version: ContentId,
+    },
     /// This subscriber fell behind and missed this many events.
     Lagged(u64),
 }
@@ -428,6 +442,23 @@ impl Node {
     /// when every handle of the node is dropped.
     pub fn sync_events(&self) -> SyncEvents {
         lock(&self.inner.sync).subscribe()
+    }
+
+    /// Publishes a [`SyncEvent::PrimaryConflict`] on the sync event stream:
+    /// the front in charge of this node's primary calls it when the primary
+    /// reports a replayed version of `collection`/`id` as concurrent with its
+    /// heads. Changes no state.
+    pub fn report_primary_conflict(&self, collection: &str, id: &str, version: ContentId) {
+        tracing::info!(
+            collection,
+            id,
+            "conflict with the primary resolved by merge"
+        );
+        lock(&self.inner.sync).emit(SyncEvent::PrimaryConflict {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            version,
+        });
     }
 
     /// The node's overall state: [`SyncState::Offline`] without a reachable

@@ -23,6 +23,7 @@
 //! - `inspect`: collections with counts, a document at a version, queue figures;
 //! - `sneakernet`: versions and blobs exported to and imported from CARv1
 //!   files ([`Node::export`], [`Node::import`]);
+//! - `front`: an optional layer the documents go through (a primary);
 //! - `events`: sync events (`sync_events`), per-peer and node sync states,
 //!   `force_sync`.
 
@@ -36,6 +37,7 @@ mod config;
 mod docs;
 mod error;
 mod events;
+mod front;
 mod fsutil;
 mod inspect;
 mod layout;
@@ -53,6 +55,7 @@ pub use config::{DEFAULT_OUTBOX_MAX, NodeConfig};
 pub use docs::{Collection, DocRef};
 pub use error::{Result, SyncError};
 pub use events::{Operation, PeerSyncStatus, SyncEvent, SyncEvents, SyncState, VersionEvent};
+pub use front::{DocumentFront, FrontFactory, LocalStorage};
 pub use fsutil::write_atomic;
 pub use inspect::{CollectionInfo, QueueStatus, VersionedDocument};
 pub use layout::DataLayout;
@@ -68,6 +71,7 @@ pub use watch::{DocSnapshot, QuerySnapshot, Watch};
 pub use ecomesh_crdt::FieldOp;
 pub use ecomesh_mesh::SendOutcome;
 pub use ecomesh_p2p_storage::VersionInfo;
+pub use ecomesh_p2p_storage::kv::SledBackend;
 pub use ecomesh_p2p_storage::{ClockReport, OwnClock, PeerClock, StoreError};
 pub use ecomesh_replication::blob::BlobId;
 pub use ecomesh_replication::stream::{EventKind, Source};

@@ -44,7 +44,9 @@ pub(crate) struct Inner {
     pub(crate) config: NodeConfig,
     pub(crate) store: Arc<SledStore>,
     pub(crate) mesh: Arc<MultiTransportManager>,
-    pub(crate) p2p: P2PStorageAdapter<SledBackend>,
+    pub(crate) p2p: Arc<P2PStorageAdapter<SledBackend>>,
+    /// The layer replicated collections' documents go through, if any.
+    pub(crate) front: Option<Arc<dyn crate::front::DocumentFront>>,
     pub(crate) blobs: Blobs,
     pub(crate) texts: Texts,
     pub(crate) state: Arc<MeshState>,
@@ -104,6 +106,11 @@ impl Node {
         let p2p = P2PStorageAdapter::new(store.clone(), mesh.clone(), config.p2p.clone())
             .with_queue(queue)
             .with_stream(stream);
+        let p2p = Arc::new(p2p);
+        let front = match b.front {
+            Some(factory) => Some(factory(p2p.clone())?),
+            None => None,
+        };
         let (stop, stop_rx) = watch::channel(false);
         let sync_capacity = config.sync_events_capacity;
         let inner = Arc::new(Inner {
@@ -113,6 +120,7 @@ impl Node {
             store,
             mesh,
             p2p,
+            front,
             blobs,
             texts,
             state,

@@ -545,6 +545,16 @@ fn event_json(ev: &SyncEvent) -> Json {
             };
             json!({ "kind": "own_clock", "verdict": verdict, "by_ms": by_ms })
         }
+        SyncEvent::PrimaryConflict {
+            collection,
+            id,
+            version,
+        } => json!({
+            "kind": "primary_conflict",
+            "collection": collection,
+            "id": id,
+            "version": cid_json(version),
+        }),
         other => json!({ "kind": "unknown", "debug": format!("{other:?}") }),
     }
 }
@@ -813,6 +823,25 @@ fn target(msg: &Json) -> Result<Target, ApiError> {
 mod tests {
     use super::*;
     use ecomesh_sync::PeerId;
+
+    #[test]
+    fn a_primary_conflict_is_forwarded_with_its_document_and_version() {
+        let ev = SyncEvent::PrimaryConflict {
+            collection: "c".into(),
+            id: "k".into(),
+            version: ecomesh_sync::ContentId(vec![1, 2, 3]),
+        };
+        let j = event_json(&ev);
+        assert_eq!(j["kind"], "primary_conflict");
+        assert_eq!(
+            (j["collection"].as_str(), j["id"].as_str()),
+            (Some("c"), Some("k"))
+        );
+        assert_eq!(
+            j["version"],
+            cid_json(&ecomesh_sync::ContentId(vec![1, 2, 3]))
+        );
+    }
 
     fn state_event(b: u8) -> SyncEvent {
         SyncEvent::PeerState {

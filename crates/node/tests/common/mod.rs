@@ -174,6 +174,15 @@ impl Node {
         })
     }
 
+    /// [`start`](Self::start) inside the network namespace `ns` (`ip netns
+    /// exec` execs the node itself, so signals reach it directly).
+    #[allow(dead_code)]
+    pub(crate) fn start_in_netns(&mut self, ns: &str, extra: &[&str]) -> String {
+        let listen = self.start_under(&["ip", "netns", "exec", ns], extra, &[]);
+        self.wrapped = false;
+        listen
+    }
+
     /// The running node's API address (`HOST:PORT`), from `api.addr`.
     pub(crate) fn api_addr(&self) -> String {
         let path = self.data.join("api.addr");
