@@ -23,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod human;
+pub mod link;
 pub mod output;
 pub mod paths;
 pub mod progress;
