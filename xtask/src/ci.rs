@@ -23,7 +23,9 @@ Runs every check, in this order, stopping at the first failure and naming it:
   test         cargo nextest run --workspace --all-features (cargo test --workspace
                --all-features without cargo-nextest)
   example      cargo run -p ecomesh-sync --example notes: two embedded nodes on
-               loopback (wired transport) sync a note; fails after 30 s
+               loopback (wired transport) sync a note; fails after 30 s; then
+               --example ledger: two devices link by code, record earnings and
+               spendings and must converge on one balance; fails after 30 s
   lan-test     `cargo xtask lan-test`: 4 `ecomesh node`s in network namespaces (root)
   sim          `cargo xtask sim`: 1000 seeds of the network simulator at 3 nodes
   doctest      cargo test --doc --workspace --all-features (nextest skips doctests)
@@ -225,9 +227,14 @@ fn run_step(step: &str, metadata: &Metadata, nextest: bool, fuzz_seconds: u64) -
             .env("ECOMESH_REQUIRE_INTEROP", "1")
             .env("ECOMESH_REQUIRE_NETNS", "1")
             .run()?,
-        "example" => cargo()
-            .args(["run", "-p", "ecomesh-sync", "--example", "notes"])
-            .run()?,
+        "example" => {
+            cargo()
+                .args(["run", "-p", "ecomesh-sync", "--example", "notes"])
+                .run()?;
+            cargo()
+                .args(["run", "-p", "ecomesh-sync", "--example", "ledger"])
+                .run()?;
+        }
         "lan-test" => crate::lan::run(metadata, 4, false)?,
         "sim" => crate::sim::run(
             root,

@@ -98,6 +98,27 @@ impl DeviceLinkDeclaration {
         Ok(())
     }
 
+    /// Adds a signature `device` made elsewhere (the other side of a link
+    /// exchange); it is verified first, so a bad one is [`Error::BadSignature`]
+    /// and leaves the declaration unchanged. A device not named is
+    /// [`Error::NotADevice`].
+    pub fn add_signature(&mut self, device: &PublicKey, signature: Signature) -> Result<()> {
+        let idx = self
+            .devices
+            .iter()
+            .position(|d| d == device)
+            .ok_or(Error::NotADevice(device.peer_id()))?;
+        device.verify(&self.signed_bytes(), &signature)?;
+        self.signatures[idx] = Some(signature);
+        Ok(())
+    }
+
+    /// The signature `device` made, when it has signed.
+    pub fn signature_of(&self, device: &PublicKey) -> Option<Signature> {
+        let idx = self.devices.iter().position(|d| d == device)?;
+        self.signatures[idx]
+    }
+
     /// Whether every named device has signed.
     pub fn is_complete(&self) -> bool {
         self.signatures.iter().all(Option::is_some)
@@ -243,6 +264,31 @@ mod tests {
         let decoded = DeviceLinkDeclaration::from_bytes(&d.to_bytes().unwrap()).unwrap();
         assert_eq!(decoded, d);
         decoded.verify().unwrap();
+    }
+
+    #[test]
+    fn a_signature_made_elsewhere_is_verified_before_it_is_added() {
+        let a = Identity::from_secret_bytes(&[1; 32]);
+        let b = Identity::from_secret_bytes(&[2; 32]);
+        let keys = [*a.public_key(), *b.public_key()];
+        let mut on_a = DeviceLinkDeclaration::new(&keys, "user", 7).unwrap();
+        let mut on_b = DeviceLinkDeclaration::new(&keys, "user", 7).unwrap();
+        on_b.sign(&b).unwrap();
+        let sig_b = on_b.signature_of(b.public_key()).unwrap();
+        // B's signature claimed for A is refused and changes nothing.
+        assert!(matches!(
+            on_a.add_signature(a.public_key(), sig_b),
+            Err(Error::BadSignature)
+        ));
+        assert!(on_a.signature_of(a.public_key()).is_none());
+        let c = Identity::from_secret_bytes(&[3; 32]);
+        assert!(matches!(
+            on_a.add_signature(c.public_key(), sig_b),
+            Err(Error::NotADevice(_))
+        ));
+        on_a.add_signature(b.public_key(), sig_b).unwrap();
+        on_a.sign(&a).unwrap();
+        assert_eq!(on_a.verify().unwrap().len(), 2);
     }
 
     #[test]

@@ -97,6 +97,27 @@ pub enum Request {
     BlobList,
     /// Runs blob garbage collection now (seed 5.2 rule).
     BlobGc,
+    /// Makes a one-time device-link code: streams [`Response::LinkCode`],
+    /// then answers [`Response::Linked`] when another device used it within
+    /// `wait_ms` (read with [`call_stream`]).
+    LinkNew {
+        /// How long the code is accepted, ms.
+        ttl_ms: u64,
+        /// Longest wait for the other device, ms.
+        wait_ms: u64,
+        /// The address to put in the code (`HOST:PORT`); default: the wired listen address.
+        #[serde(default)]
+        address: Option<String>,
+    },
+    /// Links this node with the device that made `code` ([`Response::Linked`]).
+    LinkAccept {
+        /// The code, as printed.
+        code: String,
+        /// Longest wait for the other device, ms.
+        timeout_ms: u64,
+    },
+    /// This node's own devices ([`Response::OwnDevices`]).
+    LinkList,
     /// Writes the node's versions after stream position `since` (and with
     /// `blobs` its blobs) as a CARv1 file at `path`; answered with
     /// [`Response::Progress`] lines, then [`Response::Exported`].
@@ -161,6 +182,27 @@ pub enum Request {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Response {
+    /// The code of [`Request::LinkNew`] (a stream item).
+    LinkCode {
+        /// The code to type on the other device.
+        code: String,
+        /// Its lifetime, ms.
+        expires_in_ms: u64,
+    },
+    /// A device was linked as an own device.
+    Linked {
+        /// The other device's peer id.
+        peer_id: String,
+        /// The user label both share.
+        user: String,
+    },
+    /// Answer to [`Request::LinkList`].
+    OwnDevices {
+        /// The user label, once linked.
+        user: Option<String>,
+        /// The own devices.
+        devices: Vec<crate::link::OwnDeviceRow>,
+    },
     /// Answer to [`Request::Status`].
     Status(Status),
     /// Answer to [`Request::Peers`].
@@ -453,7 +495,10 @@ impl Response {
     /// True for the lines a streaming request sends before its answer
     /// ([`Response::Progress`], [`Response::Snapshot`]).
     pub fn is_stream_item(&self) -> bool {
-        matches!(self, Response::Progress { .. } | Response::Snapshot { .. })
+        matches!(
+            self,
+            Response::Progress { .. } | Response::Snapshot { .. } | Response::LinkCode { .. }
+        )
     }
 }
 

@@ -26,6 +26,7 @@ pub mod control;
 pub mod daemon;
 pub mod human;
 pub mod hybrid;
+pub mod link;
 pub mod output;
 pub mod paths;
 pub mod progress;

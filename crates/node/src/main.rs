@@ -168,6 +168,9 @@ enum Command {
     Export(ecomesh_node::sneakernet::ExportArgs),
     /// Verify and merge a CARv1 file written by `ecomesh export` on any node.
     Import(ecomesh_node::sneakernet::ImportArgs),
+    /// Link another device of yours (own devices share one user for reach and trust).
+    #[command(subcommand)]
+    Link(ecomesh_node::link::LinkCommand),
     /// List the versions the node took in (its stream), after a position.
     Changes {
         /// Show entries after this position (0: from the start).
@@ -470,6 +473,7 @@ fn run(cli: Cli, config: Option<config::Loaded>) -> Result<()> {
         Command::Import(a) => ecomesh_node::sneakernet::import_command(&data, a, cli.json),
         Command::Doc(d) => doc_command(d, &data, cli.json),
         Command::Blob(b) => blob_command(b, &data, cli.json),
+        Command::Link(l) => ecomesh_node::link::link_command(&data, l, cli.json),
         other => control_command(other, &data, cli.json),
     }
 }
@@ -591,6 +595,7 @@ fn control_command(command: Command, data: &DataDir, json_out: bool) -> Result<(
         | Command::Import(_)
         | Command::Doc(_)
         | Command::Blob(_)
+        | Command::Link(_)
         | Command::Dashboard { .. } => {
             bail!(
                 "init, node, api, dashboard, identity, export, import, doc and blob are dispatched in run()"

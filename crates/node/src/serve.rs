@@ -114,6 +114,13 @@ impl Served {
             Request::DocWatch { .. } => Err(anyhow!(
                 "a watch streams snapshots; it is served on the control socket only"
             )),
+            Request::LinkAccept { code, timeout_ms } => {
+                crate::link::serve_accept(node, self.wired.as_ref(), &code, timeout_ms).await
+            }
+            Request::LinkList => Ok(crate::link::serve_list(node)),
+            Request::LinkNew { .. } => Err(anyhow!(
+                "link new streams its answer; the CLI reads it with call_stream"
+            )),
             Request::BlobList => node
                 .blobs()
                 .map(|b| Response::Blobs {
@@ -457,6 +464,21 @@ where
         } => served.blob_get_progress(&id, &path, wr).await.map(Some),
         req @ (Request::Export { .. } | Request::Import { .. }) => {
             return Some(crate::sneakernet::serve_streamed(served.node.clone(), req, wr).await);
+        }
+        Request::LinkNew {
+            ttl_ms,
+            wait_ms,
+            address,
+        } => {
+            crate::link::serve_new(
+                &served.node,
+                served.wired.as_ref(),
+                ttl_ms,
+                wait_ms,
+                address.as_deref(),
+                wr,
+            )
+            .await
         }
         other => return Some(served.handle(other).await),
     };

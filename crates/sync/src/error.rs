@@ -72,6 +72,9 @@ pub enum SyncError {
     /// Content routing (provider records) failed.
     #[error("content routing: {0}")]
     Routing(String),
+    /// Device linking failed (see [`LinkError`](crate::LinkError)).
+    #[error(transparent)]
+    Link(#[from] crate::link::LinkError),
     /// The node is not running (shut down, or a start step failed).
     #[error("the node is not running")]
     Stopped,

@@ -51,6 +51,11 @@ impl DataLayout {
         self.root.join("stream")
     }
 
+    /// The node's device links (own devices and the user they share).
+    pub fn devices(&self) -> PathBuf {
+        self.root.join("devices.bin")
+    }
+
     /// The durable sync queue (a sled database).
     pub fn queue(&self) -> PathBuf {
         self.root.join("queue")

@@ -24,6 +24,8 @@
 //! - `sneakernet`: versions and blobs exported to and imported from CARv1
 //!   files ([`Node::export`], [`Node::import`]);
 //! - `front`: an optional layer the documents go through (a primary);
+//! - `link`: device linking by a one-time code ([`Node::link_new`],
+//!   [`Node::link_accept`]), own devices and [`Node::relationship`];
 //! - `events`: sync events (`sync_events`), per-peer and node sync states,
 //!   `force_sync`.
 
@@ -41,6 +43,7 @@ mod front;
 mod fsutil;
 mod inspect;
 mod layout;
+mod link;
 mod node;
 mod persist;
 mod routing;
@@ -59,6 +62,10 @@ pub use front::{DocumentFront, FrontFactory, LocalStorage};
 pub use fsutil::write_atomic;
 pub use inspect::{CollectionInfo, QueueStatus, VersionedDocument};
 pub use layout::DataLayout;
+pub use link::{
+    DEFAULT_LINK_TTL, ISSUER_PREFIX_LEN, LINK_TYPE, LinkCode, LinkError, MAX_CODE_TEXT, MAX_CODES,
+    MAX_LINK_MESSAGE, MAX_LINKS, OwnDevice, PROOF_DOMAIN, SECRET_LEN, fuzz_decoders,
+};
 pub use node::Node;
 pub use routing::{ContentRouting, RoutingError};
 pub use sneakernet::{
@@ -74,6 +81,7 @@ pub use ecomesh_p2p_storage::VersionInfo;
 pub use ecomesh_p2p_storage::kv::SledBackend;
 pub use ecomesh_p2p_storage::{ClockReport, OwnClock, PeerClock, StoreError};
 pub use ecomesh_replication::blob::BlobId;
+pub use ecomesh_replication::reach::Trust;
 pub use ecomesh_replication::stream::{EventKind, Source};
 pub use ecomesh_types::{
     BatchOperation, BatchResult, ContentId, Document, Map, PeerId, PeerInfo, Query, SetOptions,

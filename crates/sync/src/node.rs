@@ -49,6 +49,7 @@ pub(crate) struct Inner {
     pub(crate) front: Option<Arc<dyn crate::front::DocumentFront>>,
     pub(crate) blobs: Blobs,
     pub(crate) texts: Texts,
+    pub(crate) links: crate::link::Links,
     pub(crate) state: Arc<MeshState>,
     pub(crate) transports: Vec<Arc<dyn TransportAdapter>>,
     pub(crate) started: Instant,
@@ -78,12 +79,20 @@ impl Node {
     /// Opens every part (called by [`NodeBuilder::start`]).
     pub(crate) fn open(b: NodeBuilder, identity: Identity) -> Result<Node> {
         let layout = b.layout;
-        let config = b.config;
+        let mut config = b.config;
         let store = SledStore::open(&layout.store(), identity.clone(), config.store.clone())?;
         let store = Arc::new(store);
         let (mesh, state) = open_mesh(&identity, &layout, &config);
         let state = Arc::new(state);
         let wake = Arc::new(Notify::new());
+        let links = crate::link::Links::open(
+            identity.clone(),
+            layout.devices(),
+            mesh.clone(),
+            wake.clone(),
+        );
+        // Linked devices are own devices for reach, here and in the blob service.
+        config.p2p.trust = crate::link::trust_with_own(links.own_set(), config.p2p.trust.clone());
         let texts = Texts::open(
             identity.clone(),
             store.clone(),
@@ -123,6 +132,7 @@ impl Node {
             front,
             blobs,
             texts,
+            links,
             state,
             transports: b.transports,
             started: Instant::now(),
@@ -240,6 +250,11 @@ impl Inner {
     fn on_event(&self, ev: &MeshEvent) {
         match ev {
             MeshEvent::Message { message, .. } => {
+                if message.message_type == crate::link::LINK_TYPE
+                    && message.recipient == Some(self.identity.peer_id())
+                {
+                    self.links.receive(message.sender, &message.payload);
+                }
                 if message.message_type == TEXT_TYPE
                     && message.recipient == Some(self.identity.peer_id())
                     && let Err(e) = self.texts.receive(message)
@@ -282,6 +297,7 @@ impl Inner {
     async fn pass(&self, next_gc: &mut Instant) {
         let handled = self.mesh.process(now_ms()).await;
         self.texts.feed().await;
+        self.links.process().await;
         self.p2p.process(now_ms()).await;
         self.track_sync();
         self.blobs.service().process(now_ms()).await;
