@@ -157,6 +157,21 @@ impl Identity {
         StaticSecret::from(*self.x25519_secret_bytes())
     }
 
+    /// X25519 Diffie-Hellman between this identity's static X25519 secret (the one
+    /// whose public key is [`PublicKey::to_x25519`]) and `their_public`, for protocols
+    /// that authenticate a peer by its identity key (the mesh's onion circuits).
+    /// Fails with [`Error::InvalidPublicKey`] when the result is all zeros (a
+    /// low-order `their_public`), so a caller never derives keys from a non-secret.
+    pub fn x25519_agree(&self, their_public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
+        let shared = self
+            .x25519_secret()
+            .diffie_hellman(&x25519_dalek::PublicKey::from(*their_public));
+        if !shared.was_contributory() {
+            return Err(Error::InvalidPublicKey);
+        }
+        Ok(Zeroizing::new(shared.to_bytes()))
+    }
+
     /// The raw X25519 secret bytes (X25519 clamps them when used).
     pub(crate) fn x25519_secret_bytes(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.signing.to_scalar_bytes())
