@@ -29,5 +29,6 @@ pub mod topology;
 
 pub use error::MeshError;
 pub use manager::{
-    MAX_LEARNED_KEYS, MeshConfig, MeshEvent, MultiTransportManager, SUPER_PEER_KEY, SendOutcome,
+    MAX_LEARNED_KEYS, MeshConfig, MeshEvent, MultiTransportManager, PrivateOutcome, SUPER_PEER_KEY,
+    SendOutcome,
 };

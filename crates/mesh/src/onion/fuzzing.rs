@@ -12,7 +12,11 @@ use super::{CELL_LEN, Cell, OnionConfig, OnionRouter};
 /// within its bounds.
 pub fn cells(data: &[u8]) {
     if let Ok(cell) = Cell::decode(data) {
-        assert_eq!(cell.encode(), data, "a decoded cell re-encodes to its input");
+        assert_eq!(
+            cell.encode(),
+            data,
+            "a decoded cell re-encodes to its input"
+        );
     }
     let config = OnionConfig {
         max_circuits: 4,
