@@ -217,10 +217,14 @@ fn run_step(step: &str, metadata: &Metadata, nextest: bool, fuzz_seconds: u64) -
         "test" if nextest => cargo()
             .args(["nextest", "run", "--workspace", "--all-features"])
             .env("ECOMESH_REQUIRE_INTEROP", "1")
+            // The onion test on real processes in network namespaces must run, not skip.
+            .env("ECOMESH_REQUIRE_NETNS", "1")
             .run()?,
         "test" => cargo()
             .args(["test", "--workspace", "--all-features"])
             .env("ECOMESH_REQUIRE_INTEROP", "1")
+            // The onion test on real processes in network namespaces must run, not skip.
+            .env("ECOMESH_REQUIRE_NETNS", "1")
             .run()?,
         "example" => cargo()
             .args(["run", "-p", "ecomesh-sync", "--example", "notes"])
