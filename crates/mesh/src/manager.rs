@@ -949,8 +949,11 @@ impl MultiTransportManager {
             }
             match verdict {
                 Ok(_) => {
-                    // A key message is credited once its payload checks out too.
-                    if !is_key_message(&message.message_type) {
+                    // A key message is credited once its payload checks out too;
+                    // an onion cell only ever costs (the router charges bad ones).
+                    if !is_key_message(&message.message_type)
+                        && message.message_type != ONION_CELL_TYPE
+                    {
                         observe_locked(&mut st, from, Observation::Integrity(true));
                     }
                     true

@@ -303,3 +303,37 @@ fn circuits_are_rebuilt_after_an_hour() {
     pump(&refs, hour + 2);
     assert!(a.acked(m.id));
 }
+
+#[test]
+fn a_neighbour_handing_over_bad_cells_is_charged() {
+    let (_net, nodes) = mesh(3, 3);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let (r1, r2) = (&nodes[1], &nodes[2]);
+    let before = r2.mgr.reputation(&r1.pid());
+    for n in 0..3_u8 {
+        // A cell of an unknown kind and a cell of the wrong size, signed by
+        // r1 and handed straight to r2.
+        let mut garbage = vec![n + 1; 1024];
+        garbage[4] = 77;
+        let m = r1
+            .mgr
+            .new_message(ONION_CELL_TYPE, garbage, Some(r2.pid()), 1, [n + 10; 16])
+            .unwrap();
+        block_on(r1.t.send(r2.pid(), m)).unwrap();
+        let short = r1
+            .mgr
+            .new_message(
+                ONION_CELL_TYPE,
+                vec![n; 10],
+                Some(r2.pid()),
+                1,
+                [n + 20; 16],
+            )
+            .unwrap();
+        block_on(r1.t.send(r2.pid(), short)).unwrap();
+    }
+    pump(&refs, 1);
+    let after = r2.mgr.reputation(&r1.pid());
+    assert!(after < before, "reputation {before} -> {after}");
+    assert_eq!(r2.mgr.onion_relayed_circuits(), 0);
+}
