@@ -209,6 +209,9 @@ struct State {
     /// Buffered messages of this node sent over an onion circuit: never
     /// handed to relays as copies (pruned with `relayed_to`).
     private: BTreeSet<MessageId>,
+    /// Onion cell messages seen (their own short-lived set, so cell traffic
+    /// never pushes message ids out of `seen`).
+    cells_seen: SeenSet,
 }
 
 /// What the key discovery step left to do with a control message.
@@ -313,6 +316,7 @@ impl MultiTransportManager {
                 relayed_to: BTreeMap::new(),
                 unacked_types: BTreeSet::new(),
                 private: BTreeSet::new(),
+                cells_seen: private_send::cell_seen_set(),
             }),
             listeners: Listeners::new(),
             onion: Mutex::new(OnionRouter::new(
@@ -728,6 +732,7 @@ impl MultiTransportManager {
                 tracing::debug!(count = dropped.len(), "buffered messages expired");
             }
             st.seen.prune(now_ms);
+            st.cells_seen.prune(now_ms);
             let State {
                 relayed_to,
                 buffer,
@@ -992,13 +997,13 @@ impl MultiTransportManager {
             self.hold(ty, from, message, now_ms).await;
             return;
         }
-        let first_seen = lock(&self.state).seen.insert(message.id, now_ms);
         if message.message_type == ONION_CELL_TYPE {
-            if first_seen {
+            if lock(&self.state).cells_seen.insert(message.id, now_ms) {
                 self.on_onion_cell(from, &message, now_ms).await;
             }
             return;
         }
+        let first_seen = lock(&self.state).seen.insert(message.id, now_ms);
         let control = message.message_type == ACK_TYPE || is_key_message(&message.message_type);
         let unacked = lock(&self.state)
             .unacked_types

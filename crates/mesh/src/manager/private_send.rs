@@ -68,6 +68,11 @@ pub(super) fn onion_seed(identity: &Identity) -> [u8; 32] {
     seed
 }
 
+/// The dedup set of cell messages: as many as the router queues, for as long as a cell lives.
+pub(super) fn cell_seen_set() -> crate::dedup::SeenSet {
+    crate::dedup::SeenSet::new(8192, u64::from(CELL_TTL_SECS) * 1000)
+}
+
 fn onion_payload(key: &PublicKey, message: &NetworkMessage) -> Vec<u8> {
     let mut out = key.as_bytes().to_vec();
     out.extend_from_slice(&encode_message(message));
