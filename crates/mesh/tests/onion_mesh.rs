@@ -337,3 +337,41 @@ fn a_neighbour_handing_over_bad_cells_is_charged() {
     assert!(after < before, "reputation {before} -> {after}");
     assert_eq!(r2.mgr.onion_relayed_circuits(), 0);
 }
+
+#[test]
+fn a_private_message_lost_on_a_broken_circuit_is_sent_again_over_the_next() {
+    let (net, nodes) = mesh(3, 2);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let (a, b) = (&nodes[0], &nodes[4]);
+    block_on(
+        a.mgr
+            .send_private(b.pid(), a.msg(b.pid(), "warm", 1, 1), Priority::Normal, 1),
+    )
+    .unwrap();
+    pump(&refs, 1);
+    let path = a.mgr.onion_path(&b.pid()).unwrap();
+    let last = nodes.iter().find(|n| n.pid() == path[1]).unwrap();
+    // Cells from the last relay to b vanish: the message leaves, no ACK comes back.
+    net.set_link(
+        last.pid(),
+        b.pid(),
+        Some(ecomesh_transport_tests::LinkModel::BLACK_HOLE),
+    );
+    let m = a.msg(b.pid(), "lost once", 2, 2);
+    let out = block_on(a.mgr.send_private(b.pid(), m.clone(), Priority::Normal, 2)).unwrap();
+    assert_eq!(out, PrivateOutcome::Onion { ready: true });
+    pump(&refs, 2);
+    assert!(!a.acked(m.id));
+    assert!(a.mgr.is_buffered(&m.id), "kept until its ACK");
+    // The last relay goes down: the circuit breaks and the message goes again
+    // over a new one through the two relays left.
+    block_on(last.t.stop()).unwrap();
+    let live: Vec<&Node> = nodes.iter().filter(|n| n.pid() != last.pid()).collect();
+    pump(&live, 3);
+    assert!(
+        a.acked(m.id),
+        "sent again over the new circuit and acknowledged"
+    );
+    assert!(b.received().iter().any(|(_, x)| x.payload == b"lost once"));
+    assert!(!a.mgr.onion_path(&b.pid()).unwrap().contains(&last.pid()));
+}

@@ -10,13 +10,15 @@
 //! destination acknowledges over the same circuit, backward. The message is
 //! kept in the buffer until that ACK like any message of this node, but never
 //! handed to relays as a copy while it is private; if its circuit closes
-//! before it left, it falls back to relays and the queue.
+//! before it left, it falls back to relays and the queue, and if it left but
+//! its ACK had not come back when the circuit closed (a lost cell breaks a
+//! circuit), it is sent again over a fresh circuit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ecomesh_identity::message::{KeyDirectory, verify_message};
 use ecomesh_identity::{Identity, PublicKey};
-use ecomesh_types::{NetworkMessage, PeerId, Priority, TransportType};
+use ecomesh_types::{MessageId, NetworkMessage, PeerId, Priority, TransportType};
 use ecomesh_wire::{decode_message, encode_message};
 
 use super::{
@@ -286,9 +288,14 @@ impl MultiTransportManager {
             OnionEvent::CircuitClosed {
                 dest, undelivered, ..
             } => {
+                let mut waiting = BTreeSet::new();
                 for data in undelivered {
+                    if let Ok((_, m)) = open_payload(&data) {
+                        waiting.insert(m.id);
+                    }
                     self.onion_fallback(dest, &data, now_ms).await;
                 }
+                self.resend_in_flight(dest, &waiting, now_ms).await;
             }
             OnionEvent::Undelivered { dest, data } => {
                 self.onion_fallback(dest, &data, now_ms).await;
@@ -318,6 +325,43 @@ impl MultiTransportManager {
             .await
         {
             tracing::info!(%id, error = %e, "message of a failed circuit not requeued");
+        }
+    }
+
+    /// Sends again, over a fresh circuit, the private messages to `dest` that
+    /// left over a circuit now closed and were not acknowledged (a cell lost
+    /// on the way broke it); `skip` are those that never left (already handed
+    /// to relays). If no circuit can be had, they go to relays and the queue.
+    async fn resend_in_flight(&self, dest: PeerId, skip: &BTreeSet<MessageId>, now_ms: u64) {
+        let again: Vec<(NetworkMessage, Priority)> = {
+            let st = lock(&self.state);
+            st.buffer
+                .entries()
+                .iter()
+                .filter(|e| {
+                    let id = e.message.id;
+                    e.message.recipient == Some(dest)
+                        && st.private.contains(&id)
+                        && st.pending.is_pending(&id)
+                        && !skip.contains(&id)
+                })
+                .map(|e| (e.message.clone(), e.priority))
+                .collect()
+        };
+        for (message, priority) in again {
+            let id = message.id;
+            match self.try_onion(dest, &message, now_ms) {
+                Ok(_) => {
+                    tracing::debug!(%id, %dest, "unacknowledged private message sent again over a new circuit")
+                }
+                Err(e) => {
+                    tracing::info!(%id, error = %e, "no new circuit; private message handed to relays");
+                    lock(&self.state).private.remove(&id);
+                    if let Err(e) = self.forward(dest, message, priority, now_ms, &[]).await {
+                        tracing::info!(%id, error = %e, "message of a failed circuit not requeued");
+                    }
+                }
+            }
         }
     }
 
