@@ -379,6 +379,23 @@ mod tests {
     }
 
     #[test]
+    fn x25519_agree_is_symmetric_and_refuses_low_order_points() {
+        let (a, b) = (
+            Identity::from_secret_bytes(&[1; 32]),
+            Identity::from_secret_bytes(&[2; 32]),
+        );
+        let ab = a.x25519_agree(&b.public_key().to_x25519()).unwrap();
+        let ba = b.x25519_agree(&a.public_key().to_x25519()).unwrap();
+        assert_eq!(*ab, *ba);
+        let c = Identity::from_secret_bytes(&[3; 32]);
+        assert_ne!(*ab, *a.x25519_agree(&c.public_key().to_x25519()).unwrap());
+        assert!(matches!(
+            a.x25519_agree(&[0; 32]),
+            Err(Error::InvalidPublicKey)
+        ));
+    }
+
+    #[test]
     fn invalid_and_weak_public_keys_are_refused() {
         // The identity point (small order) encodes as 1 followed by zeros.
         let mut identity_point = [0_u8; 32];
