@@ -249,6 +249,20 @@ async fn no_relay_learns_both_ends_of_a_private_message_between_real_processes()
             !(sees_a && sees_b),
             "relay {role} learned both ends: {pairs}"
         );
+        // Exactly its neighbours on the path, nobody else.
+        let mut hops: Vec<String> = vec![pid(0)];
+        hops.extend(path.split('>').map(str::to_owned));
+        hops.push(pid(4));
+        let at = hops.iter().position(|h| *h == pid(i)).unwrap();
+        let (prev, next) = (&hops[at - 1], &hops[at + 1]);
+        for pair in pairs.split(',') {
+            let (p, rest) = pair.split_once('>').unwrap();
+            let q = rest.split(':').next().unwrap();
+            assert!(
+                (p == prev && q == next) || (p == next && q == prev),
+                "relay {role} relayed {pair}, not between its path neighbours {prev} and {next}"
+            );
+        }
     }
     for role in ROLES {
         nodes.get_mut(role).unwrap().tell("QUIT").await;
