@@ -142,4 +142,13 @@ mod tests {
         kind[4] = 0;
         assert!(Cell::decode(&kind).is_err());
     }
+
+    #[test]
+    fn forward_capacity_shrinks_16_bytes_per_relay_and_never_underflows() {
+        use crate::onion::OnionRouter;
+        assert_eq!(OnionRouter::forward_capacity(1), 984);
+        assert_eq!(OnionRouter::forward_capacity(3), 952);
+        assert_eq!(OnionRouter::forward_capacity(8), 872);
+        assert_eq!(OnionRouter::forward_capacity(usize::MAX), 0);
+    }
 }

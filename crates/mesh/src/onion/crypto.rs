@@ -283,7 +283,7 @@ pub(crate) fn wrap_forward(
 /// Bytes of content a forward cell carries to the `n`-th hop of a circuit
 /// (each hop before it costs [`TAG_LEN`] of filler): `INNER_LEN - 16 (n - 1)`.
 pub fn capacity(n: usize) -> usize {
-    INNER_LEN.saturating_sub(TAG_LEN * n.saturating_sub(1))
+    INNER_LEN.saturating_sub(TAG_LEN.saturating_mul(n.saturating_sub(1)))
 }
 
 /// At the client: finds which hop wrote a backward `body` (removing the

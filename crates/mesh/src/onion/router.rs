@@ -217,9 +217,10 @@ impl OnionRouter {
         self.pairs.clone()
     }
 
-    /// The most content bytes one forward cell carries over `relays` relays.
+    /// The most message bytes one forward cell carries to the destination of
+    /// a circuit of `relays` relays (`1000 - 16 x relays`; 0 past any real circuit).
     pub fn forward_capacity(relays: usize) -> usize {
-        crypto::capacity(relays + 1) - CMD_HEADER
+        crypto::capacity(relays.saturating_add(1)).saturating_sub(CMD_HEADER)
     }
 
     fn queue(&mut self, peer: PeerId, cell: &Cell) -> Result<(), MeshError> {
