@@ -342,6 +342,31 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any path of 1 to 9 hops, any counters, any content that fits: every
+        /// hop opens its layer and the last gets the content; any flipped byte
+        /// is refused by the first hop.
+        #[test]
+        fn layers_round_trip_and_any_flip_is_refused(
+            seeds in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..=9),
+            counters in proptest::collection::vec(0_u64..1_000_000, 9),
+            content in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..=875),
+            flip in 0..BODY_LEN,
+        ) {
+            let hops: Vec<HopKeys> = seeds.iter().map(|s| keys(*s / 2)).collect();
+            let path: Vec<(&HopKeys, u64)> = hops.iter().zip(&counters).map(|(k, c)| (k, *c)).collect();
+            let body = wrap_forward(&path, b"r", &content).unwrap();
+            let mut bad = body;
+            bad[flip] ^= 0x40;
+            proptest::prop_assert!(path[0].0.peel_forward(path[0].1, b"r", &bad).is_none());
+            let mut cur = body;
+            for (k, c) in &path {
+                cur = k.peel_forward(*c, b"r", &cur).unwrap();
+            }
+            proptest::prop_assert_eq!(&cur[..content.len()], &content[..]);
+        }
+    }
+
     #[test]
     fn a_flipped_bit_or_a_wrong_counter_fails_the_first_hop() {
         let hops = [keys(1), keys(2)];
