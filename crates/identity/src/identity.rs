@@ -157,6 +157,21 @@ impl Identity {
         StaticSecret::from(*self.x25519_secret_bytes())
     }
 
+    /// X25519 Diffie-Hellman between this identity's static X25519 secret (the one
+    /// whose public key is [`PublicKey::to_x25519`]) and `their_public`, for protocols
+    /// that authenticate a peer by its identity key (the mesh's onion circuits).
+    /// Fails with [`Error::InvalidPublicKey`] when the result is all zeros (a
+    /// low-order `their_public`), so a caller never derives keys from a non-secret.
+    pub fn x25519_agree(&self, their_public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
+        let shared = self
+            .x25519_secret()
+            .diffie_hellman(&x25519_dalek::PublicKey::from(*their_public));
+        if !shared.was_contributory() {
+            return Err(Error::InvalidPublicKey);
+        }
+        Ok(Zeroizing::new(shared.to_bytes()))
+    }
+
     /// The raw X25519 secret bytes (X25519 clamps them when used).
     pub(crate) fn x25519_secret_bytes(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.signing.to_scalar_bytes())
@@ -361,6 +376,23 @@ mod tests {
         let id = Identity::from_secret_bytes(&[42; 32]);
         let derived = x25519_dalek::PublicKey::from(&id.x25519_secret()).to_bytes();
         assert_eq!(derived, id.public_key().to_x25519());
+    }
+
+    #[test]
+    fn x25519_agree_is_symmetric_and_refuses_low_order_points() {
+        let (a, b) = (
+            Identity::from_secret_bytes(&[1; 32]),
+            Identity::from_secret_bytes(&[2; 32]),
+        );
+        let ab = a.x25519_agree(&b.public_key().to_x25519()).unwrap();
+        let ba = b.x25519_agree(&a.public_key().to_x25519()).unwrap();
+        assert_eq!(*ab, *ba);
+        let c = Identity::from_secret_bytes(&[3; 32]);
+        assert_ne!(*ab, *a.x25519_agree(&c.public_key().to_x25519()).unwrap());
+        assert!(matches!(
+            a.x25519_agree(&[0; 32]),
+            Err(Error::InvalidPublicKey)
+        ));
     }
 
     #[test]

@@ -101,4 +101,27 @@ pub enum MeshError {
         /// The peer id the key actually belongs to.
         got: PeerId,
     },
+    /// An onion cell that does not decode or does not authenticate.
+    #[error("bad onion cell: {reason}")]
+    BadCell {
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// An onion circuit path that cannot be built (see [`crate::onion`]).
+    #[error("onion path refused: {reason}")]
+    OnionPath {
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// A bound of the onion router was reached; nothing was queued.
+    #[error("onion limit reached: {what} (max {max})")]
+    OnionLimit {
+        /// Which bound.
+        what: &'static str,
+        /// Its value.
+        max: usize,
+    },
+    /// No onion circuit to this destination.
+    #[error("no onion circuit to {0}")]
+    NoCircuit(PeerId),
 }

@@ -9,6 +9,7 @@
 //! - [`buffer`]: the bounded, persistent store-and-forward buffer.
 //! - [`ack`]: delivery confirmations.
 //! - [`keys`]: key discovery for senders whose key this node never learned.
+//! - [`onion`]: onion circuits (sans-io core) for private delivery.
 //! - [`topology`]: full mesh / partial mesh / star selection.
 //! - [`MultiTransportManager`]: the thin layer that drives them over
 //!   `Arc<dyn TransportAdapter>`s.
@@ -21,11 +22,13 @@ pub mod dedup;
 mod error;
 pub mod keys;
 mod manager;
+pub mod onion;
 pub mod policy;
 pub mod reputation;
 pub mod topology;
 
 pub use error::MeshError;
 pub use manager::{
-    MAX_LEARNED_KEYS, MeshConfig, MeshEvent, MultiTransportManager, SUPER_PEER_KEY, SendOutcome,
+    MAX_LEARNED_KEYS, MeshConfig, MeshEvent, MultiTransportManager, PrivateOutcome, SUPER_PEER_KEY,
+    SendOutcome,
 };

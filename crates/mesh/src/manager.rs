@@ -74,9 +74,14 @@ use crate::keys::{
     AwaitingKeys, HoldOutcome, KEY_REPLY_TYPE, KEY_REQUEST_TYPE, KeyDiscoveryConfig,
     decode_key_reply, decode_key_request, is_key_message, key_reply_payload, key_request_payload,
 };
+use crate::onion::{ONION_CELL_TYPE, OnionConfig, OnionRouter};
 use crate::policy::route_with_caps;
 use crate::reputation::{Observation, ReputationTable, Standing};
 use crate::topology::{PeerView, Topology, choose};
+
+mod private_send;
+
+pub use private_send::PrivateOutcome;
 
 /// Most public keys a manager learns from transports (further ones are ignored).
 pub const MAX_LEARNED_KEYS: usize = 65_536;
@@ -105,6 +110,8 @@ pub struct MeshConfig {
     /// Bounds and pacing of key discovery for senders whose key is unknown
     /// (see [`crate::keys`]).
     pub key_discovery: KeyDiscoveryConfig,
+    /// Onion circuits for [`MultiTransportManager::send_private`] (see [`crate::onion`]).
+    pub onion: OnionConfig,
 }
 
 impl Default for MeshConfig {
@@ -116,6 +123,7 @@ impl Default for MeshConfig {
             inbox_capacity: 4096,
             relay_fanout: 3,
             key_discovery: KeyDiscoveryConfig::default(),
+            onion: OnionConfig::default(),
         }
     }
 }
@@ -198,6 +206,12 @@ struct State {
     /// Message types whose protocol carries reliability end to end (see
     /// [`MultiTransportManager::carry_unacknowledged`]).
     unacked_types: BTreeSet<String>,
+    /// Buffered messages of this node sent over an onion circuit: never
+    /// handed to relays as copies (pruned with `relayed_to`).
+    private: BTreeSet<MessageId>,
+    /// Onion cell messages seen (their own short-lived set, so cell traffic
+    /// never pushes message ids out of `seen`).
+    cells_seen: SeenSet,
 }
 
 /// What the key discovery step left to do with a control message.
@@ -236,6 +250,7 @@ pub struct MultiTransportManager {
     inbox: Inbox,
     state: Mutex<State>,
     listeners: Listeners<MeshEvent>,
+    onion: Mutex<OnionRouter>,
 }
 
 impl fmt::Debug for MultiTransportManager {
@@ -282,7 +297,7 @@ impl MultiTransportManager {
         pending: PendingAcks,
     ) -> Self {
         MultiTransportManager {
-            identity,
+            identity: identity.clone(),
             keys,
             config,
             transports: Mutex::new(BTreeMap::new()),
@@ -300,8 +315,15 @@ impl MultiTransportManager {
                 replay: VecDeque::new(),
                 relayed_to: BTreeMap::new(),
                 unacked_types: BTreeSet::new(),
+                private: BTreeSet::new(),
+                cells_seen: private_send::cell_seen_set(),
             }),
             listeners: Listeners::new(),
+            onion: Mutex::new(OnionRouter::new(
+                identity.clone(),
+                config.onion,
+                private_send::onion_seed(&identity),
+            )),
         }
     }
 
@@ -717,10 +739,15 @@ impl MultiTransportManager {
                 tracing::debug!(count = dropped.len(), "buffered messages expired");
             }
             st.seen.prune(now_ms);
+            st.cells_seen.prune(now_ms);
             let State {
-                relayed_to, buffer, ..
+                relayed_to,
+                buffer,
+                private,
+                ..
             } = &mut *st;
             relayed_to.retain(|id, _| buffer.contains(id));
+            private.retain(|id| buffer.contains(id));
             let expired = st.pending.expire(now_ms);
             let disconnect: Vec<PeerId> =
                 std::mem::take(&mut st.to_disconnect).into_iter().collect();
@@ -733,6 +760,7 @@ impl MultiTransportManager {
         for id in expired {
             self.listeners.emit(&MeshEvent::Expired(id));
         }
+        self.onion_process(now_ms).await;
         for p in disconnect {
             for (ty, a) in self.adapters() {
                 if let Err(e) = a.disconnect_from_peer(p).await {
@@ -864,6 +892,7 @@ impl MultiTransportManager {
                     m.recipient.is_some_and(|r| r != peer)
                         && m.sender != peer
                         && !m.hops_exhausted()
+                        && !st.private.contains(&m.id)
                         && handed.is_none_or(|h| h.len() < fanout && !h.contains(&peer))
                 })
                 .map(|e| (e.message.clone(), e.priority))
@@ -932,8 +961,11 @@ impl MultiTransportManager {
             }
             match verdict {
                 Ok(_) => {
-                    // A key message is credited once its payload checks out too.
-                    if !is_key_message(&message.message_type) {
+                    // A key message is credited once its payload checks out too;
+                    // an onion cell only ever costs (the router charges bad ones).
+                    if !is_key_message(&message.message_type)
+                        && message.message_type != ONION_CELL_TYPE
+                    {
                         observe_locked(&mut st, from, Observation::Integrity(true));
                     }
                     true
@@ -970,6 +1002,12 @@ impl MultiTransportManager {
         };
         if !verified {
             self.hold(ty, from, message, now_ms).await;
+            return;
+        }
+        if message.message_type == ONION_CELL_TYPE {
+            if lock(&self.state).cells_seen.insert(message.id, now_ms) {
+                self.on_onion_cell(from, &message, now_ms).await;
+            }
             return;
         }
         let first_seen = lock(&self.state).seen.insert(message.id, now_ms);
@@ -1368,6 +1406,7 @@ impl MultiTransportManager {
             }
         };
         if lost {
+            lock(&self.onion).peer_lost(peer);
             self.listeners.emit(&MeshEvent::PeerLost(peer));
         }
     }
