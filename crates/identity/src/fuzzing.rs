@@ -85,6 +85,13 @@ pub fn sealed(data: &[u8]) {
         GroupKey::open_sealed(&me, data).is_err(),
         "a sealed group key forged without the recipient's key opened"
     );
+    if let Ok(epoch) = crate::key_epoch::KeyEpoch::from_bytes(data) {
+        assert_eq!(epoch.to_bytes(), data, "key epoch does not round-trip");
+        assert!(
+            epoch.open_key(&me).is_err(),
+            "a key epoch forged for us opened"
+        );
+    }
     if crate::group::ciphertext_key(data).is_ok() {
         assert!(data.len() >= crate::group::DATA_OVERHEAD);
     }
