@@ -200,6 +200,29 @@ impl VersionNode {
         )
     }
 
+    /// Builds and signs a sealed node over a ciphertext made elsewhere (for
+    /// committed vectors and tools; [`signed_sealed`](Self::signed_sealed)
+    /// encrypts as well). The ciphertext is taken as is.
+    pub fn signed_over_ciphertext(
+        identity: &Identity,
+        collection: &str,
+        id: &str,
+        parents: Vec<ContentId>,
+        timestamp: HlcTimestamp,
+        sealed: Vec<u8>,
+    ) -> Result<Self, StoreError> {
+        Self::sign_encoded(
+            identity,
+            collection,
+            id,
+            parents,
+            timestamp,
+            DocumentDelta::new(),
+            Some(sealed),
+        )
+        .map(|(n, _, _)| n)
+    }
+
     fn sign_encoded(
         identity: &Identity,
         collection: &str,

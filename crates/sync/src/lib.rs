@@ -20,6 +20,7 @@
 //! - `texts`: sealed texts and the durable outbox;
 //! - `blobs`, `routing`: large content and its location index;
 //! - `api`: status, peers, changes, texts, blobs, content answers;
+//! - `private`: encrypted collections, their key epochs and members;
 //! - `inspect`: collections with counts, a document at a version, queue figures;
 //! - `sneakernet`: versions and blobs exported to and imported from CARv1
 //!   files ([`Node::export`], [`Node::import`]);
@@ -41,6 +42,7 @@ mod inspect;
 mod layout;
 mod node;
 mod persist;
+mod private;
 mod routing;
 mod sneakernet;
 mod texts;
@@ -57,6 +59,7 @@ pub use fsutil::write_atomic;
 pub use inspect::{CollectionInfo, QueueStatus, VersionedDocument};
 pub use layout::DataLayout;
 pub use node::Node;
+pub use private::{KEYS_COLLECTION, PrivateCollection};
 pub use routing::{ContentRouting, RoutingError};
 pub use sneakernet::{
     ExportOptions, ExportSummary, IMPORT_LIMITS, ImportReport, MAX_PENDING_BYTES,
