@@ -638,6 +638,12 @@ impl<B: Backend> Store<B> {
         })
     }
 
+    /// Physical time from the store's clock (milliseconds since the epoch):
+    /// what time-bounded checks such as capability expiry compare against.
+    pub fn clock_now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
+    }
+
     /// The keys of encrypted collections this store seals local writes with
     /// and opens received versions with. After adding a key, call
     /// [`open_held`](Self::open_held) to merge the versions it opens.

@@ -30,6 +30,7 @@
 pub mod activity;
 mod adapter;
 pub mod blobs;
+pub mod capabilities;
 mod codec;
 mod engine;
 mod error;

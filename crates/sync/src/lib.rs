@@ -20,6 +20,7 @@
 //! - `texts`: sealed texts and the durable outbox;
 //! - `blobs`, `routing`: large content and its location index;
 //! - `api`: status, peers, changes, texts, blobs, content answers;
+//! - `capabilities`: non-public collections, capability grants and revocation;
 //! - `private`: encrypted collections, their key epochs and members;
 //! - `inspect`: collections with counts, a document at a version, queue figures;
 //! - `sneakernet`: versions and blobs exported to and imported from CARv1
@@ -32,6 +33,7 @@
 mod api;
 mod blobs;
 mod builder;
+mod capabilities;
 mod clock;
 mod config;
 mod docs;
@@ -69,8 +71,10 @@ pub use texts::{INBOX, InboxText, MAX_TEXT, OUTBOX, OutboxText, SentText, TEXT_T
 pub use watch::{DocSnapshot, QuerySnapshot, Watch};
 
 pub use ecomesh_crdt::FieldOp;
+pub use ecomesh_identity::capability::{Action, Capability};
 pub use ecomesh_mesh::SendOutcome;
 pub use ecomesh_p2p_storage::VersionInfo;
+pub use ecomesh_p2p_storage::capabilities::CapabilityRefusal;
 pub use ecomesh_p2p_storage::{ClockReport, OwnClock, PeerClock, StoreError};
 pub use ecomesh_replication::blob::BlobId;
 pub use ecomesh_replication::stream::{EventKind, Source};
