@@ -27,6 +27,10 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(node.encode_compact(sender.as_ref()).expect("re-encodes"), bytes);
                 ecomesh_wire::encode(&node).expect("has canonical bytes");
             }
+            // The canonical form too (clear and sealed nodes): strict round trip.
+            if let Ok(node) = ecomesh_wire::decode::<VersionNode>(bytes) {
+                assert_eq!(ecomesh_wire::encode(&node).expect("re-encodes"), bytes);
+            }
         }
         2 => {
             let base = HlcTimestamp::new(1_767_225_600_000, 3, PeerId::from_digest([7; 32]));

@@ -85,6 +85,31 @@ pub fn sealed(data: &[u8]) {
             key.decrypt(data).is_err(),
             "group data forged without the key"
         );
+        assert!(
+            key.decrypt_bound(data, b"context").is_err(),
+            "bound group data forged without the key"
+        );
+    }
+    if let Ok(key) = GroupKey::from_secret_bytes(data) {
+        assert_eq!(
+            &key.to_secret_bytes()[..],
+            data,
+            "group key does not round-trip"
+        );
+    }
+    assert!(
+        GroupKey::open_sealed(&me, data).is_err(),
+        "a sealed group key forged without the recipient's key opened"
+    );
+    if let Ok(epoch) = crate::key_epoch::KeyEpoch::from_bytes(data) {
+        assert_eq!(epoch.to_bytes(), data, "key epoch does not round-trip");
+        assert!(
+            epoch.open_key(&me).is_err(),
+            "a key epoch forged for us opened"
+        );
+    }
+    if crate::group::ciphertext_key(data).is_ok() {
+        assert!(data.len() >= crate::group::DATA_OVERHEAD);
     }
 }
 

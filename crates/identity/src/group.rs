@@ -39,11 +39,14 @@ use crate::{Identity, PublicKey, domain, sealed};
 
 const SHARE_KIND: u8 = 0x67;
 const DATA_KIND: u8 = 0x6D;
+const KEY_KIND: u8 = 0x6B;
 const FORMAT_VERSION: u8 = 1;
 /// Encoded size of a [`GroupShare`].
 pub const SHARE_LEN: usize = 2 + 16 + 8 + 1 + 16 + 1 + 32;
 /// Bytes added by [`GroupKey::encrypt`]: header 26 + nonce 24 + tag 16.
 pub const DATA_OVERHEAD: usize = 2 + 16 + 8 + 24 + 16;
+/// Encoded size of a whole group key ([`GroupKey::to_secret_bytes`]).
+pub const KEY_LEN: usize = 2 + 16 + 8 + 16 + 32;
 /// Largest group: Shamir over GF(256) has 255 evaluation points.
 pub const MAX_MEMBERS: usize = 255;
 /// Largest plaintext [`GroupKey::encrypt`] accepts.
@@ -276,6 +279,19 @@ impl GroupKey {
 
     /// Encrypts group data under this epoch's key ([`DATA_OVERHEAD`] bytes added).
     pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
+        self.encrypt_bound(plaintext, &[])
+    }
+
+    /// Decrypts data made by [`encrypt`](Self::encrypt) with this group's key of the same epoch.
+    pub fn decrypt(&self, data: &[u8]) -> Result<Vec<u8>> {
+        self.decrypt_bound(data, &[])
+    }
+
+    /// Like [`encrypt`](Self::encrypt), with `context` bound into the tag as
+    /// associated data (after the header): the ciphertext opens only under the
+    /// same context, so it cannot be moved to another place that names a
+    /// different context. An empty context gives exactly [`encrypt`](Self::encrypt)'s form.
+    pub fn encrypt_bound(&self, plaintext: &[u8], context: &[u8]) -> Result<Vec<u8>> {
         let too_large = Error::TooLarge {
             what: "group plaintext",
             len: plaintext.len(),
@@ -288,7 +304,9 @@ impl GroupKey {
         let mut w = Writer::object(DATA_KIND, FORMAT_VERSION);
         w.fixed(&self.group_id.0).u64(self.epoch);
         let mut out = w.finish();
-        let header_len = out.len();
+        let mut aad = Vec::with_capacity(out.len() + context.len());
+        aad.extend_from_slice(&out);
+        aad.extend_from_slice(context);
         out.extend_from_slice(&nonce);
         let ct = self
             .cipher()
@@ -296,7 +314,7 @@ impl GroupKey {
                 &XNonce::from(nonce),
                 Payload {
                     msg: plaintext,
-                    aad: &out[..header_len],
+                    aad: &aad,
                 },
             )
             .map_err(|_| too_large)?;
@@ -304,8 +322,9 @@ impl GroupKey {
         Ok(out)
     }
 
-    /// Decrypts data made by [`encrypt`](Self::encrypt) with this group's key of the same epoch.
-    pub fn decrypt(&self, data: &[u8]) -> Result<Vec<u8>> {
+    /// Decrypts data made by [`encrypt_bound`](Self::encrypt_bound) with the same
+    /// `context`, under this group's key of the same epoch.
+    pub fn decrypt_bound(&self, data: &[u8], context: &[u8]) -> Result<Vec<u8>> {
         let mut r = Reader::object(data, "group ciphertext", DATA_KIND, FORMAT_VERSION)?;
         let group = GroupId(r.array()?);
         let epoch = r.u64()?;
@@ -328,16 +347,80 @@ impl GroupKey {
                 found: epoch,
             });
         }
+        let mut aad = Vec::with_capacity(header_len + context.len());
+        aad.extend_from_slice(&data[..header_len]);
+        aad.extend_from_slice(context);
         self.cipher()
-            .decrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: ct,
-                    aad: &data[..header_len],
-                },
-            )
+            .decrypt(&XNonce::from(nonce), Payload { msg: ct, aad: &aad })
             .map_err(|_| Error::DecryptFailed)
     }
+
+    /// The whole key as bytes ([`KEY_LEN`]): kind `0x6B`, version 1, group id,
+    /// epoch, key check, key. Secret: it leaves this process only sealed
+    /// ([`seal_to`](Self::seal_to)).
+    pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let mut w = Writer::object(KEY_KIND, FORMAT_VERSION);
+        w.fixed(&self.group_id.0)
+            .u64(self.epoch)
+            .fixed(&key_check(&self.key))
+            .fixed(&self.key[..]);
+        Zeroizing::new(w.finish())
+    }
+
+    /// Decodes [`to_secret_bytes`](Self::to_secret_bytes) strictly; a key whose
+    /// check value does not match is [`Error::ShareMismatch`].
+    pub fn from_secret_bytes(bytes: &[u8]) -> Result<GroupKey> {
+        let mut r = Reader::object(bytes, "group key", KEY_KIND, FORMAT_VERSION)?;
+        let group_id = GroupId(r.array()?);
+        let epoch = r.u64()?;
+        let check: [u8; 16] = r.array()?;
+        let key = Zeroizing::new(r.array::<32>()?);
+        r.finish()?;
+        if key_check(&key) != check {
+            return Err(Error::ShareMismatch("group key check value"));
+        }
+        Ok(GroupKey {
+            group_id,
+            epoch,
+            key,
+        })
+    }
+
+    /// The whole key sealed to `member` ([`sealed::seal`]): how a member that
+    /// reads the group's data gets it, and how a device keeps it at rest
+    /// (sealed to its own key).
+    pub fn seal_to(&self, member: &PublicKey) -> Result<Vec<u8>> {
+        sealed::seal(member, &self.to_secret_bytes())
+    }
+
+    /// Opens a key sealed by [`seal_to`](Self::seal_to) for `member`.
+    pub fn open_sealed(member: &Identity, envelope: &[u8]) -> Result<GroupKey> {
+        let bytes = Zeroizing::new(sealed::open(member, envelope)?);
+        Self::from_secret_bytes(&bytes)
+    }
+
+    /// Whether two keys are the same key of the same group and epoch.
+    pub fn same_key(&self, other: &GroupKey) -> bool {
+        self.group_id == other.group_id && self.epoch == other.epoch && self.key == other.key
+    }
+}
+
+/// The group and epoch a group ciphertext ([`GroupKey::encrypt`],
+/// [`GroupKey::encrypt_bound`]) names in its clear header: which key opens it.
+/// Fails on anything too short to hold a header, nonce and tag.
+pub fn ciphertext_key(data: &[u8]) -> Result<(GroupId, u64)> {
+    let mut r = Reader::object(data, "group ciphertext", DATA_KIND, FORMAT_VERSION)?;
+    let group = GroupId(r.array()?);
+    let epoch = r.u64()?;
+    let _nonce: [u8; 24] = r.array()?;
+    if r.remaining() < 16 {
+        return Err(Error::Truncated {
+            what: "group ciphertext",
+            needed: 16,
+            available: r.remaining(),
+        });
+    }
+    Ok((group, epoch))
 }
 
 impl fmt::Debug for GroupKey {

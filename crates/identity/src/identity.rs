@@ -425,6 +425,7 @@ const RESERVED_DOMAINS: &[&str] = &[
     crate::domain::GROUP_DATA_KDF,
     crate::domain::GROUP_KEY_CHECK,
     crate::domain::CAPABILITY,
+    crate::domain::COLLECTION_KEY_EPOCH,
     crate::domain::DEVICE_LINK,
     crate::domain::AUTH,
     crate::domain::NOISE_PROLOGUE,

@@ -3,7 +3,8 @@
 //! - [`Identity`] / [`PublicKey`]: Ed25519 keys, the 0600 key file, [`peer_id_of`].
 //! - [`message`]: signing and (batch) verification of `NetworkMessage`s (seed 3.1, 8.1).
 //! - [`sealed`]: end-to-end sealed boxes to a recipient's identity (seed 8.2).
-//! - [`group`]: k-of-n Shamir group keys with rotation (seed 8.2).
+//! - [`group`]: k-of-n Shamir group keys with rotation (seed 8.2); [`key_epoch`]: one
+//!   epoch of an encrypted collection's key, sealed to each member and signed by its owner.
 //! - [`capability`]: capability tokens; [`device_link`]: "these PeerIds belong to me".
 //! - [`backup`]: passphrase-protected export and import of the identity (Argon2id + XChaCha20-Poly1305).
 //! - [`auth`]: the seed 8.3 challenge-response as a sans-io state machine.
@@ -33,6 +34,7 @@ mod error;
 pub mod fuzzing;
 pub mod group;
 mod identity;
+pub mod key_epoch;
 pub mod message;
 pub mod noise;
 
@@ -60,6 +62,8 @@ pub mod domain {
     pub const GROUP_KEY_CHECK: &str = "ecomesh 2026 group key check v1";
     /// Signature of a capability token.
     pub const CAPABILITY: &str = "ecomesh 2026 capability v1";
+    /// Signature of an encrypted collection's key epoch by its owner.
+    pub const COLLECTION_KEY_EPOCH: &str = "ecomesh 2026 collection key epoch v1";
     /// Signature of each device over a device-link declaration.
     pub const DEVICE_LINK: &str = "ecomesh 2026 device-link v1";
     /// Signatures of the seed 8.3 challenge-response.

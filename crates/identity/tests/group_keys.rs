@@ -156,3 +156,40 @@ proptest! {
         prop_assert_eq!(key.decrypt(&ct).unwrap(), data);
     }
 }
+
+#[test]
+fn a_whole_key_sealed_to_a_member_opens_only_for_that_member_and_decrypts_bound_data() {
+    let (ids, keys) = members(4);
+    let (key, dist) = GroupKey::create(&keys, None).unwrap();
+    let env = key.seal_to(&keys[1]).unwrap();
+    let opened = GroupKey::open_sealed(&ids[1], &env).unwrap();
+    assert!(opened.same_key(&key));
+    assert!(GroupKey::open_sealed(&ids[0], &env).is_err());
+    let ct = key.encrypt_bound(b"marker", b"notes/a").unwrap();
+    assert_eq!(
+        ecomesh_identity::group::ciphertext_key(&ct).unwrap(),
+        (key.group_id(), key.epoch())
+    );
+    assert_eq!(opened.decrypt_bound(&ct, b"notes/a").unwrap(), b"marker");
+    // Bound to its context: another context does not open it.
+    assert!(matches!(
+        opened.decrypt_bound(&ct, b"notes/b"),
+        Err(Error::DecryptFailed)
+    ));
+    // The same key rebuilt from k shares opens it too (recovery).
+    let shares = open_all(&ids, &dist);
+    assert!(GroupKey::recover(&shares[..2]).is_err());
+    let rebuilt = GroupKey::recover(&shares[1..]).unwrap();
+    assert!(rebuilt.same_key(&key));
+    assert_eq!(rebuilt.decrypt_bound(&ct, b"notes/a").unwrap(), b"marker");
+    // An empty context is exactly the unbound form.
+    let plain = key.encrypt(b"x").unwrap();
+    assert_eq!(key.decrypt_bound(&plain, b"").unwrap(), b"x");
+    // A tampered check value is refused.
+    let mut bytes = key.to_secret_bytes().to_vec();
+    bytes[30] ^= 1;
+    assert!(matches!(
+        GroupKey::from_secret_bytes(&bytes),
+        Err(Error::ShareMismatch(_))
+    ));
+}

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ecomesh_crdt::{DocumentCrdt, FieldOp, Hlc, Merge, PhysicalClock, VersionDag};
@@ -15,7 +16,8 @@ use ecomesh_types::{
 
 use crate::StoreError;
 use crate::codec;
-use crate::keys::{self, ARRAY_INDEX, COLLECTION, DOC, INDEX, META, TRIE, VERSION};
+use crate::keyring::Keyring;
+use crate::keys::{self, ARRAY_INDEX, COLLECTION, DOC, HELD, INDEX, META, TRIE, VERSION};
 use crate::kv::{Backend, MemoryBackend, SledBackend, prefix_end};
 use crate::records::{StateRecord, VersionNode};
 use crate::subs::{Event, Subscriptions, Target};
@@ -336,6 +338,11 @@ pub struct Store<B: Backend> {
     /// Merkle node and root writes not yet in the backend.
     derived: Mutex<Deferred>,
     subs: Arc<Subscriptions>,
+    /// The keys of encrypted collections (see [`Store::keyring`]).
+    keyring: Arc<Keyring>,
+    /// Whether any sealed version may be held unopened (a `U` record exists):
+    /// reads look for them only then.
+    held_any: AtomicBool,
 }
 
 impl<B: Backend> std::fmt::Debug for Store<B> {
@@ -611,6 +618,10 @@ impl<B: Backend> Store<B> {
         };
         let subs = Arc::new(Subscriptions::new(config.subscription_buffer));
         let trie = trie::NodeCache::new(config.trie_cache_nodes);
+        let held_any = backend
+            .scan(&[HELD], prefix_end(&[HELD]).as_deref())
+            .next()
+            .is_some();
         Ok(Store {
             backend,
             identity,
@@ -622,7 +633,119 @@ impl<B: Backend> Store<B> {
             }),
             derived: Mutex::new(Deferred::default()),
             subs,
+            keyring: Arc::new(Keyring::default()),
+            held_any: AtomicBool::new(held_any),
         })
+    }
+
+    /// Physical time from the store's clock (milliseconds since the epoch):
+    /// what time-bounded checks such as capability expiry compare against.
+    pub fn clock_now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
+    }
+
+    /// The keys of encrypted collections this store seals local writes with
+    /// and opens received versions with. After adding a key, call
+    /// [`open_held`](Self::open_held) to merge the versions it opens.
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
+    /// The delta of a sealed version, when this store holds its key and it
+    /// opens (a version that does not open under the right key is logged and
+    /// treated as unreadable). A clear version is `None` too: use its delta.
+    fn open_sealed(&self, node: &VersionNode) -> Option<DocumentCrdt> {
+        let (group, epoch) = node.sealing_key()?;
+        let key = self.keyring.key(&node.collection, group, epoch)?;
+        match node.open_delta(&key) {
+            Ok(delta) => Some(delta),
+            Err(e) => {
+                tracing::warn!(collection = %node.collection, id = %node.id, error = %e,
+                    "a sealed version does not open under its collection key; held unread");
+                None
+            }
+        }
+    }
+
+    /// Whether document (collection, id) holds sealed versions this store
+    /// could not open.
+    pub fn has_held(&self, collection: &str, id: &str) -> Result<bool, StoreError> {
+        if !self.held_any.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let prefix = keys::key(HELD, &[collection.as_bytes(), id.as_bytes()]);
+        match self
+            .backend
+            .scan(&prefix, prefix_end(&prefix).as_deref())
+            .next()
+        {
+            None => Ok(false),
+            Some(r) => r.map(|_| true),
+        }
+    }
+
+    /// Merges every held sealed version of `collection` that the keyring now
+    /// opens (after a key was added); returns how many merged. Versions it
+    /// still cannot open stay held.
+    pub fn open_held(&self, collection: &str) -> Result<usize, StoreError> {
+        if !self.held_any.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        let mut guard = lock(&self.writer);
+        let writer = &mut *guard;
+        let prefix = keys::key(HELD, &[collection.as_bytes()]);
+        let mut by_doc: BTreeMap<String, Vec<(Vec<u8>, ContentId)>> = BTreeMap::new();
+        for item in self.backend.scan(&prefix, prefix_end(&prefix).as_deref()) {
+            let (k, _) = item?;
+            let (c, id, cid) = keys::parse_held_key(&k)
+                .ok_or_else(|| corrupt(collection, "held", "bad held-version key"))?;
+            if c == collection {
+                by_doc.entry(id).or_default().push((k, ContentId(cid)));
+            }
+        }
+        let mut txn = self.txn();
+        let mut work = trie::Work::new();
+        let mut changes = Vec::new();
+        let mut opened = 0;
+        for (id, held) in by_doc {
+            let mut record = self.read_state(&txn, collection, &id)?;
+            let before = record.state.materialize();
+            let mut merged = false;
+            for (k, cid) in held {
+                let Some(bytes) = txn.get(&version_key(&cid))? else {
+                    txn.delete(k);
+                    continue;
+                };
+                let node = self.decode_version(&cid, &bytes)?;
+                if let Some(delta) = self.open_sealed(&node) {
+                    record.state.merge(&delta);
+                    txn.delete(k);
+                    merged = true;
+                    opened += 1;
+                }
+            }
+            if merged {
+                changes.push(self.put_state(
+                    &mut txn,
+                    &mut work,
+                    &mut writer.trie,
+                    collection,
+                    &id,
+                    &record,
+                    before,
+                )?);
+            }
+        }
+        if opened == 0 {
+            return Ok(0);
+        }
+        self.seal_trie(&mut txn, &mut work)?;
+        self.commit(txn)?;
+        work.release(&mut writer.trie);
+        self.notify(changes);
+        drop(guard);
+        tracing::debug!(collection, opened, "held sealed versions opened");
+        Ok(opened)
     }
 
     /// This store's peer id (the author of its local versions).
@@ -909,6 +1032,13 @@ impl<B: Backend> Store<B> {
     fn write(&self, ops: Vec<Op>) -> Result<Vec<WrittenVersion>, StoreError> {
         for op in &ops {
             validate_key(&op.collection, &op.id)?;
+            if self.keyring.is_encrypted(&op.collection)
+                && self.keyring.current(&op.collection).is_none()
+            {
+                return Err(StoreError::NoCollectionKey {
+                    collection: op.collection.clone(),
+                });
+            }
             match &op.kind {
                 OpKind::Set { fields, .. } | OpKind::Update(fields) => validate_fields(fields)?,
                 OpKind::Apply(field_ops) => {
@@ -963,14 +1093,25 @@ impl<B: Backend> Store<B> {
                 OpKind::Delete => record.state.delete(ts)?,
                 OpKind::Apply(field_ops) => record.state.apply(field_ops, ts)?,
             };
-            let (_, bytes, cid) = VersionNode::signed_encoded(
-                &self.identity,
-                &op.collection,
-                &op.id,
-                record.heads.clone(),
-                ts,
-                delta,
-            )?;
+            let (_, bytes, cid) = match self.keyring.current(&op.collection) {
+                Some(key) => VersionNode::signed_sealed(
+                    &self.identity,
+                    &key,
+                    &op.collection,
+                    &op.id,
+                    record.heads.clone(),
+                    ts,
+                    &delta,
+                )?,
+                None => VersionNode::signed_encoded(
+                    &self.identity,
+                    &op.collection,
+                    &op.id,
+                    record.heads.clone(),
+                    ts,
+                    delta,
+                )?,
+            };
             txn.put(version_key(&cid), bytes.clone());
             let parents = std::mem::replace(&mut record.heads, vec![cid.clone()]);
             changes.push(self.put_state(
@@ -1049,7 +1190,19 @@ impl<B: Backend> Store<B> {
         hlc.receive(&node.timestamp, self.config.clock.as_ref())?;
         let mut record = self.read_state(&txn, &node.collection, &node.id)?;
         let before = record.state.materialize();
-        record.state.merge(&node.delta);
+        let mut held = false;
+        if node.sealed.is_none() {
+            record.state.merge(&node.delta);
+        } else if let Some(delta) = self.open_sealed(&node) {
+            record.state.merge(&delta);
+        } else {
+            // Stored and forwarded like any version; its delta waits for a key.
+            txn.put(
+                keys::held_key(&node.collection, &node.id, &cid.0),
+                Vec::new(),
+            );
+            held = true;
+        }
         let parents: BTreeSet<&ContentId> = node.parents.iter().collect();
         record.heads.retain(|h| !parents.contains(h));
         record.heads.push(cid.clone());
@@ -1068,6 +1221,9 @@ impl<B: Backend> Store<B> {
         let bound = self.hlc_bound(&mut txn, writer, &hlc)?;
         self.seal_trie(&mut txn, &mut work)?;
         self.commit(txn)?;
+        if held {
+            self.held_any.store(true, Ordering::Release);
+        }
         work.release(&mut writer.trie);
         writer.hlc = hlc;
         writer.hlc_bound = bound.unwrap_or(writer.hlc_bound);

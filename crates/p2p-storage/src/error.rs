@@ -76,6 +76,25 @@ pub enum StoreError {
     /// The backend (sled) failed.
     #[error("storage backend: {0}")]
     Backend(String),
+    /// A document of an encrypted collection holds versions this node has no
+    /// key for (it is not a member, or was removed before they were written):
+    /// it stores and forwards them, but cannot read the document.
+    #[error(
+        "document {collection}/{id} is encrypted and this node holds no key for some of its versions"
+    )]
+    Sealed {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+    },
+    /// A write to an encrypted collection for which this node holds no current
+    /// key (never given one, or removed from its members).
+    #[error("collection {collection} is encrypted and this node holds no current key to write it")]
+    NoCollectionKey {
+        /// The collection.
+        collection: String,
+    },
     /// A blob could not be cut, verified or rebuilt (see [`crate::blobs`]).
     #[error("blob: {0}")]
     Blob(#[from] ecomesh_replication::ReplicationError),

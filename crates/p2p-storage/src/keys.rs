@@ -11,6 +11,7 @@
 //! | `A` | `esc(collection) esc(field) value_key esc(id)`  | empty (array element entry)    |
 //! | `T` | `esc(collection) depth nibbles...`              | Merkle index node              |
 //! | `C` | `esc(collection)`                               | collection's Merkle root       |
+//! | `U` | `esc(collection) esc(id) binary CID`            | empty (sealed version held unopened) |
 //!
 //! `esc` escapes `0x00` as `0x00 0xFF` and ends with `0x00 0x01`, so
 //! concatenated components sort component by component.
@@ -24,6 +25,27 @@ pub(crate) const INDEX: u8 = b'I';
 pub(crate) const ARRAY_INDEX: u8 = b'A';
 pub(crate) const TRIE: u8 = b'T';
 pub(crate) const COLLECTION: u8 = b'C';
+pub(crate) const HELD: u8 = b'U';
+
+/// The key marking version `cid` of (collection, id) as held sealed: stored
+/// and forwarded, its delta not merged for want of the key.
+pub(crate) fn held_key(collection: &str, id: &str, cid: &[u8]) -> Vec<u8> {
+    let mut k = key(HELD, &[collection.as_bytes(), id.as_bytes()]);
+    k.extend_from_slice(cid);
+    k
+}
+
+/// Splits a held-version key back into (collection, id, binary CID).
+pub(crate) fn parse_held_key(k: &[u8]) -> Option<(String, String, Vec<u8>)> {
+    let rest = k.strip_prefix(&[HELD])?;
+    let (collection, rest) = take_escaped(rest)?;
+    let (id, rest) = take_escaped(rest)?;
+    Some((
+        String::from_utf8(collection).ok()?,
+        String::from_utf8(id).ok()?,
+        rest.to_vec(),
+    ))
+}
 
 /// Appends `bytes` escaped and terminated.
 pub(crate) fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {

@@ -30,9 +30,11 @@
 pub mod activity;
 mod adapter;
 pub mod blobs;
+pub mod capabilities;
 mod codec;
 mod engine;
 mod error;
+pub mod keyring;
 mod keys;
 pub mod kv;
 mod p2p;
@@ -50,12 +52,14 @@ pub use engine::{
     SledStore, Store, StoreConfig, SystemClock, VersionInfo, WrittenVersion,
 };
 pub use error::StoreError;
+pub use keyring::Keyring;
 pub use p2p::{
     AE_TYPE, DELTA_TYPE, FETCH_TYPE, FETCHED_TYPE, P2PConfig, P2PStats, P2PStorageAdapter,
     PUSH_TYPE, RandomSource, ReplicatedView, SINCE_TYPE,
 };
 pub use records::{
-    COMPACT_VERSION_FORMAT, COMPACT_VERSION_FORMAT_SENDER, StateRecord, VERSION_SIGNATURE_DOMAIN,
-    VersionNode, canonical_of_compact, compact_of_canonical,
+    COMPACT_SEALED_FORMAT, COMPACT_SEALED_FORMAT_SENDER, COMPACT_VERSION_FORMAT,
+    COMPACT_VERSION_FORMAT_SENDER, StateRecord, VERSION_SIGNATURE_DOMAIN, VersionNode,
+    canonical_of_compact, compact_of_canonical, sealing_context,
 };
 pub use skew::{ClockReport, OwnClock, PeerClock};

@@ -150,6 +150,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             stream: stream.clone(),
             taken_in: Arc::default(),
             activity: Arc::default(),
+            caps: Arc::default(),
         });
         P2PStorageAdapter {
             store,
@@ -229,6 +230,11 @@ impl<B: Backend> P2PStorageAdapter<B> {
     /// Items in the sync queue not yet acknowledged by enough partners.
     pub fn queued(&self) -> usize {
         self.queue.as_ref().map_or(0, SyncQueue::len)
+    }
+
+    /// The capability gate of non-public collections (see [`crate::capabilities`]).
+    pub fn capabilities(&self) -> &Arc<crate::capabilities::CapabilityGate> {
+        &self.view.caps
     }
 
     /// The local store.

@@ -30,10 +30,35 @@ pub struct VersionNode {
     pub author: [u8; 32],
     /// When the change was made; its peer is the author's [`PeerId`].
     pub timestamp: HlcTimestamp,
-    /// The CRDT delta of the change (for a restored version, the full state to write).
+    /// The CRDT delta of the change (for a restored version, the full state to
+    /// write). Empty in a sealed node, whose delta is inside [`sealed`](Self::sealed).
     pub delta: DocumentDelta,
+    /// The delta encrypted under the collection's key (an encrypted collection,
+    /// see `docs/privacy.md`): a group ciphertext of `ecomesh_identity::group`
+    /// over the compact delta, bound to [`sealing_context`]. `None` for a clear node.
+    pub sealed: Option<Vec<u8>>,
     /// The author's Ed25519 signature.
     pub signature: [u8; 64],
+}
+
+/// The context a sealed delta is bound to (associated data of its AEAD):
+/// collection, id, author and timestamp, so a ciphertext opens only in the
+/// version it was made for.
+pub fn sealing_context(
+    collection: &str,
+    id: &str,
+    author: &[u8; 32],
+    timestamp: &HlcTimestamp,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(collection.len() + id.len() + 52);
+    out.extend_from_slice(&(collection.len() as u32).to_be_bytes());
+    out.extend_from_slice(collection.as_bytes());
+    out.extend_from_slice(&(id.len() as u32).to_be_bytes());
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(author);
+    out.extend_from_slice(&timestamp.physical_ms.to_be_bytes());
+    out.extend_from_slice(&timestamp.logical.to_be_bytes());
+    out
 }
 
 const NODE: &str = "VersionNode";
@@ -135,9 +160,77 @@ impl VersionNode {
         identity: &Identity,
         collection: &str,
         id: &str,
+        parents: Vec<ContentId>,
+        timestamp: HlcTimestamp,
+        delta: DocumentDelta,
+    ) -> Result<(Self, Vec<u8>, ContentId), StoreError> {
+        Self::sign_encoded(identity, collection, id, parents, timestamp, delta, None)
+    }
+
+    /// Builds and signs a sealed node: `delta` is encrypted with `key` (random
+    /// nonce, bound to [`sealing_context`]) and the signature covers the
+    /// ciphertext, so anyone can verify, store and forward the node without
+    /// the key. Returns the node (its `delta` empty), its canonical bytes and CID.
+    pub fn signed_sealed(
+        identity: &Identity,
+        key: &ecomesh_identity::group::GroupKey,
+        collection: &str,
+        id: &str,
+        parents: Vec<ContentId>,
+        timestamp: HlcTimestamp,
+        delta: &DocumentDelta,
+    ) -> Result<(Self, Vec<u8>, ContentId), StoreError> {
+        let mut plain = Vec::with_capacity(128);
+        write_delta_compact(&mut plain, delta, &timestamp, &Limits::DEFAULT)
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        let author = identity.public_key().to_bytes();
+        let context = sealing_context(collection, id, &author, &timestamp);
+        let plain = zeroize::Zeroizing::new(plain);
+        let sealed = key
+            .encrypt_bound(&plain, &context)
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        Self::sign_encoded(
+            identity,
+            collection,
+            id,
+            parents,
+            timestamp,
+            DocumentDelta::new(),
+            Some(sealed),
+        )
+    }
+
+    /// Builds and signs a sealed node over a ciphertext made elsewhere (for
+    /// committed vectors and tools; [`signed_sealed`](Self::signed_sealed)
+    /// encrypts as well). The ciphertext is taken as is.
+    pub fn signed_over_ciphertext(
+        identity: &Identity,
+        collection: &str,
+        id: &str,
+        parents: Vec<ContentId>,
+        timestamp: HlcTimestamp,
+        sealed: Vec<u8>,
+    ) -> Result<Self, StoreError> {
+        Self::sign_encoded(
+            identity,
+            collection,
+            id,
+            parents,
+            timestamp,
+            DocumentDelta::new(),
+            Some(sealed),
+        )
+        .map(|(n, _, _)| n)
+    }
+
+    fn sign_encoded(
+        identity: &Identity,
+        collection: &str,
+        id: &str,
         mut parents: Vec<ContentId>,
         timestamp: HlcTimestamp,
         delta: DocumentDelta,
+        sealed: Option<Vec<u8>>,
     ) -> Result<(Self, Vec<u8>, ContentId), StoreError> {
         parents.sort();
         parents.dedup();
@@ -148,6 +241,7 @@ impl VersionNode {
             author: identity.public_key().to_bytes(),
             timestamp,
             delta,
+            sealed,
             signature: [0; 64],
         };
         let enc = |e: WireError| StoreError::Encode(e.to_string());
@@ -180,6 +274,35 @@ impl VersionNode {
         Ok((node, bytes, cid))
     }
 
+    /// Decrypts a sealed node's delta with `key` and checks it as
+    /// [`verify`](Self::verify) checks a clear one (not empty, no timestamp
+    /// later than the node's). A clear node gives its own delta.
+    pub fn open_delta(
+        &self,
+        key: &ecomesh_identity::group::GroupKey,
+    ) -> Result<DocumentDelta, StoreError> {
+        let Some(sealed) = &self.sealed else {
+            return Ok(self.delta.clone());
+        };
+        let bad = |reason: String| StoreError::InvalidVersion {
+            collection: self.collection.clone(),
+            id: self.id.clone(),
+            reason,
+        };
+        let context = sealing_context(&self.collection, &self.id, &self.author, &self.timestamp);
+        let plain = zeroize::Zeroizing::new(
+            key.decrypt_bound(sealed, &context)
+                .map_err(|e| bad(format!("sealed delta does not open: {e}")))?,
+        );
+        let (delta, used) = read_delta_compact(&plain, &self.timestamp, &Limits::DEFAULT)
+            .map_err(|e| bad(format!("sealed delta does not decode: {e}")))?;
+        if used != plain.len() {
+            return Err(bad("trailing bytes after the sealed delta".into()));
+        }
+        check_delta(&delta, &self.timestamp).map_err(|r| bad(r.into()))?;
+        Ok(delta)
+    }
+
     /// The author's peer id.
     pub fn author_peer(&self) -> PeerId {
         peer_id_of(&self.author)
@@ -209,12 +332,21 @@ impl VersionNode {
         self.timestamp.write_to(w, depth + 1, max)
     }
 
-    /// The entries after `"sig"`: `"delta"`, `"author"`, `"parents"`, `"collection"`.
+    /// The entries after `"sig"`: `"delta"`, `"author"`, `"parents"`,
+    /// `"collection"`; a sealed node has `"author"`, `"sealed"` in place of
+    /// `"delta"`, `"author"` (canonical order: length first, then bytes).
     fn write_after_sig(&self, w: &mut Writer, depth: usize, max: usize) -> Result<(), WireError> {
-        key(w, "delta");
-        self.delta.write_to(w, depth + 1, max)?;
-        key(w, "author");
-        w.bytes(&self.author);
+        if let Some(sealed) = &self.sealed {
+            key(w, "author");
+            w.bytes(&self.author);
+            key(w, "sealed");
+            w.bytes(sealed);
+        } else {
+            key(w, "delta");
+            self.delta.write_to(w, depth + 1, max)?;
+            key(w, "author");
+            w.bytes(&self.author);
+        }
         key(w, "parents");
         write_links(w, &self.parents, depth + 1, max)?;
         key(w, "collection");
@@ -260,18 +392,36 @@ impl VersionNode {
         if self.timestamp.peer != key.peer_id() {
             return Err(bad("timestamp peer is not the author"));
         }
-        if self.delta.is_empty() {
-            return Err(bad("empty delta"));
+        match &self.sealed {
+            Some(sealed) => {
+                if !self.delta.is_empty() {
+                    return Err(bad("a sealed node carries a clear delta"));
+                }
+                ecomesh_identity::group::ciphertext_key(sealed)
+                    .map_err(|_| bad("sealed delta is not a group ciphertext"))?;
+                Ok(())
+            }
+            None => check_delta(&self.delta, &self.timestamp).map_err(bad),
         }
-        if self
-            .delta
-            .max_timestamp()
-            .is_some_and(|t| t > self.timestamp)
-        {
-            return Err(bad("delta holds a timestamp later than the node's"));
-        }
-        Ok(())
     }
+
+    /// The group and epoch whose key opens a sealed node (`None` for a clear one).
+    pub fn sealing_key(&self) -> Option<(ecomesh_identity::group::GroupId, u64)> {
+        self.sealed
+            .as_ref()
+            .and_then(|s| ecomesh_identity::group::ciphertext_key(s).ok())
+    }
+}
+
+/// What every delta must satisfy: not empty, no timestamp after its node's.
+fn check_delta(delta: &DocumentDelta, timestamp: &HlcTimestamp) -> Result<(), &'static str> {
+    if delta.is_empty() {
+        return Err("empty delta");
+    }
+    if delta.max_timestamp().is_some_and(|t| t > *timestamp) {
+        return Err("delta holds a timestamp later than the node's");
+    }
+    Ok(())
 }
 
 /// First byte of the compact form of a version node that carries its author's key.
@@ -280,6 +430,10 @@ pub const COMPACT_VERSION_FORMAT: u8 = 1;
 /// the key is left out and the receiver takes the sender's (which verified
 /// the message it came in).
 pub const COMPACT_VERSION_FORMAT_SENDER: u8 = 2;
+/// First byte of the compact form of a sealed version node that carries its author's key.
+pub const COMPACT_SEALED_FORMAT: u8 = 3;
+/// First byte of the compact form of a sealed version node sent by its own author.
+pub const COMPACT_SEALED_FORMAT_SENDER: u8 = 4;
 
 /// The bytes a CIDv1 dag-cbor sha2-256 starts with (version, codec, hash, length).
 const CID_PREFIX: [u8; 4] = [0x01, 0x71, 0x12, 0x20];
@@ -325,10 +479,11 @@ impl VersionNode {
         }
         let implied = sender == Some(&self.timestamp.peer);
         let mut out = Vec::with_capacity(160 + self.collection.len() + self.id.len());
-        out.push(if implied {
-            COMPACT_VERSION_FORMAT_SENDER
-        } else {
-            COMPACT_VERSION_FORMAT
+        out.push(match (self.sealed.is_some(), implied) {
+            (false, true) => COMPACT_VERSION_FORMAT_SENDER,
+            (false, false) => COMPACT_VERSION_FORMAT,
+            (true, true) => COMPACT_SEALED_FORMAT_SENDER,
+            (true, false) => COMPACT_SEALED_FORMAT,
         });
         put_str(&mut out, self.collection.as_bytes());
         put_str(&mut out, self.id.as_bytes());
@@ -351,8 +506,11 @@ impl VersionNode {
             }
         }
         out.extend_from_slice(&self.signature);
-        write_delta_compact(&mut out, &self.delta, &self.timestamp, &Limits::DEFAULT)
-            .map_err(enc)?;
+        match &self.sealed {
+            Some(sealed) => put_str(&mut out, sealed),
+            None => write_delta_compact(&mut out, &self.delta, &self.timestamp, &Limits::DEFAULT)
+                .map_err(enc)?,
+        }
         Ok(out)
     }
 
@@ -364,9 +522,11 @@ impl VersionNode {
     /// check them as for any received node.
     pub fn decode_compact(bytes: &[u8], sender_key: Option<&[u8; 32]>) -> Result<Self, WireError> {
         let mut c = Cursor::new(bytes);
-        let implied = match c.byte()? {
-            COMPACT_VERSION_FORMAT => false,
-            COMPACT_VERSION_FORMAT_SENDER => true,
+        let (is_sealed, implied) = match c.byte()? {
+            COMPACT_VERSION_FORMAT => (false, false),
+            COMPACT_VERSION_FORMAT_SENDER => (false, true),
+            COMPACT_SEALED_FORMAT => (true, false),
+            COMPACT_SEALED_FORMAT_SENDER => (true, true),
             _ => return Err(compact_invalid("format", "unknown compact version format")),
         };
         let collection = c.text()?.to_owned();
@@ -398,8 +558,13 @@ impl VersionNode {
             parents.push(p);
         }
         let signature = c.array::<64>()?;
-        let (delta, used) = read_delta_compact(c.rest(), &timestamp, &Limits::DEFAULT)?;
-        c.take(used)?;
+        let (delta, sealed) = if is_sealed {
+            (DocumentDelta::new(), Some(c.str_bytes()?.to_vec()))
+        } else {
+            let (delta, used) = read_delta_compact(c.rest(), &timestamp, &Limits::DEFAULT)?;
+            c.take(used)?;
+            (delta, None)
+        };
         c.finish()?;
         let node = VersionNode {
             collection,
@@ -408,6 +573,7 @@ impl VersionNode {
             author,
             timestamp,
             delta,
+            sealed,
             signature,
         };
         let sender = sender_key.map(peer_id_of);
@@ -465,10 +631,29 @@ impl Canonical for VersionNode {
         let timestamp = HlcTimestamp::read_from(r, depth + 1)?;
         expect_key(r, NODE, "sig")?;
         let signature = read_fixed::<64>(r, NODE, "sig")?;
-        expect_key(r, NODE, "delta")?;
-        let delta = DocumentCrdt::read_from(r, depth + 1)?;
-        expect_key(r, NODE, "author")?;
-        let author = read_fixed::<32>(r, NODE, "author")?;
+        let next = r.read_text().map_err(|_| WireError::MissingField {
+            context: NODE,
+            field: "delta",
+        })?;
+        let (delta, author, sealed) = match next {
+            "delta" => {
+                let delta = DocumentCrdt::read_from(r, depth + 1)?;
+                expect_key(r, NODE, "author")?;
+                (delta, read_fixed::<32>(r, NODE, "author")?, None)
+            }
+            "author" => {
+                let author = read_fixed::<32>(r, NODE, "author")?;
+                expect_key(r, NODE, "sealed")?;
+                let sealed = r.read_bytes()?.to_vec();
+                (DocumentCrdt::new(), author, Some(sealed))
+            }
+            other => {
+                return Err(WireError::UnknownField {
+                    context: NODE,
+                    field: other.to_owned(),
+                });
+            }
+        };
         expect_key(r, NODE, "parents")?;
         let parents = read_links(r, depth + 1, NODE, "parents")?;
         expect_key(r, NODE, "collection")?;
@@ -480,6 +665,7 @@ impl Canonical for VersionNode {
             author,
             timestamp,
             delta,
+            sealed,
             signature,
         })
     }

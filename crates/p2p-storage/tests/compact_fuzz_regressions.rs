@@ -23,6 +23,14 @@ fn run(data: &[u8]) -> bool {
     match which % 4 {
         0 | 1 => {
             let key = (which % 4 == 1).then_some(&SENDER_KEY);
+            // The canonical form too (clear and sealed nodes).
+            let canonical = match ecomesh_wire::decode::<VersionNode>(bytes) {
+                Ok(node) => {
+                    assert_eq!(ecomesh_wire::encode(&node).unwrap(), bytes);
+                    true
+                }
+                Err(_) => false,
+            };
             match VersionNode::decode_compact(bytes, key) {
                 Ok(node) => {
                     let sender = key.map(ecomesh_identity::peer_id_of);
@@ -30,7 +38,7 @@ fn run(data: &[u8]) -> bool {
                     ecomesh_wire::encode(&node).unwrap();
                     true
                 }
-                Err(_) => false,
+                Err(_) => canonical,
             }
         }
         2 => {

@@ -132,11 +132,22 @@ fn nodes() -> Vec<(&'static str, VersionNode)> {
     let t = at(9_000, &alice);
     let delta = doc.delete(t).unwrap();
     let gone = VersionNode::signed(&alice, "todos", "t1", vec![c2, c3], t, delta).unwrap();
+    // A sealed version of an encrypted collection: a fixed group ciphertext
+    // (kind 0x6D, version 1, group id, epoch 2, nonce, 24 bytes of sealed delta and tag).
+    let mut ciphertext = vec![0x6d, 1];
+    ciphertext.extend_from_slice(&[0x11; 16]);
+    ciphertext.extend_from_slice(&2_u64.to_be_bytes());
+    ciphertext.extend_from_slice(&[0x22; 24]);
+    ciphertext.extend_from_slice(&[0x33; 24]);
+    let t = at(12_000, &alice);
+    let sealed =
+        VersionNode::signed_over_ciphertext(&alice, "diary", "d1", vec![], t, ciphertext).unwrap();
     vec![
         ("first version: a 3-field todo", first),
         ("one-field update: done = true", tick),
         ("a concurrent edit by another peer", edit),
         ("a delete following two heads", gone),
+        ("a sealed version (encrypted collection)", sealed),
     ]
 }
 

@@ -108,6 +108,15 @@ impl DocRef {
 
     /// The document, or `None` when it does not exist (or was deleted).
     pub async fn get(&self) -> Result<Option<Document>> {
+        // A document of an encrypted collection holding versions this node
+        // cannot open reads as a typed error, never as a partial state.
+        if self.node.inner.store.has_held(&self.collection, &self.id)? {
+            return Err(ecomesh_p2p_storage::StoreError::Sealed {
+                collection: self.collection.clone(),
+                id: self.id.clone(),
+            }
+            .into());
+        }
         let d = StorageAdapter::get(
             self.node.documents(&self.collection),
             &self.collection,

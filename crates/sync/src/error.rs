@@ -92,3 +92,16 @@ impl SyncError {
 
 /// Results of this crate.
 pub type Result<T, E = SyncError> = std::result::Result<T, E>;
+
+impl SyncError {
+    /// The store's error behind this one, also when it came through the
+    /// `StorageAdapter` trait (for [`StoreError::Sealed`](ecomesh_p2p_storage::StoreError::Sealed),
+    /// [`StoreError::NoCollectionKey`](ecomesh_p2p_storage::StoreError::NoCollectionKey) and the rest).
+    pub fn store_error(&self) -> Option<&ecomesh_p2p_storage::StoreError> {
+        match self {
+            SyncError::Store(e) => Some(e),
+            SyncError::Storage(ecomesh_types::Error::Backend(e)) => e.downcast_ref(),
+            _ => None,
+        }
+    }
+}

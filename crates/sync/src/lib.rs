@@ -20,6 +20,8 @@
 //! - `texts`: sealed texts and the durable outbox;
 //! - `blobs`, `routing`: large content and its location index;
 //! - `api`: status, peers, changes, texts, blobs, content answers;
+//! - `capabilities`: non-public collections, capability grants and revocation;
+//! - `private`: encrypted collections, their key epochs and members;
 //! - `inspect`: collections with counts, a document at a version, queue figures;
 //! - `sneakernet`: versions and blobs exported to and imported from CARv1
 //!   files ([`Node::export`], [`Node::import`]);
@@ -34,6 +36,7 @@
 mod api;
 mod blobs;
 mod builder;
+mod capabilities;
 mod clock;
 mod config;
 mod docs;
@@ -46,6 +49,7 @@ mod layout;
 mod link;
 mod node;
 mod persist;
+mod private;
 mod routing;
 mod sneakernet;
 mod texts;
@@ -67,6 +71,7 @@ pub use link::{
     MAX_LINK_MESSAGE, MAX_LINKS, OwnDevice, PROOF_DOMAIN, SECRET_LEN, fuzz_decoders,
 };
 pub use node::Node;
+pub use private::{KEYS_COLLECTION, PrivateCollection};
 pub use routing::{ContentRouting, RoutingError};
 pub use sneakernet::{
     ExportOptions, ExportSummary, IMPORT_LIMITS, ImportReport, MAX_PENDING_BYTES,
@@ -76,8 +81,10 @@ pub use texts::{INBOX, InboxText, MAX_TEXT, OUTBOX, OutboxText, SentText, TEXT_T
 pub use watch::{DocSnapshot, QuerySnapshot, Watch};
 
 pub use ecomesh_crdt::FieldOp;
+pub use ecomesh_identity::capability::{Action, Capability};
 pub use ecomesh_mesh::SendOutcome;
 pub use ecomesh_p2p_storage::VersionInfo;
+pub use ecomesh_p2p_storage::capabilities::CapabilityRefusal;
 pub use ecomesh_p2p_storage::kv::SledBackend;
 pub use ecomesh_p2p_storage::{ClockReport, OwnClock, PeerClock, StoreError};
 pub use ecomesh_replication::blob::BlobId;

@@ -56,6 +56,7 @@ pub(crate) struct Inner {
     pub(crate) wake: Arc<Notify>,
     pub(crate) writes: crate::watch::PendingWrites,
     pub(crate) sync: Mutex<crate::events::SyncTracker>,
+    pub(crate) private: crate::private::PrivateState,
     stop: watch::Sender<bool>,
     driver: Mutex<Option<JoinHandle<()>>>,
     subscriptions: Mutex<Vec<Subscription>>,
@@ -139,11 +140,14 @@ impl Node {
             wake,
             writes: crate::watch::PendingWrites::default(),
             sync: Mutex::new(crate::events::SyncTracker::new(sync_capacity)),
+            private: crate::private::PrivateState::default(),
             stop,
             driver: Mutex::new(None),
             subscriptions: Mutex::new(Vec::new()),
         });
         inner.wire_up();
+        // Encrypted collections' keys before any write (`private.rs`).
+        inner.refresh_keys(true)?;
         let task = tokio::spawn(drive(Arc::downgrade(&inner), inner.wake.clone(), stop_rx));
         *lock(&inner.driver) = Some(task);
         tracing::info!(
@@ -299,6 +303,9 @@ impl Inner {
         self.texts.feed().await;
         self.links.process().await;
         self.p2p.process(now_ms()).await;
+        if let Err(e) = self.refresh_keys(false) {
+            tracing::warn!(error = %e, "taking in collection keys");
+        }
         self.track_sync();
         self.blobs.service().process(now_ms()).await;
         if Instant::now() >= *next_gc {

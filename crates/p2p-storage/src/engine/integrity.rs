@@ -45,14 +45,23 @@ impl<B: Backend> Store<B> {
             report.documents += 1;
             let versions = self.ancestors(&record.heads)?;
             let mut merged = DocumentCrdt::new();
-            for node in versions.values() {
+            for (cid, node) in &versions {
                 if node.collection != c || node.id != i {
                     return Err(invariant(format!(
                         "{c}/{i}: version of {}/{} in its DAG",
                         node.collection, node.id
                     )));
                 }
-                merged.merge(&node.delta);
+                if node.sealed.is_none() {
+                    merged.merge(&node.delta);
+                } else if let Some(delta) = self.open_sealed(node) {
+                    // A held version was not merged: `open_held` merges it
+                    // once its key arrives.
+                    let held = keys::held_key(&node.collection, &node.id, &cid.0);
+                    if self.backend.get(&held)?.is_none() {
+                        merged.merge(&delta);
+                    }
+                }
             }
             if merged != record.state {
                 return Err(invariant(format!(

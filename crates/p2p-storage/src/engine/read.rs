@@ -6,8 +6,18 @@ use super::*;
 
 impl<B: Backend> Store<B> {
     /// Reads a document (its materialized fields), `None` when absent or deleted.
+    ///
+    /// A document of an encrypted collection that holds versions this store
+    /// has no key for is [`StoreError::Sealed`] (never the partial state of
+    /// the versions it could open).
     pub fn get(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {
         validate_key(collection, id)?;
+        if self.has_held(collection, id)? {
+            return Err(StoreError::Sealed {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+            });
+        }
         self.read_doc(&self.txn(), collection, id)
     }
 
@@ -133,10 +143,19 @@ impl<B: Backend> Store<B> {
     }
 
     /// The document's state as of version `cid`: the merge of that version and all its ancestors.
+    /// [`StoreError::Sealed`] when one of them is sealed under a key this store does not hold.
     pub fn state_at(&self, cid: &ContentId) -> Result<DocumentCrdt, StoreError> {
         let mut state = DocumentCrdt::new();
         for node in self.ancestors(std::slice::from_ref(cid))?.values() {
-            state.merge(&node.delta);
+            if node.sealed.is_none() {
+                state.merge(&node.delta);
+            } else {
+                let delta = self.open_sealed(node).ok_or_else(|| StoreError::Sealed {
+                    collection: node.collection.clone(),
+                    id: node.id.clone(),
+                })?;
+                state.merge(&delta);
+            }
         }
         Ok(state)
     }

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use ecomesh_identity::capability::Action;
 use ecomesh_replication::ReplicationError;
 use ecomesh_replication::merkle::{ApplyResult, MerkleNode, ReconcileStore};
 use ecomesh_replication::reach::{ReachPolicy, Relation};
@@ -35,6 +36,8 @@ pub struct ReplicatedView<B: Backend> {
     pub(super) taken_in: Arc<Mutex<TakenIn>>,
     /// What replication did, for the owner to drain (see [`crate::activity`]).
     pub(super) activity: Arc<Mutex<ActivityLog>>,
+    /// Non-public collections and the capability tokens that admit peers.
+    pub(super) caps: Arc<crate::capabilities::CapabilityGate>,
 }
 
 /// Most versions waiting to be pushed on; beyond it the rest of a burst (a
@@ -61,11 +64,35 @@ impl<B: Backend> std::fmt::Debug for ReplicatedView<B> {
 
 impl<B: Backend> ReplicatedView<B> {
     pub(super) fn replicates(&self, collection: &str) -> bool {
+        self.in_reach(collection) && self.capable(collection, Action::Read)
+    }
+
+    /// Not local, and within the peer's reach.
+    fn in_reach(&self, collection: &str) -> bool {
         let local = !self.local_prefix.is_empty() && collection.starts_with(&self.local_prefix);
         !local
             && self
                 .relation
                 .is_none_or(|r| self.reach.admits(collection, None, &r))
+    }
+
+    /// Whether the peer holds a capability for `action` on `collection` (always
+    /// for a public collection, and for this node's own view); a refusal is
+    /// recorded in the gate.
+    fn capable(&self, collection: &str, action: Action) -> bool {
+        let Some(r) = &self.relation else {
+            return true;
+        };
+        if !self.caps.is_restricted(collection) {
+            return true;
+        }
+        let ok = self
+            .caps
+            .allows(&r.peer, collection, action, self.store.clock_now_ms());
+        if !ok {
+            self.caps.refuse(r.peer, collection, action);
+        }
+        ok
     }
 
     pub(super) fn document_visible(&self, collection: &str, id: &str) -> bool {
@@ -144,7 +171,12 @@ impl<B: Backend> ReconcileStore for ReplicatedView<B> {
 
     fn apply_version(&self, bytes: &[u8]) -> Result<ApplyResult, ReplicationError> {
         match Self::document_of(bytes) {
-            Some((c, id)) if self.replicates(&c) => {
+            Some((c, _)) if self.in_reach(&c) && !self.capable(&c, Action::Write) => {
+                Ok(ApplyResult::Invalid(format!(
+                    "collection {c:?} is not public and the sender holds no write capability"
+                )))
+            }
+            Some((c, id)) if self.in_reach(&c) => {
                 // The heads before the merge tell whether it was concurrent.
                 let before = match &self.relation {
                     Some(_) => Some(ReconcileStore::heads(&*self.store, &c, &id)?),
@@ -211,6 +243,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             stream: self.stream.clone(),
             taken_in: self.view.taken_in.clone(),
             activity: self.view.activity.clone(),
+            caps: self.view.caps.clone(),
         })
     }
 }
