@@ -223,7 +223,7 @@ impl Node {
         let mut fields = Map::new();
         fields.insert("epoch".into(), Value::Bytes(epoch.to_bytes()));
         StorageAdapter::set(
-            &self.inner.p2p,
+            &*self.inner.p2p,
             KEYS_COLLECTION,
             &format!("{collection}#{n}"),
             fields,
