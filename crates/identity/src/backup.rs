@@ -1,7 +1,7 @@
 //! Passphrase-protected identity backups (issue 20 item 4): export the identity so a lost
 //! device does not lose the user, import it on a new one.
 //!
-//! Format (version 1, 134 bytes, big-endian per [`crate::codec`]):
+//! Format (version 1, 134 bytes, big-endian, as every encoding of this crate):
 //!
 //! ```text
 //! kind 0xB1 || version 1 || m_cost KiB u32 || t_cost u32 || p_cost u32 || salt (16)

@@ -70,7 +70,7 @@ pub struct ImportArgs {
     /// The backup file written by `ecomesh identity export`.
     file: PathBuf,
     /// Replace an existing, different identity (it is kept beside as
-    /// identity.key.replaced-<unix seconds>).
+    /// `identity.key.replaced-<unix seconds>`).
     #[arg(long)]
     force: bool,
     #[command(flatten)]
