@@ -82,14 +82,16 @@ async fn a_code_links_two_nodes_once_and_the_link_survives_a_restart() {
         link_error(c.link_accept(&wrong, LIMIT).await),
         LinkError::WrongCode
     );
-    // A code whose lifetime (1 ms) is over by the time it is presented.
+    // A code whose lifetime (1 ms) is over by the time it is presented:
+    // waiting on it on A returns once the lifetime has passed (presenting it
+    // within the same millisecond would still be in time).
     let short = a.link_new(None, Duration::from_millis(1)).unwrap();
     assert_eq!(
-        link_error(c.link_accept(&short, LIMIT).await),
+        link_error(a.link_wait(&short, LIMIT).await),
         LinkError::Expired
     );
     assert_eq!(
-        link_error(a.link_wait(&short, LIMIT).await),
+        link_error(c.link_accept(&short, LIMIT).await),
         LinkError::Expired
     );
     // A node's own code.
