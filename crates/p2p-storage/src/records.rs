@@ -549,7 +549,14 @@ impl VersionNode {
                     cid.extend_from_slice(c.take(32)?);
                     ContentId(cid)
                 }
-                1 => ContentId(c.str_bytes()?.to_vec()),
+                1 => {
+                    // Any other CID, given whole: it must be one binary CID,
+                    // as the canonical form requires of every link.
+                    let bytes = c.str_bytes()?;
+                    ecomesh_wire::cid::cid_from_binary(bytes)
+                        .map_err(|_| compact_invalid("parents", "not a binary CID"))?;
+                    ContentId(bytes.to_vec())
+                }
                 _ => return Err(compact_invalid("parents", "unknown parent form")),
             };
             if parents.last().is_some_and(|prev| prev >= &p) {
