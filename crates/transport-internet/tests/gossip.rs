@@ -27,6 +27,18 @@ async fn wait_mesh(node: &InternetTransport, topic: &str, want: usize) {
     }
 }
 
+async fn wait_in_mesh(node: &InternetTransport, topic: &str, peer: ecomesh_types::PeerId) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !node.mesh_peers(topic).await.unwrap().contains(&peer) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{peer} never entered the mesh of {}",
+            node.peer_id()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn recv(rx: &mut mpsc::Receiver<GossipMessage>, data: &[u8]) -> GossipMessage {
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
@@ -88,6 +100,11 @@ async fn collection_messages_reach_every_subscriber_along_a_chain() {
     // machinery delivers the next message to it, and only that one.
     let mut late = bystander.subscribe_topic(&topic).await.unwrap();
     wait_mesh(&bystander, &topic, 1).await;
+    // The bystander counts node 2 in its mesh as soon as it sends GRAFT; node 2
+    // forwards to it only once the GRAFT is processed. A message node 2 forwards
+    // before that is never gossiped to a peer that is by then in its mesh, so wait
+    // for both ends of the link.
+    wait_in_mesh(&nodes[2], &topic, bystander.peer_id()).await;
     let third = b"after the bystander joined".to_vec();
     nodes[0].publish(&topic, third.clone()).await.unwrap();
     let m = tokio::time::timeout(Duration::from_secs(20), late.recv())
