@@ -6,9 +6,9 @@
 //! payload bytes.
 //! - `internet_tcp` / `internet_quic`: two `InternetTransport`s, B listening only on TCP
 //!   (Noise + Yamux) or only on QUIC; A sends unsigned `NetworkMessage`s with
-//!   `TransportAdapter::send`, one after the other (each `send` waits for B's
-//!   acknowledgement, one request-response exchange per message); an iteration ends when
-//!   B's subscription has received all of them.
+//!   `TransportAdapter::send`, one after the other (each `send` resolves once the
+//!   message is queued for the peer's long-lived `/ecomesh/msg/1.0.0` stream, as the
+//!   wired link's does); an iteration ends when B's subscription has received all of them.
 //! - `internet_tcp_window8`: the same over TCP with 8 sends in flight at once.
 //! - `wired`: two `WiredTransport`s (TCP + Noise XX + framing), sends as above.
 //! - `raw_tcp`: a plain tokio `TcpStream`: a writer task writes the chunks, the reader

@@ -1,12 +1,13 @@
 //! The `/ecomesh/req/1.0.0` request-response codec and the peers-topic announcement of
 //! `ecomesh-transport-internet` (crates/transport-internet/src/protocol.rs): decoding
 //! never panics or over-allocates, a frame head over the limit is refused, and whatever
-//! decodes re-encodes to exactly the input (messages re-encode canonically).
+//! decodes re-encodes to exactly the input (messages re-encode canonically). The
+//! message-stream decoder (`/ecomesh/msg/1.0.0`) accepts exactly the message requests.
 #![no_main]
 
 use ecomesh_transport_internet::protocol::{
-    self, Request, decode_announcement, decode_request, decode_response, encode_announcement,
-    encode_request, encode_response, split_frame,
+    self, Request, decode_announcement, decode_request, decode_response, decode_stream_message,
+    encode_announcement, encode_request, encode_response, split_frame,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -19,6 +20,12 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again, data);
         }
         assert_eq!(decode_request(&again, MAX).expect("round trip"), req);
+    }
+    match (decode_stream_message(data, MAX), decode_request(data, MAX)) {
+        (Ok(m), Ok(Request::Message(r))) => assert_eq!(m, r),
+        (Ok(_), other) => panic!("a stream message is not a message request: {other:?}"),
+        (Err(_), Ok(Request::Message(_))) => panic!("a message request refused on a stream"),
+        (Err(_), _) => {}
     }
     if let Ok(res) = decode_response(data, MAX) {
         assert_eq!(encode_response(&res, MAX).expect("re-encodes"), data);

@@ -73,7 +73,7 @@ fn status_kib(field: &str) -> u64 {
 
 /// CPU seconds (user + system, all threads) this process has used so far,
 /// from `/proc/self/stat` (clock ticks of 1/100 s; 0 when unreadable).
-fn cpu_seconds() -> f64 {
+pub(super) fn cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0.0;
     };

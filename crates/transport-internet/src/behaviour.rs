@@ -38,6 +38,9 @@ pub(crate) struct Behaviour {
     pub(crate) dcutr: dcutr::Behaviour,
     pub(crate) autonat: autonat::Behaviour,
     pub(crate) rr: request_response::Behaviour<EcomeshCodec>,
+    /// Long-lived message streams (`/ecomesh/msg/1.0.0`), opened and accepted outside
+    /// the swarm task through a `libp2p_stream::Control`.
+    pub(crate) streams: libp2p_stream::Behaviour,
 }
 
 /// Refuses connections with peers the [`AccessPolicy`] does not allow (and with peers

@@ -28,6 +28,14 @@
 //!
 //! Decoding is strict: unknown tags, trailing bytes, empty or oversized CIDs, a `Have`
 //! byte other than 0/1 and invalid UTF-8 are typed errors.
+//!
+//! # Message streams
+//! Peers that both list `MESSAGE_PROTOCOL` (`/ecomesh/msg/1.0.0`) in identify carry
+//! [`Request::Message`]s on one long-lived stream per direction instead of one
+//! request-response exchange each: the stream is a sequence of frames, each exactly the
+//! frame of a [`Request::Message`] (4-byte big-endian length, tag `0x01`, the message's
+//! full encoding), with no responses. Any other tag on such a stream is an error
+//! ([`decode_stream_message`]) and ends the stream. The same [`Limits`] apply.
 
 #[cfg(feature = "swarm")]
 use std::io;
@@ -44,6 +52,12 @@ use crate::error::InternetError;
 /// The protocol name negotiated with multistream-select.
 #[cfg(feature = "swarm")]
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ecomesh/req/1.0.0");
+
+/// The protocol of the long-lived message stream (see the module docs): a one-way
+/// sequence of message frames. Peers that do not list it are sent messages over
+/// [`PROTOCOL`].
+#[cfg(feature = "swarm")]
+pub const MESSAGE_PROTOCOL: StreamProtocol = StreamProtocol::new("/ecomesh/msg/1.0.0");
 
 /// Longest CID accepted, in bytes (CIDv1 with a SHA-256 multihash is 36).
 pub const MAX_CID_LEN: usize = 128;
@@ -236,6 +250,32 @@ pub fn decode_request(body: &[u8], max: usize) -> Result<Request, InternetError>
         }
         _ => Err(InternetError::Malformed("unknown request tag")),
     }
+}
+
+/// Decodes one frame body of a message stream: a [`Request::Message`] body of at most
+/// `max` bytes. Any other request (or response) tag is [`InternetError::Malformed`].
+pub fn decode_stream_message(body: &[u8], max: usize) -> Result<NetworkMessage, InternetError> {
+    check_size(body.len(), max)?;
+    match body.split_first() {
+        Some((&TAG_MESSAGE, rest)) => Ok(ecomesh_wire::decode_message(rest)?),
+        Some(_) => Err(InternetError::Malformed("stream frame is not a message")),
+        None => Err(InternetError::Malformed("empty body")),
+    }
+}
+
+/// The five bytes that precede a message's `encoded_len`-byte encoding in its frame:
+/// the 4-byte big-endian body length (tag included) and the [`Request::Message`] tag.
+/// [`InternetError::FrameTooLarge`] when the body would exceed `max`. So
+/// `head || encode_message(msg)` is `frame(encode_request(&Request::Message(msg)))`.
+pub fn message_frame_head(encoded_len: usize, max: usize) -> Result<[u8; 5], InternetError> {
+    let size = encoded_len + 1;
+    check_size(size, max)?;
+    let len = u32::try_from(size).map_err(|_| InternetError::FrameTooLarge {
+        size: size as u64,
+        max,
+    })?;
+    let [a, b, c, d] = len.to_be_bytes();
+    Ok([a, b, c, d, TAG_MESSAGE])
 }
 
 /// Encodes a response body; [`InternetError::FrameTooLarge`] over `max`, and an error
@@ -506,12 +546,9 @@ impl request_response::Codec for EcomeshCodec {
             // written as it is: no tagged copy of the body. Same bytes as
             // `frame(encode_request(..))`.
             let encoded = ecomesh_wire::encode_message(msg);
-            let size = encoded.len() + 1;
-            check_size(size, self.limits.max_request).map_err(invalid)?;
-            let len = u32::try_from(size)
-                .map_err(|_| invalid(InternetError::Malformed("frame over 4 GiB")))?;
-            let [a, b, c, d] = len.to_be_bytes();
-            io.write_all(&[a, b, c, d, TAG_MESSAGE]).await?;
+            let head =
+                message_frame_head(encoded.len(), self.limits.max_request).map_err(invalid)?;
+            io.write_all(&head).await?;
             io.write_all(&encoded).await?;
             return io.close().await;
         }
@@ -670,6 +707,43 @@ mod tests {
         ));
         assert!(split_frame(&[0, 0, 0, 0], MAX).is_err());
         assert_eq!(split_frame(&[0, 0, 0, 3, 1], MAX).unwrap(), None);
+    }
+
+    #[test]
+    fn stream_frames_are_message_request_frames() {
+        let m = msg(vec![7; 300]);
+        let enc = ecomesh_wire::encode_message(&m);
+        let mut framed = message_frame_head(enc.len(), MAX).unwrap().to_vec();
+        framed.extend_from_slice(&enc);
+        let want = frame(&encode_request(&Request::Message(m.clone()), MAX).unwrap()).unwrap();
+        assert_eq!(framed, want);
+        let (body, used) = split_frame(&framed, MAX).unwrap().unwrap();
+        assert_eq!(used, framed.len());
+        assert_eq!(decode_stream_message(body, MAX).unwrap(), m);
+        assert!(matches!(
+            message_frame_head(MAX, MAX),
+            Err(InternetError::FrameTooLarge { .. })
+        ));
+        // Only message bodies: a hello, a shard request or a response is refused.
+        for bad in [
+            &[TAG_HELLO][..],
+            &[TAG_SHARD_GET, 1][..],
+            &[TAG_ACK][..],
+            &[][..],
+        ] {
+            assert!(matches!(
+                decode_stream_message(bad, MAX),
+                Err(InternetError::Malformed(_))
+            ));
+        }
+        assert!(matches!(
+            decode_stream_message(&[TAG_MESSAGE, 0xff], MAX),
+            Err(InternetError::Decode(_))
+        ));
+        assert!(matches!(
+            decode_stream_message(&framed[4..], 10),
+            Err(InternetError::FrameTooLarge { .. })
+        ));
     }
 
     #[test]
@@ -856,6 +930,7 @@ mod tests {
         fn prop_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = decode_request(&bytes, MAX);
             let _ = decode_response(&bytes, MAX);
+            let _ = decode_stream_message(&bytes, MAX);
             let _ = split_frame(&bytes, MAX);
         }
 

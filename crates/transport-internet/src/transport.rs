@@ -7,6 +7,8 @@
 //! - `swarm`: building the swarm and binding its listeners; `addr`: multiaddr helpers.
 //! - `driver`: the swarm task, with one child per concern (connections, request-response,
 //!   DHT, gossip).
+//! - `streams`: the long-lived message streams (`/ecomesh/msg/1.0.0`), outside the swarm
+//!   task: a writer task per peer fed by a bounded queue, a reader task per inbound stream.
 
 mod addr;
 mod command;
@@ -14,6 +16,7 @@ mod config;
 mod driver;
 mod handle;
 mod state;
+mod streams;
 mod swarm;
 mod types;
 

@@ -9,7 +9,26 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::InternetError;
 use crate::protocol::{Request, Response};
 
+use super::state::{Inner, lock};
 use super::{GossipMessage, LookupStats};
+
+/// Sends the command `make` builds to the swarm task and waits for its reply;
+/// [`InternetError::NotStarted`] when the task is not running, [`InternetError::Closed`]
+/// when it ended before answering.
+pub(super) async fn call<T>(
+    inner: &Inner,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, InternetError> {
+    let tx = lock(&inner.state)
+        .cmd
+        .clone()
+        .ok_or(InternetError::NotStarted)?;
+    let (reply, rx) = oneshot::channel();
+    tx.send(make(reply))
+        .await
+        .map_err(|_| InternetError::Closed)?;
+    rx.await.map_err(|_| InternetError::Closed)
+}
 
 // Commands and pending queries live briefly in a bounded channel or map; boxing the
 // large variants would only add allocations.
@@ -71,6 +90,11 @@ pub(super) enum Command {
     ListenOn {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<(), InternetError>>,
+    },
+    /// Lists a peer that opened a message stream as reachable, as any request does.
+    Register {
+        peer: libp2p::PeerId,
+        reply: oneshot::Sender<()>,
     },
     Stop,
 }

@@ -64,6 +64,13 @@ pub struct InternetConfig {
     pub max_inflight_requests: usize,
     /// Messages buffered per topic subscription before new ones are dropped.
     pub topic_queue: usize,
+    /// Carry messages on one long-lived `/ecomesh/msg/1.0.0` stream per peer (with peers
+    /// that list it in identify), `send` resolving once the message is queued for the
+    /// peer's stream. When off, the protocol is not offered and every message is a
+    /// request-response exchange, as with peers that do not speak it.
+    pub message_streams: bool,
+    /// Messages queued per peer for its message stream before `send` waits.
+    pub send_queue: usize,
 }
 
 impl Default for InternetConfig {
@@ -92,6 +99,8 @@ impl Default for InternetConfig {
             command_queue: 256,
             max_inflight_requests: 64,
             topic_queue: 256,
+            message_streams: true,
+            send_queue: 64,
         }
     }
 }

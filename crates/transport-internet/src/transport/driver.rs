@@ -216,6 +216,10 @@ impl Driver {
                 reply,
             } => self.topic_peers(topic, mesh_only, reply),
             Command::ListenOn { addr, reply } => self.listen_on(addr, reply),
+            Command::Register { peer, reply } => {
+                self.register(peer, None);
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -310,6 +314,7 @@ impl Driver {
             BehaviourEvent::Autonat(other) => tracing::trace!(?other, "autonat"),
             BehaviourEvent::Ping(e) => tracing::trace!(?e, "ping"),
             BehaviourEvent::Gate(never) => match never {},
+            BehaviourEvent::Streams(()) => {}
         }
     }
 }

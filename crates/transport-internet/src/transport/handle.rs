@@ -20,9 +20,10 @@ use crate::peer_id::{PeerTable, ecomesh_peer_id, keypair_from_seed};
 use crate::protocol::{Request, Response};
 
 use super::addr::socket_addr_of_tcp;
-use super::command::Command;
+use super::command::{self, Command};
 use super::driver::Driver;
 use super::state::{Carry, Inner, State, lock};
+use super::streams;
 use super::swarm::{build_swarm, listen_all};
 use super::{GossipMessage, InternetConfig, InternetEvent, LookupStats, RequestHandler};
 
@@ -42,8 +43,14 @@ const REBIND_DELAY: Duration = Duration::from_millis(100);
 ///
 /// Peers appear ([`TransportEvent::PeerDiscovered`]) once identify has run on a
 /// connection the [`AccessPolicy`] allowed, and disappear when their last connection
-/// closes. Messages travel as request-response exchanges: `send` resolves after the
-/// receiver acknowledged delivery to its listeners, so sequential sends arrive in order.
+/// closes. Messages to a peer that lists `/ecomesh/msg/1.0.0` in identify travel on one
+/// long-lived stream per peer (opened on the first send, reopened after a failure, closed
+/// after `idle_timeout` without messages): `send` resolves once the message is queued
+/// for that stream (at most `send_queue` wait; then `send` waits), so sends arrive in
+/// order but a message queued when the link fails is lost (the mesh above retransmits).
+/// With other peers (older nodes, or `message_streams` off) each message is a
+/// request-response exchange and `send` resolves after the receiver acknowledged
+/// delivery to its listeners.
 /// A peer dialled with [`InternetTransport::dial`] is redialled with exponential backoff
 /// after losses, across `stop`/`start`, until `disconnect_from_peer`.
 /// Needs a tokio runtime with time and net drivers.
@@ -135,23 +142,11 @@ impl InternetTransport {
         lock(&self.inner.state).table.as_ref()?.get(peer)
     }
 
-    fn sender(&self) -> Result<mpsc::Sender<Command>, InternetError> {
-        lock(&self.inner.state)
-            .cmd
-            .clone()
-            .ok_or(InternetError::NotStarted)
-    }
-
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, InternetError> {
-        let tx = self.sender()?;
-        let (reply, rx) = oneshot::channel();
-        tx.send(make(reply))
-            .await
-            .map_err(|_| InternetError::Closed)?;
-        rx.await.map_err(|_| InternetError::Closed)
+        command::call(&self.inner, make).await
     }
 
     /// Dials `addr` (which may end in `/p2p/<id>`), and keeps redialling the peer there
@@ -344,10 +339,19 @@ impl InternetTransport {
                 }
             }
         };
+        let (control, incoming) = match streams::control_of(&self.inner, &swarm) {
+            Ok(c) => c,
+            Err(e) => {
+                lock(&self.inner.state).carry = Some(carry);
+                return Err(e);
+            }
+        };
         let (tx, rx) = mpsc::channel(self.inner.config.command_queue.max(1));
         let driver = Driver::new(self.inner.clone(), swarm, carry, swarm_rebind);
         let task = tokio::spawn(driver.run(rx));
         let mut st = lock(&self.inner.state);
+        st.streams = control;
+        st.accept_task = incoming.map(|i| streams::spawn_acceptor(self.inner.clone(), i));
         st.listen_addrs = listen;
         st.cmd = Some(tx);
         st.task = Some(task);
@@ -361,6 +365,7 @@ impl InternetTransport {
         let (cmd, task) = {
             let mut st = lock(&self.inner.state);
             st.active = false;
+            streams::stop(&mut st);
             (st.cmd.take(), st.task.take())
         };
         if let Some(cmd) = cmd {
@@ -406,19 +411,28 @@ impl InternetTransport {
 
     async fn send_message(&self, peer: PeerId, message: NetworkMessage) -> Result<(), Error> {
         self.check_size(&message)?;
-        let lp = {
-            let st = lock(&self.inner.state);
+        let (lp, writer) = {
+            let mut st = lock(&self.inner.state);
             if !st.active {
                 return Err(Error::NotStarted);
             }
             if !st.peers.contains_key(&peer) {
                 return Err(Error::Unreachable(peer));
             }
-            st.table
+            let lp = st
+                .table
                 .as_ref()
                 .and_then(|t| t.get(&peer))
-                .ok_or(Error::Unreachable(peer))?
+                .ok_or(Error::Unreachable(peer))?;
+            (lp, streams::writer_for(&self.inner, &mut st, peer, lp))
         };
+        if let Some(writer) = writer {
+            // Handed to the peer's stream writer: resolved once queued, in order.
+            return writer
+                .send(message)
+                .await
+                .map_err(|_| Error::Unreachable(peer));
+        }
         let r = self
             .call(|reply| Command::Request {
                 peer: lp,

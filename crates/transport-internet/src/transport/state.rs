@@ -1,12 +1,12 @@
 //! The state the [`InternetTransport`](super::InternetTransport) handle shares with its
 //! swarm task, and what survives a `stop`/`start`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ecomesh_identity::AccessPolicy;
-use ecomesh_types::{Listeners, PeerId, PeerInfo, TransportEvent};
+use ecomesh_types::{Listeners, NetworkMessage, PeerId, PeerInfo, TransportEvent};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, gossipsub};
 use tokio::sync::mpsc;
@@ -46,6 +46,25 @@ pub(super) struct State {
     pub(super) peers: HashMap<PeerId, PeerEntry>,
     pub(super) table: Option<PeerTable>,
     pub(super) listen_addrs: Vec<Multiaddr>,
+    /// Opens message streams; set while running with `message_streams` on.
+    pub(super) streams: Option<libp2p_stream::Control>,
+    /// Peers whose identify lists the message-stream protocol.
+    pub(super) stream_capable: HashSet<PeerId>,
+    /// The queue of each peer's message-stream writer task.
+    pub(super) writers: HashMap<PeerId, mpsc::Sender<NetworkMessage>>,
+    /// Inbound message streams open, per peer.
+    pub(super) inbound_streams: HashMap<libp2p::PeerId, usize>,
+    /// The task accepting inbound message streams.
+    pub(super) accept_task: Option<JoinHandle<()>>,
+}
+
+impl State {
+    /// Forgets the message-stream state of a peer that is gone: its writer's queue
+    /// closes (the writer drains it and ends).
+    pub(super) fn forget_streams(&mut self, peer: &PeerId) {
+        self.stream_capable.remove(peer);
+        self.writers.remove(peer);
+    }
 }
 
 pub(super) struct Inner {

@@ -100,6 +100,7 @@ pub(super) fn build_swarm(inner: &Arc<Inner>, carry: Carry) -> Built {
                         dcutr: dcutr::Behaviour::new(me),
                         autonat: autonat::Behaviour::new(me, autonat::Config::default()),
                         rr,
+                        streams: libp2p_stream::Behaviour::new(),
                     })
                 },
             )

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::error::InternetError;
 use crate::peer_id::{ecomesh_peer_id, ed25519_key_of};
-use crate::protocol::{PROTOCOL, Request};
+use crate::protocol::{MESSAGE_PROTOCOL, PROTOCOL, Request};
 
 use super::super::InternetEvent;
 use super::super::addr::without_p2p;
@@ -253,6 +253,7 @@ impl Driver {
             if let Some(t) = st.table.as_mut() {
                 t.unpin(&id);
             }
+            st.forget_streams(&id);
             st.peers.remove(&id).is_some()
         };
         if removed {
@@ -287,6 +288,9 @@ impl Driver {
         }
         if !self.swarm.is_connected(&peer_id) {
             return;
+        }
+        if info.protocols.contains(&MESSAGE_PROTOCOL) {
+            lock(&self.inner.state).stream_capable.insert(id);
         }
         self.infos.insert(
             peer_id,
