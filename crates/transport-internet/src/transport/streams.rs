@@ -260,13 +260,10 @@ async fn send_as_requests(
     mut rx: mpsc::Receiver<NetworkMessage>,
 ) {
     let mut pending = first.into_iter();
-    loop {
-        let Some(message) = (match pending.next() {
-            Some(m) => Some(m),
-            None => rx.recv().await,
-        }) else {
-            break;
-        };
+    while let Some(message) = match pending.next() {
+        Some(m) => Some(m),
+        None => rx.recv().await,
+    } {
         let r = command::call(inner, |reply| Command::Request {
             peer: lp,
             request: Request::Message(message),
