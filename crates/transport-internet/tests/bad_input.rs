@@ -15,7 +15,7 @@ use ecomesh_transport_internet::{InternetConfig, InternetTransport, Request, Res
 use ecomesh_types::ContentId;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, StreamProtocol, Swarm, noise, request_response, tcp, yamux};
+use libp2p::{Multiaddr, StreamProtocol, Swarm, request_response};
 
 /// Writes the request bytes as given (no framing) and reads the raw response bytes.
 #[derive(Clone, Default)]
@@ -72,24 +72,11 @@ impl request_response::Codec for RawCodec {
 }
 
 fn raw_swarm() -> Swarm<request_response::Behaviour<RawCodec>> {
-    libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                RawCodec,
-                [(PROTOCOL, request_response::ProtocolSupport::Outbound)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build()
+    common::raw_swarm(request_response::Behaviour::with_codec(
+        RawCodec,
+        [(PROTOCOL, request_response::ProtocolSupport::Outbound)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(20)),
+    ))
 }
 
 /// Sends `bytes` and returns the raw response, or the failure text.

@@ -15,7 +15,7 @@ use ecomesh_transport_internet::{InternetConfig, InternetTransport};
 use ecomesh_transport_tests::{EventLog, WAIT, test_message};
 use ecomesh_types::{MessageId, NetworkMessage, PeerId, TransportAdapter, TransportEvent};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::{Stream, noise, tcp, yamux};
+use libp2p::Stream;
 use libp2p_stream::{Control, OpenStreamError};
 
 fn config(streams: bool) -> InternetConfig {
@@ -56,18 +56,7 @@ async fn burst(a: &InternetTransport, b: &InternetTransport, lb: &EventLog, what
 
 /// A raw libp2p peer with only the stream behaviour, driven by its own task.
 fn raw_peer(target: libp2p::Multiaddr) -> (libp2p::PeerId, Control) {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let mut swarm = common::raw_swarm(libp2p_stream::Behaviour::new());
     let id = *swarm.local_peer_id();
     let control = swarm.behaviour().new_control();
     swarm.dial(target).unwrap();

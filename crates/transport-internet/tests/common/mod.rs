@@ -57,6 +57,23 @@ pub(crate) fn quic_addr(t: &InternetTransport) -> Multiaddr {
         .unwrap()
 }
 
+/// A raw libp2p peer for the tests: a swarm with a fresh Ed25519 identity over TCP
+/// (Noise, Yamux) running only `behaviour`.
+pub(crate) fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(behaviour: B) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
 /// Re-export of the multiaddr protocol enum.
 pub(crate) use ecomesh_transport_internet::multiaddr_protocol as libp2p_protocol;
 
