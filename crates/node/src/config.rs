@@ -251,7 +251,10 @@ mod tests {
         let l = load_text(&text, &["node"]).unwrap().unwrap();
         assert_eq!(
             l.args,
-            [format!("--relation={p}=family"), format!("--relation={p}=neighbour")]
+            [
+                format!("--relation={p}=family"),
+                format!("--relation={p}=neighbour")
+            ]
         );
         let l = load_text(&text, &["node", "--relation", "x=family"])
             .unwrap()
@@ -266,7 +269,10 @@ mod tests {
             "[relationships]\nfamily = [1]\n",
         ] {
             let e = format!("{:#}", load_text(bad, &["node"]).unwrap_err());
-            assert!(e.contains("[relationships]") && e.contains(CONFIG_FILE), "{e}");
+            assert!(
+                e.contains("[relationships]") && e.contains(CONFIG_FILE),
+                "{e}"
+            );
         }
     }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use ecomesh_sync::{
-    Action, Capability, Node, Reach, SyncError, Trust, parse_peer_id, parse_token_id,
-    parse_trust, token_id_text,
+    Action, Capability, Node, Reach, SyncError, Trust, parse_peer_id, parse_token_id, parse_trust,
+    token_id_text,
 };
 use serde::{Deserialize, Serialize};
 
@@ -260,7 +260,6 @@ fn row_of(node: &Node, peer: ecomesh_sync::PeerId) -> RelationRow {
         })
 }
 
-
 fn cap_row(t: &Capability) -> CapRow {
     CapRow {
         token_id: token_id_text(t.token_id()),
@@ -414,10 +413,7 @@ fn print(answer: &Response, json_out: bool) -> Result<()> {
         }
         Response::Relation { relation, removed } => {
             if *removed == Some(false) {
-                crate::output::line(format!(
-                    "no relationship was set with {}",
-                    relation.peer_id
-                ));
+                crate::output::line(format!("no relationship was set with {}", relation.peer_id));
             }
             crate::output::line(relation_line(relation));
         }

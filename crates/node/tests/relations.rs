@@ -78,20 +78,36 @@ fn relationships_from_config_and_cli_decide_reach_and_survive_restart() {
     s.start(&["--listen", "127.0.0.1:0", "--peer", &addr]);
     wait_for("A to see F and S", || (a.peers().len() == 2).then_some(()));
 
-    assert_eq!(relation_of(&a, &idf), Some(("family".into(), "config".into())));
+    assert_eq!(
+        relation_of(&a, &idf),
+        Some(("family".into(), "config".into()))
+    );
     assert_eq!(relation_of(&a, &ids), None, "S is a stranger");
-    fails_with(&a, &["relation", "set", "nobody", "family"], "not a peer id");
-    fails_with(&a, &["relation", "set", &ids, "friend"], "not a relationship level");
+    fails_with(
+        &a,
+        &["relation", "set", "nobody", "family"],
+        "not a peer id",
+    );
+    fails_with(
+        &a,
+        &["relation", "set", &ids, "friend"],
+        "not a relationship level",
+    );
     fails_with(&a, &["relation", "set", &ids, "own-device"], "device links");
     fails_with(&a, &["relation", "set", &ida, "family"], "own id");
 
     // A Local collection reaches configured family, not a stranger.
     put(&a, "fam", "f1");
     marker(&a, &[&f, &s], "m1");
-    wait_for("F to get the family document", || f.local_fields("fam", "f1"));
+    wait_for("F to get the family document", || {
+        f.local_fields("fam", "f1")
+    });
     force_sync(&a);
     marker(&a, &[&f, &s], "m2");
-    assert!(s.local_fields("fam", "f1").is_none(), "a stranger got family data");
+    assert!(
+        s.local_fields("fam", "f1").is_none(),
+        "a stranger got family data"
+    );
 
     // S becomes family at run time: served from now on.
     let row = ok_json(&a.data, &["relation", "set", &ids, "family"]);
@@ -105,8 +121,14 @@ fn relationships_from_config_and_cli_decide_reach_and_survive_restart() {
     // Durable: after a restart A still knows S as family.
     a.terminate();
     a.start(&["--listen", &addr]);
-    assert_eq!(relation_of(&a, &ids), Some(("family".into(), "runtime".into())));
-    assert_eq!(relation_of(&a, &idf), Some(("family".into(), "config".into())));
+    assert_eq!(
+        relation_of(&a, &ids),
+        Some(("family".into(), "runtime".into()))
+    );
+    assert_eq!(
+        relation_of(&a, &idf),
+        Some(("family".into(), "config".into()))
+    );
 
     // The same through the HTTP API.
     let r = api(&a, "GET", "/api/v1/relations", None);
@@ -120,8 +142,16 @@ fn relationships_from_config_and_cli_decide_reach_and_survive_restart() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["level"], "municipal");
-    let r = api(&a, "PUT", "/api/v1/relations/nobody", Some(r#"{"level": "family"}"#));
-    assert_eq!((r.status, r.json()["error"]["kind"].clone()), (400, Value::from("bad_peer")));
+    let r = api(
+        &a,
+        "PUT",
+        "/api/v1/relations/nobody",
+        Some(r#"{"level": "family"}"#),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["kind"].clone()),
+        (400, Value::from("bad_peer"))
+    );
     let r = api(&a, "DELETE", &format!("/api/v1/relations/{ids}"), None);
     assert_eq!(r.status, 200, "{}", r.body);
     let r = api(&a, "DELETE", &format!("/api/v1/relations/{ids}"), None);
@@ -164,7 +194,11 @@ fn capabilities_from_the_cli_refuse_report_admit_and_revoke() {
 
     // Grant B read: it is served the ledger from now on.
     fails_with(&a, &["cap", "grant", "ledger", &idb], "--read");
-    fails_with(&a, &["cap", "grant", "ledger", &idb, "--read", "--expires", "3w"], "unit");
+    fails_with(
+        &a,
+        &["cap", "grant", "ledger", &idb, "--read", "--expires", "3w"],
+        "unit",
+    );
     let tok = ok_json(
         &a.data,
         &["cap", "grant", "ledger", &idb, "--read", "--expires", "1h"],
@@ -174,7 +208,9 @@ fn capabilities_from_the_cli_refuse_report_admit_and_revoke() {
     let token = tok["token"].as_str().unwrap().to_owned();
     let token_id = tok["token_id"].as_str().unwrap().to_owned();
     force_sync(&a);
-    wait_for("B to be served the ledger", || b.local_fields("ledger", "l1"));
+    wait_for("B to be served the ledger", || {
+        b.local_fields("ledger", "l1")
+    });
 
     // Another replica installs the token (its signature checked); garbage is refused.
     let installed = ok_json(&b.data, &["cap", "install", &token]);
@@ -183,7 +219,11 @@ fn capabilities_from_the_cli_refuse_report_admit_and_revoke() {
     let mut forged = token.clone().into_bytes();
     let last = forged.len() - 5;
     forged[last] = if forged[last] == b'2' { b'3' } else { b'2' };
-    fails_with(&b, &["cap", "install", &String::from_utf8(forged).unwrap()], "");
+    fails_with(
+        &b,
+        &["cap", "install", &String::from_utf8(forged).unwrap()],
+        "",
+    );
 
     // Revoked: listed no more, and B's later reads are refused again.
     let after = ok_json(&a.data, &["cap", "revoke", &token_id]);
@@ -192,7 +232,10 @@ fn capabilities_from_the_cli_refuse_report_admit_and_revoke() {
     put(&a, "ledger", "l2");
     force_sync(&a);
     marker(&a, &[&b], "m2");
-    assert!(b.local_fields("ledger", "l2").is_none(), "revoked, still served");
+    assert!(
+        b.local_fields("ledger", "l2").is_none(),
+        "revoked, still served"
+    );
 
     // The HTTP routes.
     let r = api(&a, "GET", "/api/v1/capabilities", None);
@@ -205,7 +248,9 @@ fn capabilities_from_the_cli_refuse_report_admit_and_revoke() {
         Some(r#"{"collection": "diary"}"#),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let body = format!(r#"{{"collection": "diary", "peer": "{idb}", "actions": ["read", "write"], "expires_secs": 60}}"#);
+    let body = format!(
+        r#"{{"collection": "diary", "peer": "{idb}", "actions": ["read", "write"], "expires_secs": 60}}"#
+    );
     let r = api(&a, "POST", "/api/v1/capabilities/grants", Some(&body));
     assert_eq!(r.status, 200, "{}", r.body);
     let g = r.json();
@@ -214,13 +259,26 @@ fn capabilities_from_the_cli_refuse_report_admit_and_revoke() {
         &b,
         "POST",
         "/api/v1/capabilities/tokens",
-        Some(&format!(r#"{{"token": "{}"}}"#, g["token"].as_str().unwrap())),
+        Some(&format!(
+            r#"{{"token": "{}"}}"#,
+            g["token"].as_str().unwrap()
+        )),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = api(&b, "POST", "/api/v1/capabilities/tokens", Some(r#"{"token": "zz"}"#));
+    let r = api(
+        &b,
+        "POST",
+        "/api/v1/capabilities/tokens",
+        Some(r#"{"token": "zz"}"#),
+    );
     assert_eq!(r.status, 400, "{}", r.body);
     let id = g["token_id"].as_str().unwrap();
-    let r = api(&a, "DELETE", &format!("/api/v1/capabilities/tokens/{id}"), None);
+    let r = api(
+        &a,
+        "DELETE",
+        &format!("/api/v1/capabilities/tokens/{id}"),
+        None,
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(
         r.json()["tokens"]

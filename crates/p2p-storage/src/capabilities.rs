@@ -210,7 +210,10 @@ mod tests {
         assert!(!gate.allows(&eve.peer_id(), "c", Action::Read, 1500));
         gate.revoke(*t.token_id());
         assert!(!gate.allows(&bob.peer_id(), "c", Action::Read, 1500));
-        assert!(!gate.tokens().contains(&t), "a revoked token is no longer listed");
+        assert!(
+            !gate.tokens().contains(&t),
+            "a revoked token is no longer listed"
+        );
         assert!(gate.install(t).is_err());
         gate.refuse(eve.peer_id(), "c", Action::Read);
         gate.refuse(eve.peer_id(), "c", Action::Read);

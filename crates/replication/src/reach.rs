@@ -73,7 +73,11 @@ impl Trust {
     /// `own_device` are accepted too, case-insensitively), or `None`.
     pub fn from_name(name: &str) -> Option<Trust> {
         let n = name.trim().to_ascii_lowercase().replace('_', "-");
-        let n = if n == "neighbor" { "neighbour".to_owned() } else { n };
+        let n = if n == "neighbor" {
+            "neighbour".to_owned()
+        } else {
+            n
+        };
         Trust::ALL.into_iter().find(|t| t.name() == n)
     }
 }

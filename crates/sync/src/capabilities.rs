@@ -80,7 +80,10 @@ impl Inner {
                     _ => None,
                 };
                 let issuer = issuer.unwrap_or_else(|| {
-                    tracing::warn!(collection = c, "stored restriction without a valid issuer; restricted to this node");
+                    tracing::warn!(
+                        collection = c,
+                        "stored restriction without a valid issuer; restricted to this node"
+                    );
                     self.identity.peer_id()
                 });
                 gate.restrict(c, issuer);
@@ -205,8 +208,15 @@ impl Node {
         self.inner
             .record_capability(&format!("revoked/{id}"), "revoked", Value::Bool(true))?;
         let token_doc = format!("token/{id}");
-        if self.inner.store.get(CAPABILITIES_COLLECTION, &token_doc)?.is_some() {
-            self.inner.store.delete(CAPABILITIES_COLLECTION, &token_doc)?;
+        if self
+            .inner
+            .store
+            .get(CAPABILITIES_COLLECTION, &token_doc)?
+            .is_some()
+        {
+            self.inner
+                .store
+                .delete(CAPABILITIES_COLLECTION, &token_doc)?;
         }
         tracing::info!(token = %id, "capability revoked");
         Ok(())

@@ -45,7 +45,9 @@ pub enum SyncError {
     #[error("not a valid CARv1 file: {0}")]
     InvalidCar(#[source] ecomesh_wire::WireError),
     /// Text that is not a peer id (Base58 of 32 bytes).
-    #[error("{text:?} is not a peer id ({reason}); peer ids are the Base58 text `ecomesh status` and `ecomesh peers` print")]
+    #[error(
+        "{text:?} is not a peer id ({reason}); peer ids are the Base58 text `ecomesh status` and `ecomesh peers` print"
+    )]
     InvalidPeerId {
         /// The text (at most its first 80 characters).
         text: String,

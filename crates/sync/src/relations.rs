@@ -22,9 +22,9 @@ use std::sync::{Arc, RwLock};
 use ecomesh_p2p_storage::{SledStore, TrustFn};
 use ecomesh_types::{Map, PeerId, SetOptions, Value};
 
+use crate::Trust;
 use crate::error::{Result, SyncError};
 use crate::node::Node;
-use crate::Trust;
 
 /// The local collection holding the relationships set at run time (document
 /// id: the peer id; field `level`: the [`Trust::name`]). Local collections
@@ -72,14 +72,19 @@ pub(crate) struct Relations {
     configured: Arc<BTreeMap<PeerId, Trust>>,
 }
 
-fn read(l: &RwLock<BTreeMap<PeerId, Trust>>) -> std::sync::RwLockReadGuard<'_, BTreeMap<PeerId, Trust>> {
+fn read(
+    l: &RwLock<BTreeMap<PeerId, Trust>>,
+) -> std::sync::RwLockReadGuard<'_, BTreeMap<PeerId, Trust>> {
     l.read().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Relations {
     /// Reads the stored relationships from `store` (an entry that does not
     /// parse is skipped with a warning) beside the `configured` ones.
-    pub(crate) fn open(store: &SledStore, configured: BTreeMap<PeerId, Trust>) -> Result<Relations> {
+    pub(crate) fn open(
+        store: &SledStore,
+        configured: BTreeMap<PeerId, Trust>,
+    ) -> Result<Relations> {
         let mut runtime = BTreeMap::new();
         for doc in store.scan_collection(RELATIONS_COLLECTION)? {
             let level = match doc.fields.get("level") {
@@ -90,7 +95,9 @@ impl Relations {
                 (Ok(peer), Some(trust)) => {
                     runtime.insert(peer, trust);
                 }
-                _ => tracing::warn!(id = %doc.id, "stored relationship skipped: not a peer id and level"),
+                _ => {
+                    tracing::warn!(id = %doc.id, "stored relationship skipped: not a peer id and level")
+                }
             }
         }
         Ok(Relations {
@@ -198,15 +205,33 @@ impl Node {
         let mut out: BTreeMap<PeerId, Relationship> = BTreeMap::new();
         let rel = &self.inner.relations;
         for (peer, trust) in rel.configured.iter() {
-            out.insert(*peer, Relationship { peer: *peer, trust: *trust, source: RelationSource::Config });
+            out.insert(
+                *peer,
+                Relationship {
+                    peer: *peer,
+                    trust: *trust,
+                    source: RelationSource::Config,
+                },
+            );
         }
         for (peer, trust) in read(&rel.runtime).iter() {
-            out.insert(*peer, Relationship { peer: *peer, trust: *trust, source: RelationSource::Runtime });
+            out.insert(
+                *peer,
+                Relationship {
+                    peer: *peer,
+                    trust: *trust,
+                    source: RelationSource::Runtime,
+                },
+            );
         }
         for d in self.own_devices() {
             out.insert(
                 d.peer_id,
-                Relationship { peer: d.peer_id, trust: Trust::OwnDevice, source: RelationSource::Link },
+                Relationship {
+                    peer: d.peer_id,
+                    trust: Trust::OwnDevice,
+                    source: RelationSource::Link,
+                },
             );
         }
         out.into_values().collect()

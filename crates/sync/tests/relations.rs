@@ -18,9 +18,9 @@ use ecomesh_sync::{
     ContentId, Node, NodeConfig, PeerId, RelationSource, SetOptions, SyncError, SyncEvent,
     SyncState, Trust, parse_peer_id,
 };
-use futures::StreamExt;
 use ecomesh_transport_tests::{Delivery, MemNetwork, Topology};
 use ecomesh_types::TransportType;
+use futures::StreamExt;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -109,7 +109,11 @@ async fn settle(a: &Node, peers: &[&Node], marker: &str) {
     let deadline = tokio::time::Instant::now() + LIMIT;
     while ended.len() < peers.len() {
         match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(Some(SyncEvent::PeerState { peer, to: SyncState::Synced, .. })) => {
+            Ok(Some(SyncEvent::PeerState {
+                peer,
+                to: SyncState::Synced,
+                ..
+            })) => {
                 ended.insert(peer);
             }
             Ok(Some(_)) => {}
@@ -142,7 +146,10 @@ async fn reach_follows_configured_and_runtime_relationships_and_survives_restart
     assert!(!has(n, "fam", "f1").await, "a neighbour does not");
     assert!(!has(s, "fam", "f1").await, "a stranger does not");
     assert!(has(f, "hood", "h1").await && has(n, "hood", "h1").await);
-    assert!(!has(s, "hood", "h1").await, "a stranger gets no Neighbourhood data");
+    assert!(
+        !has(s, "hood", "h1").await,
+        "a stranger gets no Neighbourhood data"
+    );
     // What A would serve each of them on request says the same.
     assert!(a.serve_version(f.peer_id(), &fam).is_some());
     assert!(a.serve_version(n.peer_id(), &fam).is_none());
@@ -158,20 +165,43 @@ async fn reach_follows_configured_and_runtime_relationships_and_survives_restart
     let hood2 = write(a, "hood", "h2").await;
     settle(a, &[f, n, s], "m2").await;
     assert!(has(s, "fam", "f1").await && has(s, "hood", "h1").await && has(s, "hood", "h2").await);
-    assert!(!has(n, "hood", "h2").await, "a downgraded peer gets no later writes");
+    assert!(
+        !has(n, "hood", "h2").await,
+        "a downgraded peer gets no later writes"
+    );
     assert!(a.serve_version(n.peer_id(), &hood2).is_none());
 
     // The listing, with sources; a typed error for a bad peer id; the
     // levels that are not relationships are refused.
     let list = a.relationships();
-    let row = |p: &Node| list.iter().find(|r| r.peer == p.peer_id()).copied().unwrap();
-    assert_eq!((row(f).trust, row(f).source), (Trust::Family, RelationSource::Config));
-    assert_eq!((row(s).trust, row(s).source), (Trust::Family, RelationSource::Runtime));
-    assert_eq!((row(n).trust, row(n).source), (Trust::Stranger, RelationSource::Runtime));
-    assert!(matches!(parse_peer_id("not-a-peer"), Err(SyncError::InvalidPeerId { .. })));
+    let row = |p: &Node| {
+        list.iter()
+            .find(|r| r.peer == p.peer_id())
+            .copied()
+            .unwrap()
+    };
+    assert_eq!(
+        (row(f).trust, row(f).source),
+        (Trust::Family, RelationSource::Config)
+    );
+    assert_eq!(
+        (row(s).trust, row(s).source),
+        (Trust::Family, RelationSource::Runtime)
+    );
+    assert_eq!(
+        (row(n).trust, row(n).source),
+        (Trust::Stranger, RelationSource::Runtime)
+    );
+    assert!(matches!(
+        parse_peer_id("not-a-peer"),
+        Err(SyncError::InvalidPeerId { .. })
+    ));
     assert!(a.set_relationship(a.peer_id(), Trust::Family).is_err());
     assert!(a.set_relationship(f.peer_id(), Trust::OwnDevice).is_err());
-    assert!(!a.remove_relationship(&f.peer_id()).unwrap(), "configured, not set at run time");
+    assert!(
+        !a.remove_relationship(&f.peer_id()).unwrap(),
+        "configured, not set at run time"
+    );
 
     // Restart A without F in its configuration: the runtime entries are
     // back, F is a stranger now, and reach follows.
@@ -187,8 +217,14 @@ async fn reach_follows_configured_and_runtime_relationships_and_survives_restart
     assert_eq!(a.relationship(&f.peer_id()), Trust::Stranger);
     write(a, "fam", "f2").await;
     settle(a, &[f, n, s], "m3").await;
-    assert!(has(s, "fam", "f2").await, "runtime family survives the restart");
-    assert!(!has(f, "fam", "f2").await, "F is no longer configured as family");
+    assert!(
+        has(s, "fam", "f2").await,
+        "runtime family survives the restart"
+    );
+    assert!(
+        !has(f, "fam", "f2").await,
+        "F is no longer configured as family"
+    );
     // Removing S's entry makes it a stranger again, durably.
     assert!(a.remove_relationship(&s.peer_id()).unwrap());
     assert_eq!(a.relationship(&s.peer_id()), Trust::Stranger);
