@@ -418,14 +418,7 @@ fn print(answer: &Response, json_out: bool) -> Result<()> {
             crate::output::line(relation_line(relation));
         }
         Response::Capability(c) => {
-            crate::output::line(format!(
-                "token {} grants {} {} on {} until {}",
-                c.token_id,
-                c.peer_id,
-                c.actions.join("+"),
-                c.collection,
-                crate::human::date(c.expires_at_ms)
-            ));
+            crate::output::line(token_line(c));
             crate::output::line(&c.token);
         }
         Response::Capabilities(list) => {
@@ -436,14 +429,7 @@ fn print(answer: &Response, json_out: bool) -> Result<()> {
                 ));
             }
             for c in &list.tokens {
-                crate::output::line(format!(
-                    "token {} {} {} on {} until {}",
-                    c.token_id,
-                    c.peer_id,
-                    c.actions.join("+"),
-                    c.collection,
-                    crate::human::date(c.expires_at_ms)
-                ));
+                crate::output::line(token_line(c));
             }
             for r in &list.refusals {
                 crate::output::line(format!(
@@ -458,6 +444,17 @@ fn print(answer: &Response, json_out: bool) -> Result<()> {
         other => bail!("the node answered something unexpected: {other:?}"),
     }
     Ok(())
+}
+
+fn token_line(c: &CapRow) -> String {
+    format!(
+        "token {} grants {} {} on {} until {}",
+        c.token_id,
+        c.peer_id,
+        c.actions.join("+"),
+        c.collection,
+        crate::human::date(c.expires_at_ms)
+    )
 }
 
 fn relation_line(r: &RelationRow) -> String {
