@@ -107,7 +107,7 @@ enum Command {
         #[arg(long = "block", value_name = "PEER")]
         block: Vec<PeerId>,
         /// A relationship reach decides with, PEER=LEVEL (repeatable; LEVEL is family,
-        /// neighbour, municipal or bioregional). In ecomesh.toml: a [relationships]
+        /// neighbour, municipal or bioregional). In ecomesh.toml: a `[relationships]`
         /// table, e.g. family = ["PEER", ...]. `ecomesh relation set` wins over it.
         #[arg(long = "relation", value_name = "PEER=LEVEL", value_parser = ecomesh_node::relation::parse_relation_flag)]
         relation: Vec<(PeerId, ecomesh_sync::Trust)>,
