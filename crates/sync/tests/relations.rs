@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,12 +14,11 @@ use common::{fields, node_on, test_config, wait_until};
 use ecomesh_identity::Identity;
 use ecomesh_replication::reach::{Reach, ReachPolicy};
 use ecomesh_sync::{
-    ContentId, Node, NodeConfig, PeerId, RelationSource, SetOptions, SyncError, SyncEvent,
-    SyncState, Trust, parse_peer_id,
+    ContentId, Node, NodeConfig, PeerId, RelationSource, SetOptions, SyncError, Trust,
+    parse_peer_id,
 };
 use ecomesh_transport_tests::{Delivery, MemNetwork, Topology};
 use ecomesh_types::TransportType;
-use futures::StreamExt;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -88,7 +86,6 @@ fn manual_net() -> MemNetwork {
 /// then runs an anti-entropy session from A with each peer and waits until
 /// each one ended, so what reach admits has been reconciled.
 async fn settle(a: &Node, peers: &[&Node], marker: &str) {
-    let mut events = a.sync_events();
     write(a, "open", marker).await;
     for p in peers {
         let p = (*p).clone();
@@ -100,31 +97,25 @@ async fn settle(a: &Node, peers: &[&Node], marker: &str) {
         })
         .await;
     }
-    while tokio::time::timeout(Duration::from_millis(1), events.next())
-        .await
-        .is_ok_and(|e| e.is_some())
-    {}
+    let t0 = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
     a.force_sync(None).unwrap();
-    // A session A opens now shows as Syncing, then Synced; an earlier
-    // session's late Synced alone does not count.
-    let mut started: BTreeSet<PeerId> = BTreeSet::new();
-    let mut ended: BTreeSet<PeerId> = BTreeSet::new();
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while ended.len() < peers.len() {
-        match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(Some(SyncEvent::PeerState { peer, to, .. })) => match to {
-                SyncState::Syncing => {
-                    started.insert(peer);
-                }
-                SyncState::Synced if started.contains(&peer) => {
-                    ended.insert(peer);
-                }
-                _ => {}
-            },
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => panic!("A's sessions did not all end: {ended:?}"),
+    // Each peer's last session end is stamped at or after the forced start.
+    let ids: Vec<PeerId> = peers.iter().map(|p| p.peer_id()).collect();
+    wait_until(LIMIT, "A's forced sessions end", || {
+        let a = a.clone();
+        let ids = ids.clone();
+        async move {
+            ids.iter()
+                .all(|p| a.peer_sync_state(p).last_synced_ms.is_some_and(|t| t >= t0))
         }
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,4 +238,15 @@ async fn reach_follows_configured_and_runtime_relationships_and_survives_restart
     for node in &nodes {
         node.shutdown().await.unwrap();
     }
+    let s_id = nodes[3].peer_id();
+    drop(nodes);
+    let a = node_on(&manual_net(), &ids[0], paths[0], owner_config(None)).await;
+    assert_eq!(
+        a.relationship(&s_id),
+        Trust::Stranger,
+        "the removal is durable"
+    );
+    assert_eq!(a.relationship(&ids[2].peer_id()), Trust::Stranger);
+    assert_eq!(a.relationships().len(), 1, "only N's runtime entry is left");
+    a.shutdown().await.unwrap();
 }
