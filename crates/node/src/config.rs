@@ -7,6 +7,11 @@
 //!
 //! The file's values become extra command-line arguments, so they are
 //! checked by the same parsers as the flags themselves.
+//!
+//! One table is not a flag: `[relationships]` lists peers by level
+//! (`family = ["PEER", ...]`, likewise `neighbour`, `municipal`,
+//! `bioregional`); each entry becomes `--relation=PEER=LEVEL`, and
+//! `--relation` on the command line overrides the whole table.
 
 use std::path::{Path, PathBuf};
 
@@ -56,6 +61,15 @@ pub fn load(path: &Path, node: &Command, given: &ArgMatches) -> Result<Option<Lo
         overridden: Vec::new(),
     };
     for (key, value) in &table {
+        if key == RELATIONSHIPS {
+            if is_given(given, "relation") {
+                loaded.overridden.push(key.clone());
+            } else {
+                loaded.args.extend(relationship_args(value, path)?);
+                loaded.used.push(key.clone());
+            }
+            continue;
+        }
         let Some(arg) = node.get_arguments().find(|a| a.get_long() == Some(key)) else {
             bail!(
                 "unknown key {key:?} in {}; keys are `ecomesh node` flags without their dashes: {}",
@@ -101,6 +115,41 @@ pub fn load(path: &Path, node: &Command, given: &ArgMatches) -> Result<Option<Lo
         loaded.used.push(key.clone());
     }
     Ok(Some(loaded))
+}
+
+/// The table of relationships by level.
+pub const RELATIONSHIPS: &str = "relationships";
+
+/// The `--relation` arguments of the `[relationships]` table `value`.
+fn relationship_args(value: &toml::Value, path: &Path) -> Result<Vec<String>> {
+    let bad = |what: String| anyhow::anyhow!("[{RELATIONSHIPS}] in {}: {what}", path.display());
+    let toml::Value::Table(levels) = value else {
+        return Err(bad(format!(
+            "expected a table such as family = [\"PEER\"], found {}",
+            value.type_str()
+        )));
+    };
+    let mut args = Vec::new();
+    for (level, peers) in levels {
+        let trust = ecomesh_sync::Trust::from_name(level.trim_end_matches('s'))
+            .filter(|t| *t != ecomesh_sync::Trust::OwnDevice)
+            .ok_or_else(|| {
+                bad(format!(
+                    "unknown level {level:?}; levels are family, neighbour, municipal, \
+                     bioregional and stranger (own devices come from device links)"
+                ))
+            })?;
+        let toml::Value::Array(peers) = peers else {
+            return Err(bad(format!("{level}: expected an array of peer ids")));
+        };
+        for p in peers {
+            let toml::Value::String(p) = p else {
+                return Err(bad(format!("{level}: a peer id is a string")));
+            };
+            args.push(format!("--relation={p}={}", trust.name()));
+        }
+    }
+    Ok(args)
 }
 
 fn is_given(given: &ArgMatches, id: &str) -> bool {
@@ -149,6 +198,11 @@ mod tests {
             )
             .arg(Arg::new("api").long("api"))
             .arg(
+                Arg::new("relation")
+                    .long("relation")
+                    .action(ArgAction::Append),
+            )
+            .arg(
                 Arg::new("no_api")
                     .long("no-api")
                     .action(ArgAction::SetTrue)
@@ -188,6 +242,38 @@ mod tests {
             .unwrap();
         assert!(l.args.is_empty());
         assert_eq!(l.overridden, ["keepalive"]);
+    }
+
+    #[test]
+    fn the_relationships_table_becomes_relation_flags_unless_given() {
+        let p = "8P17RLZyXFYbqozmiDqiVnRLWmHWgBPxNYtmw3w95hmm";
+        let text = format!("[relationships]\nfamily = [\"{p}\"]\nneighbours = [\"{p}\"]\n");
+        let l = load_text(&text, &["node"]).unwrap().unwrap();
+        assert_eq!(
+            l.args,
+            [
+                format!("--relation={p}=family"),
+                format!("--relation={p}=neighbour")
+            ]
+        );
+        let l = load_text(&text, &["node", "--relation", "x=family"])
+            .unwrap()
+            .unwrap();
+        assert!(l.args.is_empty());
+        assert_eq!(l.overridden, [RELATIONSHIPS]);
+        for bad in [
+            "relationships = 3\n",
+            "[relationships]\nfriends = [\"x\"]\n",
+            "[relationships]\nown-device = [\"x\"]\n",
+            "[relationships]\nfamily = \"x\"\n",
+            "[relationships]\nfamily = [1]\n",
+        ] {
+            let e = format!("{:#}", load_text(bad, &["node"]).unwrap_err());
+            assert!(
+                e.contains("[relationships]") && e.contains(CONFIG_FILE),
+                "{e}"
+            );
+        }
     }
 
     #[test]

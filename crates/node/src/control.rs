@@ -167,6 +167,50 @@ pub enum Request {
         /// The document id.
         id: String,
     },
+    /// Sets the relationship with a peer ([`Response::Relation`]).
+    RelationSet {
+        /// The peer id.
+        peer: String,
+        /// `family`, `neighbour`, `municipal`, `bioregional` or `stranger`.
+        level: String,
+    },
+    /// Removes the relationship set with a peer ([`Response::Relation`]).
+    RelationRemove {
+        /// The peer id.
+        peer: String,
+    },
+    /// The node's relationships ([`Response::Relations`]).
+    RelationList,
+    /// Makes a collection non-public ([`Response::Capabilities`]).
+    CapRestrict {
+        /// The collection.
+        collection: String,
+    },
+    /// Grants a peer read and/or write on a collection ([`Response::Capability`]).
+    CapGrant {
+        /// The collection.
+        collection: String,
+        /// The peer id the token admits.
+        peer: String,
+        /// Grant read.
+        read: bool,
+        /// Grant write.
+        write: bool,
+        /// The token's lifetime, seconds.
+        expires_secs: u64,
+    },
+    /// Installs a token granted elsewhere ([`Response::Capability`]).
+    CapInstall {
+        /// The token, Base58.
+        token: String,
+    },
+    /// Revokes a token by id ([`Response::Capabilities`]).
+    CapRevoke {
+        /// 32 hex digits.
+        token_id: String,
+    },
+    /// Restricted collections, tokens and refusals ([`Response::Capabilities`]).
+    CapList,
     /// Writes, as a new version, a document's content at an earlier version.
     DocRestore {
         /// The collection.
@@ -299,6 +343,22 @@ pub enum Response {
         /// Bytes (or items) in all, when known.
         total: Option<u64>,
     },
+    /// Answer to [`Request::RelationList`].
+    Relations {
+        /// By peer id.
+        relations: Vec<crate::relation::RelationRow>,
+    },
+    /// Answer to [`Request::RelationSet`] and [`Request::RelationRemove`].
+    Relation {
+        /// The peer's relationship now.
+        relation: crate::relation::RelationRow,
+        /// For a removal: whether a relationship was set.
+        removed: Option<bool>,
+    },
+    /// Answer to [`Request::CapGrant`] and [`Request::CapInstall`].
+    Capability(crate::relation::CapRow),
+    /// Answer to [`Request::CapList`], [`Request::CapRestrict`] and [`Request::CapRevoke`].
+    Capabilities(crate::relation::CapList),
     /// Answer to [`Request::Export`].
     Exported(crate::sneakernet::ExportRow),
     /// Answer to [`Request::Import`].

@@ -196,6 +196,10 @@ pub struct NodeOptions {
     /// Most pending (accepted, undelivered) texts in the outbox; `send` is
     /// refused beyond it with an error naming the limit.
     pub outbox_max: usize,
+    /// Relationships from configuration (`--relation`, `[relationships]`).
+    pub relationships: Vec<(PeerId, ecomesh_sync::Trust)>,
+    /// The reach of collections (`--reach`); the rest are commons.
+    pub reach: Vec<(String, ecomesh_sync::Reach)>,
     /// The HTTP API: where it listens, or `None` for no API.
     pub api: Option<crate::api::ApiOptions>,
     /// The primary this node syncs with (`--primary`), if any.
@@ -221,6 +225,8 @@ impl Default for NodeOptions {
             redial_max: Duration::from_secs(30),
             buffer_messages: DEFAULT_MAX_MESSAGES,
             outbox_max: DEFAULT_OUTBOX_MAX,
+            relationships: Vec::new(),
+            reach: Vec::new(),
             api: Some(crate::api::ApiOptions::default()),
             primary: None,
         }
@@ -520,9 +526,15 @@ pub async fn run(
     let identity = Identity::load(&id_path)?;
     let socket = data.checked_socket()?;
     let control = bind_control(&socket)?;
-    let config = NodeConfig::default()
-        .with_buffer_messages(options.buffer_messages)
-        .with_outbox_max(options.outbox_max);
+    let mut config = options.relationships.iter().fold(
+        NodeConfig::default()
+            .with_buffer_messages(options.buffer_messages)
+            .with_outbox_max(options.outbox_max),
+        |c, (peer, trust)| c.with_relationship(*peer, *trust),
+    );
+    for (collection, reach) in &options.reach {
+        config.p2p.reach.set_collection(collection, reach.clone());
+    }
     let transports = start_transports(&identity, &options).await?;
     let gate = ecomesh_hybrid_storage::PrimaryGate::new(
         identity.clone(),

@@ -14,6 +14,7 @@
 //! - [`output`]: the CLI's answer lines on stdout (a closed pipe ends it quietly).
 //! - [`paths`]: the data directory (XDG default) and the files in it.
 //! - [`hybrid`]: `ecomesh node --primary ADDR`, the node's documents through the hybrid adapter.
+//! - [`relation`]: `ecomesh relation` and `ecomesh cap`, relationships and capabilities.
 //! - [`remote`]: `RemoteStorageAdapter`, another node as this device's primary (issue 19).
 
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ pub mod link;
 pub mod output;
 pub mod paths;
 pub mod progress;
+pub mod relation;
 pub mod remote;
 mod serve;
 mod serve_stream;

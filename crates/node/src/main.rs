@@ -106,6 +106,16 @@ enum Command {
         /// Refuse these peers (repeatable).
         #[arg(long = "block", value_name = "PEER")]
         block: Vec<PeerId>,
+        /// A relationship reach decides with, PEER=LEVEL (repeatable; LEVEL is family,
+        /// neighbour, municipal or bioregional). In ecomesh.toml: a `[relationships]`
+        /// table, e.g. family = ["PEER", ...]. `ecomesh relation set` wins over it.
+        #[arg(long = "relation", value_name = "PEER=LEVEL", value_parser = ecomesh_node::relation::parse_relation_flag)]
+        relation: Vec<(PeerId, ecomesh_sync::Trust)>,
+        /// The reach of a collection, COLLECTION=LEVEL (repeatable; LEVEL is private, local,
+        /// neighbourhood, municipal, bioregional or commons, the default): who may be sent
+        /// and served it, judged by relationships.
+        #[arg(long = "reach", value_name = "COLLECTION=LEVEL", value_parser = ecomesh_node::relation::parse_reach_flag)]
+        reach: Vec<(String, ecomesh_sync::Reach)>,
         /// Seconds of silence before a link is probed, and again before it is dropped.
         #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
         keepalive: u64,
@@ -171,6 +181,12 @@ enum Command {
     /// Link another device of yours (own devices share one user for reach and trust).
     #[command(subcommand)]
     Link(ecomesh_node::link::LinkCommand),
+    /// Set, remove and list relationships (family, neighbours, ...) that reach decides with.
+    #[command(subcommand)]
+    Relation(ecomesh_node::relation::RelationCommand),
+    /// Restrict collections and grant, install, revoke and list capability tokens.
+    #[command(subcommand)]
+    Cap(ecomesh_node::relation::CapCommand),
     /// List the versions the node took in (its stream), after a position.
     Changes {
         /// Show entries after this position (0: from the start).
@@ -377,6 +393,8 @@ fn run(cli: Cli, config: Option<config::Loaded>) -> Result<()> {
             mdns_ip,
             allow,
             block,
+            relation,
+            reach,
             keepalive,
             redial_max,
             outbox_max,
@@ -436,6 +454,8 @@ fn run(cli: Cli, config: Option<config::Loaded>) -> Result<()> {
                 redial_max: Duration::from_secs(redial_max),
                 buffer_messages,
                 outbox_max,
+                relationships: relation,
+                reach,
                 api: (!no_api).then_some(ecomesh_node::api::ApiOptions {
                     addr: api,
                     expose: api_expose,
@@ -474,6 +494,8 @@ fn run(cli: Cli, config: Option<config::Loaded>) -> Result<()> {
         Command::Doc(d) => doc_command(d, &data, cli.json),
         Command::Blob(b) => blob_command(b, &data, cli.json),
         Command::Link(l) => ecomesh_node::link::link_command(&data, l, cli.json),
+        Command::Relation(r) => ecomesh_node::relation::relation_command(&data, r, cli.json),
+        Command::Cap(c) => ecomesh_node::relation::cap_command(&data, c, cli.json),
         other => control_command(other, &data, cli.json),
     }
 }
@@ -596,6 +618,8 @@ fn control_command(command: Command, data: &DataDir, json_out: bool) -> Result<(
         | Command::Doc(_)
         | Command::Blob(_)
         | Command::Link(_)
+        | Command::Relation(_)
+        | Command::Cap(_)
         | Command::Dashboard { .. } => {
             bail!(
                 "init, node, api, dashboard, identity, export, import, doc and blob are dispatched in run()"

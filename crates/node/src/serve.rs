@@ -68,6 +68,11 @@ pub(crate) fn blob_row(b: BlobInfo) -> BlobRow {
 impl Served {
     async fn handle(&self, req: Request) -> Response {
         let node = &self.node;
+        if let Some(r) = crate::relation::serve(node, &req) {
+            return r.unwrap_or_else(|e| Response::Error {
+                message: e.to_string(),
+            });
+        }
         let r = match req {
             Request::Status => self.status().map(Response::Status),
             Request::Peers => Ok(Response::Peers {
@@ -135,6 +140,14 @@ impl Served {
                     kept: g.kept,
                 })
                 .map_err(Into::into),
+            Request::RelationSet { .. }
+            | Request::RelationRemove { .. }
+            | Request::RelationList
+            | Request::CapRestrict { .. }
+            | Request::CapGrant { .. }
+            | Request::CapInstall { .. }
+            | Request::CapRevoke { .. }
+            | Request::CapList => Err(anyhow!("answered by relation::serve")),
             Request::DocList { collection } => node
                 .collection(collection)
                 .list()

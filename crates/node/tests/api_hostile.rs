@@ -162,6 +162,14 @@ const FORCE: (&str, &str) = ("POST", "/api/v1/sync");
 const CHANGES: (&str, &str) = ("GET", "/api/v1/changes");
 const QUEUE: (&str, &str) = ("GET", "/api/v1/queue");
 const TRANSPORTS: (&str, &str) = ("GET", "/api/v1/transports");
+const RELATIONS: (&str, &str) = ("GET", "/api/v1/relations");
+const RELATION_SET: (&str, &str) = ("PUT", "/api/v1/relations/{peer}");
+const RELATION_DEL: (&str, &str) = ("DELETE", "/api/v1/relations/{peer}");
+const CAPS: (&str, &str) = ("GET", "/api/v1/capabilities");
+const RESTRICT: (&str, &str) = ("POST", "/api/v1/capabilities/restricted");
+const GRANT: (&str, &str) = ("POST", "/api/v1/capabilities/grants");
+const INSTALL: (&str, &str) = ("POST", "/api/v1/capabilities/tokens");
+const REVOKE: (&str, &str) = ("DELETE", "/api/v1/capabilities/tokens/{id}");
 
 /// The hostile requests, one or more per route.
 #[rustfmt::skip]
@@ -241,6 +249,25 @@ fn cases(f: &Fixture) -> Vec<Case> {
         case(CHANGES, "/api/v1/changes?since=-1", &[], 400, "bad_request"),
         case(QUEUE, "/api/v1/queue", &["-X", "POST"], 405, "method_not_allowed"),
         case(TRANSPORTS, "/api/v1/transports/x", &[], 404, "unknown_route"),
+        case(RELATIONS, "/api/v1/relations", &["-X", "POST"], 405, "method_not_allowed"),
+        case(RELATION_SET, "/api/v1/relations/nobody", &["-d", r#"{"level": "family"}"#], 400, "bad_peer"),
+        case(RELATION_SET, format!("/api/v1/relations/{}", f.me), &["-d", r#"{"level": "family"}"#], 400, "invalid_argument"),
+        case(RELATION_SET, format!("/api/v1/relations/{}", f.me), &["-d", r#"{"level": "own-device"}"#], 400, "invalid_argument"),
+        case(RELATION_SET, "/api/v1/relations/8P17RLZyXFYbqozmiDqiVnRLWmHWgBPxNYtmw3w95hmm", &["-d", r#"{"level": "best-friend"}"#], 400, "invalid_argument"),
+        case(RELATION_SET, "/api/v1/relations/8P17RLZyXFYbqozmiDqiVnRLWmHWgBPxNYtmw3w95hmm", &["--data-binary", &f.big], 413, "body_too_large"),
+        case(RELATION_DEL, "/api/v1/relations/%00", &[], 400, "bad_peer"),
+        case(RELATION_DEL, "/api/v1/relations/8P17RLZyXFYbqozmiDqiVnRLWmHWgBPxNYtmw3w95hmm", &[], 404, "not_found"),
+        case(CAPS, "/api/v1/capabilities", &["-X", "PUT"], 405, "method_not_allowed"),
+        case(RESTRICT, "/api/v1/capabilities/restricted", &["-d", r#"{"collection": ""}"#], 400, "invalid_name"),
+        case(RESTRICT, "/api/v1/capabilities/restricted", &["-d", r#"{"collection": 5}"#], 400, "bad_json"),
+        case(GRANT, "/api/v1/capabilities/grants", &["-d", r#"{"collection": "c", "peer": "x", "actions": ["read"]}"#], 400, "bad_peer"),
+        case(GRANT, "/api/v1/capabilities/grants", &["-d", r#"{"collection": "c", "peer": "8P17RLZyXFYbqozmiDqiVnRLWmHWgBPxNYtmw3w95hmm", "actions": []}"#], 400, "invalid_argument"),
+        case(GRANT, "/api/v1/capabilities/grants", &["-d", r#"{"collection": "c", "peer": "8P17RLZyXFYbqozmiDqiVnRLWmHWgBPxNYtmw3w95hmm", "actions": ["fly"]}"#], 400, "invalid_argument"),
+        case(GRANT, "/api/v1/capabilities/grants", &["-d", r#"{"collection": "c", "peer": "8P17RLZyXFYbqozmiDqiVnRLWmHWgBPxNYtmw3w95hmm", "actions": ["read"], "expires_secs": 0}"#], 400, "invalid_argument"),
+        case(INSTALL, "/api/v1/capabilities/tokens", &["-d", r#"{"token": "0OIl"}"#], 400, "invalid_argument"),
+        case(INSTALL, "/api/v1/capabilities/tokens", &["-d", r#"{"token": "3mJr7AoUXx2Wqd"}"#], 400, "invalid_capability"),
+        case(INSTALL, "/api/v1/capabilities/tokens", &["--data-binary", &f.big], 413, "body_too_large"),
+        case(REVOKE, "/api/v1/capabilities/tokens/xyz", &[], 400, "invalid_argument"),
     ]
 }
 
@@ -257,6 +284,7 @@ fn every_route_refuses_missing_and_expired_tokens(api: &Api, version: &str) {
         let path = path
             .replace("{c}", "c")
             .replace("{id}", "d")
+            .replace("{peer}", "p")
             .replace("{cid}", version);
         let url = format!("{}{path}", api.base);
         for header in [None, Some(expired.as_str())] {

@@ -68,6 +68,20 @@ impl CapabilityGate {
         read(&self.restricted).contains_key(collection)
     }
 
+    /// The restricted collections with the issuer whose tokens count, by name.
+    pub fn restricted(&self) -> Vec<(String, PeerId)> {
+        read(&self.restricted)
+            .iter()
+            .map(|(c, p)| (c.clone(), *p))
+            .collect()
+    }
+
+    /// The tokens held (revoked ones are dropped when revoked), by audience
+    /// and collection.
+    pub fn tokens(&self) -> Vec<Capability> {
+        read(&self.tokens).values().flatten().cloned().collect()
+    }
+
     /// Installs a token (its signature checked; its resource is the
     /// collection, its audience the peer it admits). Refused when revoked.
     pub fn install(&self, token: Capability) -> Result<(), ecomesh_identity::Error> {
@@ -170,6 +184,8 @@ mod tests {
         gate.install(t.clone()).unwrap();
         assert!(gate.allows(&bob.peer_id(), "c", Action::Read, 1500));
         assert!(!gate.allows(&bob.peer_id(), "c", Action::Write, 1500));
+        assert_eq!(gate.restricted(), vec![("c".to_owned(), owner.peer_id())]);
+        assert_eq!(gate.tokens(), vec![t.clone()]);
         assert!(
             !gate.allows(&bob.peer_id(), "c", Action::Read, 2000),
             "expired"
@@ -194,6 +210,10 @@ mod tests {
         assert!(!gate.allows(&eve.peer_id(), "c", Action::Read, 1500));
         gate.revoke(*t.token_id());
         assert!(!gate.allows(&bob.peer_id(), "c", Action::Read, 1500));
+        assert!(
+            !gate.tokens().contains(&t),
+            "a revoked token is no longer listed"
+        );
         assert!(gate.install(t).is_err());
         gate.refuse(eve.peer_id(), "c", Action::Read);
         gate.refuse(eve.peer_id(), "c", Action::Read);

@@ -55,7 +55,7 @@ pub use error::StoreError;
 pub use keyring::Keyring;
 pub use p2p::{
     AE_TYPE, DELTA_TYPE, FETCH_TYPE, FETCHED_TYPE, P2PConfig, P2PStats, P2PStorageAdapter,
-    PUSH_TYPE, RandomSource, ReplicatedView, SINCE_TYPE,
+    PUSH_TYPE, RandomSource, ReplicatedView, SINCE_TYPE, TrustFn,
 };
 pub use records::{
     COMPACT_SEALED_FORMAT, COMPACT_SEALED_FORMAT_SENDER, COMPACT_VERSION_FORMAT,

@@ -63,7 +63,7 @@ use crate::kv::Backend;
 use crate::skew::{ClockReport, ClockSkew};
 use crate::{LocalWrite, Store, WrittenVersion};
 
-pub use config::{P2PConfig, P2PStats};
+pub use config::{P2PConfig, P2PStats, TrustFn};
 pub use view::ReplicatedView;
 
 use process::Driver;
@@ -146,7 +146,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             store: store.clone(),
             local_prefix: config.local_prefix.clone(),
             reach: Arc::new(config.reach.clone()),
-            relation: None,
+            peer: None,
             stream: stream.clone(),
             taken_in: Arc::default(),
             activity: Arc::default(),

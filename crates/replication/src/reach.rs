@@ -45,6 +45,43 @@ pub enum Trust {
     Stranger,
 }
 
+impl Trust {
+    /// Every circle, narrowest first.
+    pub const ALL: [Trust; 6] = [
+        Trust::OwnDevice,
+        Trust::Family,
+        Trust::Neighbour,
+        Trust::Municipal,
+        Trust::Bioregional,
+        Trust::Stranger,
+    ];
+
+    /// The circle's name: `own-device`, `family`, `neighbour`, `municipal`,
+    /// `bioregional` or `stranger`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Trust::OwnDevice => "own-device",
+            Trust::Family => "family",
+            Trust::Neighbour => "neighbour",
+            Trust::Municipal => "municipal",
+            Trust::Bioregional => "bioregional",
+            Trust::Stranger => "stranger",
+        }
+    }
+
+    /// The circle named `name` (as [`Trust::name`] gives it; `neighbor` and
+    /// `own_device` are accepted too, case-insensitively), or `None`.
+    pub fn from_name(name: &str) -> Option<Trust> {
+        let n = name.trim().to_ascii_lowercase().replace('_', "-");
+        let n = if n == "neighbor" {
+            "neighbour".to_owned()
+        } else {
+            n
+        };
+        Trust::ALL.into_iter().find(|t| t.name() == n)
+    }
+}
+
 /// A peer together with how this node relates to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Relation {
@@ -224,14 +261,7 @@ impl ReachPolicy {
 mod tests {
     use super::*;
 
-    const ALL_TRUST: [Trust; 6] = [
-        Trust::OwnDevice,
-        Trust::Family,
-        Trust::Neighbour,
-        Trust::Municipal,
-        Trust::Bioregional,
-        Trust::Stranger,
-    ];
+    const ALL_TRUST: [Trust; 6] = Trust::ALL;
 
     fn peer(n: u8) -> PeerId {
         PeerId::from_digest([n; 32])
@@ -328,6 +358,16 @@ mod tests {
         }
         let own = Relation::new(peer(6), Trust::OwnDevice);
         assert!(p.ensure_admitted("notes", Some("n1"), &own).is_ok());
+    }
+
+    #[test]
+    fn trust_names_round_trip() {
+        for t in Trust::ALL {
+            assert_eq!(Trust::from_name(t.name()), Some(t));
+        }
+        assert_eq!(Trust::from_name(" Neighbor "), Some(Trust::Neighbour));
+        assert_eq!(Trust::from_name("own_device"), Some(Trust::OwnDevice));
+        assert_eq!(Trust::from_name("friend"), None);
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Every interval and limit the node uses, named, with its default.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ecomesh_mesh::MeshConfig;
 use ecomesh_mesh::buffer::DEFAULT_MAX_MESSAGES;
 use ecomesh_p2p_storage::{P2PConfig, StoreConfig};
+use ecomesh_replication::reach::Trust;
+use ecomesh_types::PeerId;
 
 /// The default bound on pending (accepted, undelivered) texts in the outbox.
 pub const DEFAULT_OUTBOX_MAX: usize = 10_000;
@@ -56,6 +59,12 @@ pub struct NodeConfig {
     /// Replication tunables (factors, reach, trust, anti-entropy period);
     /// the blob service uses the same factors, reach and trust.
     pub p2p: P2PConfig,
+    /// Relationships from configuration (family, neighbours, municipal,
+    /// bioregional peers), applied at every start and never stored; one set
+    /// at run time ([`Node::set_relationship`](crate::Node::set_relationship))
+    /// wins, and a linked own device is always
+    /// [`Trust::OwnDevice`]. Default: none.
+    pub relationships: BTreeMap<PeerId, Trust>,
 }
 
 impl Default for NodeConfig {
@@ -75,6 +84,7 @@ impl Default for NodeConfig {
             mesh,
             store: StoreConfig::default(),
             p2p: P2PConfig::default(),
+            relationships: BTreeMap::new(),
         }
     }
 }
@@ -91,6 +101,13 @@ impl NodeConfig {
     #[must_use]
     pub fn with_outbox_max(mut self, n: usize) -> Self {
         self.outbox_max = n;
+        self
+    }
+
+    /// Adds a configured relationship (see [`relationships`](Self::relationships)).
+    #[must_use]
+    pub fn with_relationship(mut self, peer: PeerId, trust: Trust) -> Self {
+        self.relationships.insert(peer, trust);
         self
     }
 
@@ -115,6 +132,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("sync_events_capacity", &self.sync_events_capacity)
             .field("pending_load_slack", &self.pending_load_slack)
             .field("mesh", &self.mesh)
+            .field("relationships", &self.relationships)
             .finish_non_exhaustive()
     }
 }

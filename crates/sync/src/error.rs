@@ -44,6 +44,16 @@ pub enum SyncError {
     /// damage stays merged.
     #[error("not a valid CARv1 file: {0}")]
     InvalidCar(#[source] ecomesh_wire::WireError),
+    /// Text that is not a peer id (Base58 of 32 bytes).
+    #[error(
+        "{text:?} is not a peer id ({reason}); peer ids are the Base58 text `ecomesh status` and `ecomesh peers` print"
+    )]
+    InvalidPeerId {
+        /// The text (at most its first 80 characters).
+        text: String,
+        /// Why it does not parse.
+        reason: String,
+    },
     /// A bad argument from the caller.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -134,6 +134,18 @@ pub enum SyncEvent {
         /// The replayed version.
         version: ContentId,
     },
+    /// A peer was refused a non-public collection for want of a valid
+    /// capability token (see [`Node::restrict_collection`](crate::Node::restrict_collection)):
+    /// not served it (`read`) or a version of it not taken in (`write`).
+    /// Repeats of the same refusal in a row are reported once.
+    CapabilityRefused {
+        /// The peer refused.
+        peer: PeerId,
+        /// The collection.
+        collection: String,
+        /// `read` or `write`.
+        action: &'static str,
+    },
     /// This subscriber fell behind and missed this many events.
     Lagged(u64),
 }
@@ -233,7 +245,7 @@ impl SyncTracker {
         self.own_clock = own;
     }
 
-    fn emit(&self, ev: SyncEvent) {
+    pub(crate) fn emit(&self, ev: SyncEvent) {
         // No subscriber is not an error.
         let _ = self.tx.send(ev);
     }
@@ -392,6 +404,7 @@ impl crate::node::Inner {
     /// Feeds the replication adapter's activity since the last pass to the
     /// state machines and the event channel.
     pub(crate) fn track_sync(&self) {
+        self.take_refusals();
         let clocks = self.p2p.clock_report();
         lock(&self.sync).on_clocks(
             clocks.peers.iter().map(|c| (c.peer, c.skew_ms, c.skewed)),

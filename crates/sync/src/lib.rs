@@ -28,6 +28,9 @@
 //! - `front`: an optional layer the documents go through (a primary);
 //! - `link`: device linking by a one-time code ([`Node::link_new`],
 //!   [`Node::link_accept`]), own devices and [`Node::relationship`];
+//! - `relations`: family, neighbours, municipal and bioregional peers from
+//!   configuration and set at run time ([`Node::set_relationship`]), which
+//!   every reach decision uses;
 //! - `events`: sync events (`sync_events`), per-peer and node sync states,
 //!   `force_sync`.
 
@@ -50,6 +53,7 @@ mod link;
 mod node;
 mod persist;
 mod private;
+mod relations;
 mod routing;
 mod sneakernet;
 mod texts;
@@ -58,6 +62,7 @@ mod watch;
 pub use api::{Change, Changes, MergedVersion, NodeStatus};
 pub use blobs::{BlobInfo, GcSummary};
 pub use builder::NodeBuilder;
+pub use capabilities::{CAPABILITIES_COLLECTION, parse_token_id, token_id_text};
 pub use config::{DEFAULT_OUTBOX_MAX, NodeConfig};
 pub use docs::{Collection, DocRef};
 pub use error::{Result, SyncError};
@@ -72,6 +77,9 @@ pub use link::{
 };
 pub use node::Node;
 pub use private::{KEYS_COLLECTION, PrivateCollection};
+pub use relations::{
+    RELATIONS_COLLECTION, RelationSource, Relationship, parse_peer_id, parse_trust,
+};
 pub use routing::{ContentRouting, RoutingError};
 pub use sneakernet::{
     ExportOptions, ExportSummary, IMPORT_LIMITS, ImportReport, MAX_PENDING_BYTES,
@@ -88,7 +96,7 @@ pub use ecomesh_p2p_storage::capabilities::CapabilityRefusal;
 pub use ecomesh_p2p_storage::kv::SledBackend;
 pub use ecomesh_p2p_storage::{ClockReport, OwnClock, PeerClock, StoreError};
 pub use ecomesh_replication::blob::BlobId;
-pub use ecomesh_replication::reach::Trust;
+pub use ecomesh_replication::reach::{Reach, ReachPolicy, Trust};
 pub use ecomesh_replication::stream::{EventKind, Source};
 pub use ecomesh_types::{
     BatchOperation, BatchResult, ContentId, Document, Map, PeerId, PeerInfo, Query, SetOptions,

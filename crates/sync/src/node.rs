@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     pub(crate) blobs: Blobs,
     pub(crate) texts: Texts,
     pub(crate) links: crate::link::Links,
+    pub(crate) relations: crate::relations::Relations,
+    pub(crate) refusals: crate::capabilities::Refusals,
     pub(crate) state: Arc<MeshState>,
     pub(crate) transports: Vec<Arc<dyn TransportAdapter>>,
     pub(crate) started: Instant,
@@ -92,8 +94,17 @@ impl Node {
             mesh.clone(),
             wake.clone(),
         );
-        // Linked devices are own devices for reach, here and in the blob service.
-        config.p2p.trust = crate::link::trust_with_own(links.own_set(), config.p2p.trust.clone());
+        // Linked devices are own devices for reach, then the relationships set
+        // at run time and configured, here and in the blob service.
+        let mut configured = config.relationships.clone();
+        if configured.remove(&identity.peer_id()).is_some() {
+            tracing::warn!("a configured relationship names this node itself; ignored");
+        }
+        let relations = crate::relations::Relations::open(&store, configured)?;
+        config.p2p.trust = crate::link::trust_with_own(
+            links.own_set(),
+            relations.trust_over(config.p2p.trust.clone()),
+        );
         let texts = Texts::open(
             identity.clone(),
             store.clone(),
@@ -134,6 +145,8 @@ impl Node {
             blobs,
             texts,
             links,
+            relations,
+            refusals: Default::default(),
             state,
             transports: b.transports,
             started: Instant::now(),
@@ -146,6 +159,8 @@ impl Node {
             subscriptions: Mutex::new(Vec::new()),
         });
         inner.wire_up();
+        // Restricted collections and tokens before any peer is served.
+        inner.load_capabilities()?;
         // Encrypted collections' keys before any write (`private.rs`).
         inner.refresh_keys(true)?;
         let task = tokio::spawn(drive(Arc::downgrade(&inner), inner.wake.clone(), stop_rx));

@@ -101,7 +101,7 @@ async fn a_non_public_collection_admits_only_token_holders_and_reports_the_rest(
     assert!(!has(&a, "ledger", "c1").await, "C's push was taken in");
 
     // Revocation: B's next push is refused.
-    a.revoke_capability(*token.token_id());
+    a.revoke_capability(*token.token_id()).unwrap();
     b.collection("ledger")
         .doc("b2")
         .set(fields(&[("amount", "40")]), SetOptions::REPLACE)
@@ -119,4 +119,68 @@ async fn a_non_public_collection_admits_only_token_holders_and_reports_the_rest(
     for n in [&a, &b, &c] {
         n.shutdown().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restrictions_tokens_and_revocations_survive_a_restart_and_refusals_are_events() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<Identity> = (0..2).map(|_| Identity::generate().unwrap()).collect();
+    let net = MemNetwork::new(0, 0);
+    net.set_delivery(Delivery::Immediate);
+    let a = node_on(&net, &ids[0], dir.path(), test_config()).await;
+    let (x, y) = (
+        Identity::generate().unwrap().peer_id(),
+        Identity::generate().unwrap().peer_id(),
+    );
+    a.restrict_collection("ledger").unwrap();
+    let kept = a
+        .grant_capability("ledger", x, &[Action::Read], Duration::from_secs(3600))
+        .unwrap();
+    let revoked = a
+        .grant_capability("ledger", y, &[Action::Write], Duration::from_secs(3600))
+        .unwrap();
+    a.revoke_capability(*revoked.token_id()).unwrap();
+    a.shutdown().await.unwrap();
+    drop(a);
+
+    let a = node_on(&net, &ids[0], dir.path(), test_config()).await;
+    assert_eq!(
+        a.restricted_collections(),
+        vec![("ledger".to_owned(), a.peer_id())]
+    );
+    assert_eq!(a.capabilities(), vec![kept]);
+    assert!(
+        a.install_capability(&revoked.to_bytes()).is_err(),
+        "the revocation is remembered"
+    );
+    assert!(ecomesh_sync::parse_token_id("xyz").is_err());
+
+    // A peer without a token is refused; the refusal is a sync event.
+    let mut events = a.sync_events();
+    let dir_b = tempfile::tempdir().unwrap();
+    let b = node_on(&net, &ids[1], dir_b.path(), test_config()).await;
+    a.collection("ledger")
+        .doc("l1")
+        .set(fields(&[("amount", "1")]), SetOptions::REPLACE)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(ecomesh_sync::SyncEvent::CapabilityRefused {
+                peer,
+                collection,
+                action,
+            })) if peer == b.peer_id() => {
+                assert_eq!((collection.as_str(), action), ("ledger", "read"));
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no capability_refused event for B: {other:?}"),
+        }
+    }
+    assert!(refused(&a.capability_refusals(), &b, "read"));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }

@@ -555,6 +555,16 @@ fn event_json(ev: &SyncEvent) -> Json {
             "id": id,
             "version": cid_json(version),
         }),
+        SyncEvent::CapabilityRefused {
+            peer,
+            collection,
+            action,
+        } => json!({
+            "kind": "capability_refused",
+            "peer": peer.to_string(),
+            "collection": collection,
+            "action": action,
+        }),
         other => json!({ "kind": "unknown", "debug": format!("{other:?}") }),
     }
 }

@@ -32,6 +32,7 @@ pub mod live;
 pub mod node_info;
 pub mod primary;
 pub mod query;
+pub mod relations;
 pub mod rest;
 
 pub use error::{ApiError, ApiResult};

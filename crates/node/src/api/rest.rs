@@ -1,5 +1,5 @@
 //! What the REST modules ([`docs`](super::docs), [`blobs`](super::blobs),
-//! [`node_info`](super::node_info)) share: their route tables, extractors
+//! [`node_info`](super::node_info), [`relations`](super::relations)) share: their route tables, extractors
 //! whose rejections are typed [`ApiError`]s, name checks, and the mapping of
 //! the node's errors.
 
@@ -53,6 +53,7 @@ pub(crate) fn routes() -> Router<Arc<ApiState>> {
     super::docs::routes()
         .merge(super::blobs::routes())
         .merge(super::node_info::routes())
+        .merge(super::relations::routes())
 }
 
 /// Every REST route this module family registers, as `(METHOD, /api/v1/...)`:
@@ -62,6 +63,7 @@ pub fn rest_routes() -> Vec<(&'static str, String)> {
         super::docs::endpoints(),
         super::blobs::endpoints(),
         super::node_info::endpoints(),
+        super::relations::endpoints(),
     ]
     .into_iter()
     .flatten()

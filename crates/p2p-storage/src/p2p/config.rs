@@ -12,6 +12,9 @@ use ecomesh_types::PeerId;
 #[cfg(doc)]
 use super::P2PStorageAdapter;
 
+/// How this node relates to a peer (see [`P2PConfig::trust`]).
+pub type TrustFn = Arc<dyn Fn(&PeerId) -> Trust + Send + Sync>;
+
 /// Tunables of a [`P2PStorageAdapter`].
 #[derive(Clone)]
 pub struct P2PConfig {
@@ -47,7 +50,7 @@ pub struct P2PConfig {
     /// outside the reach never gets the bytes.
     pub reach: ReachPolicy,
     /// How this node relates to a peer (own device, family, ...), for reach.
-    pub trust: Arc<dyn Fn(&PeerId) -> Trust + Send + Sync>,
+    pub trust: TrustFn,
     /// A peer whose clock is estimated to be further than this from this
     /// node's, in milliseconds, is reported as skewed (see
     /// [`P2PStorageAdapter::clock_report`]). Reporting only: replication does

@@ -28,8 +28,11 @@ pub struct ReplicatedView<B: Backend> {
     pub(super) store: Arc<Store<B>>,
     pub(super) local_prefix: String,
     pub(super) reach: Arc<ReachPolicy>,
-    /// The peer this view is for; `None`: this node's own view of what it replicates.
-    pub(super) relation: Option<Relation>,
+    /// The peer this view is for, with the function that says how this node
+    /// relates to it (asked at every check, so a relationship changed at run
+    /// time applies to views already open, such as anti-entropy sessions);
+    /// `None`: this node's own view of what it replicates.
+    pub(super) peer: Option<(PeerId, super::config::TrustFn)>,
     /// Where a version merged from the peer is positioned, when the node keeps a stream.
     pub(super) stream: SharedStream,
     /// Versions newly merged from peers, to be pushed on (see [`TakenIn`]).
@@ -63,6 +66,13 @@ impl<B: Backend> std::fmt::Debug for ReplicatedView<B> {
 }
 
 impl<B: Backend> ReplicatedView<B> {
+    /// The peer of this view and its trust circle now (`None`: own view).
+    fn relation(&self) -> Option<Relation> {
+        self.peer
+            .as_ref()
+            .map(|(peer, trust)| Relation::new(*peer, trust(peer)))
+    }
+
     pub(super) fn replicates(&self, collection: &str) -> bool {
         self.in_reach(collection) && self.capable(collection, Action::Read)
     }
@@ -72,7 +82,7 @@ impl<B: Backend> ReplicatedView<B> {
         let local = !self.local_prefix.is_empty() && collection.starts_with(&self.local_prefix);
         !local
             && self
-                .relation
+                .relation()
                 .is_none_or(|r| self.reach.admits(collection, None, &r))
     }
 
@@ -80,7 +90,7 @@ impl<B: Backend> ReplicatedView<B> {
     /// for a public collection, and for this node's own view); a refusal is
     /// recorded in the gate.
     fn capable(&self, collection: &str, action: Action) -> bool {
-        let Some(r) = &self.relation else {
+        let Some(r) = self.relation() else {
             return true;
         };
         if !self.caps.is_restricted(collection) {
@@ -98,7 +108,7 @@ impl<B: Backend> ReplicatedView<B> {
     pub(super) fn document_visible(&self, collection: &str, id: &str) -> bool {
         self.replicates(collection)
             && self
-                .relation
+                .relation()
                 .is_none_or(|r| self.reach.admits(collection, Some(id), &r))
     }
 
@@ -178,13 +188,13 @@ impl<B: Backend> ReconcileStore for ReplicatedView<B> {
             }
             Some((c, id)) if self.in_reach(&c) => {
                 // The heads before the merge tell whether it was concurrent.
-                let before = match &self.relation {
+                let before = match self.relation() {
                     Some(_) => Some(ReconcileStore::heads(&*self.store, &c, &id)?),
                     None => None,
                 };
                 let result = ReconcileStore::apply_version(&*self.store, bytes)?;
                 if result == ApplyResult::Applied
-                    && let Some(r) = &self.relation
+                    && let Some(r) = self.relation()
                 {
                     self.note_received(r.peer, bytes, c, id, before.unwrap_or_default());
                     record_in_stream(&self.stream, bytes, Source::Remote(r.peer));
@@ -239,7 +249,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
             store: self.store.clone(),
             local_prefix: self.config.local_prefix.clone(),
             reach: self.view.reach.clone(),
-            relation: Some(Relation::new(peer, (self.config.trust)(&peer))),
+            peer: Some((peer, self.config.trust.clone())),
             stream: self.stream.clone(),
             taken_in: self.view.taken_in.clone(),
             activity: self.view.activity.clone(),

@@ -789,7 +789,10 @@ impl Node {
     }
 
     /// How this node relates to `peer`: [`Trust::OwnDevice`] for a linked
-    /// device, else what [`P2PConfig::trust`](ecomesh_p2p_storage::P2PConfig::trust)
+    /// device, else the level set at run time
+    /// ([`set_relationship`](Self::set_relationship)), else the configured
+    /// one ([`NodeConfig::relationships`](crate::NodeConfig::relationships)),
+    /// else what [`P2PConfig::trust`](ecomesh_p2p_storage::P2PConfig::trust)
     /// says (by default [`Trust::Stranger`]). Replication and the blob
     /// service decide reach with this same function.
     pub fn relationship(&self, peer: &PeerId) -> Trust {
