@@ -365,6 +365,10 @@ pub struct Status {
     /// `null`) without one.
     #[serde(default)]
     pub primary: Option<Box<crate::hybrid::PrimaryStatus>>,
+    /// The storage: `healthy`, or the databases found damaged at start, where
+    /// their files were moved, and what peers have not given back yet.
+    #[serde(default)]
+    pub storage: crate::storage::StorageStatus,
 }
 
 /// A peer's clock as this node sees it.

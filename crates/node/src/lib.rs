@@ -34,3 +34,4 @@ pub mod remote;
 mod serve;
 mod serve_stream;
 pub mod sneakernet;
+pub mod storage;

@@ -152,6 +152,11 @@ impl SledBackend {
         self
     }
 
+    /// The record counts the witness keeps (`None` without one).
+    pub(crate) fn witness_counts(&self) -> Option<crate::witness::Counts> {
+        self.witness.as_ref().map(|w| *w.lock())
+    }
+
     fn apply_raw(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut sled_batch = sled::Batch::default();
         for (key, value) in batch {

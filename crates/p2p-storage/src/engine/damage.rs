@@ -135,6 +135,14 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// How many versions, documents and blob records the store holds now
+    /// (kept as it writes; `None` for a store opened without its witness).
+    pub fn record_counts(&self) -> Option<Counts> {
+        self.backend.witness_counts()
+    }
+}
+
 enum Checked {
     /// Not damage: an error the caller gets as is.
     Fatal(StoreError),
