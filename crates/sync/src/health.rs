@@ -268,13 +268,20 @@ pub(crate) fn record_stream_head(layout: &DataLayout, head: u64) {
 
 /// Compares the opened stream with its recorded head; a shorter stream lost
 /// its last positions.
-pub(crate) fn check_stream(layout: &DataLayout, stream: &DurableStream, damage: &mut StartupDamage) {
+pub(crate) fn check_stream(
+    layout: &DataLayout,
+    stream: &DurableStream,
+    damage: &mut StartupDamage,
+) {
     let head = stream.index().head();
     if let Some(acked) = stream_witness(layout)
         && head < acked
     {
-        tracing::error!(head, acknowledged = acked,
-            "the stream lost its last positions; peers reconcile through anti-entropy");
+        tracing::error!(
+            head,
+            acknowledged = acked,
+            "the stream lost its last positions; peers reconcile through anti-entropy"
+        );
         damage.damaged.push(DamagedDatabase {
             database: "stream".into(),
             reason: format!("it holds {head} positions of the {acked} it acknowledged"),

@@ -65,9 +65,7 @@ pub use error::{Result, SyncError};
 pub use events::{Operation, PeerSyncStatus, SyncEvent, SyncEvents, SyncState, VersionEvent};
 pub use front::{DocumentFront, FrontFactory, LocalStorage};
 pub use fsutil::write_atomic;
-pub use health::{
-    DamagedDatabase, MAX_NAMED_MISSING, MissingVersion, StorageHealth, StorageState,
-};
+pub use health::{DamagedDatabase, MAX_NAMED_MISSING, MissingVersion, StorageHealth, StorageState};
 pub use inspect::{CollectionInfo, QueueStatus, VersionedDocument};
 pub use layout::DataLayout;
 pub use link::{
