@@ -368,7 +368,7 @@ pub struct Status {
     /// The storage: `healthy`, or the databases found damaged at start, where
     /// their files were moved, and what peers have not given back yet.
     #[serde(default)]
-    pub storage: crate::storage::StorageStatus,
+    pub storage: Box<crate::storage::StorageStatus>,
 }
 
 /// A peer's clock as this node sees it.

@@ -243,7 +243,7 @@ impl Served {
                 .as_ref()
                 .and_then(|p| p.status(s.peers))
                 .map(Box::new),
-            storage: s.storage.into(),
+            storage: Box::new(s.storage.into()),
         })
     }
 

@@ -313,6 +313,9 @@ struct Rebuilt {
     heads: BTreeMap<(String, String), Vec<ContentId>>,
 }
 
+/// A salvaged version waiting to be merged: its timestamp, bytes and document.
+type Salvaged<'a> = (HlcTimestamp, &'a [u8], Option<(String, String)>);
+
 /// Builds a store in `dir` from `salvage`, leaving [`REBUILT_MARKER`] in it
 /// when complete and flushed.
 fn rebuild(
@@ -327,7 +330,7 @@ fn rebuild(
     let store = Store::with_backend(backend, identity.clone(), cfg)?;
     // Parents first: a version's timestamp is above its parents' (the
     // clock is stamped after them), and passes catch what is out of order.
-    let mut pending: Vec<(HlcTimestamp, &[u8], Option<(String, String)>)> = Vec::new();
+    let mut pending: Vec<Salvaged<'_>> = Vec::new();
     let mut unmerged = 0_u64;
     for (cid, bytes) in &salvage.versions {
         match ecomesh_wire::decode::<VersionNode>(bytes) {
