@@ -425,6 +425,10 @@ pub struct Status {
     /// `null`) without one.
     #[serde(default)]
     pub primary: Option<Box<crate::hybrid::PrimaryStatus>>,
+    /// The storage: `healthy`, or the databases found damaged at start, where
+    /// their files were moved, and what peers have not given back yet.
+    #[serde(default)]
+    pub storage: Box<crate::storage::StorageStatus>,
 }
 
 /// A peer's clock as this node sees it.

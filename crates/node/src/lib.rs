@@ -36,3 +36,4 @@ pub mod remote;
 mod serve;
 mod serve_stream;
 pub mod sneakernet;
+pub mod storage;

@@ -957,6 +957,9 @@ fn status_command(ask: &dyn Fn(Request) -> Result<Response>, json_out: bool) -> 
             for line in s.primary.iter().flat_map(|p| p.human_lines()) {
                 out(line);
             }
+            for line in s.storage.human_lines() {
+                out(line);
+            }
             Ok(())
         }
         other => unexpected(&other),

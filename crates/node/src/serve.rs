@@ -256,6 +256,7 @@ impl Served {
                 .as_ref()
                 .and_then(|p| p.status(s.peers))
                 .map(Box::new),
+            storage: Box::new(s.storage.into()),
         })
     }
 

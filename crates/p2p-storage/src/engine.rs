@@ -24,9 +24,11 @@ use crate::subs::{Event, Subscriptions, Target};
 use crate::trie::{self, ChildRef, Entry};
 use crate::txn::{Deferred, Txn};
 
+mod damage;
 mod integrity;
 mod read;
 mod recovery;
+pub use damage::{MAX_NAMED_DAMAGED, StoreDamage, StoreHealth};
 pub use integrity::IntegrityReport;
 
 /// The on-disk format this build reads and writes.
@@ -359,17 +361,14 @@ pub type SledStore = Store<SledBackend>;
 pub type MemoryStore = Store<MemoryBackend>;
 
 impl SledStore {
-    /// Opens (or creates) the store in directory `path`.
+    /// Opens (or creates) the store in directory `path`: a damaged database is
+    /// moved aside and rebuilt from what still reads, with an error in the
+    /// log; [`open_checked`](Self::open_checked) also returns what was lost.
     ///
     /// Errors: [`StoreError::Locked`] when another process has it open,
     /// [`StoreError::UnsupportedFormat`] for a database of another format version.
     pub fn open(path: &Path, identity: Identity, config: StoreConfig) -> Result<Self, StoreError> {
-        let background = match config.flush {
-            FlushPolicy::Interval(ms) => Some(ms.max(1)),
-            FlushPolicy::EveryWrite | FlushPolicy::Manual => None,
-        };
-        let backend = SledBackend::open(path, background)?;
-        Store::with_backend(backend, identity, config)
+        Self::open_checked(path, identity, config).map(|(store, _)| store)
     }
 }
 

@@ -116,6 +116,9 @@ impl Backend for MemoryBackend {
 #[derive(Debug, Clone)]
 pub struct SledBackend {
     db: sled::Db,
+    /// The acknowledged record counts kept beside the database (see
+    /// [`crate::witness`]); every store opened with `SledStore::open` has one.
+    witness: Option<Arc<crate::witness::Witness>>,
 }
 
 impl SledBackend {
@@ -140,7 +143,29 @@ impl SledBackend {
                     StoreError::Backend(err.to_string())
                 }
             })?;
-        Ok(SledBackend { db })
+        Ok(SledBackend { db, witness: None })
+    }
+
+    /// This backend, counting its records into `witness` from now on.
+    pub(crate) fn with_witness(mut self, witness: crate::witness::Witness) -> Self {
+        self.witness = Some(Arc::new(witness));
+        self
+    }
+
+    /// The record counts the witness keeps (`None` without one).
+    pub(crate) fn witness_counts(&self) -> Option<crate::witness::Counts> {
+        self.witness.as_ref().map(|w| *w.lock())
+    }
+
+    fn apply_raw(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut sled_batch = sled::Batch::default();
+        for (key, value) in batch {
+            match value {
+                Some(value) => sled_batch.insert(key, value),
+                None => sled_batch.remove(key),
+            }
+        }
+        self.db.apply_batch(sled_batch).map_err(sled_err)
     }
 
     /// How long [`open`](Self::open) waits for a held lock before it reports
@@ -173,18 +198,22 @@ impl Backend for SledBackend {
     }
 
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let mut sled_batch = sled::Batch::default();
-        for (key, value) in batch {
-            match value {
-                Some(value) => sled_batch.insert(key, value),
-                None => sled_batch.remove(key),
-            }
+        match &self.witness {
+            Some(w) => w.apply(
+                batch,
+                |k| self.db.contains_key(k).map_err(sled_err),
+                |b| self.apply_raw(b),
+            ),
+            None => self.apply_raw(batch),
         }
-        self.db.apply_batch(sled_batch).map_err(sled_err)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(sled_err)
+        let flush = || self.db.flush().map(|_| ()).map_err(sled_err);
+        match &self.witness {
+            Some(w) => w.acknowledge(flush),
+            None => flush(),
+        }
     }
 }
 

@@ -44,12 +44,14 @@ mod skew;
 mod subs;
 pub mod trie;
 mod txn;
+pub mod witness;
 
 pub use activity::SyncActivity;
 pub use blobs::{BlobService, BlobServiceConfig, BlobStore, GcReport};
 pub use engine::{
-    ApplyOutcome, FORMAT_VERSION, FlushPolicy, GcPolicy, IntegrityReport, LocalWrite, MemoryStore,
-    SledStore, Store, StoreConfig, SystemClock, VersionInfo, WrittenVersion,
+    ApplyOutcome, FORMAT_VERSION, FlushPolicy, GcPolicy, IntegrityReport, LocalWrite,
+    MAX_NAMED_DAMAGED, MemoryStore, SledStore, Store, StoreConfig, StoreDamage, StoreHealth,
+    SystemClock, VersionInfo, WrittenVersion,
 };
 pub use error::StoreError;
 pub use keyring::Keyring;

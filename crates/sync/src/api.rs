@@ -46,6 +46,9 @@ pub struct NodeStatus {
     pub stream_head: u64,
     /// Peer clock estimates and this node's own clock verdict.
     pub clocks: ClockReport,
+    /// Databases found damaged at start and what is still missing
+    /// (see [`Node::storage_health`]).
+    pub storage: crate::health::StorageHealth,
 }
 
 /// One version in the node's stream of versions.
@@ -122,6 +125,7 @@ impl Node {
             uptime: n.started.elapsed(),
             stream_head: n.p2p.stream_head(),
             clocks: n.p2p.clock_report(),
+            storage: self.storage_health()?,
         })
     }
 

@@ -47,6 +47,7 @@ mod error;
 mod events;
 mod front;
 mod fsutil;
+mod health;
 mod inspect;
 mod layout;
 mod link;
@@ -69,6 +70,7 @@ pub use error::{Result, SyncError};
 pub use events::{Operation, PeerSyncStatus, SyncEvent, SyncEvents, SyncState, VersionEvent};
 pub use front::{DocumentFront, FrontFactory, LocalStorage};
 pub use fsutil::write_atomic;
+pub use health::{DamagedDatabase, MAX_NAMED_MISSING, MissingVersion, StorageHealth, StorageState};
 pub use inspect::{CollectionInfo, QueueStatus, VersionedDocument};
 pub use layout::DataLayout;
 pub use link::{

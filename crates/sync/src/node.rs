@@ -1,6 +1,7 @@
 //! The running node: its parts, the task that drives them, and shutdown.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -59,6 +60,10 @@ pub(crate) struct Inner {
     pub(crate) writes: crate::watch::PendingWrites,
     pub(crate) sync: Mutex<crate::events::SyncTracker>,
     pub(crate) private: crate::private::PrivateState,
+    /// What the databases lost at start (see `health.rs`).
+    pub(crate) damage: crate::health::StartupDamage,
+    /// The stream head last recorded as acknowledged.
+    stream_recorded: AtomicU64,
     stop: watch::Sender<bool>,
     driver: Mutex<Option<JoinHandle<()>>>,
     subscriptions: Mutex<Vec<Subscription>>,
@@ -83,7 +88,10 @@ impl Node {
     pub(crate) fn open(b: NodeBuilder, identity: Identity) -> Result<Node> {
         let layout = b.layout;
         let mut config = b.config;
-        let store = SledStore::open(&layout.store(), identity.clone(), config.store.clone())?;
+        let mut damage = crate::health::StartupDamage::default();
+        let (store, health) =
+            SledStore::open_checked(&layout.store(), identity.clone(), config.store.clone())?;
+        damage.store(health);
         let store = Arc::new(store);
         let (mesh, state) = open_mesh(&identity, &layout, &config);
         let state = Arc::new(state);
@@ -122,8 +130,19 @@ impl Node {
             b.routing,
             wake.clone(),
         )?;
-        let queue = SyncQueue::open(&layout.queue())?;
-        let stream = DurableStream::open(&layout.stream())?;
+        let queue =
+            crate::health::open_or_replace("queue", &layout.queue(), &mut damage, SyncQueue::open)?;
+        let stream = crate::health::open_or_replace(
+            "stream",
+            &layout.stream(),
+            &mut damage,
+            DurableStream::open,
+        )?;
+        crate::health::check_stream(&layout, &stream, &mut damage);
+        if damage.store_damaged() {
+            damage.find_lost(&store, &stream, &queue)?;
+        }
+        let stream_recorded = AtomicU64::new(stream.index().head());
         let p2p = P2PStorageAdapter::new(store.clone(), mesh.clone(), config.p2p.clone())
             .with_queue(queue)
             .with_stream(stream);
@@ -154,6 +173,8 @@ impl Node {
             writes: crate::watch::PendingWrites::default(),
             sync: Mutex::new(crate::events::SyncTracker::new(sync_capacity)),
             private: crate::private::PrivateState::default(),
+            damage,
+            stream_recorded,
             stop,
             driver: Mutex::new(None),
             subscriptions: Mutex::new(Vec::new()),
@@ -331,6 +352,10 @@ impl Inner {
             self.state.persist();
         }
         self.writes.refresh(self.p2p.queue());
+        let head = self.p2p.stream_head();
+        if self.stream_recorded.swap(head, Ordering::SeqCst) != head {
+            crate::health::record_stream_head(&self.layout, head);
+        }
     }
 }
 
