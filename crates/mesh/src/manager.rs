@@ -767,7 +767,7 @@ impl MultiTransportManager {
                     tracing::debug!(transport = %ty, peer = %p, error = %e, "disconnect failed");
                 }
             }
-            tracing::info!(peer = %p, "reputation below 0.1: disconnected");
+            tracing::info!(peer = %p, "reputation too low (below 0.1, or integrity gate): disconnected");
             self.listeners.emit(&MeshEvent::Disconnected(p));
         }
         handled
@@ -960,16 +960,9 @@ impl MultiTransportManager {
                 return;
             }
             match verdict {
-                Ok(_) => {
-                    // A key message is credited once its payload checks out too;
-                    // an onion cell only ever costs (the router charges bad ones).
-                    if !is_key_message(&message.message_type)
-                        && message.message_type != ONION_CELL_TYPE
-                    {
-                        observe_locked(&mut st, from, Observation::Integrity(true));
-                    }
-                    true
-                }
+                // Credited below, once dedup says it is new: a replayed valid
+                // message must not wash out a peer's invalid ones.
+                Ok(_) => true,
                 Err(IdentityError::UnknownPeer(_)) => false,
                 Err(e) => {
                     tracing::warn!(from = %from, id = %message.id, error = %e, "invalid signature; dropped");
@@ -1010,7 +1003,17 @@ impl MultiTransportManager {
             }
             return;
         }
-        let first_seen = lock(&self.state).seen.insert(message.id, now_ms);
+        let first_seen = {
+            let mut st = lock(&self.state);
+            let first = st.seen.insert(message.id, now_ms);
+            // A key message is credited once its payload checks out too; an
+            // onion cell only ever costs (the router charges bad ones); a
+            // duplicate earns nothing (replays would wash out invalid data).
+            if first && !is_key_message(&message.message_type) {
+                observe_locked(&mut st, from, Observation::Integrity(true));
+            }
+            first
+        };
         let control = message.message_type == ACK_TYPE || is_key_message(&message.message_type);
         let unacked = lock(&self.state)
             .unacked_types

@@ -310,6 +310,18 @@ impl Node {
             .map(|d| d["fields"].clone())
     }
 
+    /// The pid of the running node process (the wrapper's child when wrapped).
+    pub(crate) fn pid(&self) -> Option<String> {
+        self.child.as_ref().map(|c| self.node_pid(c))
+    }
+
+    /// Whether the node process is still running (it did not exit or crash).
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     /// The log of the latest run.
     pub(crate) fn last_run_log(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
