@@ -180,7 +180,7 @@ pub enum SendOutcome {
     Queued,
 }
 
-type Inbox = Arc<Mutex<(VecDeque<(TransportType, TransportEvent)>, u64)>>;
+type Inbox = Arc<Mutex<crate::inbox::Inbox>>;
 
 struct Slot {
     adapter: Arc<dyn TransportAdapter>,
@@ -296,12 +296,13 @@ impl MultiTransportManager {
         buffer: StoreBuffer,
         pending: PendingAcks,
     ) -> Self {
+        let inbox_capacity = config.inbox_capacity;
         MultiTransportManager {
             identity: identity.clone(),
             keys,
             config,
             transports: Mutex::new(BTreeMap::new()),
-            inbox: Arc::new(Mutex::new((VecDeque::new(), 0))),
+            inbox: Arc::new(Mutex::new(crate::inbox::Inbox::new(inbox_capacity))),
             state: Mutex::new(State {
                 peers: BTreeMap::new(),
                 seen: SeenSet::new(config.dedup_capacity, config.dedup_max_age_ms),
@@ -401,14 +402,15 @@ impl MultiTransportManager {
     pub fn add_transport(&self, adapter: Arc<dyn TransportAdapter>) {
         let ty = adapter.transport_type();
         let inbox = self.inbox.clone();
-        let cap = self.config.inbox_capacity;
         let push = move |ev: TransportEvent| {
-            let mut q = lock(&inbox);
-            if q.0.len() >= cap {
-                q.1 += 1;
-                tracing::warn!(transport = %ty, "mesh inbox full; event dropped");
-            } else {
-                q.0.push_back((ty, ev));
+            let dropped = {
+                let mut q = lock(&inbox);
+                let before = q.dropped();
+                q.push(ty, ev);
+                q.dropped() - before
+            };
+            if dropped > 0 {
+                tracing::warn!(transport = %ty, "mesh inbox full; an event dropped");
             }
         };
         for p in adapter.peers() {
@@ -540,7 +542,7 @@ impl MultiTransportManager {
 
     /// Transport events dropped because the inbox was full.
     pub fn dropped_events(&self) -> u64 {
-        lock(&self.inbox).1
+        lock(&self.inbox).dropped()
     }
 
     /// Persists the store-and-forward buffer (atomic write).
@@ -706,7 +708,7 @@ impl MultiTransportManager {
                 self.on_message(ty, from, message, now_ms, false).await;
                 continue;
             }
-            let next = lock(&self.inbox).0.pop_front();
+            let next = lock(&self.inbox).pop();
             let Some((ty, ev)) = next else { break };
             handled += 1;
             match ev {
@@ -749,6 +751,13 @@ impl MultiTransportManager {
             relayed_to.retain(|id, _| buffer.contains(id));
             private.retain(|id| buffer.contains(id));
             let expired = st.pending.expire(now_ms);
+            let established = st
+                .peers
+                .keys()
+                .filter(|p| st.reputation.established(p))
+                .copied()
+                .collect();
+            lock(&self.inbox).set_established(established);
             let disconnect: Vec<PeerId> =
                 std::mem::take(&mut st.to_disconnect).into_iter().collect();
             for p in &disconnect {

@@ -40,6 +40,9 @@ pub const DISCONNECT_BELOW: f64 = 0.1;
 /// Invalid messages a peer must have sent before its integrity metric alone
 /// decides its standing (so a few honest mistakes never disconnect anyone).
 pub const MIN_INTEGRITY_FAILURES: u64 = 16;
+/// Valid messages after which a trusted peer counts as established
+/// ([`ReputationTable::established`]).
+pub const ESTABLISHED_VALID_MESSAGES: u64 = 4;
 /// Latency that scores 0.5, in milliseconds.
 pub const LATENCY_REFERENCE_MS: f64 = 200.0;
 
@@ -196,6 +199,15 @@ impl ReputationTable {
     /// The score of `peer` (0.5 when unknown).
     pub fn score(&self, peer: &PeerId) -> f64 {
         self.peers.get(peer).map_or(0.5, PeerRecord::score)
+    }
+
+    /// Whether `peer` is an established neighbour: it sent at least
+    /// [`ESTABLISHED_VALID_MESSAGES`] valid messages and stands trusted. The
+    /// mesh inbox keeps such a peer's events before strangers' when full.
+    pub fn established(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|r| {
+            r.integrity.good >= ESTABLISHED_VALID_MESSAGES && r.standing() == Standing::Trusted
+        })
     }
 
     /// The standing of `peer` ([`PeerRecord::standing`]; trusted when unknown).
