@@ -943,8 +943,26 @@ impl MultiTransportManager {
         link: bool,
     ) {
         let me = self.identity.peer_id();
+        if !link && self.exact_replay(from, &message) {
+            // Verified and recorded before: no second verification (a flood of
+            // replays costs a lookup each). Acknowledged again like any
+            // duplicate: its sender may be retransmitting for a lost ACK.
+            let control = message.message_type == ACK_TYPE || is_key_message(&message.message_type);
+            let unacked = lock(&self.state)
+                .unacked_types
+                .contains(&message.message_type);
+            if message.recipient == Some(me) && !control && !unacked {
+                self.acknowledge(&message, now_ms).await;
+            }
+            return;
+        }
         let verified = {
             let mut st = lock(&self.state);
+            // A blocked neighbour's messages are dropped before the cost of
+            // verifying them (it floods between reconnect and disconnect).
+            if st.blocked.contains(&from) {
+                return;
+            }
             let verdict = if link {
                 let sound = message.sender == from
                     && message.hop_count == 0
@@ -965,9 +983,6 @@ impl MultiTransportManager {
                 )
                 .map(drop)
             };
-            if st.blocked.contains(&from) {
-                return;
-            }
             match verdict {
                 // Credited below, once dedup says it is new: a replayed valid
                 // message must not wash out a peer's invalid ones.
@@ -1014,7 +1029,9 @@ impl MultiTransportManager {
         }
         let first_seen = {
             let mut st = lock(&self.state);
-            let first = st.seen.insert(message.id, now_ms);
+            let first = st
+                .seen
+                .insert_tagged(message.id, signature_tag(&message), now_ms);
             // A key message is credited once its payload checks out too; an
             // onion cell only ever costs (the router charges bad ones); a
             // duplicate earns nothing (replays would wash out invalid data).
@@ -1097,6 +1114,13 @@ impl MultiTransportManager {
                 }
             }
         }
+    }
+
+    /// Whether `message` is an exact copy (same id and signature) of one
+    /// verified and recorded in the seen set, from a neighbour not blocked.
+    fn exact_replay(&self, from: PeerId, message: &NetworkMessage) -> bool {
+        let st = lock(&self.state);
+        !st.blocked.contains(&from) && st.seen.tag(&message.id) == Some(signature_tag(message))
     }
 
     /// Holds a message whose sender's key is unknown and asks for the key when
@@ -1485,6 +1509,12 @@ fn relay_candidates(st: &State, fanout: usize, allowed: impl Fn(&PeerId) -> bool
         .take(fanout)
         .map(|(_, p)| p)
         .collect()
+}
+
+/// What the seen set remembers of a message's signature: its first 8 bytes.
+fn signature_tag(message: &NetworkMessage) -> u64 {
+    let s = &message.signature.0;
+    u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
 }
 
 fn observe_locked(st: &mut State, peer: PeerId, o: Observation) {

@@ -494,6 +494,38 @@ fn replayed_valid_messages_earn_no_integrity() {
     assert_eq!(b.mgr.reputation(&a.pid()), after_first);
 }
 
+/// A copy with the id and signature of a message already verified is a
+/// duplicate without a second verification (a replay flood costs a lookup
+/// each): never delivered again, and not charged even with its payload
+/// altered; a copy under another signature is verified, and charged.
+#[test]
+fn exact_replays_skip_verification_and_forged_copies_do_not() {
+    let (a, b) = wired_pair();
+    let m = a
+        .mgr
+        .new_message("chat", b"once".to_vec(), None, 0, [3; 16])
+        .unwrap();
+    a.t[&Wired].inject(b.pid(), m.clone());
+    pump(&[&a, &b], 0);
+    let before = b.mgr.reputation(&a.pid());
+    let mut altered = m.clone();
+    altered.payload = b"altered".to_vec();
+    a.t[&Wired].inject(b.pid(), altered);
+    pump(&[&a, &b], 0);
+    assert_eq!(b.received(), vec![m.clone()]);
+    assert_eq!(b.mgr.reputation(&a.pid()), before);
+    let mut forged = m.clone();
+    forged.signature.0[0] ^= 1;
+    a.t[&Wired].inject(b.pid(), forged);
+    pump(&[&a, &b], 0);
+    assert!(b.has(|e| *e
+        == MeshEvent::Rejected {
+            from: a.pid(),
+            id: m.id
+        }));
+    assert!(b.mgr.reputation(&a.pid()) < before);
+}
+
 /// A neighbour whose every message has an invalid signature is disconnected
 /// and kept out by the integrity gate, with nothing else against it.
 #[test]

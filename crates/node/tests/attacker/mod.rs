@@ -18,7 +18,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ecomesh_identity::noise::{Handshake, SessionConfig, SessionSender, frame};
 use ecomesh_identity::{AccessPolicy, Identity};
@@ -26,6 +26,8 @@ use ecomesh_p2p_storage::VersionNode;
 use ecomesh_transport_wired::link::hello_record;
 use ecomesh_types::{HlcTimestamp, MessageId, NetworkMessage, PeerId, Signature};
 use ecomesh_wire::{decode_message, encode_message};
+
+use crate::common::wall_ms;
 
 /// Record kinds of the wired link (`link.rs`).
 const MORE: u8 = 0x01;
@@ -226,16 +228,6 @@ impl Ctx {
         // Do not spin on a victim that refuses: back off a little.
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn wall_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 fn random<const N: usize>() -> [u8; N] {

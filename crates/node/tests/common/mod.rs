@@ -15,6 +15,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The wall clock in Unix milliseconds.
+pub(crate) fn wall_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
 /// The longest [`wait_for`] waits.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 
