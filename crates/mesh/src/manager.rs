@@ -493,6 +493,13 @@ impl MultiTransportManager {
         choose(&views)
     }
 
+    /// Whether `peer` is an established neighbour: it sent valid messages
+    /// and stands trusted ([`ReputationTable::established`]); a fresh
+    /// identity is not.
+    pub fn is_established(&self, peer: &PeerId) -> bool {
+        lock(&self.state).reputation.established(peer)
+    }
+
     /// The local reputation of `peer`.
     pub fn reputation(&self, peer: &PeerId) -> f64 {
         lock(&self.state).reputation.score(peer)

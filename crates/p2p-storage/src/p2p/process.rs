@@ -44,6 +44,8 @@ pub(super) struct Driver<B: Backend> {
     pub(super) stats: P2PStats,
     /// Peers' clock offsets, from the send times of their messages.
     pub(super) clocks: ClockSkew,
+    /// Stream entries this node may still serve to peers that are not established.
+    pub(super) serve_budget: super::delta::ServeBudget,
 }
 
 impl<B: Backend> P2PStorageAdapter<B> {
