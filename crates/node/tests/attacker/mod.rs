@@ -556,7 +556,7 @@ fn replays(ctx: &Ctx) {
         }
         ctx.pace(start, n);
         n += 1;
-        if n % 8 == 0
+        if n.is_multiple_of(8)
             && let Some(h) = &handshake
         {
             // A recorded handshake replayed on a new connection: its third
