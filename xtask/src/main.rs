@@ -16,6 +16,7 @@ mod deny;
 mod dep_freedom;
 mod deps;
 mod fuzz;
+mod hostile;
 mod lan;
 mod layering;
 mod proptest;
@@ -45,6 +46,8 @@ Commands:
   lan-test   real `ecomesh node`s in network namespaces on a virtual LAN: mDNS
              discovery, sends, store-and-forward over a cut link, restart (root)
   sim        the deterministic network simulator: --seeds N --nodes M [--seed S]
+  hostile    honest traffic during hostile-peer attacks on real nodes, as a
+             ratio to the same run without them: [--writes N] [--rate R]
   deny       cargo deny --offline check against the shared RustSec snapshot
   layering   check that crates depend only downward (docs/architecture.md)
 
@@ -178,6 +181,15 @@ fn dispatch(command: Option<&str>, rest: Vec<String>) -> Result<()> {
             };
             no_positionals(args)?;
             sim::run(&root, &options)
+        }
+        Some("hostile") => {
+            if wants_help(&mut args, hostile::HELP) {
+                return Ok(());
+            }
+            let writes = args.value("writes")?.unwrap_or(200);
+            let rate = args.value("rate")?.unwrap_or(2000);
+            no_positionals(args)?;
+            hostile::run(&root, writes, rate)
         }
         Some("deny") => {
             if wants_help(&mut args, deny::HELP) {

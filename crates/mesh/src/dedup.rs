@@ -4,7 +4,7 @@
 //! Bounded by count and by age: an id is forgotten once it is older than
 //! `max_age_ms` or when `capacity` newer ids have been recorded after it.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use ecomesh_types::MessageId;
 
@@ -14,7 +14,8 @@ pub struct SeenSet {
     capacity: usize,
     max_age_ms: u64,
     order: VecDeque<(MessageId, u64)>,
-    set: BTreeSet<MessageId>,
+    /// Each id with the tag it was recorded with ([`SeenSet::insert_tagged`]).
+    set: BTreeMap<MessageId, u64>,
 }
 
 impl SeenSet {
@@ -24,17 +25,25 @@ impl SeenSet {
             capacity: capacity.max(1),
             max_age_ms,
             order: VecDeque::new(),
-            set: BTreeSet::new(),
+            set: BTreeMap::new(),
         }
     }
 
     /// Records `id` as seen at `now_ms`; true when it was new (deliver it),
     /// false when it is a duplicate (drop it).
     pub fn insert(&mut self, id: MessageId, now_ms: u64) -> bool {
+        self.insert_tagged(id, 0, now_ms)
+    }
+
+    /// [`insert`](Self::insert), remembering `tag` with a new id (the mesh
+    /// records part of the signature it verified, so an exact replay is
+    /// recognised without verifying it again, [`tag`](Self::tag)).
+    pub fn insert_tagged(&mut self, id: MessageId, tag: u64, now_ms: u64) -> bool {
         self.prune(now_ms);
-        if !self.set.insert(id) {
+        if self.set.contains_key(&id) {
             return false;
         }
+        self.set.insert(id, tag);
         self.order.push_back((id, now_ms));
         while self.order.len() > self.capacity {
             if let Some((old, _)) = self.order.pop_front() {
@@ -46,7 +55,12 @@ impl SeenSet {
 
     /// True when `id` is remembered (without recording it).
     pub fn contains(&self, id: &MessageId) -> bool {
-        self.set.contains(id)
+        self.set.contains_key(id)
+    }
+
+    /// The tag `id` was recorded with, while it is remembered.
+    pub fn tag(&self, id: &MessageId) -> Option<u64> {
+        self.set.get(id).copied()
     }
 
     /// Forgets ids older than the age bound at `now_ms`.

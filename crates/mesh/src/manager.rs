@@ -180,7 +180,7 @@ pub enum SendOutcome {
     Queued,
 }
 
-type Inbox = Arc<Mutex<(VecDeque<(TransportType, TransportEvent)>, u64)>>;
+type Inbox = Arc<Mutex<crate::inbox::Inbox>>;
 
 struct Slot {
     adapter: Arc<dyn TransportAdapter>,
@@ -296,12 +296,13 @@ impl MultiTransportManager {
         buffer: StoreBuffer,
         pending: PendingAcks,
     ) -> Self {
+        let inbox_capacity = config.inbox_capacity;
         MultiTransportManager {
             identity: identity.clone(),
             keys,
             config,
             transports: Mutex::new(BTreeMap::new()),
-            inbox: Arc::new(Mutex::new((VecDeque::new(), 0))),
+            inbox: Arc::new(Mutex::new(crate::inbox::Inbox::new(inbox_capacity))),
             state: Mutex::new(State {
                 peers: BTreeMap::new(),
                 seen: SeenSet::new(config.dedup_capacity, config.dedup_max_age_ms),
@@ -401,14 +402,15 @@ impl MultiTransportManager {
     pub fn add_transport(&self, adapter: Arc<dyn TransportAdapter>) {
         let ty = adapter.transport_type();
         let inbox = self.inbox.clone();
-        let cap = self.config.inbox_capacity;
         let push = move |ev: TransportEvent| {
-            let mut q = lock(&inbox);
-            if q.0.len() >= cap {
-                q.1 += 1;
-                tracing::warn!(transport = %ty, "mesh inbox full; event dropped");
-            } else {
-                q.0.push_back((ty, ev));
+            let dropped = {
+                let mut q = lock(&inbox);
+                let before = q.dropped();
+                q.push(ty, ev);
+                q.dropped() - before
+            };
+            if dropped > 0 {
+                tracing::warn!(transport = %ty, "mesh inbox full; an event dropped");
             }
         };
         for p in adapter.peers() {
@@ -491,6 +493,13 @@ impl MultiTransportManager {
         choose(&views)
     }
 
+    /// Whether `peer` is an established neighbour: it sent valid messages
+    /// and stands trusted ([`ReputationTable::established`]); a fresh
+    /// identity is not.
+    pub fn is_established(&self, peer: &PeerId) -> bool {
+        lock(&self.state).reputation.established(peer)
+    }
+
     /// The local reputation of `peer`.
     pub fn reputation(&self, peer: &PeerId) -> f64 {
         lock(&self.state).reputation.score(peer)
@@ -540,7 +549,7 @@ impl MultiTransportManager {
 
     /// Transport events dropped because the inbox was full.
     pub fn dropped_events(&self) -> u64 {
-        lock(&self.inbox).1
+        lock(&self.inbox).dropped()
     }
 
     /// Persists the store-and-forward buffer (atomic write).
@@ -706,7 +715,7 @@ impl MultiTransportManager {
                 self.on_message(ty, from, message, now_ms, false).await;
                 continue;
             }
-            let next = lock(&self.inbox).0.pop_front();
+            let next = lock(&self.inbox).pop();
             let Some((ty, ev)) = next else { break };
             handled += 1;
             match ev {
@@ -749,6 +758,13 @@ impl MultiTransportManager {
             relayed_to.retain(|id, _| buffer.contains(id));
             private.retain(|id| buffer.contains(id));
             let expired = st.pending.expire(now_ms);
+            let established = st
+                .peers
+                .keys()
+                .filter(|p| st.reputation.established(p))
+                .copied()
+                .collect();
+            lock(&self.inbox).set_established(established);
             let disconnect: Vec<PeerId> =
                 std::mem::take(&mut st.to_disconnect).into_iter().collect();
             for p in &disconnect {
@@ -767,7 +783,7 @@ impl MultiTransportManager {
                     tracing::debug!(transport = %ty, peer = %p, error = %e, "disconnect failed");
                 }
             }
-            tracing::info!(peer = %p, "reputation below 0.1: disconnected");
+            tracing::info!(peer = %p, "reputation too low (below 0.1, or integrity gate): disconnected");
             self.listeners.emit(&MeshEvent::Disconnected(p));
         }
         handled
@@ -934,8 +950,26 @@ impl MultiTransportManager {
         link: bool,
     ) {
         let me = self.identity.peer_id();
+        if !link && self.exact_replay(from, &message) {
+            // Verified and recorded before: no second verification (a flood of
+            // replays costs a lookup each). Acknowledged again like any
+            // duplicate: its sender may be retransmitting for a lost ACK.
+            let control = message.message_type == ACK_TYPE || is_key_message(&message.message_type);
+            let unacked = lock(&self.state)
+                .unacked_types
+                .contains(&message.message_type);
+            if message.recipient == Some(me) && !control && !unacked {
+                self.acknowledge(&message, now_ms).await;
+            }
+            return;
+        }
         let verified = {
             let mut st = lock(&self.state);
+            // A blocked neighbour's messages are dropped before the cost of
+            // verifying them (it floods between reconnect and disconnect).
+            if st.blocked.contains(&from) {
+                return;
+            }
             let verdict = if link {
                 let sound = message.sender == from
                     && message.hop_count == 0
@@ -956,20 +990,10 @@ impl MultiTransportManager {
                 )
                 .map(drop)
             };
-            if st.blocked.contains(&from) {
-                return;
-            }
             match verdict {
-                Ok(_) => {
-                    // A key message is credited once its payload checks out too;
-                    // an onion cell only ever costs (the router charges bad ones).
-                    if !is_key_message(&message.message_type)
-                        && message.message_type != ONION_CELL_TYPE
-                    {
-                        observe_locked(&mut st, from, Observation::Integrity(true));
-                    }
-                    true
-                }
+                // Credited below, once dedup says it is new: a replayed valid
+                // message must not wash out a peer's invalid ones.
+                Ok(_) => true,
                 Err(IdentityError::UnknownPeer(_)) => false,
                 Err(e) => {
                     tracing::warn!(from = %from, id = %message.id, error = %e, "invalid signature; dropped");
@@ -1010,7 +1034,19 @@ impl MultiTransportManager {
             }
             return;
         }
-        let first_seen = lock(&self.state).seen.insert(message.id, now_ms);
+        let first_seen = {
+            let mut st = lock(&self.state);
+            let first = st
+                .seen
+                .insert_tagged(message.id, signature_tag(&message), now_ms);
+            // A key message is credited once its payload checks out too; an
+            // onion cell only ever costs (the router charges bad ones); a
+            // duplicate earns nothing (replays would wash out invalid data).
+            if first && !is_key_message(&message.message_type) {
+                observe_locked(&mut st, from, Observation::Integrity(true));
+            }
+            first
+        };
         let control = message.message_type == ACK_TYPE || is_key_message(&message.message_type);
         let unacked = lock(&self.state)
             .unacked_types
@@ -1085,6 +1121,13 @@ impl MultiTransportManager {
                 }
             }
         }
+    }
+
+    /// Whether `message` is an exact copy (same id and signature) of one
+    /// verified and recorded in the seen set, from a neighbour not blocked.
+    fn exact_replay(&self, from: PeerId, message: &NetworkMessage) -> bool {
+        let st = lock(&self.state);
+        !st.blocked.contains(&from) && st.seen.tag(&message.id) == Some(signature_tag(message))
     }
 
     /// Holds a message whose sender's key is unknown and asks for the key when
@@ -1473,6 +1516,12 @@ fn relay_candidates(st: &State, fanout: usize, allowed: impl Fn(&PeerId) -> bool
         .take(fanout)
         .map(|(_, p)| p)
         .collect()
+}
+
+/// What the seen set remembers of a message's signature: its first 8 bytes.
+fn signature_tag(message: &NetworkMessage) -> u64 {
+    let s = &message.signature.0;
+    u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
 }
 
 fn observe_locked(st: &mut State, peer: PeerId, o: Observation) {

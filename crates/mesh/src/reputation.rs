@@ -11,6 +11,13 @@
 //!
 //! Thresholds: below [`DEPRIORITIZE_BELOW`] (0.3) a peer is deprioritized (not
 //! used as a relay); below [`DISCONNECT_BELOW`] (0.1) it is disconnected.
+//!
+//! Integrity alone can take the weighted score no lower than 0.35 (its weight
+//! is 0.30), so a peer that sends nothing but invalid data would stay trusted
+//! by the score. A hostile-peer gate closes that (issue 20): a peer with at
+//! least [`MIN_INTEGRITY_FAILURES`] invalid messages whose integrity metric is
+//! below [`DISCONNECT_BELOW`] is disconnected, and below [`DEPRIORITIZE_BELOW`]
+//! deprioritized, whatever its other metrics ([`PeerRecord::standing`]).
 
 use std::collections::BTreeMap;
 
@@ -30,6 +37,12 @@ pub const W_STORAGE: f64 = 0.15;
 pub const DEPRIORITIZE_BELOW: f64 = 0.3;
 /// Below this score a peer is disconnected.
 pub const DISCONNECT_BELOW: f64 = 0.1;
+/// Invalid messages a peer must have sent before its integrity metric alone
+/// decides its standing (so a few honest mistakes never disconnect anyone).
+pub const MIN_INTEGRITY_FAILURES: u64 = 16;
+/// Valid messages after which a trusted peer counts as established
+/// ([`ReputationTable::established`]).
+pub const ESTABLISHED_VALID_MESSAGES: u64 = 4;
 /// Latency that scores 0.5, in milliseconds.
 pub const LATENCY_REFERENCE_MS: f64 = 200.0;
 
@@ -43,6 +56,11 @@ pub enum Observation {
     Latency(u32),
     /// A message from the peer had a valid (true) or invalid (false) signature / CID.
     Integrity(bool),
+    /// A message whose signature checked out (and which the mesh credited as
+    /// `Integrity(true)`) carried invalid data (a version whose CID or
+    /// signature does not match, a malformed payload): that credit becomes a
+    /// failure, so validly signed garbage costs as much as a bad signature.
+    InvalidContent,
     /// The peer relayed (true) or refused / failed to relay (false) a message for others.
     Relay(bool),
     /// The peer kept (true) or failed to keep (false) data it was asked to pin.
@@ -86,6 +104,15 @@ impl Ratio {
             self.good = self.good.saturating_add(1);
         }
     }
+    /// Turns one recorded success into a failure (a plain failure when none
+    /// is left to turn).
+    fn retract(&mut self) {
+        if self.good > 0 {
+            self.good -= 1;
+        } else {
+            self.total = self.total.saturating_add(1);
+        }
+    }
     fn score(&self) -> f64 {
         (self.good as f64 + 1.0) / (self.total as f64 + 2.0)
     }
@@ -107,6 +134,7 @@ impl PeerRecord {
         match o {
             Observation::Available(ok) => self.uptime.record(ok),
             Observation::Integrity(ok) => self.integrity.record(ok),
+            Observation::InvalidContent => self.integrity.retract(),
             Observation::Relay(ok) => self.relay.record(ok),
             Observation::Storage(ok) => self.storage.record(ok),
             Observation::Latency(ms) => {
@@ -125,6 +153,18 @@ impl PeerRecord {
             None => 0.5,
             Some(ms) => LATENCY_REFERENCE_MS / (LATENCY_REFERENCE_MS + ms),
         }
+    }
+
+    /// The standing: that of the weighted [`score`](Self::score), lowered by
+    /// the integrity gate (see the module documentation) once the peer sent at
+    /// least [`MIN_INTEGRITY_FAILURES`] invalid messages.
+    pub fn standing(&self) -> Standing {
+        let by_score = Standing::of(self.score());
+        let failures = self.integrity.total - self.integrity.good;
+        if failures < MIN_INTEGRITY_FAILURES {
+            return by_score;
+        }
+        by_score.max(Standing::of(self.integrity.score()))
     }
 
     /// The weighted score in `0.0..=1.0`.
@@ -153,7 +193,7 @@ impl ReputationTable {
     pub fn observe(&mut self, peer: PeerId, o: Observation) -> Standing {
         let rec = self.peers.entry(peer).or_default();
         rec.observe(o);
-        Standing::of(rec.score())
+        rec.standing()
     }
 
     /// The score of `peer` (0.5 when unknown).
@@ -161,9 +201,20 @@ impl ReputationTable {
         self.peers.get(peer).map_or(0.5, PeerRecord::score)
     }
 
-    /// The standing of `peer`.
+    /// Whether `peer` is an established neighbour: it sent at least
+    /// [`ESTABLISHED_VALID_MESSAGES`] valid messages and stands trusted. The
+    /// mesh inbox keeps such a peer's events before strangers' when full.
+    pub fn established(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|r| {
+            r.integrity.good >= ESTABLISHED_VALID_MESSAGES && r.standing() == Standing::Trusted
+        })
+    }
+
+    /// The standing of `peer` ([`PeerRecord::standing`]; trusted when unknown).
     pub fn standing(&self, peer: &PeerId) -> Standing {
-        Standing::of(self.score(peer))
+        self.peers
+            .get(peer)
+            .map_or(Standing::Trusted, PeerRecord::standing)
     }
 }
 
@@ -232,6 +283,54 @@ mod tests {
             assert!(n < 1000);
         }
         assert!(t.score(&p()) < DISCONNECT_BELOW);
+    }
+
+    /// A peer sending only invalid data is disconnected by the integrity gate
+    /// although its weighted score stays at 0.35; a few failures among many
+    /// good messages change nothing.
+    #[test]
+    fn nothing_but_invalid_data_disconnects() {
+        let mut t = ReputationTable::new();
+        let mut s = Standing::Trusted;
+        let mut n = 0;
+        while s != Standing::Disconnect {
+            s = t.observe(p(), Observation::Integrity(false));
+            n += 1;
+            assert!(n < 1000, "never disconnected: {}", t.score(&p()));
+        }
+        assert!(
+            t.score(&p()) > DEPRIORITIZE_BELOW,
+            "the score alone would trust it"
+        );
+        assert_eq!(t.standing(&p()), Standing::Disconnect);
+        assert!(n >= MIN_INTEGRITY_FAILURES);
+        let q = PeerId::from_digest([8; 32]);
+        for i in 0..1000 {
+            t.observe(q, Observation::Integrity(i % 10 != 0));
+        }
+        assert_eq!(t.standing(&q), Standing::Trusted);
+    }
+
+    /// Validly signed messages with invalid content end up as failures: a
+    /// peer sending nothing else is disconnected like one forging signatures.
+    #[test]
+    fn invalid_content_turns_the_signature_credit_into_a_failure() {
+        let mut t = ReputationTable::new();
+        let mut s = Standing::Trusted;
+        let mut n = 0;
+        while s != Standing::Disconnect {
+            t.observe(p(), Observation::Integrity(true));
+            s = t.observe(p(), Observation::InvalidContent);
+            n += 1;
+            assert!(n < 1000, "never disconnected: {}", t.score(&p()));
+        }
+        assert_eq!(n, MIN_INTEGRITY_FAILURES);
+        // Without a credit to turn, it is a plain failure.
+        let q = PeerId::from_digest([9; 32]);
+        t.observe(q, Observation::InvalidContent);
+        let mut r = PeerRecord::default();
+        r.observe(Observation::Integrity(false));
+        assert_eq!(t.score(&q), r.score());
     }
 
     #[test]

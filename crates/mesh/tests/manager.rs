@@ -473,6 +473,79 @@ fn invalid_signature_is_dropped_and_charged() {
     assert_eq!(b.received(), vec![good]);
 }
 
+/// Replaying a valid message earns nothing: only its first copy is credited,
+/// so a neighbour cannot wash out its invalid messages with replays. (A
+/// broadcast, so no ACK goes back: a delivered ACK credits availability.)
+#[test]
+fn replayed_valid_messages_earn_no_integrity() {
+    let (a, b) = wired_pair();
+    let m = a
+        .mgr
+        .new_message("chat", b"once".to_vec(), None, 0, [1; 16])
+        .unwrap();
+    a.t[&Wired].inject(b.pid(), m.clone());
+    pump(&[&a, &b], 0);
+    let after_first = b.mgr.reputation(&a.pid());
+    for _ in 0..50 {
+        a.t[&Wired].inject(b.pid(), m.clone());
+    }
+    pump(&[&a, &b], 0);
+    assert_eq!(b.received(), vec![m]);
+    assert_eq!(b.mgr.reputation(&a.pid()), after_first);
+}
+
+/// A copy with the id and signature of a message already verified is a
+/// duplicate without a second verification (a replay flood costs a lookup
+/// each): never delivered again, and not charged even with its payload
+/// altered; a copy under another signature is verified, and charged.
+#[test]
+fn exact_replays_skip_verification_and_forged_copies_do_not() {
+    let (a, b) = wired_pair();
+    let m = a
+        .mgr
+        .new_message("chat", b"once".to_vec(), None, 0, [3; 16])
+        .unwrap();
+    a.t[&Wired].inject(b.pid(), m.clone());
+    pump(&[&a, &b], 0);
+    let before = b.mgr.reputation(&a.pid());
+    let mut altered = m.clone();
+    altered.payload = b"altered".to_vec();
+    a.t[&Wired].inject(b.pid(), altered);
+    pump(&[&a, &b], 0);
+    assert_eq!(b.received(), vec![m.clone()]);
+    assert_eq!(b.mgr.reputation(&a.pid()), before);
+    let mut forged = m.clone();
+    forged.signature.0[0] ^= 1;
+    a.t[&Wired].inject(b.pid(), forged);
+    pump(&[&a, &b], 0);
+    assert!(b.has(|e| *e
+        == MeshEvent::Rejected {
+            from: a.pid(),
+            id: m.id
+        }));
+    assert!(b.mgr.reputation(&a.pid()) < before);
+}
+
+/// A neighbour whose every message has an invalid signature is disconnected
+/// and kept out by the integrity gate, with nothing else against it.
+#[test]
+fn a_neighbour_sending_only_invalid_signatures_is_disconnected() {
+    let (a, b) = wired_pair();
+    for n in 0..40 {
+        let mut m = a.msg(&b, "bad", 0, n);
+        m.payload.push(0);
+        a.t[&Wired].inject(b.pid(), m);
+    }
+    pump(&[&a, &b], 0);
+    pump(&[&a, &b], 1);
+    assert!(
+        b.mgr.reputation(&a.pid()) > 0.3,
+        "the weighted score alone would keep it"
+    );
+    assert!(b.has(|e| *e == MeshEvent::Disconnected(a.pid())));
+    assert!(b.t[&Wired].peers().is_empty(), "transport link closed");
+}
+
 #[test]
 fn unknown_sender_key_is_dropped_without_charge() {
     let (a, b) = wired_pair();

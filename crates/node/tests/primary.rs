@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -24,17 +24,7 @@ use ecomesh_p2p_storage::{P2PConfig, P2PStorageAdapter, SledStore, StoreConfig};
 use ecomesh_types::{Map, PeerId, SetOptions, StorageAdapter, Value};
 use serde_json::{Value as Json, json};
 
-use common::{Node, curl, ok_json};
-
-fn wall_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
+use common::{Node, curl, ok_json, wall_ms};
 
 fn post(api: &str, path: &str, token: Option<&str>, body: &str) -> common::Http {
     let url = format!("http://{api}{path}");

@@ -53,7 +53,7 @@
 //!   manifest for it, as if this node did not hold it.
 //! - **Faults**: a frame that does not decode, a piece or push whose bytes do
 //!   not match the id, or a manifest of another blob is refused and charged
-//!   to the sender as `Observation::Integrity(false)` in the mesh reputation
+//!   to the sender as `Observation::InvalidContent` in the mesh reputation
 //!   table. Requests are bounded (`max_in_flight` out, a bounded queue
 //!   behind them) and fail after `request_timeout_ms` (time comes from
 //!   `process(now_ms)`) or when their peer is lost; the fetcher then asks

@@ -171,6 +171,7 @@ impl<B: Backend> P2PStorageAdapter<B> {
                 since_asked: BTreeMap::new(),
                 stats: P2PStats::default(),
                 clocks,
+                serve_budget: delta::ServeBudget::new(),
             }),
             waker: Mutex::new(None),
             random: Mutex::new(None),

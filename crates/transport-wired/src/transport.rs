@@ -409,6 +409,14 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
         }
         Err(e) => tracing::warn!(%addr, error = %e, "closing link"),
     }
+    if let Some((peer, reason)) =
+        misbehaviour(registered.or(peer_seen), registered.is_some(), &result)
+    {
+        tracing::info!(%peer, %reason, "authenticated peer broke the link protocol; reported");
+        inner
+            .listeners
+            .emit(&TransportEvent::Misbehaved { peer, reason });
+    }
     if let Some(d) = done.take() {
         let err = match result {
             Err(WiredError::Closed | WiredError::Io(_)) if peer_seen.is_some() && initiator => {
@@ -425,6 +433,26 @@ async fn run_link(ctx: LinkCtx, stream: TcpStream, mut link: Link) -> LinkEnd {
         superseded,
         refused,
     }
+}
+
+/// The peer to charge and why, when a link to a peer the handshake proved
+/// ended because that peer broke the protocol: a malformed or oversized record
+/// or an undecodable message, or (once established) a record that does not
+/// open under the session. Timeouts, closes, I/O errors and access-policy
+/// refusals are nobody's misbehaviour.
+fn misbehaviour(
+    peer: Option<PeerId>,
+    established: bool,
+    result: &Result<(), WiredError>,
+) -> Option<(PeerId, String)> {
+    let peer = peer?;
+    let e = result.as_ref().err()?;
+    let charged = match e {
+        WiredError::Malformed(_) | WiredError::TooLarge { .. } | WiredError::Decode(_) => true,
+        WiredError::Noise(_) => established,
+        _ => false,
+    };
+    charged.then(|| (peer, e.to_string()))
 }
 
 /// Bytes being written: `buf[pos..]` is still to go.

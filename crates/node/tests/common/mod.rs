@@ -15,6 +15,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The wall clock in Unix milliseconds.
+pub(crate) fn wall_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
 /// The longest [`wait_for`] waits.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -308,6 +319,18 @@ impl Node {
             .iter()
             .find(|d| d["id"] == id)
             .map(|d| d["fields"].clone())
+    }
+
+    /// The pid of the running node process (the wrapper's child when wrapped).
+    pub(crate) fn pid(&self) -> Option<String> {
+        self.child.as_ref().map(|c| self.node_pid(c))
+    }
+
+    /// Whether the node process is still running (it did not exit or crash).
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// The log of the latest run.

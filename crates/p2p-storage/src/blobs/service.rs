@@ -301,7 +301,8 @@ impl<B: Backend> BlobService<B> {
     fn charge(&self, d: &mut Driver, peer: PeerId, why: &dyn std::fmt::Display) {
         tracing::warn!(%peer, reason = %why, "peer sent invalid blob data");
         d.stats.rejected += 1;
-        self.mesh.observe(peer, Observation::Integrity(false));
+        // The mesh credited the message for its signature: that credit becomes a failure.
+        self.mesh.observe(peer, Observation::InvalidContent);
     }
 
     /// Connected peers, highest reputation first (then by id).

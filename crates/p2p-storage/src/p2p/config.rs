@@ -113,6 +113,10 @@ pub struct P2PStats {
     pub dropped_events: u64,
     /// Versions sent to peers in answer to "changes since position N".
     pub delta_versions_sent: u64,
+    /// "Changes since" requests of peers that are not established left
+    /// unanswered because the budget for serving them was spent (a storm of
+    /// fresh identities); they fall back on anti-entropy.
+    pub since_refused: u64,
     /// Versions merged from peers' delta pages.
     pub delta_versions_merged: u64,
 }

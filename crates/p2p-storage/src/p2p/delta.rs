@@ -10,6 +10,56 @@ use super::wire::{DeltaPage, encode_delta, encode_since};
 use super::{DELTA_TYPE, P2PStorageAdapter, SINCE_TYPE, lock};
 use crate::kv::Backend;
 
+/// Stream entries served per second, in all, to peers that are not
+/// established (`MultiTransportManager::is_established`): a request of a few
+/// bytes costs up to a page of version reads, so a storm of fresh identities
+/// each asking for everything since position 0 would otherwise keep the node
+/// busy serving them (issue 20). Established peers are always served.
+pub(super) const SERVE_PER_SECOND: usize = MAX_DELTA;
+/// Entries the budget holds at most.
+pub(super) const SERVE_BURST: usize = 2 * MAX_DELTA;
+
+/// The shared budget of stream entries served to peers that are not
+/// established: refilled at [`SERVE_PER_SECOND`] up to [`SERVE_BURST`] on the
+/// caller's clock.
+#[derive(Debug)]
+pub(super) struct ServeBudget {
+    tokens: usize,
+    refilled_ms: u64,
+}
+
+impl ServeBudget {
+    /// A full budget.
+    pub(super) fn new() -> Self {
+        ServeBudget {
+            tokens: SERVE_BURST,
+            refilled_ms: 0,
+        }
+    }
+
+    /// How many entries a request may be answered with at `now_ms`: a whole
+    /// page for an established peer, else what the budget holds.
+    pub(super) fn limit(&mut self, now_ms: u64, established: bool) -> usize {
+        let elapsed = now_ms.saturating_sub(self.refilled_ms);
+        let refill = usize::try_from(elapsed.saturating_mul(SERVE_PER_SECOND as u64) / 1000)
+            .unwrap_or(usize::MAX);
+        if refill > 0 {
+            self.tokens = self.tokens.saturating_add(refill).min(SERVE_BURST);
+            self.refilled_ms = now_ms;
+        }
+        if established {
+            MAX_DELTA
+        } else {
+            self.tokens.min(MAX_DELTA)
+        }
+    }
+
+    /// Records `n` entries served.
+    pub(super) fn spend(&mut self, n: usize) {
+        self.tokens = self.tokens.saturating_sub(n);
+    }
+}
+
 impl<B: Backend> P2PStorageAdapter<B> {
     /// Asks `peer` for its changes after the position this node last read,
     /// unless a request is still awaiting its page.
@@ -38,7 +88,16 @@ impl<B: Backend> P2PStorageAdapter<B> {
     /// Answers a peer's "changes since": one page of this node's stream,
     /// leaving out what the peer may not see, within `max_fetch_bytes`.
     pub(super) fn serve_since(&self, d: &mut Driver<B>, from: PeerId, since: Position) {
-        let page = self.changes_since(since, MAX_DELTA);
+        let established = self.mesh.is_established(&from);
+        let limit = d.serve_budget.limit(d.now_ms, established);
+        if limit == 0 {
+            // The peer falls back on anti-entropy, or asks again later.
+            tracing::debug!(%from, "stream request not served: budget for new peers spent");
+            d.stats.since_refused += 1;
+            return;
+        }
+        let page = self.changes_since(since, limit);
+        d.serve_budget.spend(page.entries.len());
         let view = self.view_for(from);
         let mut versions = Vec::new();
         let mut total = 0usize;
@@ -114,5 +173,27 @@ impl<B: Backend> P2PStorageAdapter<B> {
         if page.more && advanced {
             self.ask_since(d, from);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fresh identities share one budget that refills with time; an
+    /// established peer always gets a whole page.
+    #[test]
+    fn new_peers_share_a_budget_that_refills() {
+        let mut b = ServeBudget::new();
+        let mut served = 0;
+        while b.limit(0, false) > 0 {
+            let n = b.limit(0, false).min(1000);
+            b.spend(n);
+            served += n;
+        }
+        assert_eq!(served, SERVE_BURST);
+        assert_eq!(b.limit(0, true), MAX_DELTA, "an established peer is served");
+        assert_eq!(b.limit(500, false), SERVE_PER_SECOND / 2);
+        assert_eq!(b.limit(60_000, false), MAX_DELTA.min(SERVE_BURST));
     }
 }

@@ -44,13 +44,16 @@ pub(super) struct Driver<B: Backend> {
     pub(super) stats: P2PStats,
     /// Peers' clock offsets, from the send times of their messages.
     pub(super) clocks: ClockSkew,
+    /// Stream entries this node may still serve to peers that are not established.
+    pub(super) serve_budget: super::delta::ServeBudget,
 }
 
 impl<B: Backend> P2PStorageAdapter<B> {
     pub(super) fn charge(&self, d: &mut Driver<B>, peer: PeerId, why: &dyn std::fmt::Display) {
         tracing::warn!(%peer, reason = %why, "peer sent invalid replication data");
         d.stats.rejected += 1;
-        self.mesh.observe(peer, Observation::Integrity(false));
+        // The mesh credited the message for its signature: that credit becomes a failure.
+        self.mesh.observe(peer, Observation::InvalidContent);
     }
 
     /// Merges a version from `from`; true when the store now has it.
