@@ -16,6 +16,7 @@ mod deny;
 mod dep_freedom;
 mod deps;
 mod fuzz;
+mod fuzz_registry;
 mod lan;
 mod layering;
 mod proptest;

@@ -20,6 +20,7 @@ pub mod ack;
 pub mod buffer;
 pub mod dedup;
 mod error;
+pub mod fuzzing;
 pub mod keys;
 mod manager;
 pub mod onion;
