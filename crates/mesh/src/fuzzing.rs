@@ -1,6 +1,6 @@
 //! The check the `mesh_keys` cargo-fuzz target runs on arbitrary bytes (key
 //! discovery payloads from peers, the pending-ACK file from disk), and the genuine
-//! inputs its committed seed corpus holds; `tests/keys_fuzz_regressions.rs` replays
+//! inputs its committed seed corpus holds; `tests/fuzz_seeds.rs` replays
 //! both under `cargo test`.
 
 use ecomesh_identity::Identity;

@@ -1,5 +1,5 @@
 //! The checks the cargo-fuzz targets of this crate's private decoders run, and the
-//! genuine inputs their committed seed corpora hold; `tests/p2p_fuzz_regressions.rs`
+//! genuine inputs their committed seed corpora hold; `tests/fuzz_seeds.rs`
 //! replays both under `cargo test`.
 
 /// The `p2p_messages` target: the P2P adapter's mesh messages (anti-entropy

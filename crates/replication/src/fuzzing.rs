@@ -1,6 +1,6 @@
 //! The check the `replication_log` cargo-fuzz target runs on arbitrary bytes (the
 //! records the sync queue and the durable stream keep on disk), and the genuine
-//! records its committed seed corpus holds; `tests/log_fuzz_regressions.rs` replays
+//! records its committed seed corpus holds; `tests/fuzz_seeds.rs` replays
 //! both under `cargo test`.
 
 use std::collections::BTreeSet;

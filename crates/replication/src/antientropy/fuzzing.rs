@@ -1,6 +1,6 @@
 //! The check the `antientropy_frame` cargo-fuzz target runs on arbitrary bytes, and
 //! the genuine frames its committed seed corpus holds; the crate's
-//! `tests/antientropy_fuzz_regressions.rs` replays both under `cargo test`.
+//! `tests/fuzz_seeds.rs` replays both under `cargo test`.
 
 use ecomesh_types::ContentId;
 
