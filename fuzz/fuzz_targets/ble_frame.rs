@@ -11,14 +11,17 @@ use std::sync::Arc;
 
 use ecomesh_identity::{AccessPolicy, Identity};
 use ecomesh_transport_ble::frag::{Channel, Fragment, Framer, FramerConfig, MAX_UNIT_LEN};
-use ecomesh_transport_ble::gatt::L2CAP_PSM;
 use ecomesh_transport_ble::gatt::Advertisement;
+use ecomesh_transport_ble::gatt::L2CAP_PSM;
 use ecomesh_transport_ble::link::{BleLink, LinkConfig};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some(adv)) = Advertisement::decode(data) {
-        assert_eq!(Advertisement::decode(&adv.encode()).ok().flatten(), Some(adv));
+        assert_eq!(
+            Advertisement::decode(&adv.encode()).ok().flatten(),
+            Some(adv)
+        );
     }
     let split = usize::from(data.first().copied().unwrap_or(1)).max(1);
     for mtu in [
@@ -56,10 +59,7 @@ fuzz_target!(|data: &[u8]| {
                 if i % 2 == 0 {
                     while framer.next_unit().is_some() {}
                 }
-                assert!(
-                    framer.buffered_bytes()
-                        <= (usize::from(config.window) + 1) * MAX_UNIT_LEN
-                );
+                assert!(framer.buffered_bytes() <= (usize::from(config.window) + 1) * MAX_UNIT_LEN);
             }
             if link_alive {
                 link_alive = link.receive(value, i as u64).is_ok();

@@ -21,7 +21,9 @@ fuzz_target!(|data: &[u8]| {
     let mut good = reader.bytes_read();
     while let Ok(Some(block)) = reader.next_block() {
         let _ = block.verify();
-        writer.write_block(&block.cid, &block.data).expect("block re-encodes");
+        writer
+            .write_block(&block.cid, &block.data)
+            .expect("block re-encodes");
         good = reader.bytes_read();
     }
     let good = usize::try_from(good).expect("fits");

@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
             let key = (which % 4 == 1).then_some(&SENDER_KEY);
             if let Ok(node) = VersionNode::decode_compact(bytes, key) {
                 let sender = key.map(ecomesh_identity::peer_id_of);
-                assert_eq!(node.encode_compact(sender.as_ref()).expect("re-encodes"), bytes);
+                assert_eq!(
+                    node.encode_compact(sender.as_ref()).expect("re-encodes"),
+                    bytes
+                );
                 ecomesh_wire::encode(&node).expect("has canonical bytes");
             }
             // The canonical form too (clear and sealed nodes): strict round trip.

@@ -2,7 +2,9 @@
 //! The first byte picks the type, the rest is the encoding.
 #![no_main]
 
-use ecomesh_crdt::{DagNode, DocumentCrdt, GSet, LwwRegister, OrSet, PnCounter, VectorClock, VersionDag};
+use ecomesh_crdt::{
+    DagNode, DocumentCrdt, GSet, LwwRegister, OrSet, PnCounter, VectorClock, VersionDag,
+};
 use ecomesh_types::{ContentId, HlcTimestamp, Value};
 use ecomesh_wire::{Canonical, decode, encode};
 use libfuzzer_sys::fuzz_target;

@@ -16,9 +16,15 @@ fuzz_target!(|data: &[u8]| {
     )
     .expect("randomness");
     let text = String::from_utf8_lossy(data);
-    assert!(gate.check(&text, 0).is_err(), "accepted a token it never issued");
+    assert!(
+        gate.check(&text, 0).is_err(),
+        "accepted a token it never issued"
+    );
     let (hello, response) = data.split_at(data.len() / 2);
     if let Ok((session, _challenge)) = gate.challenge(hello, 0) {
-        assert!(gate.verify(session, response, 0).is_err(), "accepted an unsigned response");
+        assert!(
+            gate.verify(session, response, 0).is_err(),
+            "accepted an unsigned response"
+        );
     }
 });

@@ -30,7 +30,8 @@ Runs every check, in this order, stopping at the first failure and naming it:
   sim          `cargo xtask sim`: 1000 seeds of the network simulator at 3 nodes
   doctest      cargo test --doc --workspace --all-features (nextest skips doctests)
   doc          cargo doc --workspace --no-deps --all-features, RUSTDOCFLAGS=\"-D warnings\"
-  fuzz         every cargo-fuzz target for SECONDS (default 10) via `cargo xtask fuzz`,
+  fuzz         fails on a decoder in crates/*/src without a target (fuzz/decoders.txt),
+               then every cargo-fuzz target for SECONDS (default 10) via `cargo xtask fuzz`,
                seeded from fuzz/corpus/<target> but writing new inputs under the
                target dir (the tree stays clean); skipped with a note while fuzz/
                has no targets

@@ -22,6 +22,11 @@ as `cargo fuzz list` names them) for SECONDS each (default 60) with
 toolchain with RUSTC_BOOTSTRAP=1 (cargo-fuzz needs -Z flags). Each target's corpus
 is fuzz/corpus/<target> and grows as the fuzzer finds new inputs.
 
+First checks that every decoder in crates/*/src (a function named decode,
+decode_*, from_bytes, from_bytes_* or from_slice taking &[u8] or &str, outside
+test code) is listed in fuzz/decoders.txt beside an existing target, and fails
+naming each one that is not.
+
 A crash (or a libFuzzer error) fails the command after the remaining targets ran;
 the report names the artifact under fuzz/artifacts/<target>/ and the command that
 replays it. Arguments after `--` go to libFuzzer.
@@ -96,6 +101,8 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
             root.display()
         );
     }
+    // Every decoder of crates/*/src has a target (fuzz/decoders.txt), before any run.
+    crate::fuzz_registry::check(root)?;
     if !has_cargo_subcommand("fuzz") {
         bail!(
             "cargo-fuzz is not installed; run `cargo xtask deps` (or `cargo install --locked cargo-fuzz`)"

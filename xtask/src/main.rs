@@ -17,6 +17,7 @@ mod dep_freedom;
 mod deps;
 mod fuzz;
 mod hostile;
+mod fuzz_registry;
 mod lan;
 mod layering;
 mod proptest;

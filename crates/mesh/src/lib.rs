@@ -21,6 +21,7 @@ pub mod buffer;
 pub mod dedup;
 mod error;
 mod inbox;
+pub mod fuzzing;
 pub mod keys;
 mod manager;
 pub mod onion;

@@ -78,6 +78,8 @@ pub mod frame;
 mod service;
 mod store;
 
+pub(crate) use store::{fuzz_pin, fuzz_pin_seeds};
+
 pub use service::{
     BlobFetch, BlobGet, BlobRandom, BlobResult, BlobService, BlobServiceConfig, BlobStats,
     SHARD_TYPE,

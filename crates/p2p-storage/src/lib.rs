@@ -34,6 +34,7 @@ pub mod capabilities;
 mod codec;
 mod engine;
 mod error;
+pub mod fuzzing;
 pub mod keyring;
 mod keys;
 pub mod kv;

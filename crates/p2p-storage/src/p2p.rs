@@ -45,6 +45,8 @@ mod vectors;
 mod view;
 mod wire;
 
+pub(crate) use wire::{fuzz_check, fuzz_seeds};
+
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 

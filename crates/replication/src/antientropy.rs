@@ -45,6 +45,7 @@
 
 mod dag;
 pub mod frame;
+pub mod fuzzing;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -11,6 +11,7 @@
 pub mod antientropy;
 pub mod blob;
 mod error;
+pub mod fuzzing;
 pub mod merkle;
 pub mod policy;
 pub mod queue;

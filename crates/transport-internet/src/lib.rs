@@ -28,6 +28,8 @@
 mod behaviour;
 mod error;
 #[cfg(feature = "swarm")]
+mod naming;
+#[cfg(feature = "swarm")]
 pub mod peer_id;
 pub mod protocol;
 #[cfg(feature = "swarm")]
@@ -37,6 +39,8 @@ pub use error::InternetError;
 pub use multiaddr::Multiaddr;
 /// The protocols of a [`Multiaddr`] (`/ip4`, `/tcp`, `/quic-v1`, `/p2p`...).
 pub use multiaddr::Protocol as multiaddr_protocol;
+#[cfg(feature = "swarm")]
+pub use naming::provider_key;
 pub use protocol::{Request, Response};
 #[cfg(feature = "swarm")]
 pub use transport::{

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,24 +19,13 @@ use ecomesh_types::{PeerInfo, TransportAdapter, TransportEvent, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_libp2p_identifies_and_exchanges_gossipsub_messages() {
     common::trace();
-    let dir = interop_dir();
-    let required = std::env::var("ECOMESH_REQUIRE_INTEROP").is_ok_and(|v| v == "1");
-    if !dir.join("node_modules").is_dir() {
-        let msg = format!(
-            "interop: {} is missing; run `npm ci --prefix crates/transport-internet/interop`",
-            dir.join("node_modules").display()
-        );
-        assert!(!required, "{msg} (ECOMESH_REQUIRE_INTEROP=1)");
-        eprintln!("SKIPPED {msg}");
+    if !common::interop_installed() {
         return;
     }
+    let dir = common::interop_dir();
     let node = common::node(common::loopback_config(true)).await;
     let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
     let _sub = node.subscribe(Arc::new(move |e: &TransportEvent| {

@@ -18,10 +18,13 @@ pub struct InternetConfig {
     /// Port 0 is chosen by the OS at the first start and kept across restarts.
     pub listen: Vec<Multiaddr>,
     /// Bootstrap peers, each ending in `/p2p/<libp2p peer id>` (an address without it is
-    /// only dialled). Added to the DHT routing table and dialled at every start.
+    /// only dialled). Added to the DHT routing table and dialled at every start. Hosts
+    /// may be named (`/dns4/`, `/dns6/`, `/dns/`, `/dnsaddr/`), resolved through
+    /// `dns_servers`.
     pub bootstrap: Vec<Multiaddr>,
     /// Relays to take a circuit reservation on (each ending in `/p2p/<relay id>`), so
-    /// peers that cannot reach us directly connect through them.
+    /// peers that cannot reach us directly connect through them. May name hosts, as
+    /// `bootstrap` may.
     pub relays: Vec<Multiaddr>,
     /// Run Kademlia (the content location index and peer discovery).
     pub dht: bool,
@@ -71,6 +74,9 @@ pub struct InternetConfig {
     pub message_streams: bool,
     /// Messages queued per peer for its message stream before `send` waits.
     pub send_queue: usize,
+    /// DNS servers that resolve `/dns4/`, `/dns6/`, `/dns/` and `/dnsaddr/` addresses
+    /// (bootstrap, relays, dials); empty: the system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<std::net::SocketAddr>,
 }
 
 impl Default for InternetConfig {
@@ -101,6 +107,7 @@ impl Default for InternetConfig {
             topic_queue: 256,
             message_streams: true,
             send_queue: 64,
+            dns_servers: Vec::new(),
         }
     }
 }

@@ -180,12 +180,15 @@ impl InternetTransport {
 
     /// Announces in the DHT that we hold `cid` (a Kademlia provider record), and keeps
     /// re-announcing it while running.
+    /// The record is keyed by the CID's multihash ([`provider_key`](crate::provider_key)),
+    /// as IPFS keys it; a `cid` that is not one binary CID is refused.
     pub async fn provide(&self, cid: &ContentId) -> Result<(), InternetError> {
-        let key = RecordKey::new(&cid.0);
+        let key = RecordKey::new(&crate::naming::provider_key(cid)?);
         self.call(|reply| Command::Provide { key, reply }).await?
     }
 
-    /// The peers the DHT lists as holding `cid` (ourselves excluded).
+    /// The peers the DHT lists as holding `cid` (ourselves excluded), looked up by its
+    /// multihash as IPFS does, so providers that announced it under another codec count.
     pub async fn find_providers(&self, cid: &ContentId) -> Result<Vec<PeerId>, InternetError> {
         Ok(self.find_providers_with_stats(cid).await?.0)
     }
@@ -195,7 +198,7 @@ impl InternetTransport {
         &self,
         cid: &ContentId,
     ) -> Result<(Vec<PeerId>, LookupStats), InternetError> {
-        let key = RecordKey::new(&cid.0);
+        let key = RecordKey::new(&crate::naming::provider_key(cid)?);
         let (peers, stats) = self
             .call(|reply| Command::FindProviders { key, reply })
             .await??;

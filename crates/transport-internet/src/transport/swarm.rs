@@ -26,6 +26,7 @@ pub(super) fn build_swarm(inner: &Arc<Inner>, carry: Carry) -> Built {
     let cfg = &inner.config;
     let setup = |e: &dyn std::fmt::Display| InternetError::Setup(e.to_string());
     let built = (|| {
+        let (dns_config, dns_opts) = crate::naming::resolver_config(&cfg.dns_servers);
         let swarm = libp2p::SwarmBuilder::with_existing_identity(inner.keypair.clone())
             .with_tokio()
             .with_tcp(
@@ -35,6 +36,7 @@ pub(super) fn build_swarm(inner: &Arc<Inner>, carry: Carry) -> Built {
             )
             .map_err(|e| setup(&e))?
             .with_quic()
+            .with_dns_config(dns_config, dns_opts)
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| setup(&e))?
             .with_behaviour(

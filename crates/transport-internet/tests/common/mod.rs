@@ -77,6 +77,28 @@ pub(crate) fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(behaviour: B) -> lib
 /// Re-export of the multiaddr protocol enum.
 pub(crate) use ecomesh_transport_internet::multiaddr_protocol as libp2p_protocol;
 
+/// The js-libp2p interop project (`interop/`, pinned in its `package-lock.json`).
+pub(crate) fn interop_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
+}
+
+/// Whether the interop project is installed. When it is not, a test skips with a
+/// message (returns `false`), unless `ECOMESH_REQUIRE_INTEROP=1` (CI), when it fails.
+pub(crate) fn interop_installed() -> bool {
+    let dir = interop_dir();
+    let required = std::env::var("ECOMESH_REQUIRE_INTEROP").is_ok_and(|v| v == "1");
+    if dir.join("node_modules").is_dir() {
+        return true;
+    }
+    let msg = format!(
+        "interop: {} is missing; run `npm ci --prefix crates/transport-internet/interop`",
+        dir.join("node_modules").display()
+    );
+    assert!(!required, "{msg} (ECOMESH_REQUIRE_INTEROP=1)");
+    eprintln!("SKIPPED {msg}");
+    false
+}
+
 /// Installs a tracing subscriber once (RUST_LOG selects).
 pub(crate) fn trace() {
     let _ = tracing_subscriber::fmt()
