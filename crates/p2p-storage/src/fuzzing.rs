@@ -20,7 +20,8 @@ pub fn p2p_message_seeds() -> Vec<(&'static str, Vec<u8>)> {
 /// The `store_records` target: the records the store keeps on disk, the first byte
 /// picking the decoder and the rest its input: `0` a document's state record
 /// (`StateRecord`), `1` a version node (`VersionNode`, as `decode_version` reads it),
-/// `2` a Merkle trie node (`trie::Node::from_bytes`), anything else a blob pin.
+/// `2` a Merkle trie node (`trie::Node::from_bytes`), `4` the acknowledged-counts
+/// witness file (`witness::Counts::decode`), anything else a blob pin.
 /// No panic, and whatever decodes re-encodes to exactly the input (a pin to the same
 /// pin).
 ///
@@ -44,6 +45,11 @@ pub fn store_records(data: &[u8]) {
         2 => {
             if let Ok(node) = crate::trie::Node::from_bytes(rest) {
                 assert_eq!(node.to_bytes(), rest);
+            }
+        }
+        4 => {
+            if let Some(counts) = crate::witness::Counts::decode(rest) {
+                assert_eq!(counts.encode().as_slice(), rest);
             }
         }
         _ => crate::blobs::fuzz_pin(rest),
@@ -88,5 +94,11 @@ pub fn store_record_seeds() -> Vec<(String, Vec<u8>)> {
     for (i, bytes) in crate::blobs::fuzz_pin_seeds().into_iter().enumerate() {
         out.push((format!("pin_{i}"), with(3, bytes)));
     }
+    let counts = crate::witness::Counts {
+        versions: 50,
+        documents: 50,
+        blob_records: 3,
+    };
+    out.push(("witness".to_owned(), with(4, counts.encode().to_vec())));
     out
 }

@@ -80,7 +80,7 @@ impl Counts {
         key.first().is_some_and(|t| TAGS.contains(t))
     }
 
-    fn encode(&self) -> [u8; FILE_LEN] {
+    pub(crate) fn encode(&self) -> [u8; FILE_LEN] {
         let mut out = [0_u8; FILE_LEN];
         out[..8].copy_from_slice(MAGIC);
         out[8..16].copy_from_slice(&self.versions.to_be_bytes());
