@@ -86,10 +86,11 @@ fn imported_versions_merge_once_and_local_ones_stay_home() {
     assert_eq!(b.store().heads("notes", "n").unwrap(), vec![v2]);
     assert_eq!(b.replicated_root().unwrap(), a.replicated_root().unwrap());
 
-    // A local collection's version and a forged one are refused.
+    // A local collection's version is not admitted (policy, no fault of the
+    // sender) and a forged one is invalid.
     assert!(matches!(
         b.import_version(&local_bytes).unwrap(),
-        ApplyResult::Invalid(_)
+        ApplyResult::NotAdmitted(_)
     ));
     let mut forged: VersionNode = ecomesh_wire::decode(&b1).unwrap();
     forged.signature[5] ^= 1;

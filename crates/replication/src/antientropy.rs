@@ -480,6 +480,10 @@ impl<S: ReconcileStore> Session<S> {
                 }
             }
             ApplyResult::Invalid(reason) => self.reject(events, cid, reason),
+            ApplyResult::NotAdmitted(reason) => {
+                tracing::debug!(peer = %self.peer, %reason, "version from peer not admitted");
+                self.stats.versions_rejected += 1;
+            }
         }
         Ok(())
     }

@@ -63,6 +63,10 @@ pub enum ApplyResult {
     /// The version fails verification (does not decode, bad signature, author
     /// or clock); nothing was changed. The peer that sent it is at fault.
     Invalid(String),
+    /// The version may be sound, but this store does not take it from this
+    /// sender (its reach or capabilities do not admit it); nothing was changed.
+    /// A policy refusal: the sender is not at fault and is not charged.
+    NotAdmitted(String),
 }
 
 /// A store anti-entropy can reconcile.

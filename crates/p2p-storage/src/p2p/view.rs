@@ -182,7 +182,7 @@ impl<B: Backend> ReconcileStore for ReplicatedView<B> {
     fn apply_version(&self, bytes: &[u8]) -> Result<ApplyResult, ReplicationError> {
         match Self::document_of(bytes) {
             Some((c, _)) if self.in_reach(&c) && !self.capable(&c, Action::Write) => {
-                Ok(ApplyResult::Invalid(format!(
+                Ok(ApplyResult::NotAdmitted(format!(
                     "collection {c:?} is not public and the sender holds no write capability"
                 )))
             }
@@ -208,7 +208,7 @@ impl<B: Backend> ReconcileStore for ReplicatedView<B> {
                 }
                 Ok(result)
             }
-            Some((c, _)) => Ok(ApplyResult::Invalid(format!(
+            Some((c, _)) => Ok(ApplyResult::NotAdmitted(format!(
                 "collection {c:?} is local to this node or outside the sender's reach"
             ))),
             None => Ok(ApplyResult::Invalid("not a version node".into())),
